@@ -1,0 +1,231 @@
+package envoy_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	jsonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/content_parsers/json/v3"
+	ext_authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	json_to_metadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
+	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
+	sse_to_metadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+	"sigs.k8s.io/yaml"
+
+	// Every extension named by an "@type" in the shipped configs must be linked in, or protojson
+	// cannot resolve the Any and the test fails (which is the point: an unknown @type is an error).
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+)
+
+// yamlToJSON converts YAML to JSON. sigs.k8s.io/yaml keeps key names as written, which is what
+// protojson needs (it accepts both the proto and the JSON field names).
+func yamlToJSON(b []byte) ([]byte, error) {
+	return yaml.YAMLToJSON(b)
+}
+
+// strictProto decodes JSON into m with protojson, rejecting unknown fields, then runs the PGV
+// validators on m and on every message packed in an Any below it.
+func strictProto(js []byte, m proto.Message) error {
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(js, m); err != nil {
+		return fmt.Errorf("protojson: %w", err)
+	}
+	return validateDeep(m)
+}
+
+// decodeBootstrap is the whole validation of an Envoy bootstrap file's content.
+func decodeBootstrap(b []byte) (*bootstrapv3.Bootstrap, error) {
+	js, err := yamlToJSON(b)
+	if err != nil {
+		return nil, fmt.Errorf("yaml: %w", err)
+	}
+	var bs bootstrapv3.Bootstrap
+	if err := strictProto(js, &bs); err != nil {
+		return nil, err
+	}
+	return &bs, nil
+}
+
+type validator interface{ ValidateAll() error }
+
+// validateDeep runs ValidateAll on m, then on every message packed in an Any anywhere below it:
+// PGV's generated validators do not look inside Any fields, so typed_config contents would
+// otherwise never be checked.
+func validateDeep(m proto.Message) error {
+	var errs []error
+	if v, ok := m.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err))
+		}
+	}
+	errs = append(errs, walkAnys(m.ProtoReflect())...)
+	return errors.Join(errs...)
+}
+
+func walkAnys(m protoreflect.Message) []error {
+	var errs []error
+	visit := func(child protoreflect.Message) {
+		if a, ok := child.Interface().(*anypb.Any); ok {
+			if a.GetTypeUrl() == "" {
+				return // an empty Any: route FilterConfig{config: {}} means "enable the filter here"
+			}
+			inner, err := a.UnmarshalNew()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err))
+				return
+			}
+			if err := validateDeep(inner); err != nil {
+				errs = append(errs, err)
+			}
+			return
+		}
+		errs = append(errs, walkAnys(child)...)
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList():
+			if fd.Kind() == protoreflect.MessageKind {
+				l := v.List()
+				for i := 0; i < l.Len(); i++ {
+					visit(l.Get(i).Message())
+				}
+			}
+		case fd.IsMap():
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					visit(mv.Message())
+					return true
+				})
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			visit(v.Message())
+		}
+		return true
+	})
+	return errs
+}
+
+// envoyFiles lists every Envoy bootstrap shipped in this directory.
+func envoyFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob("envoy*.yaml")
+	require.NoError(t, err)
+	require.Contains(t, files, "envoy.yaml")
+	require.Contains(t, files, "envoy-lua.yaml")
+	require.Contains(t, files, "envoy-demo.yaml")
+	return files
+}
+
+func loadBootstrap(t *testing.T, path string) *bootstrapv3.Bootstrap {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	bs, err := decodeBootstrap(b)
+	require.NoError(t, err, "%s does not validate", path)
+	return bs
+}
+
+// cfg is a decoded bootstrap with the pieces the rules talk about unpacked.
+type cfg struct {
+	path    string
+	bs      *bootstrapv3.Bootstrap
+	hcm     *hcmv3.HttpConnectionManager
+	authz   *ext_authzv3.ExtAuthz
+	als     *grpcv3.HttpGrpcAccessLogConfig
+	j2m     *json_to_metadatav3.JsonToMetadata // nil in the Lua variant
+	sse     *sse_to_metadatav3.SseToMetadata   // nil in the Lua variant
+	sseJSON *jsonv3.JsonContentParser
+	lua     *luav3.Lua // nil unless the Lua variant
+}
+
+func loadCfg(t *testing.T, path string) *cfg {
+	t.Helper()
+	c := &cfg{path: path, bs: loadBootstrap(t, path)}
+	ls := c.bs.GetStaticResources().GetListeners()
+	require.Len(t, ls, 1, "%s: one listener expected", path)
+	chains := ls[0].GetFilterChains()
+	require.Len(t, chains, 1)
+	require.Len(t, chains[0].GetFilters(), 1)
+	c.hcm = new(hcmv3.HttpConnectionManager)
+	require.NoError(t, chains[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(c.hcm))
+
+	for _, f := range c.hcm.GetHttpFilters() {
+		var dst proto.Message
+		switch f.GetName() {
+		case "envoy.filters.http.ext_authz":
+			c.authz = new(ext_authzv3.ExtAuthz)
+			dst = c.authz
+		case "envoy.filters.http.json_to_metadata":
+			c.j2m = new(json_to_metadatav3.JsonToMetadata)
+			dst = c.j2m
+		case "envoy.filters.http.sse_to_metadata":
+			c.sse = new(sse_to_metadatav3.SseToMetadata)
+			dst = c.sse
+		case "envoy.filters.http.lua":
+			c.lua = new(luav3.Lua)
+			dst = c.lua
+		default:
+			continue
+		}
+		require.NoError(t, f.GetTypedConfig().UnmarshalTo(dst), "%s: filter %s", path, f.GetName())
+	}
+	require.NotNil(t, c.authz, "%s: no ext_authz filter", path)
+	if c.sse != nil {
+		c.sseJSON = new(jsonv3.JsonContentParser)
+		require.NoError(t, c.sse.GetResponseRules().GetContentParser().GetTypedConfig().UnmarshalTo(c.sseJSON))
+	}
+
+	for _, l := range c.hcm.GetAccessLog() {
+		if l.GetName() == "envoy.access_loggers.http_grpc" {
+			c.als = new(grpcv3.HttpGrpcAccessLogConfig)
+			require.NoError(t, l.GetTypedConfig().UnmarshalTo(c.als))
+		}
+	}
+	require.NotNil(t, c.als, "%s: no http_grpc access logger", path)
+	return c
+}
+
+func (c *cfg) cluster(t *testing.T, name string) *clusterv3.Cluster {
+	t.Helper()
+	for _, cl := range c.bs.GetStaticResources().GetClusters() {
+		if cl.GetName() == name {
+			return cl
+		}
+	}
+	require.Failf(t, "missing cluster", "%s: cluster %q", c.path, name)
+	return nil
+}
+
+func (c *cfg) routes() []*routev3.Route {
+	var out []*routev3.Route
+	for _, vh := range c.hcm.GetRouteConfig().GetVirtualHosts() {
+		out = append(out, vh.GetRoutes()...)
+	}
+	return out
+}
+
+func (c *cfg) filter(name string) *hcmv3.HttpFilter {
+	for _, f := range c.hcm.GetHttpFilters() {
+		if f.GetName() == name {
+			return f
+		}
+	}
+	return nil
+}
