@@ -1,0 +1,372 @@
+package budget
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/purser-dev/purser/budget/store"
+)
+
+// KeySpec describes a key to create or update.
+type KeySpec struct {
+	Name          string
+	Subjects      []string
+	AllowedModels []string
+	ExpiresAt     time.Time // zero: never
+}
+
+func (k KeySpec) validate(now time.Time) (store.KeyRow, error) {
+	var row store.KeyRow
+	row.Name = k.Name
+	if row.Name == "" {
+		return row, &FieldError{Field: "name", Err: fmt.Errorf("is required")}
+	}
+	if len(row.Name) > 200 {
+		return row, &FieldError{Field: "name", Err: fmt.Errorf("is longer than 200 bytes")}
+	}
+	subs, err := ParseSubjects(k.Subjects)
+	if err != nil {
+		return row, &FieldError{Field: "subjects", Err: err}
+	}
+	for _, s := range subs {
+		if s.Kind() == KindKey {
+			return row, &FieldError{Field: "subjects", Err: fmt.Errorf("%q: a key's own key: subject is implicit", s)}
+		}
+		row.Subjects = append(row.Subjects, string(s))
+	}
+	for i, m := range k.AllowedModels {
+		if _, err := ParseGlob(m); err != nil {
+			return row, &FieldError{Field: fmt.Sprintf("allowed_models[%d]", i), Err: err}
+		}
+	}
+	row.AllowedModels = k.AllowedModels
+	if !k.ExpiresAt.IsZero() {
+		if !k.ExpiresAt.After(now) {
+			return row, &FieldError{Field: "expires_at", Err: fmt.Errorf("is in the past")}
+		}
+		t := k.ExpiresAt
+		row.ExpiresAt = &t
+	}
+	return row, nil
+}
+
+// CreateKey issues a new key. The secret is returned once, here, and only its hash is stored.
+func (s *Service) CreateKey(ctx context.Context, actor string, spec KeySpec) (Key, string, error) {
+	row, err := spec.validate(s.cfg.Now())
+	if err != nil {
+		return Key{}, "", err
+	}
+	secret, hash, prefix, err := NewSecret()
+	if err != nil {
+		return Key{}, "", err
+	}
+	if row.ID, err = NewKeyID(); err != nil {
+		return Key{}, "", err
+	}
+	row.SecretHash, row.Prefix = hash[:], prefix
+	out, err := s.db.CreateKey(ctx, row, store.Audit{Actor: actor, Action: "key.create", Details: map[string]any{
+		"name": row.Name, "prefix": prefix, "subjects": row.Subjects, "allowed_models": row.AllowedModels, "expires_at": row.ExpiresAt,
+	}})
+	if err != nil {
+		return Key{}, "", mapErr(err)
+	}
+	s.Invalidate()
+	k, err := keyFromRow(out)
+	return k, secret, err
+}
+
+// UpdateKey changes a key's name, subjects, allowed models and expiry.
+func (s *Service) UpdateKey(ctx context.Context, actor, id string, spec KeySpec) (Key, error) {
+	row, err := spec.validate(s.cfg.Now())
+	if err != nil {
+		return Key{}, err
+	}
+	row.ID = id
+	out, err := s.db.UpdateKey(ctx, row, store.Audit{Actor: actor, Action: "key.update", Details: map[string]any{
+		"name": row.Name, "subjects": row.Subjects, "allowed_models": row.AllowedModels, "expires_at": row.ExpiresAt,
+	}})
+	if err != nil {
+		return Key{}, mapErr(err)
+	}
+	s.Invalidate()
+	return keyFromRow(out)
+}
+
+// Key returns a key by id.
+func (s *Service) Key(ctx context.Context, id string) (Key, error) {
+	row, err := s.db.KeyByID(ctx, id)
+	if err != nil {
+		return Key{}, mapErr(err)
+	}
+	return keyFromRow(row)
+}
+
+// Keys lists every key, newest first.
+func (s *Service) Keys(ctx context.Context) ([]Key, error) {
+	rows, err := s.db.ListKeys(ctx)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := make([]Key, 0, len(rows))
+	for _, r := range rows {
+		k, err := keyFromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// RevokeKey revokes a key; it stops working on every replica within moments.
+func (s *Service) RevokeKey(ctx context.Context, actor, id string) (Key, error) {
+	row, err := s.db.RevokeKey(ctx, id, store.Audit{Actor: actor, Action: "key.revoke"})
+	if err != nil {
+		return Key{}, mapErr(err)
+	}
+	s.Invalidate()
+	return keyFromRow(row)
+}
+
+// RotateKey gives a live key a new secret (returned once). The key id, its budgets and its
+// history stay; the old secret stops working.
+func (s *Service) RotateKey(ctx context.Context, actor, id string) (Key, string, error) {
+	secret, hash, prefix, err := NewSecret()
+	if err != nil {
+		return Key{}, "", err
+	}
+	row, err := s.db.RotateKey(ctx, id, hash[:], prefix, store.Audit{Actor: actor, Action: "key.rotate",
+		Details: map[string]any{"prefix": prefix}})
+	if err != nil {
+		return Key{}, "", mapErr(err)
+	}
+	s.Invalidate()
+	k, err := keyFromRow(row)
+	return k, secret, err
+}
+
+// CreateBudget validates and stores a budget.
+func (s *Service) CreateBudget(ctx context.Context, actor string, d Definition) (Budget, error) {
+	d.Kind = ""
+	b, err := d.Build()
+	if err != nil {
+		return Budget{}, err
+	}
+	row, err := s.db.CreateBudget(ctx, budgetToRow(b, ""), store.Audit{Actor: actor, Action: "budget.create", Details: auditDef(d)})
+	if err != nil {
+		return Budget{}, mapErr(err)
+	}
+	s.Invalidate()
+	return budgetFromRow(row)
+}
+
+// UpdateBudget replaces a budget's definition; its subject cannot change.
+func (s *Service) UpdateBudget(ctx context.Context, actor string, id int64, d Definition) (Budget, error) {
+	cur, err := s.db.BudgetByID(ctx, id)
+	if err != nil {
+		return Budget{}, mapErr(err)
+	}
+	if d.Subject != "" && d.Subject != cur.Subject {
+		return Budget{}, &FieldError{Field: "subject", Err: fmt.Errorf("cannot change (delete and create a budget instead)")}
+	}
+	d.Subject, d.Kind = cur.Subject, ""
+	b, err := d.Build()
+	if err != nil {
+		return Budget{}, err
+	}
+	b.ID = id
+	row, err := s.db.UpdateBudget(ctx, budgetToRow(b, ""), store.Audit{Actor: actor, Action: "budget.update", Details: auditDef(d)})
+	if err != nil {
+		return Budget{}, mapErr(err)
+	}
+	s.Invalidate()
+	return budgetFromRow(row)
+}
+
+// Budget returns a live budget.
+func (s *Service) Budget(ctx context.Context, id int64) (Budget, error) {
+	row, err := s.db.BudgetByID(ctx, id)
+	if err != nil {
+		return Budget{}, mapErr(err)
+	}
+	return budgetFromRow(row)
+}
+
+// Budgets lists live budgets, all or those of one subject.
+func (s *Service) Budgets(ctx context.Context, subject string) ([]Budget, error) {
+	rows, err := s.db.ListBudgets(ctx, subject)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return budgetsFromRows(rows)
+}
+
+func budgetsFromRows(rows []store.BudgetRow) ([]Budget, error) {
+	out := make([]Budget, 0, len(rows))
+	for _, r := range rows {
+		b, err := budgetFromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// DeleteBudget stops a budget from applying; its history stays.
+func (s *Service) DeleteBudget(ctx context.Context, actor string, id int64) error {
+	if err := s.db.DeleteBudget(ctx, id, store.Audit{Actor: actor, Action: "budget.delete"}); err != nil {
+		return mapErr(err)
+	}
+	s.Invalidate()
+	return nil
+}
+
+// ResetBudget starts a fresh window now: spend so far stops counting against the limit.
+// Holds already pending stay in the old window and settle there.
+func (s *Service) ResetBudget(ctx context.Context, actor string, id int64, reason string) (time.Time, error) {
+	at, err := s.db.ResetBudget(ctx, id, store.Audit{Actor: actor, Action: "budget.reset", Details: map[string]any{"reason": reason}})
+	if err != nil {
+		return time.Time{}, mapErr(err)
+	}
+	s.Invalidate()
+	return at, nil
+}
+
+// Grant is a temporary increase of a budget's limit.
+type Grant = store.GrantRow
+
+// AddGrant raises a budget's limit by amount until expiresAt.
+func (s *Service) AddGrant(ctx context.Context, actor string, budgetID, amount int64, expiresAt time.Time, reason string) (Grant, error) {
+	if amount <= 0 || amount > MaxLimit {
+		return Grant{}, &FieldError{Field: "amount", Err: fmt.Errorf("must be positive")}
+	}
+	if !expiresAt.After(s.cfg.Now()) {
+		return Grant{}, &FieldError{Field: "expires_at", Err: fmt.Errorf("must be in the future")}
+	}
+	g, err := s.db.CreateGrant(ctx, Grant{BudgetID: budgetID, Amount: amount, ExpiresAt: expiresAt, Reason: reason, CreatedBy: actor},
+		store.Audit{Actor: actor, Action: "budget.grant", Details: map[string]any{"amount": amount, "expires_at": expiresAt, "reason": reason}})
+	if err != nil {
+		return Grant{}, mapErr(err)
+	}
+	s.Invalidate()
+	return g, nil
+}
+
+// CreateTemplate stores a default-budget template for every new subject of d.Kind.
+func (s *Service) CreateTemplate(ctx context.Context, actor string, d Definition) (Budget, error) {
+	if d.Kind == "" {
+		return Budget{}, &FieldError{Field: "subject_kind", Err: fmt.Errorf("is required")}
+	}
+	b, err := d.Build()
+	if err != nil {
+		return Budget{}, err
+	}
+	row, err := s.db.CreateTemplate(ctx, budgetToRow(b, d.Kind), store.Audit{Actor: actor, Action: "template.create", Details: auditDef(d)})
+	if err != nil {
+		return Budget{}, mapErr(err)
+	}
+	s.Invalidate()
+	return templateFromRow(row)
+}
+
+// UpdateTemplate changes a template; budgets already made from it keep their definition.
+func (s *Service) UpdateTemplate(ctx context.Context, actor string, id int64, d Definition) (Budget, error) {
+	if d.Kind == "" {
+		return Budget{}, &FieldError{Field: "subject_kind", Err: fmt.Errorf("is required")}
+	}
+	b, err := d.Build()
+	if err != nil {
+		return Budget{}, err
+	}
+	b.ID = id
+	row, err := s.db.UpdateTemplate(ctx, budgetToRow(b, d.Kind), store.Audit{Actor: actor, Action: "template.update", Details: auditDef(d)})
+	if err != nil {
+		return Budget{}, mapErr(err)
+	}
+	s.Invalidate()
+	return templateFromRow(row)
+}
+
+// DeleteTemplate stops a template from applying to new subjects.
+func (s *Service) DeleteTemplate(ctx context.Context, actor string, id int64) error {
+	if err := s.db.DeleteTemplate(ctx, id, store.Audit{Actor: actor, Action: "template.delete"}); err != nil {
+		return mapErr(err)
+	}
+	s.Invalidate()
+	return nil
+}
+
+// Template is a default-budget template: a Budget without a subject, plus the subject kind it
+// attaches to.
+type Template struct {
+	Budget
+	SubjectKind string
+}
+
+// Templates lists the live templates.
+func (s *Service) Templates(ctx context.Context) ([]Template, error) {
+	rows, err := s.db.ListTemplates(ctx)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := make([]Template, 0, len(rows))
+	for _, r := range rows {
+		b, err := templateFromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Template{Budget: b, SubjectKind: r.SubjectKind})
+	}
+	return out, nil
+}
+
+func templateFromRow(r store.BudgetRow) (Budget, error) {
+	b, err := budgetFromRow(r)
+	if err != nil {
+		return Budget{}, err
+	}
+	return b, nil
+}
+
+// AuditEntry is one audit log entry.
+type AuditEntry = store.AuditRow
+
+// AuditLog lists audit entries newest first (target "" = all; before = id cursor, 0 = newest).
+func (s *Service) AuditLog(ctx context.Context, target string, before int64, limit int) ([]AuditEntry, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	rows, err := s.db.AuditLog(ctx, target, before, limit)
+	return rows, mapErr(err)
+}
+
+func auditDef(d Definition) map[string]any {
+	m := map[string]any{"name": d.Name, "unit": d.Unit, "limit": d.Limit, "window": d.Window, "hard": d.Hard}
+	if d.Subject != "" {
+		m["subject"] = d.Subject
+	}
+	if d.Kind != "" {
+		m["subject_kind"] = d.Kind
+	}
+	if d.TimeZone != "" {
+		m["timezone"] = d.TimeZone
+	}
+	if d.AnchorDay != 0 {
+		m["anchor_day"] = d.AnchorDay
+	}
+	if len(d.WarnAt) > 0 {
+		m["warn_at"] = d.WarnAt
+	}
+	if len(d.Models) > 0 {
+		m["models"] = d.Models
+	}
+	if len(d.Endpoints) > 0 {
+		m["endpoints"] = d.Endpoints
+	}
+	if len(d.Route) > 0 {
+		m["route"] = d.Route
+	}
+	return m
+}

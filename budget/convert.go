@@ -1,0 +1,108 @@
+package budget
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/purser-dev/purser/budget/store"
+)
+
+// mapErr translates store errors into this package's sentinels, keeping the cause.
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case errors.Is(err, store.ErrConflict):
+		return fmt.Errorf("%w: %w", ErrConflict, err)
+	case errors.Is(err, store.ErrUnavailable):
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+func budgetFromRow(r store.BudgetRow) (Budget, error) {
+	d := Definition{
+		Name: r.Name, Subject: r.Subject, Kind: r.SubjectKind, Unit: r.Unit, Limit: r.Limit,
+		Window: r.WindowKind, TimeZone: r.TimeZone, Hard: r.Hard, Models: r.Models,
+		Endpoints: r.Endpoints, Route: r.RouteMatch,
+	}
+	if r.RollingSeconds != nil {
+		d.Window = (time.Duration(*r.RollingSeconds) * time.Second).String()
+	}
+	if r.AnchorDay != nil {
+		d.AnchorDay = int(*r.AnchorDay)
+	}
+	for _, w := range r.WarnAt {
+		d.WarnAt = append(d.WarnAt, int(w))
+	}
+	b, err := d.Build()
+	if err != nil {
+		return Budget{}, fmt.Errorf("stored budget %d is invalid: %w", r.ID, err)
+	}
+	b.ID = r.ID
+	b.CreatedAt, b.UpdatedAt = r.CreatedAt, r.UpdatedAt
+	if r.ResetAt != nil {
+		b.ResetAt = *r.ResetAt
+	}
+	if r.TemplateID != nil {
+		b.TemplateID = *r.TemplateID
+	}
+	return b, nil
+}
+
+func budgetToRow(b Budget, kind string) store.BudgetRow {
+	r := store.BudgetRow{
+		ID: b.ID, Name: b.Name, Subject: string(b.Subject), SubjectKind: kind, Unit: string(b.Unit),
+		Limit: b.Limit, WindowKind: string(b.Window.Kind), TimeZone: "UTC", Hard: b.Hard,
+		RouteMatch: b.RouteMatch,
+	}
+	if b.Window.Location != nil {
+		r.TimeZone = b.Window.Location.String()
+	}
+	if b.Window.AnchorDay > 0 {
+		a := int16(b.Window.AnchorDay)
+		r.AnchorDay = &a
+	}
+	if b.Window.Kind == Rolling {
+		secs := int64(b.Window.Rolling / time.Second)
+		r.RollingSeconds = &secs
+	}
+	for _, w := range b.WarnAt {
+		r.WarnAt = append(r.WarnAt, int16(w))
+	}
+	for _, m := range b.Models {
+		r.Models = append(r.Models, string(m))
+	}
+	for _, e := range b.Endpoints {
+		r.Endpoints = append(r.Endpoints, string(e))
+	}
+	return r
+}
+
+func keyFromRow(r store.KeyRow) (Key, error) {
+	k := Key{ID: r.ID, Name: r.Name, Prefix: r.Prefix, CreatedAt: r.CreatedAt}
+	var err error
+	if k.Subjects, err = ParseSubjects(r.Subjects); err != nil {
+		return Key{}, fmt.Errorf("stored key %s: %w", r.ID, err)
+	}
+	for _, m := range r.AllowedModels {
+		g, err := ParseGlob(m)
+		if err != nil {
+			return Key{}, fmt.Errorf("stored key %s: allowed model %q: %w", r.ID, m, err)
+		}
+		k.AllowedModels = append(k.AllowedModels, g)
+	}
+	if r.ExpiresAt != nil {
+		k.ExpiresAt = *r.ExpiresAt
+	}
+	if r.RevokedAt != nil {
+		k.RevokedAt = *r.RevokedAt
+	}
+	if r.RotatedAt != nil {
+		k.RotatedAt = *r.RotatedAt
+	}
+	return k, nil
+}

@@ -1,0 +1,88 @@
+package budget
+
+import (
+	"context"
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Metrics holds the ledger's instruments. A nil *Metrics records nothing.
+type Metrics struct {
+	decisions   metric.Int64Counter
+	keyLookups  metric.Int64Counter
+	settlements metric.Int64Counter
+	expired     metric.Int64Counter
+	overruns    metric.Int64Counter
+}
+
+// NewMetrics creates the instruments on meter.
+func NewMetrics(meter metric.Meter) (*Metrics, error) {
+	var m Metrics
+	var err error
+	if m.decisions, err = meter.Int64Counter("purser.reservations",
+		metric.WithDescription("Reservation decisions by outcome (admitted, duplicate, denied)")); err != nil {
+		return nil, fmt.Errorf("metric purser.reservations: %w", err)
+	}
+	if m.keyLookups, err = meter.Int64Counter("purser.key_lookups",
+		metric.WithDescription("API key lookups that missed the positive cache, by source")); err != nil {
+		return nil, fmt.Errorf("metric purser.key_lookups: %w", err)
+	}
+	if m.settlements, err = meter.Int64Counter("purser.settlements",
+		metric.WithDescription("Reservation resolutions by outcome (settled, voided, late_settled, late_voided, duplicate, unknown)")); err != nil {
+		return nil, fmt.Errorf("metric purser.settlements: %w", err)
+	}
+	if m.expired, err = meter.Int64Counter("purser.reservations.expired",
+		metric.WithDescription("Reservations charged in full because no access-log entry arrived in time")); err != nil {
+		return nil, fmt.Errorf("metric purser.reservations.expired: %w", err)
+	}
+	if m.overruns, err = meter.Int64Counter("purser.overruns",
+		metric.WithDescription("Settlements whose actual cost exceeded the reserved upper bound")); err != nil {
+		return nil, fmt.Errorf("metric purser.overruns: %w", err)
+	}
+	return &m, nil
+}
+
+func (m *Metrics) reserved(ctx context.Context, ds []Decision) {
+	if m == nil {
+		return
+	}
+	var counts [3]int64
+	for i := range ds {
+		counts[ds[i].Outcome]++
+	}
+	for o, n := range counts {
+		if n > 0 {
+			m.decisions.Add(ctx, n, metric.WithAttributes(attribute.String("outcome", Outcome(o).String())))
+		}
+	}
+}
+
+func (m *Metrics) keyLookup(ctx context.Context, source string) {
+	if m == nil {
+		return
+	}
+	m.keyLookups.Add(ctx, 1, metric.WithAttributes(attribute.String("source", source)))
+}
+
+func (m *Metrics) settled(ctx context.Context, outcome string, n int64) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.settlements.Add(ctx, n, metric.WithAttributes(attribute.String("outcome", outcome)))
+}
+
+func (m *Metrics) expiredN(ctx context.Context, n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.expired.Add(ctx, int64(n))
+}
+
+func (m *Metrics) overrun(ctx context.Context, n int64) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.overruns.Add(ctx, n)
+}

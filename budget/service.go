@@ -1,0 +1,499 @@
+package budget
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/golang-lru/v2/expirable"
+
+	"github.com/purser-dev/purser/budget/store"
+)
+
+// Config tunes a Service. The zero value means "use the defaults".
+type Config struct {
+	Logger *slog.Logger
+	// Now is the clock used to pick windows (default time.Now). Reservation expiry always uses
+	// the database clock.
+	Now func() time.Time
+	// ReservationTTL is how long a reservation waits for its access-log entry before it
+	// expires and is charged in full (default 15 minutes).
+	ReservationTTL time.Duration
+	// KeyCacheSize / KeyCacheTTL bound the API key cache (defaults 100,000 / 1 minute);
+	// NegativeKeyTTL is how long an unknown secret is remembered (default 10 seconds).
+	KeyCacheSize   int
+	KeyCacheTTL    time.Duration
+	NegativeKeyTTL time.Duration
+	// BudgetCacheSize / BudgetCacheTTL bound the per-subject budget definition cache
+	// (defaults 100,000 / 1 minute). LISTEN/NOTIFY invalidates both caches within moments of
+	// a change; the TTL only matters if notifications are lost.
+	BudgetCacheSize int
+	BudgetCacheTTL  time.Duration
+	// Metrics receives counters and gauges (nil: none).
+	Metrics *Metrics
+}
+
+// Defaults.
+const (
+	DefaultReservationTTL = 15 * time.Minute
+	defaultCacheSize      = 100_000
+	defaultCacheTTL       = time.Minute
+	defaultNegativeTTL    = 10 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.ReservationTTL <= 0 {
+		c.ReservationTTL = DefaultReservationTTL
+	}
+	if c.KeyCacheSize <= 0 {
+		c.KeyCacheSize = defaultCacheSize
+	}
+	if c.KeyCacheTTL <= 0 {
+		c.KeyCacheTTL = defaultCacheTTL
+	}
+	if c.NegativeKeyTTL <= 0 {
+		c.NegativeKeyTTL = defaultNegativeTTL
+	}
+	if c.BudgetCacheSize <= 0 {
+		c.BudgetCacheSize = defaultCacheSize
+	}
+	if c.BudgetCacheTTL <= 0 {
+		c.BudgetCacheTTL = defaultCacheTTL
+	}
+	return c
+}
+
+// Service is the ledger: it reserves, settles, voids and expires spend, and manages keys and
+// budgets. It is safe for concurrent use.
+type Service struct {
+	hot *store.Store // reserve / settle / expire: a small dedicated pool
+	db  *store.Store // everything else
+	cfg Config
+	log *slog.Logger
+
+	keys     *expirable.LRU[[32]byte, *Key]
+	unknown  *expirable.LRU[[32]byte, struct{}]
+	budgets  *expirable.LRU[Subject, []*Budget]
+	cacheGen atomic.Uint64 // bumped on every invalidation; loads started earlier are not cached
+}
+
+// New returns a Service. hot serves the request path (reserve, settle, expire); db serves the
+// rest. They may be the same store.
+func New(hot, db *store.Store, cfg Config) *Service {
+	cfg = cfg.withDefaults()
+	return &Service{
+		hot:     hot,
+		db:      db,
+		cfg:     cfg,
+		log:     cfg.Logger,
+		keys:    expirable.NewLRU[[32]byte, *Key](cfg.KeyCacheSize, nil, cfg.KeyCacheTTL),
+		unknown: expirable.NewLRU[[32]byte, struct{}](cfg.KeyCacheSize, nil, cfg.NegativeKeyTTL),
+		budgets: expirable.NewLRU[Subject, []*Budget](cfg.BudgetCacheSize, nil, cfg.BudgetCacheTTL),
+	}
+}
+
+// Invalidate drops every cached key and budget definition.
+func (s *Service) Invalidate() {
+	s.cacheGen.Add(1)
+	s.keys.Purge()
+	s.unknown.Purge()
+	s.budgets.Purge()
+}
+
+// Authenticate returns the key whose secret this is, if it may be used now. It answers from
+// the cache when it can; an unknown secret is remembered briefly so floods of bad keys do not
+// reach the database. Revocation and expiry are checked on every call.
+func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error) {
+	h := HashSecret(secret)
+	if k, ok := s.keys.Get(h); ok {
+		return k, k.Usable(s.cfg.Now())
+	}
+	if _, ok := s.unknown.Get(h); ok {
+		s.cfg.Metrics.keyLookup(ctx, "negative_cache")
+		return nil, ErrKeyUnknown
+	}
+	gen := s.cacheGen.Load()
+	row, err := s.db.KeyByHash(ctx, h[:])
+	if errors.Is(err, store.ErrNotFound) {
+		if s.cacheGen.Load() == gen {
+			s.unknown.Add(h, struct{}{})
+		}
+		s.cfg.Metrics.keyLookup(ctx, "unknown")
+		return nil, ErrKeyUnknown
+	}
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	k, err := keyFromRow(row)
+	if err != nil {
+		return nil, err
+	}
+	if s.cacheGen.Load() == gen {
+		s.keys.Add(h, &k)
+	}
+	s.cfg.Metrics.keyLookup(ctx, "database")
+	return &k, k.Usable(s.cfg.Now())
+}
+
+// budgetsFor returns the live budgets of each subject, from the cache or, for the misses, from
+// one database round trip that also attaches default-budget templates to new subjects.
+func (s *Service) budgetsFor(ctx context.Context, subjects []Subject) (map[Subject][]*Budget, error) {
+	out := make(map[Subject][]*Budget, len(subjects))
+	var miss []string
+	for _, sub := range subjects {
+		if _, done := out[sub]; done {
+			continue
+		}
+		if bs, ok := s.budgets.Get(sub); ok {
+			out[sub] = bs
+			continue
+		}
+		out[sub] = nil
+		miss = append(miss, string(sub))
+	}
+	if len(miss) == 0 {
+		return out, nil
+	}
+	gen := s.cacheGen.Load()
+	rows, err := s.db.LoadBudgets(ctx, miss)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	loaded := make(map[Subject][]*Budget, len(miss))
+	for _, r := range rows {
+		b, err := budgetFromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		loaded[b.Subject] = append(loaded[b.Subject], &b)
+	}
+	cache := s.cacheGen.Load() == gen
+	for _, m := range miss {
+		sub := Subject(m)
+		out[sub] = loaded[sub]
+		if cache {
+			s.budgets.Add(sub, loaded[sub])
+		}
+	}
+	return out, nil
+}
+
+// ReserveRequest asks to hold a request's worst-case cost.
+type ReserveRequest struct {
+	// IdempotencyKey, when set, makes a repeated Reserve of the same request return the first
+	// answer instead of holding twice. It must be unique per downstream request (see
+	// extauthz: key id + x-request-id + Envoy stream id).
+	IdempotencyKey []byte
+	KeyID          string
+	Subjects       []Subject
+	Target         Target // model, path and route context, for budget filters
+	Provider       string
+	Flavor         string
+	Route          string
+	RequestID      string // x-request-id, the access log's fallback join key
+	Cost           int64  // upper bound, micro-USD
+	Tokens         int64  // upper bound, tokens
+	TTL            time.Duration
+}
+
+// Outcome of a reservation.
+type Outcome int
+
+// Outcomes.
+const (
+	Denied    Outcome = iota // a hard budget has no room; nothing was held
+	Admitted                 // held on every applicable budget
+	Duplicate                // the idempotency key was reserved before: this is the first answer
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Admitted:
+		return "admitted"
+	case Duplicate:
+		return "duplicate"
+	}
+	return "denied"
+}
+
+// BudgetState is a budget's window as a decision saw it.
+type BudgetState struct {
+	Budget *Budget
+	Window Window
+	// Limit is the effective limit (grants included); Enforced is false when the budget was
+	// deleted after the definition was cached.
+	Limit    int64
+	Enforced bool
+	// Used is posted + pending including this request's hold when it was admitted.
+	Used int64
+	// Amount is what this request holds (or asked to hold) on the budget.
+	Amount int64
+}
+
+// Remaining is Limit - Used (negative when over).
+func (b BudgetState) Remaining() int64 { return b.Limit - b.Used }
+
+// Decision is Reserve's answer for one request.
+type Decision struct {
+	Outcome       Outcome
+	ReservationID string
+	// Budgets lists every budget the request touched, hard and soft.
+	Budgets []BudgetState
+	// DeniedBy is the hard budget that had no room (Denied only).
+	DeniedBy *BudgetState
+}
+
+// Tightest is the hard budget with the least room left relative to its limit (nil when no
+// hard budget applies).
+func (d *Decision) Tightest() *BudgetState {
+	var best *BudgetState
+	for i := range d.Budgets {
+		b := &d.Budgets[i]
+		if !b.Budget.Hard || !b.Enforced {
+			continue
+		}
+		if best == nil || lessRoom(b, best) {
+			best = b
+		}
+	}
+	return best
+}
+
+// lessRoom compares remaining/limit fractions exactly (cross-multiplied in 128 bits).
+func lessRoom(a, b *BudgetState) bool {
+	ra, rb := max(a.Remaining(), 0), max(b.Remaining(), 0)
+	la, lb := max(a.Limit, 1), max(b.Limit, 1)
+	return cmpProducts(ra, lb, rb, la) < 0
+}
+
+// Warning is a threshold crossed or a soft budget exceeded by a request.
+type Warning struct {
+	Budget    *Budget
+	Threshold int  // percent of the limit reached (0 for "soft budget exceeded")
+	Exceeded  bool // a soft budget is over its limit
+}
+
+// Warnings lists, per budget, the highest warning threshold reached and soft budgets over
+// their limit.
+func (d *Decision) Warnings() []Warning {
+	var out []Warning
+	for _, b := range d.Budgets {
+		if !b.Enforced {
+			continue
+		}
+		if !b.Budget.Hard && b.Used > b.Limit {
+			out = append(out, Warning{Budget: b.Budget, Exceeded: true})
+			continue
+		}
+		for i := len(b.Budget.WarnAt) - 1; i >= 0; i-- {
+			p := b.Budget.WarnAt[i]
+			// used*100 >= limit*p, compared in 128 bits.
+			if cmpProducts(b.Used, 100, b.Limit, int64(p)) >= 0 {
+				out = append(out, Warning{Budget: b.Budget, Threshold: p})
+				break
+			}
+		}
+	}
+	return out
+}
+
+type winKey struct {
+	budget int64
+	start  int64 // unix nanos
+}
+
+// Reserve admits a batch of requests, each on every budget that applies to any of its
+// subjects, in one database round trip. A batch of one is the plain case; the Batcher groups
+// concurrent callers. The decisions are those of serving the requests one by one in order.
+func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decision, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	var subjects []Subject
+	for i := range reqs {
+		subjects = append(subjects, reqs[i].Subjects...)
+		if reqs[i].Cost < 0 || reqs[i].Tokens < 0 || reqs[i].Cost > MaxLimit || reqs[i].Tokens > MaxLimit {
+			return nil, fmt.Errorf("%w: reservation amount out of range (cost %d, tokens %d)", ErrInvalid, reqs[i].Cost, reqs[i].Tokens)
+		}
+	}
+	bySubject, err := s.budgetsFor(ctx, subjects)
+	if err != nil {
+		return nil, err
+	}
+
+	now := s.cfg.Now()
+	batch := store.ReserveBatch{Requests: make([]store.ReserveRequestRow, 0, len(reqs))}
+	windows := map[winKey]int{}
+	type lineRef struct {
+		budget *Budget
+		window Window
+		amount int64
+	}
+	var refs []lineRef
+	sent := make([]int, len(reqs)) // index into batch.Requests, or -(first+1) for in-batch duplicates
+	firstByKey := map[string]int{}
+	for i := range reqs {
+		r := &reqs[i]
+		if r.IdempotencyKey != nil {
+			if first, ok := firstByKey[string(r.IdempotencyKey)]; ok {
+				sent[i] = -(first + 1)
+				continue
+			}
+			firstByKey[string(r.IdempotencyKey)] = i
+		}
+		applicable := applicableBudgets(r, bySubject)
+		row := store.ReserveRequestRow{
+			ID: uuidV7(), IdempotencyKey: r.IdempotencyKey, TTL: r.TTL, KeyID: r.KeyID,
+			Subjects: subjectStrings(r.Subjects), Provider: r.Provider, Flavor: r.Flavor, Model: r.Target.Model,
+			Route: r.Route, RequestID: r.RequestID, HoldCost: r.Cost, HoldTokens: r.Tokens,
+			FirstLine: len(batch.Lines), LineCount: len(applicable),
+		}
+		if row.TTL <= 0 {
+			row.TTL = s.cfg.ReservationTTL
+		}
+		for _, b := range applicable {
+			w := b.Window.At(now, b.ResetAt)
+			k := winKey{b.ID, w.Start.UnixNano()}
+			idx, ok := windows[k]
+			if !ok {
+				idx = len(batch.Windows)
+				windows[k] = idx
+				wk := store.WindowKey{BudgetID: b.ID, Start: w.Start, End: w.End}
+				if b.Window.Kind == Rolling {
+					from := w.RollFrom
+					wk.RollFrom = &from
+				}
+				batch.Windows = append(batch.Windows, wk)
+			}
+			amount := r.Cost
+			if b.Unit == Tokens {
+				amount = r.Tokens
+			}
+			batch.Lines = append(batch.Lines, store.HoldLine{Window: idx, Amount: amount, Hard: b.Hard, Tokens: b.Unit == Tokens})
+			refs = append(refs, lineRef{budget: b, window: w, amount: amount})
+		}
+		sent[i] = len(batch.Requests)
+		batch.Requests = append(batch.Requests, row)
+	}
+	sortWindows(&batch)
+
+	res, err := s.hot.Reserve(ctx, batch)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+
+	out := make([]Decision, len(reqs))
+	for i := range reqs {
+		j := sent[i]
+		if j < 0 {
+			continue // filled below from the first occurrence
+		}
+		row := batch.Requests[j]
+		d := Decision{ReservationID: res.ReservationID[j]}
+		switch res.Status[j] {
+		case "admitted":
+			d.Outcome = Admitted
+		case "duplicate":
+			d.Outcome = Duplicate
+		default:
+			d.Outcome = Denied
+		}
+		if row.LineCount > 0 {
+			d.Budgets = make([]BudgetState, row.LineCount)
+			for l := range row.LineCount {
+				li := row.FirstLine + l
+				st := BudgetState{Budget: refs[li].budget, Window: refs[li].window, Amount: refs[li].amount, Used: res.LineUsed[li]}
+				if lim := res.LineLimit[li]; lim != nil {
+					st.Limit, st.Enforced = *lim, true
+				}
+				d.Budgets[l] = st
+			}
+			if d.Outcome == Denied && res.DenyLine[j] >= 0 {
+				d.DeniedBy = &d.Budgets[res.DenyLine[j]-row.FirstLine]
+			}
+		}
+		out[i] = d
+	}
+	for i := range reqs {
+		if sent[i] < 0 {
+			first := out[-sent[i]-1]
+			if first.Outcome == Admitted {
+				first.Outcome = Duplicate
+			}
+			out[i] = first
+		}
+	}
+	s.cfg.Metrics.reserved(ctx, out)
+	return out, nil
+}
+
+// applicableBudgets returns the budgets of the request's subjects whose filters select it,
+// each once, ordered by id.
+func applicableBudgets(r *ReserveRequest, bySubject map[Subject][]*Budget) []*Budget {
+	var out []*Budget
+	for _, sub := range r.Subjects {
+		for _, b := range bySubject[sub] {
+			if b.Applies(r.Target) && !slices.Contains(out, b) {
+				out = append(out, b)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// sortWindows orders the batch's windows by (budget id, start) — the lock order — and remaps
+// the hold lines to the new positions.
+func sortWindows(b *store.ReserveBatch) {
+	perm := make([]int, len(b.Windows))
+	for i := range perm {
+		perm[i] = i
+	}
+	sort.Slice(perm, func(i, j int) bool {
+		a, c := b.Windows[perm[i]], b.Windows[perm[j]]
+		if a.BudgetID != c.BudgetID {
+			return a.BudgetID < c.BudgetID
+		}
+		return a.Start.Before(c.Start)
+	})
+	pos := make([]int, len(perm))
+	sorted := make([]store.WindowKey, len(perm))
+	for newIdx, oldIdx := range perm {
+		pos[oldIdx] = newIdx
+		sorted[newIdx] = b.Windows[oldIdx]
+	}
+	b.Windows = sorted
+	for i := range b.Lines {
+		b.Lines[i].Window = pos[b.Lines[i].Window]
+	}
+}
+
+func subjectStrings(ss []Subject) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = string(s)
+	}
+	return out
+}
+
+// uuidV7 returns a time-ordered UUID: new reservations land at the right edge of the primary
+// key index instead of all over it.
+func uuidV7() string {
+	u, err := uuid.NewV7()
+	if err != nil { // only if the system's random source fails
+		return uuid.NewString()
+	}
+	return u.String()
+}

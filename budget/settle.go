@@ -1,0 +1,147 @@
+package budget
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/purser-dev/purser/budget/store"
+)
+
+// Settlement resolves one reservation.
+type Settlement struct {
+	ReservationID string
+	// Void releases the hold without charging (the upstream was never reached).
+	Void bool
+	// Cost (micro-USD) and Tokens are the real spend; charged in full even above the hold
+	// (the excess is recorded as an overrun).
+	Cost   int64
+	Tokens int64
+	// Usage is the normalised usage record, kept for reports (optional).
+	Usage json.RawMessage
+	// CatalogVersion names the price catalog that priced Cost.
+	CatalogVersion string
+	// Cause explains the outcome: usage, cut_off, no_upstream, provider_error, ...
+	Cause string
+}
+
+// Settle outcomes.
+const (
+	OutcomeSettled     = "settled"
+	OutcomeVoided      = "voided"
+	OutcomeLateSettled = "late_settled" // the reservation had expired; the difference was refunded
+	OutcomeLateVoided  = "late_voided"  // the reservation had expired; its charge was refunded
+	OutcomeDuplicate   = "duplicate"    // already settled or voided: nothing changed
+	OutcomeUnknown     = "unknown"      // no such reservation
+)
+
+// SettleResult reports what happened to one reservation.
+type SettleResult struct {
+	ReservationID string
+	Outcome       string
+}
+
+// Settle resolves a batch of reservations in one round trip. It is idempotent: applying the
+// same settlement twice changes nothing the second time.
+func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResult, error) {
+	if len(batch) == 0 {
+		return nil, nil
+	}
+	rows := make([]store.SettleRow, len(batch))
+	for i, st := range batch {
+		if st.Cost < 0 || st.Tokens < 0 {
+			return nil, fmt.Errorf("%w: settlement %s has a negative amount", ErrInvalid, st.ReservationID)
+		}
+		if _, err := parseUUID(st.ReservationID); err != nil {
+			return nil, fmt.Errorf("%w: settlement reservation id: %w", ErrInvalid, err)
+		}
+		rows[i] = store.SettleRow{
+			ReservationID: st.ReservationID, Void: st.Void, Cost: st.Cost, Tokens: st.Tokens,
+			Usage: st.Usage, CatalogVersion: st.CatalogVersion, Cause: st.Cause,
+		}
+	}
+	outs, err := s.hot.Settle(ctx, rows)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	res := make([]SettleResult, len(outs))
+	counts := map[string]int64{}
+	for i, o := range outs {
+		res[i] = SettleResult{ReservationID: o.ReservationID, Outcome: o.Outcome}
+		counts[o.Outcome]++
+	}
+	for o, n := range counts {
+		s.cfg.Metrics.settled(ctx, o, n)
+	}
+	return res, nil
+}
+
+// Void releases reservations whose upstream was never reached.
+func (s *Service) Void(ctx context.Context, ids []string, cause string) ([]SettleResult, error) {
+	batch := make([]Settlement, len(ids))
+	for i, id := range ids {
+		batch[i] = Settlement{ReservationID: id, Void: true, Cause: cause}
+	}
+	return s.Settle(ctx, batch)
+}
+
+// Expire charges in full, up to limit, pending reservations whose deadline has passed on the
+// database clock. Safe to run on every replica at once.
+func (s *Service) Expire(ctx context.Context, limit int) (int, error) {
+	n, err := s.hot.Expire(ctx, limit)
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	s.cfg.Metrics.expiredN(ctx, n)
+	return n, nil
+}
+
+// RunSweeper expires overdue reservations every interval until ctx ends. It drains a backlog
+// in batches of batchSize before waiting again.
+func (s *Service) RunSweeper(ctx context.Context, interval time.Duration, batchSize int) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := s.Expire(ctx, batchSize)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.LogAttrs(ctx, slog.LevelError, "expire reservations", slog.String("error", err.Error()))
+				}
+				break
+			}
+			if n > 0 {
+				s.log.LogAttrs(ctx, slog.LevelInfo, "expired reservations charged in full", slog.Int("count", n))
+			}
+			if n < batchSize {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Reservation is a reservation as stored.
+type Reservation = store.ReservationRow
+
+// Reservation returns one reservation by id.
+func (s *Service) Reservation(ctx context.Context, id string) (Reservation, error) {
+	if _, err := parseUUID(id); err != nil {
+		return Reservation{}, fmt.Errorf("%w: reservation id: %w", ErrInvalid, err)
+	}
+	r, err := s.db.Reservation(ctx, id)
+	return r, mapErr(err)
+}
+
+// ReservationsByRequestID finds reservations made for an x-request-id within [from, to]: the
+// access log's fallback join when an entry carries no reservation id.
+func (s *Service) ReservationsByRequestID(ctx context.Context, requestID string, from, to time.Time) ([]Reservation, error) {
+	rs, err := s.db.ReservationsByRequestID(ctx, requestID, from, to)
+	return rs, mapErr(err)
+}

@@ -1,0 +1,208 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// ReserveBatch is the column-wise input of purser_reserve (see migrations/002). Requests are
+// in arrival order; Windows are distinct and sorted by (BudgetID, Start); hold lines are
+// grouped by request and point into Windows (0-based here, converted to SQL's 1-based).
+type ReserveBatch struct {
+	Requests []ReserveRequestRow
+	Windows  []WindowKey
+	Lines    []HoldLine
+}
+
+// ReserveRequestRow is one request of a batch.
+type ReserveRequestRow struct {
+	ID             string // uuid
+	IdempotencyKey []byte // nil: not idempotent
+	TTL            time.Duration
+	KeyID          string
+	Subjects       []string
+	Provider       string
+	Flavor         string
+	Model          string
+	Route          string
+	RequestID      string
+	HoldCost       int64
+	HoldTokens     int64
+	FirstLine      int // index into Lines, meaningful when LineCount > 0
+	LineCount      int
+}
+
+// WindowKey names one window counter row.
+type WindowKey struct {
+	BudgetID int64
+	Start    time.Time
+	End      time.Time
+	RollFrom *time.Time // rolling budgets: earliest bucket start counted in the window
+}
+
+// HoldLine is what one request holds on one window.
+type HoldLine struct {
+	Window int // index into Windows
+	Amount int64
+	Hard   bool
+	Tokens bool // the budget counts tokens, not money
+}
+
+// ReserveResult is purser_reserve's answer, aligned with the batch.
+type ReserveResult struct {
+	Status        []string // per request: admitted | duplicate | denied
+	ReservationID []string // per request: the new or first reservation id ("" when denied)
+	DenyLine      []int    // per request: index of the hold line that did not fit, -1 otherwise
+	LineLimit     []*int64 // per line: effective limit (nil: budget deleted, not enforced)
+	LineUsed      []int64  // per line: posted + pending as the request left it
+}
+
+// Reserve runs one batch in one round trip (autocommit: the function's transaction commits
+// with the statement, so row locks are held only while it runs).
+func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, error) {
+	n := len(b.Requests)
+	ids, subjects := make([]string, n), make([]string, n)
+	providers, flavors, models, routes := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	keyIDs, reqIDs := make([]*string, n), make([]*string, n)
+	idem := make([][]byte, n)
+	ttl, holdCost, holdTokens := make([]int64, n), make([]int64, n), make([]int64, n)
+	first, count := make([]int32, n), make([]int32, n)
+	for i, r := range b.Requests {
+		ids[i] = r.ID
+		idem[i] = r.IdempotencyKey
+		ttl[i] = r.TTL.Milliseconds()
+		keyIDs[i] = nullable(r.KeyID)
+		subjects[i] = joinSubjects(r.Subjects)
+		providers[i], flavors[i], models[i], routes[i] = r.Provider, r.Flavor, r.Model, r.Route
+		reqIDs[i] = nullable(r.RequestID)
+		holdCost[i], holdTokens[i] = r.HoldCost, r.HoldTokens
+		if r.LineCount > 0 {
+			first[i] = int32(r.FirstLine + 1)
+		}
+		count[i] = int32(r.LineCount)
+	}
+	nw := len(b.Windows)
+	wBudget, wStart, wEnd, wRoll := make([]int64, nw), make([]time.Time, nw), make([]time.Time, nw), make([]*time.Time, nw)
+	for i, w := range b.Windows {
+		wBudget[i], wStart[i], wEnd[i], wRoll[i] = w.BudgetID, w.Start, w.End, w.RollFrom
+	}
+	nh := len(b.Lines)
+	hWin, hAmt, hHard, hTok := make([]int32, nh), make([]int64, nh), make([]bool, nh), make([]bool, nh)
+	for i, l := range b.Lines {
+		hWin[i], hAmt[i], hHard[i], hTok[i] = int32(l.Window+1), l.Amount, l.Hard, l.Tokens
+	}
+
+	var (
+		res   ReserveResult
+		deny  []int32
+		resid []*string
+	)
+	err := s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
+		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+		$15, $16, $17, $18, $19, $20, $21, $22)`,
+		ids, idem, ttl, keyIDs, subjects, providers, flavors, models, routes, reqIDs, holdCost, holdTokens, first, count,
+		wBudget, wStart, wEnd, wRoll, hWin, hAmt, hHard, hTok,
+	).Scan(&res.Status, &resid, &deny, &res.LineLimit, &res.LineUsed)
+	if err != nil {
+		return ReserveResult{}, fmt.Errorf("reserve batch of %d: %w", n, interpret(err))
+	}
+	res.ReservationID = make([]string, n)
+	res.DenyLine = make([]int, n)
+	for i := range n {
+		if resid[i] != nil {
+			res.ReservationID[i] = *resid[i]
+		}
+		res.DenyLine[i] = int(deny[i]) - 1
+	}
+	return res, nil
+}
+
+// SettleRow is one resolution for purser_settle.
+type SettleRow struct {
+	ReservationID  string
+	Void           bool
+	Cost           int64 // micro-USD actually spent
+	Tokens         int64 // tokens actually used
+	Usage          json.RawMessage
+	CatalogVersion string
+	Cause          string
+}
+
+// SettleOutcome reports what happened to one reservation.
+type SettleOutcome struct {
+	ReservationID string
+	// Outcome is settled | voided | late_settled | late_voided | duplicate | unknown.
+	Outcome string
+}
+
+// Settle resolves a batch in one round trip. Duplicate ids within the batch keep the first.
+func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, error) {
+	n := len(rows)
+	ids, cats, causes := make([]string, n), make([]string, n), make([]string, n)
+	voids := make([]bool, n)
+	costs, tokens := make([]int64, n), make([]int64, n)
+	usages := make([][]byte, n)
+	for i, r := range rows {
+		ids[i], voids[i], costs[i], tokens[i], cats[i], causes[i] = r.ReservationID, r.Void, r.Cost, r.Tokens, r.CatalogVersion, r.Cause
+		if len(r.Usage) > 0 {
+			usages[i] = r.Usage
+		}
+	}
+	out := make([]SettleOutcome, 0, n)
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_settle($1::uuid[], $2, $3, $4, $5::jsonb[], $6, $7)`,
+		ids, voids, costs, tokens, usages, cats, causes)
+	if err != nil {
+		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
+	}
+	defer q.Close()
+	for q.Next() {
+		var o SettleOutcome
+		if err := q.Scan(&o.ReservationID, &o.Outcome); err != nil {
+			return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
+		}
+		out = append(out, o)
+	}
+	if err := q.Err(); err != nil {
+		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
+	}
+	return out, nil
+}
+
+// Expire charges up to limit overdue pending reservations in full; it returns how many.
+func (s *Store) Expire(ctx context.Context, limit int) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT purser_expire($1)`, limit).Scan(&n); err != nil {
+		return 0, fmt.Errorf("expire: %w", interpret(err))
+	}
+	return n, nil
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func joinSubjects(ss []string) string {
+	switch len(ss) {
+	case 0:
+		return ""
+	case 1:
+		return ss[0]
+	}
+	n := len(ss) - 1
+	for _, s := range ss {
+		n += len(s)
+	}
+	b := make([]byte, 0, n)
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, '\n')
+		}
+		b = append(b, s...)
+	}
+	return string(b)
+}

@@ -1,0 +1,295 @@
+-- The ledger's state changes, each one database round trip for a whole batch.
+--
+-- Lock order, everywhere: budgets rows of rolling budgets (by id), then reservations (by id),
+-- then budget_windows (by budget_id, window_start). Reserve never locks an existing reservation,
+-- so no cycle can form between reserving, settling and expiring.
+
+-- purser_reserve admits a batch of requests in arrival order. A request is admitted when every
+-- hard budget it touches still has room (posted + pending + amount <= limit + active grants),
+-- counting what earlier requests of the same batch were just given; all its holds are written
+-- together or none. This is exactly the outcome of serving the requests one by one in order.
+--
+-- Arrays come in three shapes: r_* one element per request (arrival order), w_* one element
+-- per distinct window sorted by (budget_id, window_start), h_* one element per hold line,
+-- grouped by request (r_first/r_count point into them; 1-based, r_count 0 = no budget applies).
+CREATE FUNCTION purser_reserve(
+    r_id          uuid[],
+    r_idem        bytea[],
+    r_ttl_ms      bigint[],
+    r_key_id      text[],
+    r_subjects    text[],
+    r_provider    text[],
+    r_flavor      text[],
+    r_model       text[],
+    r_route       text[],
+    r_request_id  text[],
+    r_hold_cost   bigint[],
+    r_hold_tokens bigint[],
+    r_first       integer[],
+    r_count       integer[],
+    w_budget      bigint[],
+    w_start       timestamptz[],
+    w_end         timestamptz[],
+    w_roll_from   timestamptz[],
+    h_window      integer[],
+    h_amount      bigint[],
+    h_hard        boolean[],
+    h_tokens      boolean[]
+) RETURNS TABLE (out_status text[], out_reservation_id uuid[], out_deny_line integer[], out_line_limit bigint[], out_line_used bigint[])
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    n      integer := coalesce(array_length(r_id, 1), 0);
+    nw     integer := coalesce(array_length(w_budget, 1), 0);
+    nh     integer := coalesce(array_length(h_window, 1), 0);
+    st     text[] := array_fill('denied'::text, ARRAY[n]);
+    resid  uuid[] := array_fill(NULL::uuid, ARRAY[n]);
+    deny   integer[] := array_fill(0, ARRAY[n]);
+    lim    bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
+    used   bigint[] := array_fill(0::bigint, ARRAY[nh]);
+    wused  bigint[];
+    wlimit bigint[];
+    wdelta bigint[] := array_fill(0::bigint, ARRAY[nw]);
+    ex     record;
+    vi     integer;
+    vj     integer;
+    vk     integer;
+    fits   boolean;
+BEGIN
+    IF n = 0 THEN
+        RETURN QUERY SELECT st, resid, deny, lim, used;
+        RETURN;
+    END IF;
+
+    -- A request reserved before under the same idempotency key gets its first answer back.
+    FOR ex IN SELECT r.id, r.idempotency_key FROM reservations r
+               WHERE r.idempotency_key = ANY (r_idem) LOOP
+        FOR vi IN 1 .. n LOOP
+            IF r_idem[vi] = ex.idempotency_key THEN
+                st[vi] := 'duplicate';
+                resid[vi] := ex.id;
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    IF nw > 0 THEN
+        -- Rolling budgets span several bucket rows: serialise them on their budget row.
+        PERFORM 1 FROM budgets b
+          WHERE b.id IN (SELECT w_budget[x] FROM generate_subscripts(w_budget, 1) AS x
+                          WHERE w_roll_from[x] IS NOT NULL)
+          ORDER BY b.id FOR NO KEY UPDATE;
+
+        -- Create missing window rows and lock every window in key order, in one pass:
+        -- DO UPDATE ... WHERE false locks an existing row without writing it.
+        INSERT INTO budget_windows AS bw (budget_id, window_start, window_end)
+        SELECT t.b, t.s, t.e FROM unnest(w_budget, w_start, w_end) AS t(b, s, e) ORDER BY t.b, t.s
+        ON CONFLICT (budget_id, window_start) DO UPDATE SET posted = bw.posted WHERE false;
+
+        SELECT array_agg(q.u ORDER BY q.x), array_agg(q.l ORDER BY q.x) INTO wused, wlimit FROM (
+            SELECT x,
+                   CASE WHEN w_roll_from[x] IS NULL THEN bw.posted + bw.pending
+                        ELSE (SELECT coalesce(sum(o.posted + o.pending), 0)::bigint FROM budget_windows o
+                               WHERE o.budget_id = w_budget[x]
+                                 AND o.window_start >= w_roll_from[x]
+                                 AND o.window_start <= w_start[x]) END AS u,
+                   CASE WHEN b.deleted_at IS NOT NULL THEN NULL
+                        ELSE b.limit_amount + coalesce((SELECT sum(g.amount) FROM budget_grants g
+                                                         WHERE g.budget_id = b.id
+                                                           AND g.starts_at <= now()
+                                                           AND g.expires_at > now()), 0)::bigint END AS l
+              FROM generate_subscripts(w_budget, 1) AS x
+              JOIN budget_windows bw ON bw.budget_id = w_budget[x] AND bw.window_start = w_start[x]
+              JOIN budgets b ON b.id = w_budget[x]) AS q;
+        IF coalesce(array_length(wused, 1), 0) <> nw THEN
+            RAISE EXCEPTION 'purser_reserve: % windows requested, % found (unknown budget id?)',
+                nw, coalesce(array_length(wused, 1), 0);
+        END IF;
+    END IF;
+
+    -- Admit in arrival order.
+    FOR vi IN 1 .. n LOOP
+        IF st[vi] = 'duplicate' THEN
+            CONTINUE;
+        END IF;
+        fits := true;
+        FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
+            vk := h_window[vj];
+            IF h_hard[vj] AND wlimit[vk] IS NOT NULL AND wused[vk] + wdelta[vk] + h_amount[vj] > wlimit[vk] THEN
+                fits := false;
+                deny[vi] := vj;
+                EXIT;
+            END IF;
+        END LOOP;
+        IF fits THEN
+            st[vi] := 'admitted';
+            resid[vi] := r_id[vi];
+            FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
+                wdelta[h_window[vj]] := wdelta[h_window[vj]] + h_amount[vj];
+            END LOOP;
+        END IF;
+        FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
+            vk := h_window[vj];
+            lim[vj] := wlimit[vk];
+            used[vj] := wused[vk] + wdelta[vk];
+        END LOOP;
+    END LOOP;
+
+    UPDATE budget_windows bw SET pending = bw.pending + d.delta
+      FROM unnest(w_budget, w_start, wdelta) AS d(b, s, delta)
+     WHERE bw.budget_id = d.b AND bw.window_start = d.s AND d.delta <> 0;
+
+    INSERT INTO reservations (id, idempotency_key, expires_at, key_id, subjects, provider, api_flavor,
+                              model, route, request_id, hold_cost, hold_tokens)
+    SELECT r_id[i], r_idem[i], now() + r_ttl_ms[i] * interval '1 millisecond', r_key_id[i],
+           string_to_array(r_subjects[i], E'\n'), r_provider[i], r_flavor[i], r_model[i], r_route[i],
+           r_request_id[i], r_hold_cost[i], r_hold_tokens[i]
+      FROM generate_subscripts(r_id, 1) AS i
+     WHERE st[i] = 'admitted';
+
+    INSERT INTO reservation_holds (reservation_id, budget_id, window_start, tokens_unit, amount)
+    SELECT r_id[i], w_budget[h_window[j]], w_start[h_window[j]], h_tokens[j], h_amount[j]
+      FROM generate_subscripts(r_id, 1) AS i,
+           generate_series(r_first[i], r_first[i] + r_count[i] - 1) AS j
+     WHERE st[i] = 'admitted';
+
+    RETURN QUERY SELECT st, resid, deny, lim, used;
+END
+$$;
+
+-- purser_settle resolves a batch of reservations with their real outcome. Per reservation:
+--   pending -> settled (charged = actual, pending released) or voided (nothing charged);
+--   expired -> settled / voided as well: a late entry replaces the expiry's full charge with the
+--              real one, refunding the difference;
+--   settled, voided -> no change (duplicates and replays are harmless);
+--   unknown id -> reported, nothing changes.
+-- An actual above the hold is charged in full and recorded as an overrun.
+CREATE FUNCTION purser_settle(
+    s_id      uuid[],
+    s_void    boolean[],
+    s_cost    bigint[],
+    s_tokens  bigint[],
+    s_usage   jsonb[],
+    s_catalog text[],
+    s_cause   text[]
+) RETURNS TABLE (out_id uuid, out_outcome text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    t_id     uuid[];
+    t_old    text[];
+    t_new    text[];
+    t_void   boolean[];
+    t_cost   bigint[];
+    t_tokens bigint[];
+    t_usage  jsonb[];
+    t_cat    text[];
+    t_cause  text[];
+BEGIN
+    WITH inp AS (
+        SELECT DISTINCT ON (t.id) t.id, t.void, t.cost, t.tokens, t.usage, t.catalog, t.cause
+          FROM unnest(s_id, s_void, s_cost, s_tokens, s_usage, s_catalog, s_cause)
+               WITH ORDINALITY AS t(id, void, cost, tokens, usage, catalog, cause, ord)
+         ORDER BY t.id, t.ord),
+    cur AS (
+        SELECT r.id, r.state FROM reservations r
+         WHERE r.id IN (SELECT inp.id FROM inp)
+         ORDER BY r.id FOR UPDATE)
+    SELECT array_agg(inp.id), array_agg(cur.state),
+           array_agg(CASE WHEN cur.state IS NULL THEN 'unknown'
+                          WHEN cur.state IN ('pending', 'expired') AND inp.void THEN 'voided'
+                          WHEN cur.state IN ('pending', 'expired') THEN 'settled'
+                          ELSE 'duplicate' END),
+           array_agg(inp.void), array_agg(inp.cost), array_agg(inp.tokens), array_agg(inp.usage),
+           array_agg(inp.catalog), array_agg(inp.cause)
+      INTO t_id, t_old, t_new, t_void, t_cost, t_tokens, t_usage, t_cat, t_cause
+      FROM inp LEFT JOIN cur ON cur.id = inp.id;
+
+    IF t_id IS NULL THEN
+        RETURN;
+    END IF;
+
+    PERFORM 1 FROM budget_windows w
+      WHERE (w.budget_id, w.window_start) IN (
+            SELECT h.budget_id, h.window_start
+              FROM reservation_holds h
+              JOIN unnest(t_id, t_new) AS t(id, new) ON h.reservation_id = t.id
+             WHERE t.new IN ('settled', 'voided'))
+      ORDER BY w.budget_id, w.window_start FOR UPDATE;
+
+    WITH t AS (
+        SELECT * FROM unnest(t_id, t_old, t_new, t_cost, t_tokens) AS t(id, old, new, cost, tokens)
+         WHERE t.new IN ('settled', 'voided')),
+    h AS (
+        UPDATE reservation_holds h
+           SET charged = CASE WHEN t.new = 'voided' THEN 0 WHEN h.tokens_unit THEN t.tokens ELSE t.cost END
+          FROM t
+         WHERE h.reservation_id = t.id
+        RETURNING h.budget_id, h.window_start, h.amount, h.charged, t.old)
+    UPDATE budget_windows w
+       SET pending = w.pending - d.released, posted = w.posted + d.charged
+      FROM (SELECT h.budget_id, h.window_start,
+                   sum(CASE WHEN h.old = 'pending' THEN h.amount ELSE 0 END)::bigint AS released,
+                   sum(h.charged - CASE WHEN h.old = 'expired' THEN h.amount ELSE 0 END)::bigint AS charged
+              FROM h GROUP BY h.budget_id, h.window_start) AS d
+     WHERE w.budget_id = d.budget_id AND w.window_start = d.window_start;
+
+    UPDATE reservations r
+       SET state = t.new,
+           resolved_at = now(),
+           actual_cost = CASE WHEN t.new = 'voided' THEN 0 ELSE t.cost END,
+           actual_tokens = CASE WHEN t.new = 'voided' THEN 0 ELSE t.tokens END,
+           usage = t.usage,
+           catalog_version = t.cat,
+           cause = t.cause,
+           overrun_cost = CASE WHEN t.new = 'settled' THEN greatest(0, t.cost - r.hold_cost) ELSE 0 END,
+           overrun_tokens = CASE WHEN t.new = 'settled' THEN greatest(0, t.tokens - r.hold_tokens) ELSE 0 END
+      FROM unnest(t_id, t_new, t_cost, t_tokens, t_usage, t_cat, t_cause) AS t(id, new, cost, tokens, usage, cat, cause)
+     WHERE r.id = t.id AND t.new IN ('settled', 'voided');
+
+    RETURN QUERY
+        SELECT t.id, CASE WHEN t.old = 'expired' AND t.new IN ('settled', 'voided') THEN 'late_' || t.new ELSE t.new END
+          FROM unnest(t_id, t_old, t_new) AS t(id, old, new);
+END
+$$;
+
+-- purser_expire charges in full up to p_limit pending reservations whose deadline (database
+-- clock) has passed. SKIP LOCKED lets many replicas sweep at once without double charging.
+CREATE FUNCTION purser_expire(p_limit integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ids uuid[];
+BEGIN
+    SELECT array_agg(q.id) INTO ids FROM (
+        SELECT r.id FROM reservations r
+         WHERE r.state = 'pending' AND r.expires_at <= now()
+         ORDER BY r.expires_at
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED) AS q;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    PERFORM 1 FROM budget_windows w
+      WHERE (w.budget_id, w.window_start) IN (
+            SELECT h.budget_id, h.window_start FROM reservation_holds h WHERE h.reservation_id = ANY (ids))
+      ORDER BY w.budget_id, w.window_start FOR UPDATE;
+
+    WITH h AS (
+        UPDATE reservation_holds h SET charged = h.amount
+         WHERE h.reservation_id = ANY (ids)
+        RETURNING h.budget_id, h.window_start, h.amount)
+    UPDATE budget_windows w
+       SET pending = w.pending - d.total, posted = w.posted + d.total
+      FROM (SELECT h.budget_id, h.window_start, sum(h.amount)::bigint AS total
+              FROM h GROUP BY h.budget_id, h.window_start) AS d
+     WHERE w.budget_id = d.budget_id AND w.window_start = d.window_start;
+
+    UPDATE reservations r
+       SET state = 'expired', resolved_at = now(), cause = 'expired',
+           actual_cost = r.hold_cost, actual_tokens = r.hold_tokens
+     WHERE r.id = ANY (ids);
+
+    RETURN array_length(ids, 1);
+END
+$$;

@@ -1,0 +1,170 @@
+// Package migrations holds purser's schema as plain SQL files, embedded in the binary, and the
+// migrator that applies them.
+//
+// Each file NNN_name.up.sql is one migration, applied in its own transaction together with the
+// row that records it. A session-level advisory lock (keyed by the schema name) serialises
+// concurrent migrators, so several replicas starting at once cannot race.
+package migrations
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed *.sql
+var files embed.FS
+
+// Migration is one embedded schema change.
+type Migration struct {
+	Version int
+	Name    string
+	SQL     string
+}
+
+// All returns the embedded migrations in version order.
+func All() ([]Migration, error) {
+	entries, err := fs.Glob(files, "*.up.sql")
+	if err != nil {
+		return nil, fmt.Errorf("list migrations: %w", err)
+	}
+	out := make([]Migration, 0, len(entries))
+	for _, name := range entries {
+		base := strings.TrimSuffix(path.Base(name), ".up.sql")
+		num, rest, ok := strings.Cut(base, "_")
+		if !ok {
+			return nil, fmt.Errorf("migration %s: name must be NNN_name.up.sql", name)
+		}
+		v, err := strconv.Atoi(num)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("migration %s: bad version %q", name, num)
+		}
+		body, err := files.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("read migration %s: %w", name, err)
+		}
+		out = append(out, Migration{Version: v, Name: rest, SQL: string(body)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	for i, m := range out {
+		if m.Version != i+1 {
+			return nil, fmt.Errorf("migration versions must be 1..n without gaps; found %d at position %d", m.Version, i+1)
+		}
+	}
+	return out, nil
+}
+
+// Latest is the version the embedded migrations bring a schema to.
+func Latest() (int, error) {
+	all, err := All()
+	if err != nil {
+		return 0, err
+	}
+	return len(all), nil
+}
+
+const createTable = `CREATE TABLE IF NOT EXISTS purser_migrations (
+	version    integer PRIMARY KEY,
+	name       text NOT NULL,
+	applied_at timestamptz NOT NULL DEFAULT now()
+)`
+
+// Current reports the schema version recorded in the database (0 for an empty schema).
+func Current(ctx context.Context, db *pgxpool.Pool) (int, error) {
+	var exists bool
+	err := db.QueryRow(ctx, `SELECT to_regclass('purser_migrations') IS NOT NULL`).Scan(&exists)
+	if err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int
+	if err := db.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM purser_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, nil
+}
+
+// ErrBehind is returned by Check when the database schema is older than this binary.
+var ErrBehind = errors.New("database schema is behind this binary")
+
+// Check returns nil when the schema is exactly at the embedded latest version, ErrBehind
+// (wrapped, naming both versions and the fix) when it is older, and an error when it is newer.
+func Check(ctx context.Context, db *pgxpool.Pool) error {
+	cur, err := Current(ctx, db)
+	if err != nil {
+		return err
+	}
+	latest, err := Latest()
+	if err != nil {
+		return err
+	}
+	switch {
+	case cur < latest:
+		return fmt.Errorf("%w: schema version %d, binary needs %d; run `purser migrate` first", ErrBehind, cur, latest)
+	case cur > latest:
+		return fmt.Errorf("database schema version %d is newer than this binary (%d); upgrade purser", cur, latest)
+	}
+	return nil
+}
+
+// Up applies every pending migration and returns the versions it applied.
+func Up(ctx context.Context, db *pgxpool.Pool) ([]int, error) {
+	all, err := All()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := db.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire connection: %w", err)
+	}
+	defer conn.Release()
+
+	// The lock key includes the schema so isolated test schemas do not wait for each other.
+	const lockSQL = `SELECT pg_advisory_lock(hashtextextended('purser-migrate:' || current_schema(), 0))`
+	const unlockSQL = `SELECT pg_advisory_unlock(hashtextextended('purser-migrate:' || current_schema(), 0))`
+	if _, err := conn.Exec(ctx, lockSQL); err != nil {
+		return nil, fmt.Errorf("take migration lock: %w", err)
+	}
+	defer func() {
+		// Unlock on a context that survives the caller's cancellation; the session lock would
+		// otherwise stay with the pooled connection.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), unlockSQL)
+	}()
+
+	if _, err := conn.Exec(ctx, createTable); err != nil {
+		return nil, fmt.Errorf("create migrations table: %w", err)
+	}
+	var cur int
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM purser_migrations`).Scan(&cur); err != nil {
+		return nil, fmt.Errorf("read schema version: %w", err)
+	}
+	var applied []int
+	for _, m := range all {
+		if m.Version <= cur {
+			continue
+		}
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, m.SQL); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO purser_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
+			return err
+		})
+		if err != nil {
+			return applied, fmt.Errorf("apply migration %03d_%s: %w", m.Version, m.Name, err)
+		}
+		applied = append(applied, m.Version)
+	}
+	return applied, nil
+}
