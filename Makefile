@@ -1,0 +1,65 @@
+# purser — see README.md. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/purser?sslmode=disable
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
+# The local demo's admin token (loopback only). Set your own in production.
+PURSER_ADMIN_TOKEN ?= purser-local-admin-token
+FUZZTIME ?= 20s
+export DATABASE_URL TEST_DATABASE_URL
+
+.PHONY: help build run test e2e fuzz bench lint depcheck db-up migrate seed verify clean
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/purser and bin/fakellm
+	$(GO) build -o $(BIN)/purser ./cmd/purser
+	$(GO) build -o $(BIN)/fakellm ./cmd/fakellm
+
+db-up: ## start the machine's PostgreSQL if it is not answering
+	@if pg_isready -q -h 127.0.0.1 -p 5432; then echo "postgres: up"; \
+	elif command -v pg_ctlcluster >/dev/null; then \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | sort -V | tail -n1) main start && \
+		for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+		pg_isready -h 127.0.0.1 -p 5432; \
+	else echo "postgres is not running and pg_ctlcluster is not installed: start PostgreSQL or set DATABASE_URL"; exit 1; fi
+
+migrate: build db-up ## create the database if needed and migrate it
+	$(BIN)/purser migrate
+
+seed: migrate ## load the sample key and budgets
+	$(BIN)/purser seed
+
+run: seed ## run purser locally with a sample key and budgets (Ctrl-C to stop)
+	@echo "admin API token for this demo: $(PURSER_ADMIN_TOKEN)"
+	PURSER_ADMIN_TOKEN=$(PURSER_ADMIN_TOKEN) $(BIN)/purser serve
+
+test: db-up ## run every test with -race against the local Postgres
+	CI=true $(GO) test -race -count=1 -timeout 30m ./...
+
+e2e: db-up ## run the end-to-end suite (real binary, real Postgres; a real Envoy when ENVOY_BIN is set)
+	CI=true $(GO) test -race -count=1 -timeout 30m ./e2e/...
+
+fuzz: ## run every fuzz target for FUZZTIME each
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; done
+
+bench: db-up build ## measure Check throughput and latency against baselines (prints a table)
+	$(GO) run ./cmd/purser-bench
+
+verify: build ## reconcile the ledger in DATABASE_URL
+	$(BIN)/purser verify
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+depcheck: ## check the import direction rules
+	$(GO) test -run TestImportDirection .
+
+clean: ## remove build output
+	rm -rf $(BIN)

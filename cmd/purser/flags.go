@@ -1,0 +1,93 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// flags wraps a FlagSet whose defaults come from environment variables when they are set, so
+// that every flag can be given either way and flags win.
+type flags struct {
+	*flag.FlagSet
+	e    env
+	errs []error
+}
+
+func newFlags(name string, e env) *flags {
+	fs := flag.NewFlagSet("purser "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return &flags{FlagSet: fs, e: e}
+}
+
+func (f *flags) usage(envVar, text string) string {
+	if envVar == "" {
+		return text
+	}
+	return text + " (env " + envVar + ")"
+}
+
+func (f *flags) String(name, envVar, def, text string) *string {
+	if v := f.env(envVar); v != "" {
+		def = v
+	}
+	return f.FlagSet.String(name, def, f.usage(envVar, text))
+}
+
+func (f *flags) Duration(name, envVar string, def time.Duration, text string) *time.Duration {
+	if v := f.env(envVar); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			f.errs = append(f.errs, fmt.Errorf("%s=%q: not a duration (e.g. 150ms, 15m)", envVar, v))
+		} else {
+			def = d
+		}
+	}
+	return f.FlagSet.Duration(name, def, f.usage(envVar, text))
+}
+
+func (f *flags) Int(name, envVar string, def int, text string) *int {
+	if v := f.env(envVar); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			f.errs = append(f.errs, fmt.Errorf("%s=%q: not an integer", envVar, v))
+		} else {
+			def = n
+		}
+	}
+	return f.FlagSet.Int(name, def, f.usage(envVar, text))
+}
+
+func (f *flags) Bool(name, envVar string, def bool, text string) *bool {
+	if v := f.env(envVar); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			f.errs = append(f.errs, fmt.Errorf("%s=%q: not a boolean", envVar, v))
+		} else {
+			def = b
+		}
+	}
+	return f.FlagSet.Bool(name, def, f.usage(envVar, text))
+}
+
+func (f *flags) env(name string) string {
+	if name == "" {
+		return ""
+	}
+	return f.e.getenv(name)
+}
+
+// Parse parses args and reports environment values that did not parse.
+func (f *flags) Parse(args []string) error {
+	if err := f.FlagSet.Parse(args); err != nil {
+		return err
+	}
+	if len(f.errs) > 0 {
+		return f.errs[0]
+	}
+	if f.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", f.Args())
+	}
+	return nil
+}
