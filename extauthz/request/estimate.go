@@ -14,8 +14,10 @@ import "unicode/utf8"
 //   - ASCII letters: one token per started group of 4 letters in a run, plus a penalty for
 //     every letter bigram that is rare inside the vocabularies' multi-letter tokens
 //     (bigramLevels, derived from the vocabularies themselves) and one token per
-//     lower-to-upper case change (o200k splits CamelCase). Prose stays near 4 letters per
-//     token while random strings (hashes, base64) pay about one token per 2 letters, as BPE does.
+//     lower-to-upper case change (o200k splits CamelCase), half a token for every third
+//     consonant in a row (vowel-less fragments split) and half a token where letters and
+//     digits meet (hex, base64, identifiers). Prose stays near 4 letters per token while random
+//     strings pay about one token per 2 letters, as BPE does.
 //   - ASCII digits: one token per started group of 3 (both vocabularies split numbers into
 //     groups of at most 3 digits), plus 3/4 token when a space precedes the number (the space
 //     is then its own token).
@@ -30,6 +32,8 @@ const (
 	costLetterGroup = unit     // per started group of lettersPerGroup letters
 	lettersPerGroup = 4        //
 	costCaseChange  = unit     // lower-case letter followed by an upper-case letter
+	costConsonants  = unit / 2 // every third consonant in a row (y counts as a vowel)
+	costLetterDigit = unit / 2 // a letter run meeting a digit run, either way
 	costDigitGroup  = unit     // per started group of 3 digits
 	costSpaceDigits = 9        // a space right before a number
 	costSpace       = 3        // space or tab
@@ -106,11 +110,12 @@ const (
 // counter accumulates the estimated token cost of a text fed to it one character at a time.
 // Its zero value is ready to use.
 type counter struct {
-	units     int64
-	run       int64 // length of the current letter or digit run
-	cls       uint8 // class of the previous character
-	prev      byte  // previous letter, lower-cased, inside a letter run
-	prevLower bool  // previous letter was lower case
+	units      int64
+	run        int64 // length of the current letter or digit run
+	cls        uint8 // class of the previous character
+	prev       byte  // previous letter, lower-cased, inside a letter run
+	prevLower  bool  // previous letter was lower case
+	consonants int64 // consonants in a row inside the current letter run
 }
 
 // ascii feeds one ASCII byte.
@@ -120,7 +125,10 @@ func (c *counter) ascii(b byte) {
 		lower := b|0x20 == b
 		lc := b | 0x20
 		if c.cls != clsLetter {
-			c.cls, c.run, c.prev = clsLetter, 0, 0
+			if c.cls == clsDigit {
+				c.units += costLetterDigit
+			}
+			c.cls, c.run, c.prev, c.consonants = clsLetter, 0, 0, 0
 		} else {
 			c.units += bigramCost(bigramLevels[int(c.prev-'a')*26+int(lc-'a')])
 			if !lower && c.prevLower {
@@ -130,12 +138,24 @@ func (c *counter) ascii(b byte) {
 		if c.run%lettersPerGroup == 0 {
 			c.units += costLetterGroup
 		}
+		switch lc {
+		case 'a', 'e', 'i', 'o', 'u', 'y':
+			c.consonants = 0
+		default:
+			c.consonants++
+			if c.consonants%3 == 0 {
+				c.units += costConsonants
+			}
+		}
 		c.run++
 		c.prev, c.prevLower = lc, lower
 	case b >= '0' && b <= '9':
 		if c.cls != clsDigit {
-			if c.cls == clsSpace {
+			switch c.cls {
+			case clsSpace:
 				c.units += costSpaceDigits
+			case clsLetter:
+				c.units += costLetterDigit
 			}
 			c.cls, c.run = clsDigit, 0
 		}

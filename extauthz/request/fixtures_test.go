@@ -130,9 +130,9 @@ var fixtureSpecs = map[string]fixture{
 	},
 	"mtls_principal": {
 		method: "POST", host: "llm-gw.internal", path: "/v1/chat/completions",
-		principal:  "spiffe://cluster.local/ns/app/sa/web",
-		stringBody: true,
-		body:       `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}],"max_tokens":16}`,
+		principal:         "spiffe://cluster.local/ns/app/sa/web",
+		stringBody:        true,
+		body:              `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}],"max_tokens":16}`,
 		contextExtensions: map[string]string{"provider": "openai"},
 	},
 	"jwt_metadata": {
