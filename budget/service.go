@@ -192,6 +192,8 @@ func (s *Service) budgetsFor(ctx context.Context, subjects []Subject) (map[Subje
 
 // ReserveRequest asks to hold a request's worst-case cost.
 type ReserveRequest struct {
+	// ID is the reservation id to use when admitted (a UUID); empty: one is generated.
+	ID string
 	// IdempotencyKey, when set, makes a repeated Reserve of the same request return the first
 	// answer instead of holding twice. It must be unique per downstream request (see
 	// extauthz: key id + x-request-id + Envoy stream id).
@@ -354,8 +356,14 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 			firstByKey[string(r.IdempotencyKey)] = i
 		}
 		applicable := applicableBudgets(r, bySubject)
+		id := r.ID
+		if id == "" {
+			id = uuidV7()
+		} else if _, err := parseUUID(id); err != nil {
+			return nil, fmt.Errorf("%w: reservation id: %w", ErrInvalid, err)
+		}
 		row := store.ReserveRequestRow{
-			ID: uuidV7(), IdempotencyKey: r.IdempotencyKey, TTL: r.TTL, KeyID: r.KeyID,
+			ID: id, IdempotencyKey: r.IdempotencyKey, TTL: r.TTL, KeyID: r.KeyID,
 			Subjects: subjectStrings(r.Subjects), Provider: r.Provider, Flavor: r.Flavor, Model: r.Target.Model,
 			Route: r.Route, RequestID: r.RequestID, HoldCost: r.Cost, HoldTokens: r.Tokens,
 			FirstLine: len(batch.Lines), LineCount: len(applicable),

@@ -1,0 +1,147 @@
+package budget_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/store"
+)
+
+func startBatcher(t *testing.T, svc *budget.Service, cfg budget.BatcherConfig) *budget.Batcher {
+	t.Helper()
+	b := budget.NewBatcher(svc, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return b
+}
+
+func TestBatcher_IdleRequestsGoAlone(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{})
+	for range 5 {
+		d, err := b.Reserve(context.Background(), req("team:ml"))
+		require.NoError(t, err)
+		require.Equal(t, budget.Admitted, d.Outcome)
+	}
+	batches, reserved := b.Stats()
+	require.Equal(t, int64(5), reserved)
+	require.Equal(t, int64(5), batches, "sequential callers never wait for a batch to fill")
+}
+
+func TestBatcher_HotBudgetExact(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	const limit, cost = 40_000, 10
+	tb := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: limit, Window: "month", Hard: true})
+	st := store.New(e.schema.Pool)
+	// Two replicas, each with its own batcher, on one hot budget.
+	bs := []*budget.Batcher{
+		startBatcher(t, budget.New(st, st, budget.Config{}), budget.BatcherConfig{}),
+		startBatcher(t, budget.New(st, st, budget.Config{}), budget.BatcherConfig{Lanes: 2}),
+	}
+	const callers, each = 256, 20 // 5,120 attempts for 4,000 places
+	var wg sync.WaitGroup
+	var admitted, denied atomic.Int64
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				r := req("team:ml", budget.Subject("user:u"+string(rune('a'+c%26))))
+				r.Cost = cost
+				d, err := bs[c%2].Reserve(ctx, r)
+				if err != nil {
+					t.Errorf("reserve: %v", err)
+					return
+				}
+				switch d.Outcome {
+				case budget.Admitted:
+					admitted.Add(1)
+					if d.Budgets[0].Used > limit {
+						t.Errorf("admitted at %d > %d", d.Budgets[0].Used, limit)
+					}
+				case budget.Denied:
+					denied.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int64(limit/cost), admitted.Load(), "exactly the limit is admitted")
+	require.Equal(t, int64(callers*each-limit/cost), denied.Load())
+	var batches, reserved int64
+	for _, b := range bs {
+		n, r := b.Stats()
+		batches += n
+		reserved += r
+	}
+	require.Equal(t, int64(callers*each), reserved)
+	require.Less(t, batches, reserved/2, "concurrent callers share transactions")
+	t.Logf("%d reservations in %d batches (%.1f per batch)", reserved, batches, float64(reserved)/float64(batches))
+	posted, pending := e.window(t, tb.ID, tb.Window.At(e.clock.Now(), time.Time{}).Start)
+	require.Equal(t, int64(limit), posted+pending)
+	e.requireClean(t)
+}
+
+// A caller that gives up while its batch is in flight must not leave a hold behind.
+func TestBatcher_AbandonedReservationIsVoided(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	tb := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{})
+	first, err := b.Reserve(ctx, req("team:ml")) // creates the window row
+	require.NoError(t, err)
+	start := first.Budgets[0].Window.Start
+
+	// Hold the window's row lock so the next batch blocks inside the database.
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
+	require.NoError(t, err)
+
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	r := req("team:ml")
+	r.ID = "018f0000-0000-7000-8000-00000000abcd"
+	_, err = b.Reserve(short, r)
+	require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
+	require.NoError(t, tx.Rollback(ctx)) // the blocked batch now commits
+
+	// The next request runs in the worker's next batch, after the void of the abandoned one.
+	_, err = b.Reserve(ctx, req("team:ml"))
+	require.NoError(t, err)
+	res, err := e.svc.Reservation(ctx, r.ID)
+	require.NoError(t, err)
+	require.Equal(t, "voided", res.State)
+	require.Equal(t, "caller_gone", *res.Cause)
+	_, pending := e.window(t, tb.ID, start)
+	require.Equal(t, int64(20), pending, "only the two delivered reservations hold budget")
+	e.requireClean(t)
+}
+
+func TestBatcher_StoppedRefuses(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	b := budget.NewBatcher(e.svc, budget.BatcherConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	cancel()
+	<-done
+	_, err := b.Reserve(context.Background(), req("team:ml"))
+	require.ErrorIs(t, err, budget.ErrStopped)
+	require.ErrorIs(t, err, budget.ErrUnavailable)
+}
