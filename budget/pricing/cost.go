@@ -283,7 +283,7 @@ type Model struct {
 
 // PricesAt returns the price set in force at t: the last price set whose constraint holds at
 // t (a start date is on or before t, in UTC; a daily UTC time-of-day window contains t), else
-// the first one — genai-prices' rule.
+// the first one — genai-prices' rule. The result is shared and must not be modified.
 func (m *Model) PricesAt(t time.Time) *Prices {
 	for i := len(m.prices) - 1; i >= 0; i-- {
 		cp := m.prices[i]

@@ -38,7 +38,8 @@ const maxOverridesSize = 16 << 20
 //	  output_mtok: 30
 //
 // A new model is placed before the provider's catalog models, so its rule wins. Errors name
-// the field: "models[2].prices.input_mtok: must be >= 0". YAML numbers pass through a float64,
+// the field ("models[2].prices.input_mtok: must be >= 0") or the YAML line; the caller adds
+// the file name. YAML numbers pass through a float64,
 // so write prices with more than 15 significant digits as strings ("0.123456789").
 func Load(base *Catalog, r io.Reader) (*Catalog, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxOverridesSize+1))
@@ -46,13 +47,9 @@ func Load(base *Catalog, r io.Reader) (*Catalog, error) {
 		return nil, fmt.Errorf("read price overrides: %w", err)
 	}
 	if len(data) > maxOverridesSize {
-		return nil, fmt.Errorf("price overrides: larger than %d bytes", maxOverridesSize)
+		return nil, fmt.Errorf("larger than %d bytes", maxOverridesSize)
 	}
-	c, err := applyOverrides(base, data)
-	if err != nil {
-		return nil, fmt.Errorf("price overrides: %w", err)
-	}
-	return c, nil
+	return applyOverrides(base, data)
 }
 
 type overrideModel struct {

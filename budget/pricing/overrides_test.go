@@ -143,42 +143,42 @@ func TestLoad_Errors(t *testing.T) {
 		in      string
 		wantErr string
 	}{
-		{"UnknownTopLevel", `modles: []`, `price overrides: unknown field "modles" (allowed: models, aliases, default_price)`},
-		{"NotAnObject", `[1, 2]`, `price overrides: must be an object`},
-		{"YAMLSyntax", "models:\n  - id: [", `price overrides: yaml: line 2: did not find expected node content`},
-		{"DuplicateKey", "aliases: {}\naliases: {}", `price overrides: yaml: unmarshal errors:` + "\n" + `  line 2: key "aliases" already set in map`},
-		{"ModelsNotList", `models: {}`, `price overrides: models: must be a list`},
+		{"UnknownTopLevel", `modles: []`, `unknown field "modles" (allowed: models, aliases, default_price)`},
+		{"NotAnObject", `[1, 2]`, `must be an object`},
+		{"YAMLSyntax", "models:\n  - id: [", `yaml: line 2: did not find expected node content`},
+		{"DuplicateKey", "aliases: {}\naliases: {}", `yaml: unmarshal errors:` + "\n" + `  line 2: key "aliases" already set in map`},
+		{"ModelsNotList", `models: {}`, `models: must be a list`},
 		{"UnknownModelField", `models: [{provider: openai, id: x, prices: {input_mtok: 1}, price: 2}]`,
-			`price overrides: models[0]: unknown field "price" (allowed: provider, id, match, context_window, prices)`},
-		{"MissingProvider", `models: [{id: x, prices: {input_mtok: 1}}]`, `price overrides: models[0].provider: missing`},
-		{"MissingID", `models: [{provider: openai, prices: {input_mtok: 1}}]`, `price overrides: models[0].id: missing`},
-		{"MissingPrices", `models: [{provider: openai, id: x}]`, `price overrides: models[0].prices: missing`},
+			`models[0]: unknown field "price" (allowed: provider, id, match, context_window, prices)`},
+		{"MissingProvider", `models: [{id: x, prices: {input_mtok: 1}}]`, `models[0].provider: missing`},
+		{"MissingID", `models: [{provider: openai, prices: {input_mtok: 1}}]`, `models[0].id: missing`},
+		{"MissingPrices", `models: [{provider: openai, id: x}]`, `models[0].prices: missing`},
 		{"NegativePrice", `models: [{provider: openai, id: a, prices: {input_mtok: 1}}, {provider: openai, id: b, prices: {input_mtok: 1}}, {provider: openai, id: x, prices: {input_mtok: -1}}]`,
-			`price overrides: models[2].prices.input_mtok: must be >= 0`},
+			`models[2].prices.input_mtok: must be >= 0`},
 		{"TooPrecise", `models: [{provider: openai, id: x, prices: {output_mtok: "0.0000000001"}}]`,
-			`price overrides: models[0].prices.output_mtok: 0.0000000001 has more than 9 decimal places and cannot be represented exactly`},
+			`models[0].prices.output_mtok: 0.0000000001 has more than 9 decimal places and cannot be represented exactly`},
 		{"UnknownPriceKind", `models: [{provider: openai, id: x, prices: {input_image_mtok: 1}}]`,
-			`price overrides: models[0].prices.input_image_mtok: unsupported price kind`},
+			`models[0].prices.input_image_mtok: unsupported price kind`},
 		{"PriceNotNumber", `models: [{provider: openai, id: x, prices: {input_mtok: cheap}}]`,
-			`price overrides: models[0].prices.input_mtok: invalid number "cheap"`},
+			`models[0].prices.input_mtok: invalid number "cheap"`},
 		{"TierBadStart", `models: [{provider: openai, id: x, prices: {input_mtok: {base: 1, tiers: [{start: -5, price: 2}]}}}]`,
-			`price overrides: models[0].prices.input_mtok.tiers[0].start: negative value -5`},
+			`models[0].prices.input_mtok.tiers[0].start: negative value -5`},
 		{"TierUnknownField", `models: [{provider: openai, id: x, prices: {input_mtok: {base: 1, tier: []}}}]`,
-			`price overrides: models[0].prices.input_mtok: tiered price: json: unknown field "tier"`},
+			`models[0].prices.input_mtok: tiered price: json: unknown field "tier"`},
 		{"BadMatch", `models: [{provider: openai, id: x, match: {like: x}, prices: {input_mtok: 1}}]`,
-			`price overrides: models[0].match: unknown match clause "like"`},
+			`models[0].match: unknown match clause "like"`},
 		{"BadContextWindow", `models: [{provider: openai, id: x, context_window: 1.5, prices: {input_mtok: 1}}]`,
-			`price overrides: models[0].context_window: 1.5 is not an integer`},
+			`models[0].context_window: 1.5 is not an integer`},
 		{"DuplicateModel", `models: [{provider: openai, id: x, prices: {input_mtok: 1}}, {provider: OpenAI, id: X, prices: {input_mtok: 2}}]`,
-			`price overrides: models[1].id: duplicate model openai/X`},
+			`models[1].id: duplicate model openai/X`},
 		{"BadProviderID", `models: [{provider: "a/b", id: x, prices: {input_mtok: 1}}]`,
-			`price overrides: models[0].provider: invalid provider id "a/b"`},
-		{"AliasNoSlash", `aliases: {x: gpt-4o}`, `price overrides: aliases["x"]: target "gpt-4o": want "provider/model"`},
-		{"AliasUnknownProvider", `aliases: {x: nope/gpt-4o}`, `price overrides: aliases["x"]: target "nope/gpt-4o": unknown provider "nope"`},
-		{"AliasUnknownModel", `aliases: {x: openai/gpt-99}`, `price overrides: aliases["x"]: target "openai/gpt-99": no such model in provider openai`},
-		{"AliasNotString", `aliases: {x: {a: b}}`, `price overrides: aliases: must map names to "provider/model" strings`},
-		{"DefaultPriceBad", `default_price: {input_mtok: -2}`, `price overrides: default_price.input_mtok: must be >= 0`},
-		{"DefaultPriceUnknownKey", `default_price: {inputmtok: 2}`, `price overrides: default_price.inputmtok: unsupported price kind`},
+			`models[0].provider: invalid provider id "a/b"`},
+		{"AliasNoSlash", `aliases: {x: gpt-4o}`, `aliases["x"]: target "gpt-4o": want "provider/model"`},
+		{"AliasUnknownProvider", `aliases: {x: nope/gpt-4o}`, `aliases["x"]: target "nope/gpt-4o": unknown provider "nope"`},
+		{"AliasUnknownModel", `aliases: {x: openai/gpt-99}`, `aliases["x"]: target "openai/gpt-99": no such model in provider openai`},
+		{"AliasNotString", `aliases: {x: {a: b}}`, `aliases: must map names to "provider/model" strings`},
+		{"DefaultPriceBad", `default_price: {input_mtok: -2}`, `default_price.input_mtok: must be >= 0`},
+		{"DefaultPriceUnknownKey", `default_price: {inputmtok: 2}`, `default_price.inputmtok: unsupported price kind`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,7 +190,7 @@ func TestLoad_Errors(t *testing.T) {
 	t.Run("TooLarge", func(t *testing.T) {
 		t.Parallel()
 		_, err := Load(base, strings.NewReader(strings.Repeat(" ", maxOverridesSize+1)))
-		require.EqualError(t, err, "price overrides: larger than 16777216 bytes")
+		require.EqualError(t, err, "larger than 16777216 bytes")
 	})
 }
 
@@ -300,7 +300,7 @@ func TestWatcher_Reload(t *testing.T) {
 	writeFile(t, path, "aliases: {a: openai/gpt-99}\n", t0.Add(3*time.Second))
 	changed, err = w.Reload(ctx)
 	require.False(t, changed)
-	require.EqualError(t, err, `reload `+path+`: price overrides: aliases["a"]: target "openai/gpt-99": no such model in provider openai`)
+	require.EqualError(t, err, `reload price overrides `+path+`: aliases["a"]: target "openai/gpt-99": no such model in provider openai`)
 	require.Equal(t, v2, w.Catalog().Version())
 	require.Equal(t, int64(1), w.Failures())
 	changed, err = w.Reload(ctx)
@@ -345,7 +345,7 @@ func TestNewWatcher_Errors(t *testing.T) {
 	bad := filepath.Join(dir, "bad.yaml")
 	writeFile(t, bad, "models: 3", time.Now())
 	_, err = NewWatcher(base, bad, WatcherConfig{})
-	require.EqualError(t, err, bad+": price overrides: models: must be a list")
+	require.EqualError(t, err, "price overrides "+bad+": models: must be a list")
 }
 
 func TestWatcher_Run(t *testing.T) {

@@ -64,11 +64,11 @@ func NewWatcher(base *Catalog, path string, cfg WatcherConfig) (*Watcher, error)
 	w := &Watcher{base: base, path: path, cfg: cfg}
 	st, data, err := w.read()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("price overrides: %w", err)
 	}
 	c, err := Load(base, bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("price overrides %s: %w", path, err)
 	}
 	w.last = st
 	w.cur.Store(c)
@@ -117,7 +117,7 @@ func (w *Watcher) Reload(ctx context.Context) (bool, error) {
 	}
 	c, err := Load(w.base, bytes.NewReader(data))
 	if err != nil {
-		return false, w.fail(fmt.Errorf("reload %s: %w", w.path, err))
+		return false, w.fail(fmt.Errorf("reload price overrides %s: %w", w.path, err))
 	}
 	w.cur.Store(c)
 	w.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "price overrides reloaded",
