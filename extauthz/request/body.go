@@ -176,9 +176,10 @@ type bodyParser struct {
 	depth   int
 	err     error
 	cnt     counter
-	set     *settings
+	set     settings
 	dialect dialect
-	// capture overflow flag of the last str call
+	// captured length and overflow flag of the last str call
+	capLen   int
 	overflow bool
 
 	tokens   int64
@@ -210,7 +211,7 @@ type bodyResult struct {
 	err         error // syntax or shape error (includes errJSONEOF)
 }
 
-func parseBody(data []byte, d dialect, set *settings) bodyResult {
+func parseBody(data []byte, d dialect, set settings) bodyResult {
 	p := bodyParser{data: data, set: set, dialect: d, choices: 1}
 	p.top()
 	if p.err == nil {
@@ -291,8 +292,8 @@ func (p *bodyParser) top() {
 			p.fail("object key expected")
 			return
 		}
-		key := kbuf[:0]
-		p.str(p.dialect != dialectEmbeddings, &key, nil)
+		p.str(p.dialect != dialectEmbeddings, kbuf[:], nil)
+		key := kbuf[:p.capLen]
 		f := tfOther
 		if !p.overflow {
 			f = topFieldOf(key)
@@ -326,7 +327,7 @@ func (p *bodyParser) member(f topField, key []byte) {
 		bit := uint32(1) << f
 		if p.seen&bit != 0 {
 			if p.err == nil {
-				p.err = fmt.Errorf("duplicate key %q", key)
+				p.err = fmt.Errorf("duplicate key %q", string(key))
 			}
 			return
 		}
@@ -336,9 +337,9 @@ func (p *bodyParser) member(f topField, key []byte) {
 	switch {
 	case f == tfModel && honoured(d, f) && p.peek() == '"':
 		var mbuf [maxModelLength]byte
-		m := mbuf[:0]
 		count := d != dialectEmbeddings
-		p.str(count, &m, nil)
+		p.str(count, mbuf[:], nil)
+		m := mbuf[:p.capLen]
 		if count {
 			p.addTokens(p.cnt.take() + 1)
 		}
@@ -353,7 +354,7 @@ func (p *bodyParser) member(f topField, key []byte) {
 		if p.peek() == 't' {
 			p.stream = true
 		}
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 	case f == tfStreamOptions && honoured(d, f):
 		p.streamOptions()
 	case (f == tfMaxTokens || f == tfMaxCompletionTokens || f == tfMaxOutputTokens) && honoured(d, f):
@@ -376,16 +377,16 @@ func (p *bodyParser) member(f topField, key []byte) {
 		if p.peek() == '{' {
 			p.external = true // a stored prompt template
 		}
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 	case f == tfTools:
 		p.toolList()
 	case f == tfExternal:
 		if c := p.peek(); c != 'n' && c != 0 {
 			p.external = true
 		}
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 	default:
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 	}
 }
 
@@ -394,7 +395,7 @@ func (p *bodyParser) capMember(key []byte, choice bool) {
 	v, ok, err := p.positiveInt()
 	if err != nil {
 		if p.capErr == nil {
-			p.capErr = fmt.Errorf("invalid %s: %w", key, err)
+			p.capErr = fmt.Errorf("invalid %s: %w", string(key), err)
 		}
 		return
 	}
@@ -416,7 +417,7 @@ func (p *bodyParser) positiveInt() (v int64, ok bool, err error) {
 	case c == 0:
 		return 0, false, nil
 	case c == 'n':
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return 0, false, nil
 	case c == '-' || c >= '0' && c <= '9':
 		start := p.pos
@@ -445,28 +446,31 @@ func (p *bodyParser) positiveInt() (v int64, ok bool, err error) {
 		}
 		return v, true, nil
 	case c == '"':
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return 0, false, errors.New("a string, must be an integer")
 	default:
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return 0, false, errors.New("must be an integer")
 	}
 }
 
 // streamOptions reads {"include_usage": true, ...}.
-func (p *bodyParser) streamOptions() {
-	p.objectMembers(func(key []byte) {
-		if string(key) == "include_usage" && p.peek() == 't' {
-			p.streamUsage = true
-		}
-		p.value(mkNone, mkNone, nil)
-	})
-}
+func (p *bodyParser) streamOptions() { p.objectMembers(false) }
 
 // generationConfig reads Gemini's caps; every other member counts as text.
-func (p *bodyParser) generationConfig() {
-	var seen uint8
-	p.objectMembers(func(key []byte) {
+func (p *bodyParser) generationConfig() { p.objectMembers(true) }
+
+// streamOptionsMember reads one member of stream_options.
+func (p *bodyParser) streamOptionsMember(key []byte) {
+	if string(key) == "include_usage" && p.peek() == 't' {
+		p.streamUsage = true
+	}
+	p.value(mkNone, mkNone)
+}
+
+// generationConfigMember reads one member of generationConfig; seen tracks duplicates.
+func (p *bodyParser) generationConfigMember(key []byte, seen *uint8) {
+	{
 		var bit uint8
 		choice := false
 		switch string(key) {
@@ -479,25 +483,26 @@ func (p *bodyParser) generationConfig() {
 		case "candidate_count":
 			bit, choice = 8, true
 		default:
-			p.value(mkNone, mkNone, nil)
+			p.value(mkNone, mkNone)
 			return
 		}
-		if seen&bit != 0 {
+		if *seen&bit != 0 {
 			if p.err == nil {
-				p.err = fmt.Errorf("duplicate key %q in generationConfig", key)
+				p.err = fmt.Errorf("duplicate key %q in generationConfig", string(key))
 			}
 			return
 		}
-		seen |= bit
+		*seen |= bit
 		p.capMember(key, choice)
-	})
+	}
 }
 
-// objectMembers reads an object, counting keys, and calls fn positioned at each value. A
-// non-object value is read as a plain value.
-func (p *bodyParser) objectMembers(fn func(key []byte)) {
+// objectMembers reads an object, counting keys, and reads each value as a generationConfig
+// member (genConfig) or a stream_options member. A non-object value is read as a plain value.
+func (p *bodyParser) objectMembers(genConfig bool) {
+	var seen uint8
 	if p.peek() != '{' {
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return
 	}
 	if !p.enter() {
@@ -516,8 +521,8 @@ func (p *bodyParser) objectMembers(fn func(key []byte)) {
 			p.fail("object key expected")
 			return
 		}
-		key := kbuf[:0]
-		p.str(true, &key, nil)
+		p.str(true, kbuf[:], nil)
+		key := kbuf[:p.capLen]
 		p.addTokens(p.cnt.take() + 1)
 		if p.overflow {
 			key = key[:0]
@@ -527,7 +532,11 @@ func (p *bodyParser) objectMembers(fn func(key []byte)) {
 			return
 		}
 		p.pos++
-		fn(key)
+		if genConfig {
+			p.generationConfigMember(key, &seen)
+		} else {
+			p.streamOptionsMember(key)
+		}
 		switch p.peek() {
 		case ',':
 			p.pos++
@@ -554,20 +563,20 @@ func (p *bodyParser) enter() bool {
 // items reads messages / contents / input: each array element costs messageOverhead.
 func (p *bodyParser) items() {
 	if p.peek() != '[' {
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return
 	}
 	p.addTokens(1)
 	p.elements(func() {
 		p.addTokens(messageOverhead)
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 	})
 }
 
 // toolList reads tools / functions, noting server-side tools.
 func (p *bodyParser) toolList() {
 	if p.peek() != '[' {
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return
 	}
 	p.elements(func() {
@@ -576,7 +585,7 @@ func (p *bodyParser) toolList() {
 			p.object(mkNone, true)
 			return
 		}
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 	})
 }
 
@@ -618,7 +627,7 @@ func (p *bodyParser) tokenInput() (prompts int64) {
 		return 1
 	case '[':
 	default:
-		p.value(mkNone, mkNone, nil)
+		p.value(mkNone, mkNone)
 		return 1
 	}
 	ints := false
@@ -640,10 +649,10 @@ func (p *bodyParser) tokenInput() (prompts int64) {
 					p.addTokens(1)
 					return
 				}
-				p.value(mkNone, mkNone, nil)
+				p.value(mkNone, mkNone)
 			})
 		default:
-			p.value(mkNone, mkNone, nil)
+			p.value(mkNone, mkNone)
 		}
 	})
 	if prompts == 0 && ints {
@@ -659,9 +668,8 @@ type objState struct {
 }
 
 // value reads any value, counting its tokens. k is the member name it sits under (arrays
-// pass theirs to their elements), parent the member name of the enclosing object, st the
-// enclosing object's state (nil at top level).
-func (p *bodyParser) value(k, parent mkind, st *objState) {
+// pass theirs to their elements), parent the member name of the enclosing object.
+func (p *bodyParser) value(k, parent mkind) {
 	if p.err != nil {
 		return
 	}
@@ -671,9 +679,9 @@ func (p *bodyParser) value(k, parent mkind, st *objState) {
 		p.object(k, false)
 	case c == '[':
 		p.addTokens(1)
-		p.elements(func() { p.value(k, parent, st) })
+		p.elements(func() { p.value(k, parent) })
 	case c == '"':
-		p.stringValue(k, parent, st)
+		p.stringValue(k, parent, false)
 	case c == '-' || c >= '0' && c <= '9':
 		start := p.pos
 		p.number()
@@ -703,7 +711,15 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 	p.pos++
 	p.addTokens(1)
 	var st objState
-	defer p.chargePayload(&st)
+	p.objectLoop(self, toolLevel, &st)
+	// charged also when the body ended inside the object
+	if st.payload > 0 {
+		p.chargeMedia(st.image, st.payload)
+	}
+}
+
+// objectLoop reads the members of an object whose '{' has been consumed.
+func (p *bodyParser) objectLoop(self mkind, toolLevel bool, st *objState) {
 	if p.peek() == '}' {
 		p.pos++
 		p.depth--
@@ -715,8 +731,8 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 			p.fail("object key expected")
 			return
 		}
-		key := kbuf[:0]
-		p.str(true, &key, nil)
+		p.str(true, kbuf[:], nil)
+		key := kbuf[:p.capLen]
 		p.addTokens(p.cnt.take() + 1)
 		k := mkNone
 		if !p.overflow {
@@ -732,8 +748,8 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 		p.pos++
 		if (k == mkMime || k == mkType) && p.peek() == '"' {
 			var vbuf [64]byte
-			v := vbuf[:0]
-			p.str(true, &v, nil)
+			p.str(true, vbuf[:], nil)
+			v := vbuf[:p.capLen]
 			p.addTokens(p.cnt.take() + 1)
 			if k == mkMime && hasPrefixFoldBytes(v, "image/") {
 				st.image = true
@@ -741,8 +757,10 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 			if k == mkType && toolLevel && isServerToolType(v) {
 				p.external = true
 			}
+		} else if k == mkData && p.peek() == '"' {
+			st.payload += p.stringValue(k, self, true)
 		} else {
-			p.value(k, self, &st)
+			p.value(k, self)
 		}
 		switch p.peek() {
 		case ',':
@@ -758,14 +776,6 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 	}
 }
 
-// chargePayload charges the base64 payloads found in an object, also when the body ended
-// inside it.
-func (p *bodyParser) chargePayload(st *objState) {
-	if st.payload > 0 {
-		p.chargeMedia(st.image, st.payload)
-	}
-}
-
 func (p *bodyParser) chargeMedia(image bool, bytes int64) {
 	t := p.set.imageTokens
 	if !image {
@@ -774,26 +784,27 @@ func (p *bodyParser) chargeMedia(image bool, bytes int64) {
 	p.addTokens(t)
 }
 
-// stringValue reads a string value, as media when its member name says it may be one.
-func (p *bodyParser) stringValue(k, parent mkind, st *objState) {
+// stringValue reads a string value, as media when its member name says it may be one. A
+// base64 payload under "data" is only accepted as a direct object member (payloadOK); its
+// decoded size is returned for the object to charge once it knows the media type.
+func (p *bodyParser) stringValue(k, parent mkind, payloadOK bool) (payload int64) {
 	if p.err != nil {
-		return
+		return 0
 	}
 	start := p.pos
 	switch k {
 	case mkData, mkURL, mkImageURL, mkFileRef:
 		if p.dataURL() {
-			return
+			return 0
 		}
 		if k == mkData {
 			b64 := true
 			n := p.str(false, nil, &b64)
-			if b64 && st != nil && (n >= 64 || p.err == errJSONEOF) {
-				st.payload += n * 3 / 4
-				return
+			if b64 && payloadOK && (n >= 64 || p.err == errJSONEOF) {
+				return max(n*3/4, 1)
 			}
 			if p.err != nil && p.err != errJSONEOF {
-				return
+				return 0
 			}
 			break // text after all: count it below
 		}
@@ -809,7 +820,7 @@ func (p *bodyParser) stringValue(k, parent mkind, st *objState) {
 		if k != mkImageURL && parent != mkImageURL {
 			p.external = true
 		}
-		return
+		return 0
 	}
 	if p.pos != start { // rescan as text
 		p.pos = start
@@ -817,11 +828,12 @@ func (p *bodyParser) stringValue(k, parent mkind, st *objState) {
 			p.err = nil
 		}
 		if p.err != nil {
-			return
+			return 0
 		}
 	}
 	p.str(true, nil, nil)
 	p.addTokens(p.cnt.take() + 1)
+	return 0
 }
 
 // dataURL reads the string at p.pos if it is a data URL and charges it as media.
@@ -855,17 +867,41 @@ func (p *bodyParser) dataURL() bool {
 }
 
 // str reads the string at p.pos (on its opening quote) and returns its decoded length in
-// bytes. With text it feeds the characters to p.cnt; with capture it appends the decoded
-// bytes while they fit in capture's capacity (p.overflow reports the rest); with b64 it
+// bytes. With text it feeds the characters to p.cnt; with capture it copies the decoded
+// bytes into capture while they fit (p.capLen bytes; p.overflow reports the rest); with b64 it
 // clears *b64 unless every character is in the base64 alphabets (standard, URL-safe, line
 // breaks).
-func (p *bodyParser) str(text bool, capture *[]byte, b64 *bool) int64 {
-	p.overflow = false
+func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
+	p.overflow, p.capLen = false, 0
 	p.pos++ // opening quote
 	var n int64
 	data := p.data
+	plain := capture == nil && b64 == nil
 	for p.pos < len(data) {
 		c := data[p.pos]
+		if plain {
+			if text && (c|0x20) >= 'a' && (c|0x20) <= 'z' {
+				k := p.cnt.letters(data[p.pos:])
+				p.pos += k
+				n += int64(k)
+				continue
+			}
+			if !text {
+				k := plainRun(data[p.pos:])
+				p.pos += k
+				n += int64(k)
+				if k > 0 {
+					continue
+				}
+			}
+		} else if b64 != nil && *b64 && capture == nil && !text {
+			k := base64Run(data[p.pos:])
+			p.pos += k
+			n += int64(k)
+			if k > 0 {
+				continue
+			}
+		}
 		var r rune
 		size := 1
 		switch {
@@ -888,8 +924,9 @@ func (p *bodyParser) str(text bool, capture *[]byte, b64 *bool) int64 {
 				p.cnt.ascii(c)
 			}
 			if capture != nil {
-				if len(*capture) < cap(*capture) {
-					*capture = append(*capture, c)
+				if p.capLen < len(capture) {
+					capture[p.capLen] = c
+					p.capLen++
 				} else {
 					p.overflow = true
 				}
@@ -921,8 +958,8 @@ func (p *bodyParser) str(text bool, capture *[]byte, b64 *bool) int64 {
 			}
 		}
 		if capture != nil {
-			if len(*capture)+utf8.RuneLen(r) <= cap(*capture) && utf8.RuneLen(r) > 0 {
-				*capture = utf8.AppendRune(*capture, r)
+			if l := utf8.RuneLen(r); l > 0 && p.capLen+l <= len(capture) {
+				p.capLen += utf8.EncodeRune(capture[p.capLen:], r)
 			} else {
 				p.overflow = true
 			}
@@ -1136,6 +1173,27 @@ func (p *bodyParser) skip() {
 	default:
 		p.fail("value expected")
 	}
+}
+
+// plainRun returns the length of the run of ASCII string bytes that need no attention
+// (no quote, backslash or control character) at the start of s.
+func plainRun(s []byte) int {
+	for i, c := range s {
+		if c == '"' || c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			return i
+		}
+	}
+	return len(s)
+}
+
+// base64Run returns the length of the run of base64 characters at the start of s.
+func base64Run(s []byte) int {
+	for i, c := range s {
+		if !isBase64Char(c) {
+			return i
+		}
+	}
+	return len(s)
 }
 
 func isBase64Char(c byte) bool {

@@ -84,17 +84,9 @@ const bigramLevels = "" +
 	"13221333233221113212333333" + // y
 	"13330333133333233333233322" //   z
 
-// bigramCost is the cost in units of each level of bigramLevels.
+// bigramCost is the cost in units of each level of bigramLevels: 0, 1, 3, 8.
 func bigramCost(level byte) int64 {
-	switch level {
-	case '1':
-		return 1
-	case '2':
-		return 3
-	case '3':
-		return 8
-	}
-	return 0
+	return int64("\x00\x01\x03\x08"[(level-'0')&3])
 }
 
 // character classes of the counter state machine.
@@ -175,6 +167,51 @@ func (c *counter) ascii(b byte) {
 		c.units += costPunct
 		c.cls = clsOther
 	}
+}
+
+// letters feeds the run of ASCII letters at the start of s and returns its length. It is
+// ascii unrolled for the common case, keeping the state in registers.
+func (c *counter) letters(s []byte) int {
+	units, run, prev, prevLower, cons := c.units, c.run, c.prev, c.prevLower, c.consonants
+	if c.cls != clsLetter {
+		if c.cls == clsDigit {
+			units += costLetterDigit
+		}
+		run, prev, cons = 0, 0, 0
+	}
+	i := 0
+	for ; i < len(s); i++ {
+		b := s[i]
+		lc := b | 0x20
+		if lc < 'a' || lc > 'z' {
+			break
+		}
+		lower := b == lc
+		if prev != 0 {
+			units += bigramCost(bigramLevels[int(prev-'a')*26+int(lc-'a')])
+			if !lower && prevLower {
+				units += costCaseChange
+			}
+		}
+		if run%lettersPerGroup == 0 {
+			units += costLetterGroup
+		}
+		run++
+		switch lc {
+		case 'a', 'e', 'i', 'o', 'u', 'y':
+			cons = 0
+		default:
+			cons++
+			if cons%3 == 0 {
+				units += costConsonants
+			}
+		}
+		prev, prevLower = lc, lower
+	}
+	if i > 0 {
+		c.units, c.run, c.prev, c.prevLower, c.consonants, c.cls = units, run, prev, prevLower, cons, clsLetter
+	}
+	return i
 }
 
 // rune feeds one non-ASCII character whose UTF-8 encoding is size bytes long

@@ -78,7 +78,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 	}
 
 	if r.Billable {
-		r.readBody(body, d, &set, hd.get("content-encoding"))
+		r.readBody(body, d, set, hd.get("content-encoding"))
 		switch {
 		case ep.pathModel && ep.model != "":
 			r.Model = ep.model
@@ -97,7 +97,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 }
 
 // readBody fills the body-derived fields of a billable request.
-func (r *Request) readBody(body []byte, d dialect, set *settings, encoding string) {
+func (r *Request) readBody(body []byte, d dialect, set settings, encoding string) {
 	bytesBound := ceilDiv(max(r.ContentLength, int64(len(body))), truncatedBytesPerToken)
 	switch {
 	case len(body) == 0 && !r.Truncated:

@@ -1,0 +1,404 @@
+package request
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+func TestParse_Recognition(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, method, host, path string
+		billable, unpriced       bool
+		provider, flavor, model  string
+		stream                   bool
+	}{
+		{"OpenAIChat", "POST", "api.openai.com", "/v1/chat/completions", true, false, "openai", "chat", "m", false},
+		{"GatewayPrefix", "POST", "gw", "/openai/v1/chat/completions", true, false, "", "chat", "m", false},
+		{"OpenRouterPrefix", "POST", "openrouter.ai", "/api/v1/chat/completions", true, false, "", "chat", "m", false},
+		{"LowerCaseMethod", "post", "api.openai.com", "/v1/chat/completions", true, false, "openai", "chat", "m", false},
+		{"MessyPath", "POST", "api.openai.com", "//v1/./CHAT//completions/", true, false, "openai", "chat", "m", false},
+		{"EncodedSlash", "POST", "api.openai.com", "/v1/chat%2Fcompletions", true, false, "openai", "chat", "m", false},
+		{"Completions", "POST", "localhost:8000", "/v1/completions", true, false, "", "completions", "m", false},
+		{"Responses", "POST", "api.openai.com", "/v1/responses", true, false, "openai", "responses", "m", false},
+		{"ResponsesInputTokens", "POST", "api.openai.com", "/v1/responses/input_tokens", false, false, "openai", "", "", false},
+		{"Embeddings", "POST", "api.openai.com", "/v1/embeddings", true, false, "openai", "embeddings", "m", false},
+		{"AzureDeployment", "POST", "x.openai.azure.com", "/openai/deployments/dep-1/embeddings", true, false, "azure", "embeddings", "m", false},
+		{"AzureV1", "POST", "x.openai.azure.com", "/openai/v1/responses", true, false, "azure", "responses", "m", false},
+		{"AzureByPathShape", "POST", "gw", "/openai/deployments/dep-1/chat/completions", true, false, "azure", "chat", "m", false},
+		{"AnthropicMessages", "POST", "gw", "/v1/messages", true, false, "anthropic", "anthropic", "m", false},
+		{"AnthropicCountTokens", "POST", "api.anthropic.com", "/v1/messages/count_tokens", false, false, "anthropic", "", "", false},
+		{"AnthropicBatches", "POST", "api.anthropic.com", "/v1/messages/batches", false, true, "anthropic", "", "", false},
+		{"AssistantsMessageIsFree", "POST", "api.openai.com", "/v1/threads/t1/messages", false, false, "openai", "", "", false},
+		{"GeminiV1", "POST", "generativelanguage.googleapis.com", "/v1/models/gemini-pro:generateContent", true, false, "google", "gemini", "gemini-pro", false},
+		{"GeminiByPathShape", "POST", "gw", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", true, false, "google", "gemini", "gemini-2.5-flash", true},
+		{"GeminiAltSSE", "POST", "gw", "/v1beta/models/g:generateContent?alt=sse", true, false, "google", "gemini", "g", true},
+		{"GeminiCountTokens", "POST", "gw", "/v1beta/models/g:countTokens", false, false, "google", "", "", false},
+		{"GeminiEmbed", "POST", "gw", "/v1beta/models/text-embedding-004:embedContent", true, false, "google", "gemini-embeddings", "text-embedding-004", false},
+		{"GeminiImagen", "POST", "gw", "/v1beta/models/imagen-4:predict", false, true, "google", "", "", false},
+		{"VertexAnthropic", "POST", "us-east5-aiplatform.googleapis.com", "/v1/projects/p/locations/l/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict", true, false, "google", "anthropic", "claude-sonnet-4@20250514", true},
+		{"ListModels", "GET", "api.openai.com", "/v1/models", false, false, "openai", "", "", false},
+		{"GetModel", "GET", "api.openai.com", "/v1/models/gpt-4o", false, false, "openai", "", "", false},
+		{"GetOnBillablePath", "GET", "api.openai.com", "/v1/chat/completions", false, false, "openai", "", "", false},
+		{"Health", "GET", "vllm:8000", "/health", false, false, "", "", "", false},
+		{"UnknownPost", "POST", "vllm:8000", "/v1/files", false, false, "", "", "", false},
+		{"Images", "POST", "api.openai.com", "/v1/images/generations", false, true, "openai", "", "", false},
+		{"OllamaNative", "POST", "ollama:11434", "/api/chat", false, true, "", "", "", false},
+		{"HostWithPortAndDot", "POST", "API.OpenAI.com.:443", "/v1/chat/completions", true, false, "openai", "chat", "m", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := Parse(checkRequest(tt.method, tt.host, tt.path, `{"model":"m","messages":[{"role":"user","content":"x"}],"input":"x","contents":[{"parts":[{"text":"x"}]}],"max_tokens":5}`, nil), nil)
+			require.Equal(t, tt.billable, r.Billable, "billable")
+			require.Equal(t, tt.unpriced, r.Unpriced, "unpriced")
+			require.Equal(t, tt.provider, r.Provider, "provider")
+			require.Equal(t, tt.flavor, r.Flavor, "flavor")
+			require.Equal(t, tt.model, r.Model, "model")
+			require.Equal(t, tt.stream, r.Stream, "stream")
+			if tt.billable {
+				require.NoError(t, r.BodyError)
+				require.Positive(t, r.InputTokens)
+			} else {
+				require.Zero(t, r.InputTokens)
+			}
+		})
+	}
+}
+
+func TestParse_Body(t *testing.T) {
+	t.Parallel()
+	chat := func(body string) Request {
+		return Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", body, nil), nil)
+	}
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	t.Run("CapVariants", func(t *testing.T) {
+		t.Parallel()
+		for raw, want := range map[string]string{
+			`1e309`:               "invalid max_tokens: 1e309: must be an integer",
+			`-5`:                  "invalid max_tokens: -5: must be a positive integer",
+			`"12"`:                "invalid max_tokens: a string, must be an integer",
+			`1.5`:                 "invalid max_tokens: 1.5: must be an integer",
+			`9223372036854775808`: "invalid max_tokens: 9223372036854775808: too large",
+			`0`:                   "invalid max_tokens: 0: must be a positive integer",
+			`true`:                "invalid max_tokens: must be an integer",
+			`9223372036854775807`: "",
+			`null`:                "",
+		} {
+			r := chat(`{"model":"m",` + msgs + `,"max_tokens":` + raw + `}`)
+			require.NoError(t, r.BodyError, raw)
+			if want == "" {
+				require.NoError(t, r.CapError, raw)
+				continue
+			}
+			require.EqualError(t, r.CapError, want, raw)
+			require.False(t, r.HasOutputCap, raw)
+		}
+	})
+	t.Run("LargerOfTwoCaps", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m",` + msgs + `,"max_tokens":10,"max_completion_tokens":900}`)
+		require.Equal(t, int64(900), r.OutputCap)
+	})
+	t.Run("CapNotHonouredByFlavour", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m",` + msgs + `,"max_output_tokens":10}`)
+		require.False(t, r.HasOutputCap) // chat ignores max_output_tokens: no cap, not 10
+	})
+	t.Run("CaseVariantKeyIgnored", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m",` + msgs + `,"max_tokens":9000,"MAX_TOKENS":1}`)
+		require.Equal(t, int64(9000), r.OutputCap)
+	})
+	t.Run("EscapedKeyMatched", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m",` + msgs + `,"max_tok\u0065ns":77}`)
+		require.Equal(t, int64(77), r.OutputCap)
+	})
+	t.Run("DuplicateKey", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m",` + msgs + `,"max_tokens":1,"max_t\u006fkens":9000}`)
+		require.EqualError(t, r.BodyError, `duplicate key "max_tokens"`)
+		require.Positive(t, r.InputTokens)
+	})
+	t.Run("DeepNesting", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m","x":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`)
+		require.ErrorContains(t, r.BodyError, "nesting deeper than 256")
+		require.Positive(t, r.InputTokens)
+	})
+	t.Run("EmptyBody", func(t *testing.T) {
+		t.Parallel()
+		r := chat("")
+		require.ErrorIs(t, r.BodyError, errEmptyBody)
+	})
+	t.Run("NoBodyBuffered", func(t *testing.T) {
+		t.Parallel()
+		r := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", "", map[string]string{"content-length": "30000"}), nil)
+		require.True(t, r.Truncated)
+		require.NoError(t, r.BodyError)
+		require.GreaterOrEqual(t, r.InputTokens, int64(10000))
+	})
+	t.Run("Gzip", func(t *testing.T) {
+		t.Parallel()
+		r := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", "\x1f\x8b\x08", map[string]string{"content-encoding": "gzip"}), nil)
+		require.EqualError(t, r.BodyError, `unsupported content-encoding "gzip"`)
+		require.Positive(t, r.InputTokens)
+	})
+	t.Run("TrailingData", func(t *testing.T) {
+		t.Parallel()
+		require.Error(t, chat(`{"model":"m"} {}`).BodyError)
+	})
+	t.Run("TruncatedWithoutHeaderIsError", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("POST", "api.openai.com", "/v1/chat/completions", `{"model":"m","messages":[`, nil)
+		require.ErrorIs(t, Parse(req, nil).BodyError, errJSONEOF)
+	})
+	t.Run("TruncatedInsideCap", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("POST", "api.openai.com", "/v1/chat/completions", `{"model":"m","max_tokens":12`,
+			map[string]string{"x-envoy-auth-partial-body": "true", "content-length": "5000"})
+		r := Parse(req, nil)
+		require.NoError(t, r.BodyError)
+		require.False(t, r.HasOutputCap) // 12 might be 1200
+		require.Equal(t, "m", r.Model)
+		require.GreaterOrEqual(t, r.InputTokens, int64(5000/3))
+	})
+	t.Run("InvalidUTF8Counted", func(t *testing.T) {
+		t.Parallel()
+		r := chat("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\xfd\"}]}")
+		require.NoError(t, r.BodyError)
+		require.Positive(t, r.InputTokens)
+	})
+	t.Run("TextCannotPoseAsImage", func(t *testing.T) {
+		t.Parallel()
+		long := "data:image/png;base64," + strings.Repeat("QUJD", 5000)
+		r := chat(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"` + long + `"}]}]}`)
+		require.Greater(t, r.InputTokens, int64(DefaultImageTokens), "counted as text, not as one image")
+	})
+	t.Run("InlineAudioSizedByBytes", func(t *testing.T) {
+		t.Parallel()
+		audio := strings.Repeat("UklGRiQA", 200000) // 1.6 MB of base64, 1.2 MB decoded
+		r := chat(`{"model":"gpt-4o-audio-preview","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"` + audio + `","format":"wav"}}]}]}`)
+		require.Greater(t, r.InputTokens, int64(1_200_000/DefaultMediaBytesPerToken))
+		require.Less(t, r.InputTokens, int64(1_200_000/DefaultMediaBytesPerToken+100))
+	})
+	t.Run("ImageURLReference", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`)
+		require.Greater(t, r.InputTokens, int64(DefaultImageTokens))
+		require.False(t, r.ExternalInput)
+	})
+	t.Run("FileReferenceIsExternal", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-abc"}}]}]}`)
+		require.True(t, r.ExternalInput)
+	})
+	t.Run("PreviousResponseIsExternal", func(t *testing.T) {
+		t.Parallel()
+		r := Parse(checkRequest("POST", "api.openai.com", "/v1/responses", `{"model":"m","input":"and then?","previous_response_id":"resp_1"}`, nil), nil)
+		require.True(t, r.ExternalInput)
+	})
+	t.Run("ModelTooLong", func(t *testing.T) {
+		t.Parallel()
+		r := chat(`{"model":"` + strings.Repeat("m", 300) + `",` + msgs + `}`)
+		require.ErrorContains(t, r.BodyError, "model name longer than 256 bytes")
+		require.Empty(t, r.Model)
+	})
+	t.Run("ConfigAllowances", func(t *testing.T) {
+		t.Parallel()
+		body := `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`
+		r := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", body, nil), &Config{ImageTokens: 100})
+		require.Less(t, r.InputTokens, int64(200))
+	})
+}
+
+func TestParse_Headers(t *testing.T) {
+	t.Parallel()
+	t.Run("MixedCaseMap", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("POST", "api.openai.com", "/v1/chat/completions", `{"model":"m","messages":[]}`,
+			map[string]string{"X-Request-ID": "abc", "x-request-id": "", "Authorization": "Bearer k1"})
+		r := Parse(req, nil)
+		require.Equal(t, "abc", r.RequestID)
+		require.Equal(t, "k1", r.Credentials[0].Secret)
+	})
+	t.Run("PseudoHeadersOnly", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("POST", "api.openai.com", "/v1/chat/completions?x=1", `{"model":"m"}`, nil)
+		h := req.GetAttributes().GetRequest().GetHttp()
+		h.Method, h.Path, h.Host = "", "", ""
+		r := Parse(req, nil)
+		require.Equal(t, "POST", r.Method)
+		require.Equal(t, "/v1/chat/completions", r.Path)
+		require.Equal(t, "api.openai.com", r.Host)
+		require.True(t, r.Billable)
+	})
+	t.Run("HeaderMapDuplicatesJoined", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("POST", "h", "/v1/chat/completions", `{"model":"m"}`, nil)
+		h := req.GetAttributes().GetRequest().GetHttp()
+		h.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			{Key: "x-api-key", RawValue: []byte("k1")}, {Key: "X-Api-Key", RawValue: []byte("k2")}}}
+		r := Parse(req, &Config{CredentialSources: []string{"x-api-key"}})
+		require.Equal(t, "k1,k2", r.Credentials[0].Secret) // ambiguous: never validates
+	})
+	t.Run("CredentialOrder", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("POST", "h", "/v1/chat/completions?key=q%2Bk", `{}`,
+			map[string]string{"authorization": "Basic dXNlcg==", "x-goog-api-key": "g", "api-key": "a"})
+		r := Parse(req, &Config{CredentialSources: []string{"query:key", "x-goog-api-key", "authorization", "api-key"}})
+		require.Equal(t, []Credential{{Source: "query:key", Secret: "q+k"}, {Source: "x-goog-api-key", Header: "x-goog-api-key", Secret: "g"},
+			{Source: "api-key", Header: "api-key", Secret: "a"}}, r.Credentials) // Basic is not a bearer key
+	})
+	t.Run("QueryKeyOffByDefault", func(t *testing.T) {
+		t.Parallel()
+		r := Parse(checkRequest("POST", "h", "/v1beta/models/g:generateContent?key=k", `{}`, nil), nil)
+		require.Empty(t, r.Credentials)
+	})
+}
+
+func TestParse_Subjects(t *testing.T) {
+	t.Parallel()
+	withPrincipal := func(p string) *authv3.CheckRequest {
+		req := checkRequest("GET", "h", "/", "", nil)
+		req.Attributes.Source = &authv3.AttributeContext_Peer{Principal: p}
+		return req
+	}
+	for p, want := range map[string][]string{
+		"spiffe://cluster.local/ns/app/sa/web": {"workload:spiffe://cluster.local/ns/app/sa/web", "namespace:app"},
+		"spiffe://example.org/payments":        {"workload:spiffe://example.org/payments"},
+		"spiffe://Example.org/ns/a/sa/b":       nil, // upper-case trust domain
+		"spiffe://td/ns//sa/b":                 nil, // empty segment
+		"spiffe://td/ns/../sa/b":               nil,
+		"web.example.com":                      nil, // DNS SAN: principal kept, no subject
+	} {
+		r := Parse(withPrincipal(p), nil)
+		require.Equal(t, p, r.Principal)
+		require.Equal(t, want, r.Subjects, p)
+	}
+	t.Run("TrustedHeadersOnlyWhenConfigured", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("GET", "h", "/", "", map[string]string{"x-tenant": "acme", "x-user": "bob\x01"})
+		require.Empty(t, Parse(req, nil).Subjects)
+		r := Parse(req, &Config{TrustedHeaders: []HeaderMapping{{Header: "x-tenant", Subject: "team"}, {Header: "x-user", Subject: "user"}}})
+		require.Equal(t, []string{"team:acme"}, r.Subjects)
+		require.Len(t, r.SubjectErrors, 1)
+		require.ErrorContains(t, r.SubjectErrors[0], "header x-user")
+	})
+	t.Run("JWTPayloadKeyAndNested", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("GET", "h", "/", "", nil)
+		payload, err := structpb.NewStruct(map[string]any{"realm_access": map[string]any{"roles": []any{"admin", ""}}, "sub": 1.5})
+		require.NoError(t, err)
+		req.Attributes.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			"jwt": {Fields: map[string]*structpb.Value{"https://idp": structpb.NewStructValue(payload), "other": structpb.NewStringValue("x")}}}}
+		cfg := &Config{JWT: JWTConfig{Namespace: "jwt", PayloadKey: "https://idp", Claims: []ClaimMapping{
+			{Claim: "realm_access.roles", Subject: "role"}, {Claim: "sub", Subject: "user"}}}}
+		r := Parse(req, cfg)
+		require.Equal(t, []string{"role:admin"}, r.Subjects)
+		require.Len(t, r.SubjectErrors, 2) // empty role, non-integer sub
+	})
+	t.Run("InvalidBudgetSubject", func(t *testing.T) {
+		t.Parallel()
+		req := checkRequest("GET", "h", "/", "", nil)
+		req.Attributes.ContextExtensions = map[string]string{"budget_subject": "no-kind", "failure_policy": "sometimes", "api_flavor": "Bad Flavor"}
+		r := Parse(req, nil)
+		require.Empty(t, r.Subjects)
+		require.Len(t, r.SubjectErrors, 1)
+		require.Equal(t, FailureClosed, r.Route.FailurePolicy)
+		require.ErrorContains(t, r.RouteError, `failure_policy "sometimes"`)
+		require.ErrorContains(t, r.RouteError, `api_flavor "Bad Flavor"`)
+	})
+}
+
+func TestValidateSubject(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[string]string{
+		"team:ml":                            "",
+		"user:Jörg Müller":                   "",
+		"workload:spiffe://td/ns/a":          "",
+		"ml":                                 `subject "ml": missing "kind:" prefix`,
+		"Team:ml":                            `subject "Team:ml": kind "Team" must start with a-z`,
+		"team:":                              `subject "team:": empty id`,
+		"team: ml":                           `subject "team: ml": id has leading or trailing white space`,
+		"team:a,b":                           `subject "team:a,b": id contains ','`,
+		"team:a\u202eb":                      `subject "team:a\u202eb": id contains control character U+202E`,
+		"team:\xff":                          `subject "team:\xff": invalid UTF-8`,
+		"t" + strings.Repeat("x", 40) + ":a": `subject "t` + strings.Repeat("x", 40) + `:a": kind must be 1-32 characters`,
+	} {
+		err := ValidateSubject(s, 0)
+		if want == "" {
+			require.NoError(t, err, s)
+		} else {
+			require.EqualError(t, err, want, s)
+		}
+	}
+	require.ErrorContains(t, ValidateSubject("team:"+strings.Repeat("a", 600), 0), "longer than 512 bytes")
+}
+
+func TestConfig_Validate(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, (*Config)(nil).Validate())
+	require.NoError(t, (&Config{}).Validate())
+	require.NoError(t, fullConfig.Validate())
+	err := (&Config{
+		CredentialSources:  []string{"", "query:", "X-Api-Key", "api-key", "api-key"},
+		JWT:                JWTConfig{Claims: []ClaimMapping{{Claim: "", Subject: "Team"}}},
+		TrustedHeaders:     []HeaderMapping{{Header: "api-key", Subject: "team"}, {Header: ":path", Subject: "x"}},
+		ModelHeader:        "X-Model",
+		ImageTokens:        -1,
+		MediaBytesPerToken: -1,
+		MaxSubjectLength:   5000,
+	}).Validate()
+	require.EqualError(t, err, strings.Join([]string{
+		`credential_sources[0]: empty`,
+		`credential_sources[1]: "query:": query parameter name must be 1-4096 characters of [A-Za-z0-9._~-]`,
+		`credential_sources[2]: "X-Api-Key": not a lower-case header name`,
+		`credential_sources[4]: "api-key" listed twice`,
+		`jwt.claims[0].claim: must be 1-4096 bytes`,
+		`jwt.claims[0].subject: kind "Team" must start with a-z`,
+		`trusted_headers[0].header: "api-key" carries credentials and cannot name a subject`,
+		`trusted_headers[1].header: ":path": not a lower-case header name`,
+		`model_header: "X-Model": not a lower-case header name`,
+		`image_tokens: -1: must be between 0 (default 4000) and 1000000`,
+		`media_bytes_per_token: -1: must be between 0 (default 16) and 1048576`,
+		`max_subject_length: 5000: must be between 0 (default 512) and 4096`,
+	}, "\n"))
+}
+
+func TestRequest_Redaction(t *testing.T) {
+	t.Parallel()
+	const secret = "sk-live-SECRET-9f8e7d"
+	const prompt = "my-confidential-prompt-text"
+	body := `{"model":"gpt-4o","messages":[{"role":"user","content":"` + prompt + `"}],"max_tokens":"` + prompt + `"}`
+	req := checkRequest("POST", "api.openai.com", "/v1/chat/completions?key="+secret, body,
+		map[string]string{"authorization": "Bearer " + secret, "x-api-key": secret})
+	r := Parse(req, &Config{CredentialSources: []string{"authorization", "x-api-key", "query:key"}})
+	require.Len(t, r.Credentials, 3)
+	require.Error(t, r.CapError)
+
+	var logs bytes.Buffer
+	slog.New(slog.NewJSONHandler(&logs, nil)).Info("check", "request", r, "credential", r.Credentials[0])
+	js, err := json.Marshal(r)
+	require.NoError(t, err)
+	for _, out := range []string{
+		fmt.Sprintf("%v", r), fmt.Sprintf("%+v", r), fmt.Sprintf("%#v", r), fmt.Sprint(r), r.String(),
+		fmt.Sprintf("%v %+v %#v", r.Credentials, r.Credentials[0], r.Credentials[1]),
+		logs.String(), string(js),
+	} {
+		require.NotContains(t, out, secret)
+		require.NotContains(t, out, prompt)
+	}
+	require.Contains(t, logs.String(), `"secret":"REDACTED"`)
+	require.Contains(t, r.String(), "authorization:REDACTED")
+}
