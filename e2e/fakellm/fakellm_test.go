@@ -1,0 +1,568 @@
+package fakellm_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
+	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/e2e/fakellm"
+)
+
+func start(t *testing.T) (*fakellm.Server, *httptest.Server) {
+	t.Helper()
+	fake := fakellm.New()
+	ts := httptest.NewServer(fake) // 127.0.0.1:0
+	t.Cleanup(ts.Close)
+	return fake, ts
+}
+
+func openaiClient(ts *httptest.Server, headers map[string]string) openai.Client {
+	opts := []option.RequestOption{
+		option.WithBaseURL(ts.URL + "/v1/"),
+		option.WithAPIKey("sk-test"),
+		option.WithMaxRetries(0),
+		option.WithHTTPClient(ts.Client()),
+	}
+	for k, v := range headers {
+		opts = append(opts, option.WithHeader(k, v))
+	}
+	return openai.NewClient(opts...)
+}
+
+func anthropicClient(ts *httptest.Server, headers map[string]string) anthropic.Client {
+	opts := []aoption.RequestOption{
+		aoption.WithBaseURL(ts.URL),
+		aoption.WithAPIKey("sk-ant-test"),
+		aoption.WithMaxRetries(0),
+		aoption.WithHTTPClient(ts.Client()),
+	}
+	for k, v := range headers {
+		opts = append(opts, aoption.WithHeader(k, v))
+	}
+	return anthropic.NewClient(opts...)
+}
+
+var usageHeaders = map[string]string{
+	fakellm.HeaderInputTokens:     "1234",
+	fakellm.HeaderOutputTokens:    "56",
+	fakellm.HeaderCachedTokens:    "7",
+	fakellm.HeaderReasoningTokens: "11",
+}
+
+var wantUsage = fakellm.Usage{InputTokens: 1234, OutputTokens: 56, CachedTokens: 7, ReasoningTokens: 11}
+
+func lastRecord(t *testing.T, fake *fakellm.Server) fakellm.Record {
+	t.Helper()
+	recs := fake.Requests()
+	require.NotEmpty(t, recs)
+	return recs[len(recs)-1]
+}
+
+func chatParams() openai.ChatCompletionNewParams {
+	return openai.ChatCompletionNewParams{
+		Model:    "gpt-4o-mini",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello")},
+	}
+}
+
+func TestOpenAI_ChatCompletion(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, usageHeaders)
+	resp, err := client.Chat.Completions.New(context.Background(), chatParams())
+	require.NoError(t, err)
+	require.Equal(t, int64(1234), resp.Usage.PromptTokens)
+	require.Equal(t, int64(56), resp.Usage.CompletionTokens)
+	require.Equal(t, int64(1290), resp.Usage.TotalTokens)
+	require.Equal(t, int64(7), resp.Usage.PromptTokensDetails.CachedTokens)
+	require.Equal(t, int64(11), resp.Usage.CompletionTokensDetails.ReasoningTokens)
+	require.Equal(t, "gpt-4o-mini", resp.Model)
+	require.Len(t, resp.Choices, 1)
+	require.NotEmpty(t, resp.Choices[0].Message.Content)
+	require.Equal(t, "stop", string(resp.Choices[0].FinishReason))
+
+	rec := lastRecord(t, fake)
+	require.Equal(t, "chat", rec.API)
+	require.Equal(t, "gpt-4o-mini", rec.Model)
+	require.Equal(t, http.StatusOK, rec.Status)
+	require.Equal(t, wantUsage, rec.Usage)
+	require.Equal(t, wantUsage, rec.Reported)
+	require.True(t, rec.Complete)
+}
+
+func TestOpenAI_ChatCompletionDefaultsToCappedOutput(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, nil)
+
+	p := chatParams()
+	p.MaxTokens = openai.Int(5)
+	resp, err := client.Chat.Completions.New(context.Background(), p)
+	require.NoError(t, err)
+	require.Equal(t, int64(5), resp.Usage.CompletionTokens, "default output = min(max_tokens, default)")
+	require.Equal(t, "length", string(resp.Choices[0].FinishReason))
+
+	p = chatParams()
+	p.MaxCompletionTokens = openai.Int(1000)
+	resp, err = client.Chat.Completions.New(context.Background(), p)
+	require.NoError(t, err)
+	require.Equal(t, int64(fakellm.DefaultOutputTokens), resp.Usage.CompletionTokens)
+	require.Positive(t, resp.Usage.PromptTokens, "default input is derived from the body size")
+	require.Equal(t, 2, fake.Count())
+}
+
+func TestOpenAI_ChatCompletionStream(t *testing.T) {
+	t.Parallel()
+	for _, include := range []bool{true, false} {
+		t.Run(map[bool]string{true: "IncludeUsage", false: "NoUsage"}[include], func(t *testing.T) {
+			t.Parallel()
+			fake, ts := start(t)
+			client := openaiClient(ts, usageHeaders)
+			p := chatParams()
+			if include {
+				p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+			}
+			stream := client.Chat.Completions.NewStreaming(context.Background(), p)
+			var acc openai.ChatCompletionAccumulator
+			for stream.Next() {
+				acc.AddChunk(stream.Current())
+			}
+			require.NoError(t, stream.Err())
+			require.NotEmpty(t, acc.Choices[0].Message.Content)
+			rec := lastRecord(t, fake)
+			require.True(t, rec.Stream)
+			require.Equal(t, include, rec.IncludeUsage)
+			require.True(t, rec.Complete)
+			if include {
+				require.Equal(t, int64(1234), acc.Usage.PromptTokens)
+				require.Equal(t, int64(56), acc.Usage.CompletionTokens)
+				require.Equal(t, int64(7), acc.Usage.PromptTokensDetails.CachedTokens)
+				require.Equal(t, int64(11), acc.Usage.CompletionTokensDetails.ReasoningTokens)
+				require.Equal(t, wantUsage, rec.Reported)
+			} else {
+				// Like OpenAI: no usage at all without stream_options.include_usage.
+				require.Zero(t, acc.Usage.TotalTokens)
+				require.Equal(t, fakellm.Usage{}, rec.Reported)
+				require.Equal(t, wantUsage, rec.Usage)
+			}
+		})
+	}
+}
+
+func TestOpenAI_Completions(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, map[string]string{fakellm.HeaderInputTokens: "9", fakellm.HeaderOutputTokens: "4"})
+	p := openai.CompletionNewParams{
+		Model:  "gpt-3.5-turbo-instruct",
+		Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Once upon")},
+	}
+	resp, err := client.Completions.New(context.Background(), p)
+	require.NoError(t, err)
+	require.Equal(t, int64(9), resp.Usage.PromptTokens)
+	require.Equal(t, int64(4), resp.Usage.CompletionTokens)
+	require.NotEmpty(t, resp.Choices[0].Text)
+
+	p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	stream := client.Completions.NewStreaming(context.Background(), p)
+	var usage openai.CompletionUsage
+	var text strings.Builder
+	for stream.Next() {
+		c := stream.Current()
+		if len(c.Choices) > 0 {
+			text.WriteString(c.Choices[0].Text)
+		}
+		if c.Usage.TotalTokens > 0 {
+			usage = c.Usage
+		}
+	}
+	require.NoError(t, stream.Err())
+	require.NotEmpty(t, text.String())
+	require.Equal(t, int64(9), usage.PromptTokens)
+	require.Equal(t, int64(4), usage.CompletionTokens)
+	require.Equal(t, fakellm.Usage{InputTokens: 9, OutputTokens: 4}, lastRecord(t, fake).Reported)
+}
+
+func responsesParams() responses.ResponseNewParams {
+	return responses.ResponseNewParams{
+		Model: "gpt-4o-mini",
+		Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("Say hello")},
+	}
+}
+
+func TestOpenAI_Responses(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, usageHeaders)
+	resp, err := client.Responses.New(context.Background(), responsesParams())
+	require.NoError(t, err)
+	require.Equal(t, int64(1234), resp.Usage.InputTokens)
+	require.Equal(t, int64(56), resp.Usage.OutputTokens)
+	require.Equal(t, int64(1290), resp.Usage.TotalTokens)
+	require.Equal(t, int64(7), resp.Usage.InputTokensDetails.CachedTokens)
+	require.Equal(t, int64(11), resp.Usage.OutputTokensDetails.ReasoningTokens)
+	require.NotEmpty(t, resp.OutputText())
+	require.Equal(t, responses.ResponseStatusCompleted, resp.Status)
+	require.Equal(t, wantUsage, lastRecord(t, fake).Reported)
+}
+
+func TestOpenAI_ResponsesStream(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, usageHeaders)
+	p := responsesParams()
+	p.MaxOutputTokens = openai.Int(1000)
+	stream := client.Responses.NewStreaming(context.Background(), p)
+	var final responses.Response
+	var text strings.Builder
+	var types []string
+	for stream.Next() {
+		ev := stream.Current()
+		types = append(types, ev.Type)
+		switch ev.Type {
+		case "response.output_text.delta":
+			text.WriteString(ev.Delta)
+		case "response.completed":
+			final = ev.Response
+		}
+	}
+	require.NoError(t, stream.Err())
+	require.Equal(t, "response.created", types[0])
+	require.Equal(t, "response.completed", types[len(types)-1])
+	require.NotEmpty(t, text.String())
+	require.Equal(t, int64(1234), final.Usage.InputTokens)
+	require.Equal(t, int64(56), final.Usage.OutputTokens)
+	require.Equal(t, int64(7), final.Usage.InputTokensDetails.CachedTokens)
+	require.Equal(t, int64(11), final.Usage.OutputTokensDetails.ReasoningTokens)
+	require.Equal(t, wantUsage, lastRecord(t, fake).Reported)
+}
+
+func TestOpenAI_Embeddings(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, map[string]string{fakellm.HeaderInputTokens: "21"})
+	resp, err := client.Embeddings.New(context.Background(), openai.EmbeddingNewParams{
+		Model: "text-embedding-3-small",
+		Input: openai.EmbeddingNewParamsInputUnion{OfArrayOfStrings: []string{"a", "b", "c"}},
+	})
+	require.NoError(t, err)
+	require.Len(t, resp.Data, 3)
+	require.Len(t, resp.Data[2].Embedding, 8)
+	require.Equal(t, int64(21), resp.Usage.PromptTokens)
+	require.Equal(t, int64(21), resp.Usage.TotalTokens)
+	rec := lastRecord(t, fake)
+	require.Equal(t, "embeddings", rec.API)
+	require.Equal(t, fakellm.Usage{InputTokens: 21}, rec.Reported)
+
+	// base64 encoding (the Python SDK's default) and explicit dimensions.
+	resp, err = client.Embeddings.New(context.Background(), openai.EmbeddingNewParams{
+		Model:          "text-embedding-3-small",
+		Input:          openai.EmbeddingNewParamsInputUnion{OfString: openai.String("a")},
+		Dimensions:     openai.Int(4),
+		EncodingFormat: openai.EmbeddingNewParamsEncodingFormatBase64,
+	})
+	require.NoError(t, err)
+	require.Len(t, resp.Data, 1)
+}
+
+func TestOpenAI_Models(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, nil)
+	page, err := client.Models.List(context.Background())
+	require.NoError(t, err)
+	require.NotEmpty(t, page.Data)
+	m, err := client.Models.Get(context.Background(), "gpt-4o-mini")
+	require.NoError(t, err)
+	require.Equal(t, "gpt-4o-mini", m.ID)
+	_, err = client.Models.Get(context.Background(), "no-such-model")
+	var apiErr *openai.Error
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusNotFound, apiErr.StatusCode)
+	for _, rec := range fake.Requests() {
+		require.Equal(t, "models", rec.API)
+		require.Equal(t, fakellm.Usage{}, rec.Usage, "non-billable")
+	}
+}
+
+func messageParams() anthropic.MessageNewParams {
+	return anthropic.MessageNewParams{
+		Model:     "claude-sonnet-4-5",
+		MaxTokens: 1024,
+		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Say hello"))},
+	}
+}
+
+var anthropicHeaders = map[string]string{
+	fakellm.HeaderInputTokens:         "300",
+	fakellm.HeaderOutputTokens:        "40",
+	fakellm.HeaderCachedTokens:        "1000",
+	fakellm.HeaderCacheCreationTokens: "200",
+}
+
+var wantAnthropic = fakellm.Usage{InputTokens: 300, OutputTokens: 40, CachedTokens: 1000, CacheCreationTokens: 200}
+
+func TestAnthropic_Messages(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := anthropicClient(ts, anthropicHeaders)
+	msg, err := client.Messages.New(context.Background(), messageParams())
+	require.NoError(t, err)
+	require.Equal(t, int64(300), msg.Usage.InputTokens)
+	require.Equal(t, int64(40), msg.Usage.OutputTokens)
+	require.Equal(t, int64(1000), msg.Usage.CacheReadInputTokens)
+	require.Equal(t, int64(200), msg.Usage.CacheCreationInputTokens)
+	require.Equal(t, int64(200), msg.Usage.CacheCreation.Ephemeral5mInputTokens)
+	require.Equal(t, anthropic.StopReasonEndTurn, msg.StopReason)
+	require.NotEmpty(t, msg.Content[0].Text)
+	rec := lastRecord(t, fake)
+	require.Equal(t, "anthropic", rec.API)
+	require.Equal(t, wantAnthropic, rec.Reported)
+}
+
+func TestAnthropic_MessagesStream(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := anthropicClient(ts, anthropicHeaders)
+	stream := client.Messages.NewStreaming(context.Background(), messageParams())
+	var msg anthropic.Message
+	var types []string
+	for stream.Next() {
+		ev := stream.Current()
+		types = append(types, ev.Type)
+		require.NoError(t, msg.Accumulate(ev))
+	}
+	require.NoError(t, stream.Err())
+	require.Equal(t, []string{"message_start", "content_block_start", "content_block_delta"}, types[:3], "the SDK drops ping events")
+	require.Equal(t, []string{"content_block_stop", "message_delta", "message_stop"}, types[len(types)-3:])
+	require.Equal(t, int64(300), msg.Usage.InputTokens)
+	require.Equal(t, int64(40), msg.Usage.OutputTokens)
+	require.Equal(t, int64(1000), msg.Usage.CacheReadInputTokens)
+	require.Equal(t, int64(200), msg.Usage.CacheCreationInputTokens)
+	require.NotEmpty(t, msg.Content[0].Text)
+	require.Equal(t, wantAnthropic, lastRecord(t, fake).Reported)
+}
+
+func TestAnthropic_CountTokens(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := anthropicClient(ts, map[string]string{fakellm.HeaderInputTokens: "77"})
+	res, err := client.Messages.CountTokens(context.Background(), anthropic.MessageCountTokensParams{
+		Model:    "claude-sonnet-4-5",
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+	})
+	require.NoError(t, err)
+	require.Equal(t, int64(77), res.InputTokens)
+	rec := lastRecord(t, fake)
+	require.Equal(t, "count_tokens", rec.API)
+	require.Equal(t, fakellm.Usage{}, rec.Usage, "non-billable")
+}
+
+func TestProviderErrors(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	oc := openaiClient(ts, map[string]string{fakellm.HeaderStatus: "500"})
+	_, err := oc.Chat.Completions.New(context.Background(), chatParams())
+	var oerr *openai.Error
+	require.ErrorAs(t, err, &oerr)
+	require.Equal(t, http.StatusInternalServerError, oerr.StatusCode)
+
+	ac := anthropicClient(ts, map[string]string{fakellm.HeaderStatus: "529"})
+	_, err = ac.Messages.New(context.Background(), messageParams())
+	var aerr *anthropic.Error
+	require.ErrorAs(t, err, &aerr)
+	require.Equal(t, 529, aerr.StatusCode)
+
+	for _, rec := range fake.Requests() {
+		require.GreaterOrEqual(t, rec.Status, 500)
+		require.Equal(t, fakellm.Usage{}, rec.Usage, "errors carry no usage")
+		require.Equal(t, fakellm.Usage{}, rec.Reported)
+	}
+}
+
+func TestCutAfter(t *testing.T) {
+	t.Parallel()
+	t.Run("OpenAIStreamLosesFinalUsage", func(t *testing.T) {
+		t.Parallel()
+		fake, ts := start(t)
+		h := map[string]string{fakellm.HeaderCutAfter: "3", fakellm.HeaderOutputTokens: "40"}
+		p := chatParams()
+		p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+		client := openaiClient(ts, h)
+		stream := client.Chat.Completions.NewStreaming(context.Background(), p)
+		n := 0
+		for stream.Next() {
+			n++
+		}
+		require.Error(t, stream.Err(), "a cut stream must not look complete")
+		require.Equal(t, 3, n)
+		rec := lastRecord(t, fake)
+		require.False(t, rec.Complete)
+		require.Equal(t, fakellm.Usage{}, rec.Reported)
+	})
+	t.Run("AnthropicStreamKeepsStartUsage", func(t *testing.T) {
+		t.Parallel()
+		fake, ts := start(t)
+		h := map[string]string{fakellm.HeaderCutAfter: "1", fakellm.HeaderInputTokens: "300", fakellm.HeaderOutputTokens: "40"}
+		client := anthropicClient(ts, h)
+		stream := client.Messages.NewStreaming(context.Background(), messageParams())
+		for stream.Next() {
+		}
+		require.Error(t, stream.Err())
+		rec := lastRecord(t, fake)
+		require.False(t, rec.Complete)
+		require.Equal(t, fakellm.Usage{InputTokens: 300, OutputTokens: 1}, rec.Reported, "message_start only")
+	})
+	t.Run("JSONBodyTruncated", func(t *testing.T) {
+		t.Parallel()
+		fake, ts := start(t)
+		client := openaiClient(ts, map[string]string{fakellm.HeaderCutAfter: "20"})
+		_, err := client.Chat.Completions.New(context.Background(), chatParams())
+		require.Error(t, err)
+		require.False(t, lastRecord(t, fake).Complete)
+	})
+}
+
+func TestDelayHonoursCancellation(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	client := openaiClient(ts, map[string]string{fakellm.HeaderDelayMs: "60000"})
+	_, err := client.Chat.Completions.New(ctx, chatParams())
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	// The handler notices the cancellation and records the request without blocking for 60 s.
+	require.Eventually(t, func() bool { return fake.Count() == 1 }, 5*time.Second, 5*time.Millisecond)
+	rec := lastRecord(t, fake)
+	require.Equal(t, 499, rec.Status)
+	require.False(t, rec.Complete)
+}
+
+func TestGemini(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	h := map[string]string{fakellm.HeaderInputTokens: "10", fakellm.HeaderOutputTokens: "20", fakellm.HeaderReasoningTokens: "5", fakellm.HeaderCachedTokens: "3"}
+	body := `{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":100}}`
+	type geminiResp struct {
+		Candidates []struct {
+			FinishReason string `json:"finishReason"`
+		} `json:"candidates"`
+		UsageMetadata struct {
+			PromptTokenCount        int64 `json:"promptTokenCount"`
+			CandidatesTokenCount    int64 `json:"candidatesTokenCount"`
+			CachedContentTokenCount int64 `json:"cachedContentTokenCount"`
+			ThoughtsTokenCount      int64 `json:"thoughtsTokenCount"`
+			TotalTokenCount         int64 `json:"totalTokenCount"`
+		} `json:"usageMetadata"`
+		ModelVersion string `json:"modelVersion"`
+	}
+
+	res := post(t, ts, "/v1beta/models/gemini-2.5-flash:generateContent", body, h)
+	require.Equal(t, "application/json", res.Header.Get("content-type"))
+	var r geminiResp
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&r))
+	require.Equal(t, int64(10), r.UsageMetadata.PromptTokenCount)
+	require.Equal(t, int64(20), r.UsageMetadata.CandidatesTokenCount)
+	require.Equal(t, int64(5), r.UsageMetadata.ThoughtsTokenCount)
+	require.Equal(t, int64(3), r.UsageMetadata.CachedContentTokenCount)
+	require.Equal(t, int64(35), r.UsageMetadata.TotalTokenCount)
+	require.Equal(t, "gemini-2.5-flash", r.ModelVersion)
+	require.Equal(t, "STOP", r.Candidates[0].FinishReason)
+
+	res = post(t, ts, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", body, h)
+	require.Contains(t, res.Header.Get("content-type"), "text/event-stream")
+	var last geminiResp
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			require.NoError(t, json.Unmarshal([]byte(data), &last))
+		}
+	}
+	require.NoError(t, sc.Err())
+	require.Equal(t, int64(20), last.UsageMetadata.CandidatesTokenCount)
+	require.Equal(t, int64(35), last.UsageMetadata.TotalTokenCount)
+	rec := lastRecord(t, fake)
+	require.Equal(t, "gemini", rec.API)
+	require.True(t, rec.Stream)
+	require.Equal(t, fakellm.Usage{InputTokens: 10, OutputTokens: 20, CachedTokens: 3, ReasoningTokens: 5}, rec.Reported)
+}
+
+func post(t *testing.T, ts *httptest.Server, path, body string, headers map[string]string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, ts.URL+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("content-type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	res, err := ts.Client().Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = res.Body.Close() })
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	return res
+}
+
+func TestRecordsAreSafeForConcurrentUse(t *testing.T) {
+	t.Parallel()
+	fake, ts := start(t)
+	client := openaiClient(ts, map[string]string{fakellm.HeaderOutputTokens: "3"})
+	const n = 32
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			_, err := client.Chat.Completions.New(context.Background(), chatParams())
+			errs <- err
+			_ = fake.Requests() // concurrent reads while requests are recorded
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Equal(t, n, fake.Count())
+	seen := map[int]bool{}
+	for _, rec := range fake.Requests() {
+		require.False(t, seen[rec.Seq], "sequence numbers are unique")
+		seen[rec.Seq] = true
+	}
+
+	// The same records over HTTP, for docker-compose users.
+	res, err := ts.Client().Get(ts.URL + "/_fake/requests")
+	require.NoError(t, err)
+	defer res.Body.Close()
+	var recs []fakellm.Record
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&recs))
+	require.Len(t, recs, n)
+	fake.Reset()
+	require.Zero(t, fake.Count())
+}
+
+func TestUnknownPath(t *testing.T) {
+	t.Parallel()
+	_, ts := start(t)
+	res, err := ts.Client().Post(ts.URL+"/v1/images/generations", "application/json", strings.NewReader("{}"))
+	require.NoError(t, err)
+	defer res.Body.Close()
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	b, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"error"`)
+	require.False(t, errors.Is(err, io.EOF))
+}
