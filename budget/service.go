@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/purser-dev/purser/budget/store"
 )
@@ -84,6 +85,7 @@ type Service struct {
 	log *slog.Logger
 
 	keys     *expirable.LRU[[32]byte, *Key]
+	keyLoads singleflight.Group // concurrent misses for one secret share one query
 	unknown  *expirable.LRU[[32]byte, struct{}]
 	budgets  *expirable.LRU[Subject, []*Budget]
 	cacheGen atomic.Uint64 // bumped on every invalidation; loads started earlier are not cached
@@ -124,28 +126,46 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error)
 		s.cfg.Metrics.keyLookup(ctx, "negative_cache")
 		return nil, ErrKeyUnknown
 	}
-	gen := s.cacheGen.Load()
-	row, err := s.db.KeyByHash(ctx, h[:])
-	if errors.Is(err, store.ErrNotFound) {
-		if s.cacheGen.Load() == gen {
-			s.unknown.Add(h, struct{}{})
+	ch := s.keyLoads.DoChan(string(h[:]), func() (any, error) {
+		// Shared by every caller waiting for this secret: not bound to the first one's context.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyLoadTimeout)
+		defer cancel()
+		gen := s.cacheGen.Load()
+		row, err := s.db.KeyByHash(lctx, h[:])
+		if errors.Is(err, store.ErrNotFound) {
+			if s.cacheGen.Load() == gen {
+				s.unknown.Add(h, struct{}{})
+			}
+			s.cfg.Metrics.keyLookup(ctx, "unknown")
+			return nil, ErrKeyUnknown
 		}
-		s.cfg.Metrics.keyLookup(ctx, "unknown")
-		return nil, ErrKeyUnknown
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		k, err := keyFromRow(row)
+		if err != nil {
+			return nil, err
+		}
+		if s.cacheGen.Load() == gen {
+			s.keys.Add(h, &k)
+		}
+		s.cfg.Metrics.keyLookup(ctx, "database")
+		return &k, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		k := r.Val.(*Key)
+		return k, k.Usable(s.cfg.Now())
 	}
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	k, err := keyFromRow(row)
-	if err != nil {
-		return nil, err
-	}
-	if s.cacheGen.Load() == gen {
-		s.keys.Add(h, &k)
-	}
-	s.cfg.Metrics.keyLookup(ctx, "database")
-	return &k, k.Usable(s.cfg.Now())
 }
+
+// keyLoadTimeout bounds a shared key lookup.
+const keyLoadTimeout = 5 * time.Second
 
 // budgetsFor returns the live budgets of each subject, from the cache or, for the misses, from
 // one database round trip that also attaches default-budget templates to new subjects.

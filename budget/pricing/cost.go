@@ -153,11 +153,15 @@ func (r *Rate) at(totalInput int64) Price {
 	return p
 }
 
-// highest returns the largest price of any tier.
-func (r *Rate) highest() Price {
+// maxUpTo returns the largest price that applies to a request of at most totalInput input
+// tokens: the base price and every tier whose Start is below totalInput. A reservation's
+// input estimate is an upper bound, so the real request's tier is one of these.
+func (r *Rate) maxUpTo(totalInput int64) Price {
 	p := r.Base
 	for _, t := range r.Tiers {
-		p = max(p, t.Price)
+		if totalInput > t.Start {
+			p = max(p, t.Price)
+		}
 	}
 	return p
 }
@@ -383,20 +387,20 @@ func (m *Model) UpperBound(inputTokens, outputTokens int64) (int64, error) {
 	return m.UpperBoundAt(inputTokens, outputTokens, time.Now())
 }
 
-// UpperBoundAt returns the worst-case cost in micros of a request with inputTokens total
-// input tokens and outputTokens total output tokens, for a reservation:
+// UpperBoundAt returns the worst-case cost in micros of a request with at most inputTokens
+// total input tokens and at most outputTokens total output tokens, for a reservation:
 //
 //   - every input token at the highest input-side price (input, cache read, cache write,
-//     input audio), each tiered price at the tier that inputTokens selects;
-//   - every output token at the highest output-side price (output, output audio) of its
-//     HIGHEST tier, whatever inputTokens: the output tier depends on the real input size,
-//     which a reservation only estimates;
+//     input audio), and every output token at the highest output-side price (output, output
+//     audio), each over the base price and every tier a request of at most inputTokens input
+//     tokens can select (the reservation's input count is an upper-bound estimate, so the
+//     real request's tier is at or below the estimate's);
 //   - plus the per-request price;
 //   - over every price set that can be in force between t and t+24h (a price list switching
 //     at midnight, a daily off-peak window ending).
 //
-// It is ≥ CostAt(u, t') for every Usage u with those totals, whatever its cache/audio split,
-// and every t' in that window. Negative counts fail with ErrInvalidUsage; a bound above
+// It is ≥ CostAt(u, t') for every Usage u with at most those totals, whatever its cache/audio
+// split, and every t' in that window. Negative counts fail with ErrInvalidUsage; a bound above
 // math.MaxInt64 micros fails with ErrOverflow.
 func (m *Model) UpperBoundAt(inputTokens, outputTokens int64, t time.Time) (int64, error) {
 	if inputTokens < 0 || outputTokens < 0 {
@@ -461,9 +465,9 @@ func (p *Prices) upperBound(inputTokens, outputTokens int64) (int64, error) {
 			continue
 		}
 		if unitInfo[k].input {
-			maxIn = max(maxIn, r.at(inputTokens))
+			maxIn = max(maxIn, r.maxUpTo(inputTokens))
 		} else {
-			maxOut = max(maxOut, r.highest())
+			maxOut = max(maxOut, r.maxUpTo(inputTokens))
 		}
 	}
 	sum := mul64(uint64(inputTokens), uint64(maxIn)).add(mul64(uint64(outputTokens), uint64(maxOut)))

@@ -226,9 +226,10 @@ func TestModel_UpperBound(t *testing.T) {
 	}{
 		// Highest input-side price of gpt-4o is input 2.5; output 10: 1000 × 2.5 + 500 × 10.
 		{"Simple", "openai", "gpt-4o", at, 1000, 500, 7500},
-		// cache_write 3.75 is the highest input-side price below the tier; output takes its
-		// highest tier (22.5) even below it: 1000 × 3.75 + 100 × 22.5 = 6000.
-		{"CacheWriteIsWorstInput", "anthropic", "claude-sonnet-4-5", at, 1000, 100, 6000},
+		// cache_write 3.75 is the highest input-side price below the tier; a request of at
+		// most 1000 input tokens cannot reach the 200k output tier, so output is at its base
+		// price 15: 1000 × 3.75 + 100 × 15 = 5250.
+		{"CacheWriteIsWorstInput", "anthropic", "claude-sonnet-4-5", at, 1000, 100, 5250},
 		// Above the tier: 300000 × 7.5 + 100 × 22.5 = 2252250.
 		{"TieredAbove", "anthropic", "claude-sonnet-4-5", at, 300000, 100, 2252250},
 		// input_audio 40 and output_audio 80 dominate: 10 × 40 + 10 × 80.

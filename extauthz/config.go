@@ -1,0 +1,165 @@
+// Package extauthz is purser's Envoy ext_authz v3 gRPC server. For every request Envoy holds
+// back, Check identifies who is spending, bounds what the request can cost, reserves that
+// amount on every budget that applies (through the ledger's batcher), and answers as Envoy
+// expects: OK with the reservation in dynamic metadata, a local-reply denial (429 budget
+// exhausted, 401/403/400 for bad identity or input) in the caller's API error format, or a
+// gRPC error when it cannot decide, so Envoy's failure_mode_allow / status_on_error apply.
+package extauthz
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/extauthz/request"
+)
+
+// Policy values.
+const (
+	// UnknownModel: what to do when the price catalog does not know the requested model.
+	UnknownModelDeny         = "deny"          // 400 naming the model (default)
+	UnknownModelDefaultPrice = "default_price" // bound the cost with the catalog's default price
+	// MissingCap: what to do when a request sets no output-token cap.
+	MissingCapDefault = "default" // assume DefaultOutputCap (default); excess is an overrun
+	MissingCapDeny    = "deny"    // 400 "output cap required"
+	// Body: what to do with a truncated or unusable body.
+	BodyEstimate = "estimate" // truncated: bound from content-length (default for truncated)
+	BodyDeny     = "deny"     // answer 400 with the precise reason (default for invalid)
+	// Unpriced endpoints (images, audio, batches...): priced by nobody.
+	UnpricedDeny  = "deny"  // 403 (default): purser cannot bound what they cost
+	UnpricedAllow = "allow" // pass without a reservation (their spend is not budgeted)
+)
+
+// Config tunes the server. Its zero value is usable: defaults are documented per field.
+type Config struct {
+	// Request configures the CheckRequest parser (credential sources, JWT claims, trusted
+	// headers...).
+	Request request.Config
+	// CheckTimeout is the server-side deadline of a Check (default 150ms). The effective
+	// deadline is the earlier of it and Envoy's own (grpc-timeout) minus DeadlineMargin.
+	CheckTimeout time.Duration
+	// DeadlineMargin is kept free before Envoy's deadline to send the answer (default 5ms).
+	DeadlineMargin time.Duration
+	// StripCredentials removes the header that carried the purser key before the request
+	// goes upstream (default true: purser keys are not provider keys).
+	StripCredentials *bool
+	// DefaultSubject, when set, is the identity of requests that carry none; otherwise such
+	// requests get 401.
+	DefaultSubject string
+	// UnknownModel is UnknownModelDeny (default) or UnknownModelDefaultPrice.
+	UnknownModel string
+	// MissingCap is MissingCapDefault (default) or MissingCapDeny.
+	MissingCap string
+	// DefaultOutputCap bounds the output of requests without a cap (default 4096 tokens).
+	DefaultOutputCap int64
+	// TruncatedBody is BodyEstimate (default) or BodyDeny.
+	TruncatedBody string
+	// InvalidBody is BodyDeny (default) or BodyEstimate (bound from the bytes with the
+	// route's model; without a model the request is still denied).
+	InvalidBody string
+	// Unpriced is UnpricedDeny (default) or UnpricedAllow.
+	Unpriced string
+	// BudgetHeaders adds x-budget-limit/-remaining/-reset of the tightest budget to the
+	// response (default true).
+	BudgetHeaders *bool
+	// ShowAmounts puts limits and amounts in denial messages (default false: the message
+	// names the budget and its reset time only).
+	ShowAmounts bool
+	// ReservationTTL overrides the ledger's default reservation lifetime (0: ledger default).
+	ReservationTTL time.Duration
+	// Logger receives one line per denial and per failure (debug: per admission); no secrets,
+	// no bodies. Meter receives the Check metrics (nil: none).
+	Logger *slog.Logger
+	Meter  metric.Meter
+}
+
+// Defaults.
+const (
+	DefaultCheckTimeout     = 150 * time.Millisecond
+	DefaultDeadlineMargin   = 5 * time.Millisecond
+	DefaultOutputCap        = 4096
+	maxReasonableOutputCap  = 10_000_000
+	defaultReservationFloor = time.Second
+)
+
+func (c Config) withDefaults() Config {
+	if c.CheckTimeout <= 0 {
+		c.CheckTimeout = DefaultCheckTimeout
+	}
+	if c.DeadlineMargin <= 0 {
+		c.DeadlineMargin = DefaultDeadlineMargin
+	}
+	if c.StripCredentials == nil {
+		t := true
+		c.StripCredentials = &t
+	}
+	if c.BudgetHeaders == nil {
+		t := true
+		c.BudgetHeaders = &t
+	}
+	if c.UnknownModel == "" {
+		c.UnknownModel = UnknownModelDeny
+	}
+	if c.MissingCap == "" {
+		c.MissingCap = MissingCapDefault
+	}
+	if c.DefaultOutputCap <= 0 {
+		c.DefaultOutputCap = DefaultOutputCap
+	}
+	if c.TruncatedBody == "" {
+		c.TruncatedBody = BodyEstimate
+	}
+	if c.InvalidBody == "" {
+		c.InvalidBody = BodyDeny
+	}
+	if c.Unpriced == "" {
+		c.Unpriced = UnpricedDeny
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports every invalid field.
+func (c Config) Validate() error {
+	var errs []error
+	oneOf := func(field, v string, allowed ...string) {
+		if v == "" {
+			return
+		}
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: %q: want one of %v", field, v, allowed))
+	}
+	oneOf("policies.unknown_model", c.UnknownModel, UnknownModelDeny, UnknownModelDefaultPrice)
+	oneOf("policies.missing_output_cap", c.MissingCap, MissingCapDefault, MissingCapDeny)
+	oneOf("policies.truncated_body", c.TruncatedBody, BodyEstimate, BodyDeny)
+	oneOf("policies.invalid_body", c.InvalidBody, BodyEstimate, BodyDeny)
+	oneOf("policies.unpriced_endpoint", c.Unpriced, UnpricedDeny, UnpricedAllow)
+	if c.DefaultOutputCap < 0 || c.DefaultOutputCap > maxReasonableOutputCap {
+		errs = append(errs, fmt.Errorf("policies.default_output_cap: %d: want 1-%d", c.DefaultOutputCap, maxReasonableOutputCap))
+	}
+	if c.CheckTimeout != 0 && (c.CheckTimeout < 10*time.Millisecond || c.CheckTimeout > time.Minute) {
+		errs = append(errs, fmt.Errorf("check_timeout: %s: want 10ms-1m", c.CheckTimeout))
+	}
+	if c.ReservationTTL != 0 && c.ReservationTTL < defaultReservationFloor {
+		errs = append(errs, fmt.Errorf("reservation_ttl: %s: want at least %s", c.ReservationTTL, defaultReservationFloor))
+	}
+	if c.DefaultSubject != "" {
+		if _, err := budget.ParseSubject(c.DefaultSubject); err != nil {
+			errs = append(errs, fmt.Errorf("identity.default_subject: %w", err))
+		}
+	}
+	if err := c.Request.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("identity: %w", err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,264 @@
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/extauthz/request"
+)
+
+// Dynamic metadata keys (namespace envoy.filters.http.ext_authz), see docs/architecture.md.
+const (
+	MetaDecision       = "purser_decision"
+	MetaReservationID  = "reservation_id"
+	MetaReservedMicros = "reserved_micros"
+	MetaReservedTokens = "reserved_tokens"
+	MetaProvider       = "provider"
+	MetaFlavor         = "api_flavor"
+	MetaModel          = "model"
+	MetaKeyID          = "key_id"
+	MetaSubjects       = "subjects"
+)
+
+// Decision values of MetaDecision.
+const (
+	DecisionReserved     = "reserved"
+	DecisionDenied       = "denied"
+	DecisionPassthrough  = "passthrough"
+	DecisionUnidentified = "unidentified"
+	DecisionUnverified   = "unverified"
+)
+
+// Response headers for the caller.
+const (
+	HeaderLimit     = "x-budget-limit"
+	HeaderRemaining = "x-budget-remaining"
+	HeaderReset     = "x-budget-reset"
+	HeaderUnit      = "x-budget-unit"
+	HeaderWarning   = "x-budget-warning"
+	HeaderReason    = "x-purser-reason"
+)
+
+func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, error) {
+	switch v.kind {
+	case kindError:
+		if isDeadline(v.err) {
+			return nil, status.Error(codes.DeadlineExceeded, "purser could not decide before the deadline")
+		}
+		return nil, status.Error(codes.Unavailable, "purser cannot reach its ledger")
+	case kindDeny, kindUnidentified:
+		return s.denied(r, v), nil
+	}
+	ok := &authv3.OkHttpResponse{}
+	if *s.cfg.StripCredentials && v.cred != nil && v.cred.Header != "" {
+		ok.HeadersToRemove = []string{v.cred.Header}
+	}
+	decision := DecisionPassthrough
+	switch v.kind {
+	case kindAllow:
+		decision = DecisionReserved
+		if *s.cfg.BudgetHeaders {
+			ok.ResponseHeadersToAdd = budgetHeaders(v.decision)
+		}
+	case kindUnverified:
+		decision = DecisionUnverified
+	}
+	return &authv3.CheckResponse{
+		Status:          &rpcstatus.Status{Code: int32(code.Code_OK)},
+		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		DynamicMetadata: metadataFor(decision, r, v),
+	}, nil
+}
+
+func isDeadline(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded)
+}
+
+// metadataFor builds the dynamic metadata the access-log sink joins on. Amounts are strings:
+// Struct numbers are doubles.
+func metadataFor(decision string, r *request.Request, v verdict) *structpb.Struct {
+	f := map[string]*structpb.Value{
+		MetaDecision: structpb.NewStringValue(decision),
+	}
+	if r.Provider != "" {
+		f[MetaProvider] = structpb.NewStringValue(r.Provider)
+	}
+	if r.Flavor != "" {
+		f[MetaFlavor] = structpb.NewStringValue(r.Flavor)
+	}
+	if r.Model != "" {
+		f[MetaModel] = structpb.NewStringValue(r.Model)
+	}
+	if v.key != nil {
+		f[MetaKeyID] = structpb.NewStringValue(v.key.ID)
+	}
+	if len(v.subjects) > 0 {
+		ss := make([]string, len(v.subjects))
+		for i, s := range v.subjects {
+			ss[i] = string(s)
+		}
+		f[MetaSubjects] = structpb.NewStringValue(strings.Join(ss, ","))
+	}
+	if d := v.decision; d != nil && d.ReservationID != "" && d.Outcome != budget.Denied {
+		f[MetaReservationID] = structpb.NewStringValue(d.ReservationID)
+		f[MetaReservedMicros] = structpb.NewStringValue(strconv.FormatInt(v.cost, 10))
+		f[MetaReservedTokens] = structpb.NewStringValue(strconv.FormatInt(v.tokens, 10))
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+func header(k, v string) *corev3.HeaderValueOption {
+	// Always explicit: without append_action Envoy's default is to append (envoy.md 3.2).
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+// budgetHeaders reports the tightest hard budget and any warnings.
+func budgetHeaders(d *budget.Decision) []*corev3.HeaderValueOption {
+	if d == nil {
+		return nil
+	}
+	var hs []*corev3.HeaderValueOption
+	if t := d.Tightest(); t != nil {
+		hs = append(hs,
+			header(HeaderLimit, amount(t.Budget.Unit, t.Limit)),
+			header(HeaderRemaining, amount(t.Budget.Unit, max(t.Remaining(), 0))),
+			header(HeaderUnit, string(t.Budget.Unit)))
+		if t.Budget.Window.Kind != budget.Lifetime {
+			hs = append(hs, header(HeaderReset, t.Window.End.UTC().Format(time.RFC3339)))
+		}
+	}
+	if ws := d.Warnings(); len(ws) > 0 {
+		parts := make([]string, len(ws))
+		for i, w := range ws {
+			if w.Exceeded {
+				parts[i] = strconv.Quote(w.Budget.Name) + " exceeded (soft)"
+			} else {
+				parts[i] = strconv.Quote(w.Budget.Name) + " at " + strconv.Itoa(w.Threshold) + "%"
+			}
+		}
+		hs = append(hs, header(HeaderWarning, strings.Join(parts, ", ")))
+	}
+	return hs
+}
+
+// amount formats an amount in its unit for a header: decimal USD or whole tokens.
+func amount(u budget.Unit, n int64) string {
+	if u == budget.Tokens {
+		return strconv.FormatInt(n, 10)
+	}
+	return pricing.FormatMicros(n)
+}
+
+// denied builds a local reply in the error format the caller's SDK understands.
+func (s *Server) denied(r *request.Request, v verdict) *authv3.CheckResponse {
+	hs := []*corev3.HeaderValueOption{
+		header("content-type", "application/json"),
+		header(HeaderReason, v.reason),
+	}
+	if v.status == 429 && v.decision != nil && v.decision.DeniedBy != nil {
+		b := v.decision.DeniedBy
+		if b.Budget.Window.Kind != budget.Lifetime {
+			secs := int64(time.Until(b.Window.End).Seconds()) + 1
+			hs = append(hs, header("retry-after", strconv.FormatInt(max(secs, 1), 10)),
+				header(HeaderReset, b.Window.End.UTC().Format(time.RFC3339)))
+		}
+	}
+	decision := DecisionDenied
+	if v.kind == kindUnidentified {
+		decision = DecisionUnidentified
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(grpcCodeFor(v.status)), Message: v.reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.status)},
+			Headers: hs,
+			Body:    errorBody(r.Flavor, v.status, v.reason, v.message),
+		}},
+		DynamicMetadata: metadataFor(decision, r, v),
+	}
+}
+
+func grpcCodeFor(httpStatus int) code.Code {
+	switch httpStatus {
+	case 429:
+		return code.Code_RESOURCE_EXHAUSTED
+	case 401:
+		return code.Code_UNAUTHENTICATED
+	case 403:
+		return code.Code_PERMISSION_DENIED
+	}
+	return code.Code_INVALID_ARGUMENT
+}
+
+// errorBody renders the error in the caller's API's envelope, so official SDKs raise their
+// usual errors (OpenAI: RateLimitError for 429 with type insufficient_quota; Anthropic:
+// rate_limit_error; Gemini: RESOURCE_EXHAUSTED).
+func errorBody(flavor string, httpStatus int, reason, message string) string {
+	var v any
+	switch flavor {
+	case request.FlavorAnthropic:
+		v = map[string]any{"type": "error", "error": map[string]any{"type": anthropicType(httpStatus), "message": message}}
+	case request.FlavorGemini, request.FlavorGeminiEmbeddings:
+		v = map[string]any{"error": map[string]any{"code": httpStatus, "message": message, "status": googleStatus(httpStatus)}}
+	default:
+		v = map[string]any{"error": map[string]any{"message": message, "type": openAIType(httpStatus), "param": nil, "code": reason}}
+	}
+	b, _ := json.Marshal(v) // maps of strings and ints always marshal
+	return string(b)
+}
+
+func openAIType(s int) string {
+	switch s {
+	case 429:
+		return "insufficient_quota"
+	case 401:
+		return "authentication_error"
+	case 403:
+		return "permission_error"
+	}
+	return "invalid_request_error"
+}
+
+func anthropicType(s int) string {
+	switch s {
+	case 429:
+		return "rate_limit_error"
+	case 401:
+		return "authentication_error"
+	case 403:
+		return "permission_error"
+	case 413:
+		return "request_too_large"
+	}
+	return "invalid_request_error"
+}
+
+func googleStatus(s int) string {
+	switch s {
+	case 429:
+		return "RESOURCE_EXHAUSTED"
+	case 401:
+		return "UNAUTHENTICATED"
+	case 403:
+		return "PERMISSION_DENIED"
+	}
+	return "INVALID_ARGUMENT"
+}

@@ -1,0 +1,359 @@
+package extauthz
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/extauthz/request"
+)
+
+// Reserver holds a request's worst-case cost (the ledger's Batcher).
+type Reserver interface {
+	Reserve(ctx context.Context, req budget.ReserveRequest) (budget.Decision, error)
+}
+
+// Authenticator resolves a purser API key secret (the ledger's Service).
+type Authenticator interface {
+	Authenticate(ctx context.Context, secret string) (*budget.Key, error)
+}
+
+// Server implements envoy.service.auth.v3.Authorization.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	cfg     Config
+	res     Reserver
+	auth    Authenticator
+	catalog func() *pricing.Catalog
+	m       *metrics
+}
+
+// New returns a Server. catalog returns the price catalog in force (it may change on reload).
+func New(res Reserver, auth Authenticator, catalog func() *pricing.Catalog, cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	m, err := newMetrics(cfg.Meter)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, res: res, auth: auth, catalog: catalog, m: m}, nil
+}
+
+// Check decides one request. Budget decisions (allow, deny) are CheckResponses with a nil
+// error; only "cannot decide" (ledger unreachable, deadline passed) is a gRPC error, so that
+// Envoy's failure_mode_allow and status_on_error apply as the operator configured them.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	ctx, cancel := s.deadline(ctx, start)
+	defer cancel()
+	r := request.Parse(req, &s.cfg.Request)
+	v := s.decide(ctx, &r)
+	resp, err := s.respond(&r, v)
+	s.observe(ctx, &r, v, time.Since(start))
+	return resp, err
+}
+
+// deadline is the earlier of the server's own deadline and Envoy's minus a margin to answer.
+func (s *Server) deadline(ctx context.Context, now time.Time) (context.Context, context.CancelFunc) {
+	d := now.Add(s.cfg.CheckTimeout)
+	if envoy, ok := ctx.Deadline(); ok {
+		if e := envoy.Add(-s.cfg.DeadlineMargin); e.Before(d) {
+			d = e
+		}
+	}
+	return context.WithDeadline(ctx, d)
+}
+
+// outcome kinds of a verdict.
+type kind int
+
+const (
+	kindAllow        kind = iota // reserved (or duplicate of a reservation)
+	kindPass                     // allowed without a reservation (non-billable)
+	kindUnverified               // allowed without a reservation because the ledger failed and the route fails open
+	kindDeny                     // a local reply (429, 401, 403, 400, 413)
+	kindError                    // cannot decide: gRPC error
+	kindUnidentified             // deny 401: no identity
+)
+
+// verdict is everything respond needs.
+type verdict struct {
+	kind     kind
+	status   int    // HTTP status of a denial
+	reason   string // machine reason: budget_exceeded, invalid_api_key, ...
+	message  string // human message for the caller (no secrets)
+	err      error  // kindError: the cause
+	decision *budget.Decision
+	key      *budget.Key
+	subjects []budget.Subject
+	cred     *request.Credential
+	model    string // catalog or requested model
+	cost     int64
+	tokens   int64
+}
+
+// keyPrefix marks purser keys among credential candidates: other credentials (for example a
+// provider key the client sends on a pass-through route) are not ours to judge.
+const keyPrefix = budget.SecretPrefix
+
+func (s *Server) decide(ctx context.Context, r *request.Request) verdict {
+	v := s.identify(ctx, r)
+	if v.kind != kindAllow {
+		return v
+	}
+	if !r.Billable {
+		if r.Unpriced && s.cfg.Unpriced == UnpricedDeny {
+			return deny(v, 403, "unpriced_endpoint", fmt.Sprintf("purser cannot bound the cost of %s %s, so this endpoint is not allowed here", r.Method, r.Path))
+		}
+		v.kind = kindPass
+		return v
+	}
+	if v.key != nil && r.Model != "" && !v.key.AllowsModel(r.Model) {
+		return deny(v, 403, "model_not_allowed", fmt.Sprintf("this API key may not use model %q", r.Model))
+	}
+	v, ok := s.bound(r, v)
+	if !ok {
+		return v
+	}
+	rr := budget.ReserveRequest{
+		Subjects: v.subjects,
+		Target:   budget.Target{Model: r.Model, Path: r.Path, Route: r.Route.Raw},
+		Provider: r.Provider, Flavor: r.Flavor, Route: r.Route.Route, RequestID: r.RequestID,
+		Cost: v.cost, Tokens: v.tokens, TTL: s.ttl(r),
+	}
+	if v.key != nil {
+		rr.KeyID = v.key.ID
+	}
+	rr.IdempotencyKey = idempotencyKey(rr.KeyID, v.subjects, r)
+	d, err := s.res.Reserve(ctx, rr)
+	if err != nil {
+		return s.cannotDecide(r, v, err)
+	}
+	v.decision = &d
+	if d.Outcome == budget.Denied {
+		return deny(v, 429, "budget_exceeded", s.exhaustedMessage(d.DeniedBy, v.cost, v.tokens))
+	}
+	return v
+}
+
+// identify resolves the caller's subjects: the API key and its owners, the mTLS workload, JWT
+// claims and trusted headers (parsed by request.Parse), the route's subjects, and global.
+func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
+	var v verdict
+	var sawCredential bool
+	for i := range r.Credentials {
+		c := &r.Credentials[i]
+		if !strings.HasPrefix(c.Secret, keyPrefix) {
+			sawCredential = true
+			continue
+		}
+		k, err := s.auth.Authenticate(ctx, c.Secret)
+		switch {
+		case err == nil:
+			v.key, v.cred = k, c
+		case errors.Is(err, budget.ErrKeyRevoked):
+			return verdict{kind: kindUnidentified, status: 401, reason: "key_revoked", message: "this API key (" + displayPrefix(k) + ") was revoked"}
+		case errors.Is(err, budget.ErrKeyExpired):
+			return verdict{kind: kindUnidentified, status: 401, reason: "key_expired", message: "this API key (" + displayPrefix(k) + ") has expired"}
+		case errors.Is(err, budget.ErrKeyUnknown):
+			return verdict{kind: kindUnidentified, status: 401, reason: "invalid_api_key", message: "the API key is not valid"}
+		default:
+			return s.cannotDecide(r, verdict{}, err)
+		}
+		break
+	}
+	if v.key != nil {
+		v.subjects = append(v.subjects, v.key.AllSubjects()...)
+	}
+	identified := v.key != nil
+	for _, raw := range r.Subjects {
+		sub, err := budget.ParseSubject(raw)
+		if err != nil {
+			s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "ignoring an invalid subject", slog.String("error", err.Error()))
+			continue
+		}
+		if !fromRoute(sub, r) {
+			identified = true
+		}
+		v.subjects = appendUnique(v.subjects, sub)
+	}
+	if !identified {
+		if s.cfg.DefaultSubject == "" {
+			msg := "no purser API key: send one as Authorization: Bearer " + keyPrefix + "..."
+			if sawCredential {
+				msg = "the credential sent is not a purser API key (purser keys start with " + keyPrefix + ")"
+			}
+			return verdict{kind: kindUnidentified, status: 401, reason: "missing_api_key", message: msg}
+		}
+		v.subjects = appendUnique(v.subjects, budget.Subject(s.cfg.DefaultSubject))
+	}
+	v.subjects = appendUnique(v.subjects, budget.Global)
+	v.kind = kindAllow
+	return v
+}
+
+func displayPrefix(k *budget.Key) string {
+	if k == nil {
+		return keyPrefix + "..."
+	}
+	return k.Prefix + "..."
+}
+
+// fromRoute reports whether a subject came from the route context (it says where the
+// request goes, not who sent it, so it does not identify the caller).
+func fromRoute(s budget.Subject, r *request.Request) bool {
+	k := s.Kind()
+	return k == budget.KindRoute || k == budget.KindTag || string(s) == r.Route.BudgetSubject
+}
+
+func appendUnique(ss []budget.Subject, s budget.Subject) []budget.Subject {
+	for _, x := range ss {
+		if x == s {
+			return ss
+		}
+	}
+	return append(ss, s)
+}
+
+// bound computes the request's worst-case cost and tokens, applying the configured policies
+// to what the parser could not establish.
+func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
+	if r.BodyError != nil && s.cfg.InvalidBody == BodyDeny {
+		return deny(v, 400, "invalid_body", "purser cannot read the request body: "+r.BodyError.Error()), false
+	}
+	if r.CapError != nil {
+		return deny(v, 400, "invalid_output_cap", r.CapError.Error()), false
+	}
+	if r.Truncated {
+		if s.cfg.TruncatedBody == BodyDeny {
+			return deny(v, 413, "body_truncated", "the request body is larger than the proxy lets purser inspect; send a smaller request"), false
+		}
+		if r.ContentLength < 0 {
+			return deny(v, 413, "body_truncated", "the request body was cut by the proxy and has no content-length, so its cost cannot be bounded"), false
+		}
+	}
+	if r.Model == "" {
+		if r.BodyError != nil {
+			return deny(v, 400, "invalid_body", "purser cannot read the request body: "+r.BodyError.Error()), false
+		}
+		if r.Truncated {
+			return deny(v, 413, "body_truncated", "the model field was beyond the part of the body the proxy let purser inspect; put \"model\" first or send a smaller request"), false
+		}
+		return deny(v, 400, "missing_model", "the request names no model"), false
+	}
+	cat := s.catalog()
+	m, ok := cat.Lookup(r.Provider, r.Model)
+	if !ok {
+		if s.cfg.UnknownModel == UnknownModelDefaultPrice {
+			m, ok = cat.DefaultModel()
+		}
+		if !ok {
+			return deny(v, 400, "unknown_model", fmt.Sprintf("purser has no price for model %q, so it cannot admit the request; an operator can add it to the price overrides", r.Model)), false
+		}
+	}
+	v.model = m.ID
+	if !r.HasOutputCap && s.cfg.MissingCap == MissingCapDeny && r.Flavor != request.FlavorEmbeddings && r.Flavor != request.FlavorGeminiEmbeddings {
+		return deny(v, 400, "output_cap_required", "set an output-token cap (max_tokens, max_completion_tokens or max_output_tokens): purser reserves the worst case before the request runs"), false
+	}
+	input := r.InputTokens
+	if r.ExternalInput && m.ContextWindow > 0 {
+		input = m.ContextWindow // input pulled from elsewhere: only the context window bounds it
+	}
+	if m.ContextWindow > 0 && input > m.ContextWindow {
+		input = m.ContextWindow // the provider rejects longer inputs
+	}
+	out := r.OutputBound(0)
+	if !r.HasOutputCap {
+		out = r.OutputBound(s.cfg.DefaultOutputCap)
+	}
+	cost, err := m.UpperBound(input, out)
+	if err != nil || cost > budget.MaxLimit || input+out > budget.MaxLimit || input+out < 0 {
+		return deny(v, 400, "too_expensive", "the request's worst-case cost is too large to reserve; lower max_tokens"), false
+	}
+	v.cost, v.tokens = cost, input+out
+	return v, true
+}
+
+func (s *Server) ttl(r *request.Request) time.Duration {
+	if raw := r.Route.Raw["reservation_ttl"]; raw != "" {
+		if d, err := time.ParseDuration(raw); err == nil && d >= defaultReservationFloor {
+			return d
+		}
+	}
+	return s.cfg.ReservationTTL
+}
+
+// idempotencyKey identifies one downstream request: the same Check retried (Envoy
+// grpc_service.retry_policy) reserves once. It includes Envoy's stream id, so a client that
+// reuses an x-request-id for a new request gets a new reservation, not a free ride.
+func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request) []byte {
+	if r.RequestID == "" || r.StreamID == "" {
+		return nil
+	}
+	h := sha256.New()
+	h.Write([]byte("purser/v1\x00"))
+	if keyID != "" {
+		h.Write([]byte(keyID))
+	} else {
+		for _, s := range subjects {
+			h.Write([]byte(s))
+			h.Write([]byte{0})
+		}
+	}
+	h.Write([]byte{0})
+	h.Write([]byte(r.RequestID))
+	h.Write([]byte{0})
+	h.Write([]byte(r.StreamID))
+	return h.Sum(nil)
+}
+
+// cannotDecide turns a ledger failure into a gRPC error (Envoy's failure mode applies), or,
+// on a route whose failure_policy is "open", into an unverified admission.
+func (s *Server) cannotDecide(r *request.Request, v verdict, err error) verdict {
+	if r.Route.FailurePolicy == request.FailureOpen {
+		v.kind, v.err = kindUnverified, err
+		return v
+	}
+	return verdict{kind: kindError, err: err}
+}
+
+func deny(v verdict, status int, reason, message string) verdict {
+	v.kind, v.status, v.reason, v.message = kindDeny, status, reason, message
+	return v
+}
+
+func (s *Server) exhaustedMessage(b *budget.BudgetState, cost, tokens int64) string {
+	if b == nil {
+		return "a budget has no room for this request"
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "budget %q (%s) is exhausted", b.Budget.Name, b.Budget.Subject)
+	if b.Budget.Window.Kind == budget.Lifetime {
+		sb.WriteString("; it does not reset")
+	} else {
+		fmt.Fprintf(&sb, " until %s", b.Window.End.UTC().Format(time.RFC3339))
+	}
+	if s.cfg.ShowAmounts {
+		fmt.Fprintf(&sb, " (limit %s, used %s, this request may cost up to %s)",
+			formatAmount(b.Budget.Unit, b.Limit), formatAmount(b.Budget.Unit, b.Used), formatAmount(b.Budget.Unit, b.Amount))
+	}
+	return sb.String()
+}
+
+// formatAmount writes an amount in its unit: USD with a dollar sign, tokens as an integer.
+func formatAmount(u budget.Unit, n int64) string {
+	if u == budget.Tokens {
+		return fmt.Sprintf("%d tokens", n)
+	}
+	return "$" + pricing.FormatMicros(n)
+}

@@ -1,0 +1,512 @@
+package extauthz_test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/require"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/extauthz"
+	"github.com/purser-dev/purser/extauthz/request"
+)
+
+type harness struct {
+	client authv3.AuthorizationClient
+	svc    *budget.Service
+	schema *pgtest.Schema
+	cat    *pricing.Catalog
+	reader *sdkmetric.ManualReader
+	cfg    extauthz.Config
+}
+
+var catalogOnce = sync.OnceValues(pricing.Embedded)
+
+func catalog(t *testing.T) *pricing.Catalog {
+	cat, err := catalogOnce()
+	require.NoError(t, err)
+	return cat
+}
+
+// serve starts an ext_authz server on 127.0.0.1:0 with the real ledger and batcher, or with
+// res when it is not nil.
+func serve(t *testing.T, cfg extauthz.Config, res extauthz.Reserver) *harness {
+	t.Helper()
+	h := &harness{schema: pgtest.New(t), cat: catalog(t), reader: sdkmetric.NewManualReader()}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(h.reader))
+	lm, err := budget.NewMetrics(mp.Meter("test"))
+	require.NoError(t, err)
+	st := store.New(h.schema.Pool)
+	h.svc = budget.New(st, st, budget.Config{Metrics: lm})
+	if res == nil {
+		b := budget.NewBatcher(h.svc, budget.BatcherConfig{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { b.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		res = b
+	}
+	cfg.Meter = mp.Meter("test")
+	h.cfg = cfg
+	srv, err := extauthz.New(res, h.svc, func() *pricing.Catalog { return h.cat }, cfg)
+	require.NoError(t, err)
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	h.client = authv3.NewAuthorizationClient(conn)
+	return h
+}
+
+// fixture loads one of the parser's Envoy-shaped CheckRequests.
+func fixture(t *testing.T, name string) *authv3.CheckRequest {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("request", "testdata", name+".json"))
+	require.NoError(t, err)
+	var req authv3.CheckRequest
+	require.NoError(t, protojson.Unmarshal(b, &req))
+	return &req
+}
+
+// withKey replaces the fixture's credentials with a purser key and gives it a fresh request id.
+func withKey(req *authv3.CheckRequest, secret string, n int) *authv3.CheckRequest {
+	h := req.GetAttributes().GetRequest().GetHttp()
+	if hm := h.GetHeaderMap(); hm != nil { // encode_raw_headers: the headers are here instead
+		kept := hm.Headers[:0]
+		for _, x := range hm.Headers {
+			switch x.GetKey() {
+			case "authorization", "x-api-key", "api-key", "x-goog-api-key", "x-request-id":
+				continue
+			}
+			kept = append(kept, x)
+		}
+		hm.Headers = kept
+		if secret != "" {
+			hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: "authorization", RawValue: []byte("Bearer " + secret)})
+		}
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: "x-request-id", RawValue: []byte("req-" + strconv.Itoa(n))})
+		h.Id = strconv.Itoa(1000 + n)
+		return req
+	}
+	for _, k := range []string{"authorization", "x-api-key", "api-key", "x-goog-api-key"} {
+		delete(h.Headers, k)
+	}
+	if secret != "" {
+		h.Headers["authorization"] = "Bearer " + secret
+	}
+	h.Headers["x-request-id"] = "req-" + strconv.Itoa(n)
+	h.Id = strconv.Itoa(1000 + n)
+	return req
+}
+
+func (h *harness) key(t *testing.T, subjects ...string) (budget.Key, string) {
+	t.Helper()
+	k, secret, err := h.svc.CreateKey(context.Background(), "test", budget.KeySpec{Name: "k", Subjects: subjects})
+	require.NoError(t, err)
+	return k, secret
+}
+
+func (h *harness) budget(t *testing.T, d budget.Definition) budget.Budget {
+	t.Helper()
+	b, err := h.svc.CreateBudget(context.Background(), "test", d)
+	require.NoError(t, err)
+	return b
+}
+
+// expectedBound recomputes the hold of a fixture independently of the server's wiring.
+func (h *harness) expectedBound(t *testing.T, req *authv3.CheckRequest, defaultCap int64) (cost, tokens int64) {
+	t.Helper()
+	r := request.Parse(req, &request.Config{})
+	m, ok := h.cat.Lookup(r.Provider, r.Model)
+	require.True(t, ok, "model %q", r.Model)
+	out := r.OutputBound(0)
+	if !r.HasOutputCap {
+		out = r.OutputBound(defaultCap)
+	}
+	cost, err := m.UpperBound(r.InputTokens, out)
+	require.NoError(t, err)
+	return cost, r.InputTokens + out
+}
+
+func okResponse(t *testing.T, resp *authv3.CheckResponse) *authv3.OkHttpResponse {
+	t.Helper()
+	require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), "denied: %s", resp.GetDeniedResponse().GetBody())
+	return resp.GetOkResponse()
+}
+
+func meta(resp *authv3.CheckResponse, k string) string {
+	return resp.GetDynamicMetadata().GetFields()[k].GetStringValue()
+}
+
+func TestCheck_AllowThenDenyAtTheLimit(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	ctx := context.Background()
+	_, secret := h.key(t, "team:ml")
+	cost, tokens := h.expectedBound(t, fixture(t, "openai_chat"), extauthz.DefaultOutputCap)
+	tb := h.budget(t, budget.Definition{Name: "ml monthly", Subject: "team:ml", Limit: 2*cost + cost/2, Window: "month", Hard: true})
+
+	var ids []string
+	for i := range 2 {
+		resp, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret, i))
+		require.NoError(t, err)
+		ok := okResponse(t, resp)
+		require.Equal(t, extauthz.DecisionReserved, meta(resp, extauthz.MetaDecision))
+		require.NotEmpty(t, meta(resp, extauthz.MetaReservationID))
+		require.Equal(t, strconv.FormatInt(cost, 10), meta(resp, extauthz.MetaReservedMicros))
+		require.Equal(t, strconv.FormatInt(tokens, 10), meta(resp, extauthz.MetaReservedTokens))
+		require.Equal(t, "gpt-4o-mini", meta(resp, extauthz.MetaModel))
+		require.Equal(t, []string{"authorization"}, ok.GetHeadersToRemove(), "the purser key never reaches the provider")
+		hs := map[string]string{}
+		for _, x := range ok.GetResponseHeadersToAdd() {
+			hs[x.GetHeader().GetKey()] = x.GetHeader().GetValue()
+			require.Equal(t, "OVERWRITE_IF_EXISTS_OR_ADD", x.GetAppendAction().String())
+		}
+		require.Equal(t, pricing.FormatMicros(tb.Limit), hs[extauthz.HeaderLimit])
+		require.Equal(t, pricing.FormatMicros(tb.Limit-int64(i+1)*cost), hs[extauthz.HeaderRemaining])
+		require.Equal(t, "usd", hs[extauthz.HeaderUnit])
+		require.NotEmpty(t, hs[extauthz.HeaderReset])
+		ids = append(ids, meta(resp, extauthz.MetaReservationID))
+	}
+	require.NotEqual(t, ids[0], ids[1])
+
+	resp, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret, 3))
+	require.NoError(t, err, "a budget denial is an answer, not a gRPC error")
+	require.Equal(t, int32(codes.ResourceExhausted), resp.GetStatus().GetCode())
+	d := resp.GetDeniedResponse()
+	require.Equal(t, 429, int(d.GetStatus().GetCode()))
+	hs := map[string]string{}
+	for _, x := range d.GetHeaders() {
+		hs[x.GetHeader().GetKey()] = x.GetHeader().GetValue()
+	}
+	require.Equal(t, "application/json", hs["content-type"])
+	require.Equal(t, "budget_exceeded", hs[extauthz.HeaderReason])
+	retry, err := strconv.Atoi(hs["retry-after"])
+	require.NoError(t, err)
+	require.Positive(t, retry)
+	var body struct {
+		Error struct {
+			Message, Type, Code string
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(d.GetBody()), &body))
+	require.Equal(t, "insufficient_quota", body.Error.Type)
+	require.Equal(t, "budget_exceeded", body.Error.Code)
+	require.Contains(t, body.Error.Message, `budget "ml monthly" (team:ml) is exhausted until `)
+	require.NotContains(t, body.Error.Message, "$", "amounts only when configured")
+	require.Equal(t, extauthz.DecisionDenied, meta(resp, extauthz.MetaDecision))
+	require.Empty(t, meta(resp, extauthz.MetaReservationID))
+
+	// The same request again (same x-request-id and Envoy stream id) is not held twice.
+	again, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret, 0))
+	require.NoError(t, err)
+	require.Equal(t, ids[0], meta(again, extauthz.MetaReservationID))
+	rep, err := h.svc.Verify(ctx)
+	require.NoError(t, err)
+	require.True(t, rep.Clean())
+}
+
+func TestCheck_SeveralBudgetsAtOnce(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	ctx := context.Background()
+	k, secret := h.key(t, "team:ml")
+	kb := h.budget(t, budget.Definition{Name: "key", Subject: "key:" + k.ID, Limit: 10_000_000, Window: "day", Hard: true})
+	tb := h.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 10_000_000, Window: "month", Hard: true})
+	wb := h.budget(t, budget.Definition{Name: "workload", Subject: "workload:spiffe://cluster.local/ns/app/sa/web", Limit: 10_000_000, Window: "week", Hard: true})
+	nb := h.budget(t, budget.Definition{Name: "namespace", Subject: "namespace:app", Unit: "tokens", Limit: 10_000_000, Window: "month", Hard: true})
+
+	req := withKey(fixture(t, "mtls_principal"), secret, 1)
+	resp, err := h.client.Check(ctx, req)
+	require.NoError(t, err)
+	okResponse(t, resp)
+	res, err := h.svc.Reservation(ctx, meta(resp, extauthz.MetaReservationID))
+	require.NoError(t, err)
+	require.Equal(t, []string{"key:" + k.ID, "team:ml", "workload:spiffe://cluster.local/ns/app/sa/web", "namespace:app", "global"}, res.Subjects)
+	for _, b := range []budget.Budget{kb, tb, wb, nb} {
+		var pending int64
+		require.NoError(t, h.schema.Pool.QueryRow(ctx, `SELECT pending FROM budget_windows WHERE budget_id = $1`, b.ID).Scan(&pending))
+		want := res.HoldCost
+		if b.Unit == budget.Tokens {
+			want = res.HoldTokens
+		}
+		require.Equal(t, want, pending, "budget %s", b.Name)
+	}
+
+	// A workload with no key at all is an identity too.
+	req = withKey(fixture(t, "mtls_principal"), "", 2)
+	resp, err = h.client.Check(ctx, req)
+	require.NoError(t, err)
+	okResponse(t, resp)
+}
+
+func TestCheck_SoftBudgetWarning(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	_, secret := h.key(t, "user:bob")
+	h.budget(t, budget.Definition{Name: "bob soft", Subject: "user:bob", Limit: 1, Window: "day", Hard: false})
+	resp, err := h.client.Check(context.Background(), withKey(fixture(t, "openai_chat"), secret, 1))
+	require.NoError(t, err)
+	ok := okResponse(t, resp)
+	hs := map[string]string{}
+	for _, x := range ok.GetResponseHeadersToAdd() {
+		hs[x.GetHeader().GetKey()] = x.GetHeader().GetValue()
+	}
+	require.Equal(t, `"bob soft" exceeded (soft)`, hs[extauthz.HeaderWarning])
+	require.Empty(t, hs[extauthz.HeaderLimit], "no hard budget applies")
+}
+
+func TestCheck_Identity(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	ctx := context.Background()
+	k, secret := h.key(t, "team:ml")
+	_, err := h.svc.RevokeKey(ctx, "test", k.ID)
+	require.NoError(t, err)
+
+	cases := map[string]struct {
+		fixture, secret, reason, bodyType string
+	}{
+		"Revoked":            {"openai_chat", secret, "key_revoked", "authentication_error"},
+		"RevokedAnthropic":   {"anthropic_messages", secret, "key_revoked", "authentication_error"},
+		"Unknown":            {"openai_chat", budget.SecretPrefix + "forged0000000000000000000000000000", "invalid_api_key", "authentication_error"},
+		"NoKey":              {"openai_chat", "", "missing_api_key", "authentication_error"},
+		"ProviderKeyIgnored": {"openai_chat", "sk-not-a-purser-key", "missing_api_key", "authentication_error"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			resp, err := h.client.Check(ctx, withKey(fixture(t, c.fixture), c.secret, 1))
+			require.NoError(t, err)
+			require.Equal(t, int32(codes.Unauthenticated), resp.GetStatus().GetCode())
+			d := resp.GetDeniedResponse()
+			require.Equal(t, 401, int(d.GetStatus().GetCode()))
+			require.NotContains(t, d.GetBody(), secret, "the secret is never echoed")
+			var body map[string]any
+			require.NoError(t, json.Unmarshal([]byte(d.GetBody()), &body))
+			if c.fixture == "anthropic_messages" {
+				require.Equal(t, "error", body["type"])
+			}
+			require.Equal(t, c.bodyType, body["error"].(map[string]any)["type"])
+			require.Equal(t, extauthz.DecisionUnidentified, meta(resp, extauthz.MetaDecision))
+		})
+	}
+}
+
+// A flood of one forged key reaches the database about once: concurrent misses share one
+// query, and the negative cache answers what follows.
+func TestCheck_UnknownKeyFlood(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{CheckTimeout: 5 * time.Second}, nil)
+	ctx := context.Background()
+	forged := budget.SecretPrefix + "floodfloodfloodfloodfloodfloodflood"
+	check := func(i int) {
+		resp, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), forged, i))
+		if err != nil || resp.GetStatus().GetCode() != int32(codes.Unauthenticated) {
+			t.Errorf("flood request %d: %v %v", i, err, resp.GetStatus())
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() { defer wg.Done(); check(i) }()
+	}
+	wg.Wait()
+	first := keyLookups(t, h)
+	require.LessOrEqual(t, first["unknown"], int64(3), "200 concurrent requests, a handful of queries at most")
+	for i := range 50 {
+		check(1000 + i)
+	}
+	then := keyLookups(t, h)
+	require.Equal(t, first["unknown"], then["unknown"], "no more database lookups")
+	require.Equal(t, first["negative_cache"]+50, then["negative_cache"])
+}
+
+func keyLookups(t *testing.T, h *harness) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, h.reader.Collect(context.Background(), &rm))
+	lookups := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "purser.key_lookups" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				src, _ := dp.Attributes.Value("source")
+				lookups[src.AsString()] += dp.Value
+			}
+		}
+	}
+	return lookups
+}
+
+// blockingReserver never answers before the caller's deadline: the Check must give up in time.
+type blockingReserver struct{}
+
+func (blockingReserver) Reserve(ctx context.Context, _ budget.ReserveRequest) (budget.Decision, error) {
+	<-ctx.Done()
+	return budget.Decision{}, ctx.Err()
+}
+
+type failingReserver struct{}
+
+func (failingReserver) Reserve(context.Context, budget.ReserveRequest) (budget.Decision, error) {
+	return budget.Decision{}, budget.ErrUnavailable
+}
+
+func TestCheck_CannotDecide(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	h := serve(t, extauthz.Config{CheckTimeout: 50 * time.Millisecond}, blockingReserver{})
+	_, secret := h.key(t, "team:ml")
+	start := time.Now()
+	_, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret, 1))
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "got %v", err)
+	require.Less(t, time.Since(start), time.Second, "answers long before Envoy's own timeout")
+
+	// Envoy's deadline shorter than the server's: the server follows Envoy's.
+	short, cancel := context.WithTimeout(ctx, 80*time.Millisecond)
+	defer cancel()
+	h2 := serve(t, extauthz.Config{CheckTimeout: 10 * time.Second}, blockingReserver{})
+	_, secret2 := h2.key(t, "team:ml")
+	_, err = h2.client.Check(short, withKey(fixture(t, "openai_chat"), secret2, 1))
+	require.Contains(t, []codes.Code{codes.DeadlineExceeded}, status.Code(err))
+
+	h3 := serve(t, extauthz.Config{}, failingReserver{})
+	_, secret3 := h3.key(t, "team:ml")
+	_, err = h3.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret3, 1))
+	require.Equal(t, codes.Unavailable, status.Code(err), "database down: Envoy's failure mode decides")
+
+	// A route that fails open admits, unverified, with no reservation.
+	req := withKey(fixture(t, "openai_chat"), secret3, 2)
+	req.Attributes.ContextExtensions = map[string]string{"failure_policy": "open", "route": "batch-jobs"}
+	resp, err := h3.client.Check(ctx, req)
+	require.NoError(t, err)
+	okResponse(t, resp)
+	require.Equal(t, extauthz.DecisionUnverified, meta(resp, extauthz.MetaDecision))
+	require.Empty(t, meta(resp, extauthz.MetaReservationID))
+	require.Contains(t, meta(resp, extauthz.MetaSubjects), "team:ml", "the sink can charge unreserved spend to these subjects")
+}
+
+func TestCheck_BodyPolicies(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := serve(t, extauthz.Config{}, nil)
+	_, secret := h.key(t, "team:ml")
+
+	// Truncated with a content-length: bounded from the full length, admitted.
+	resp, err := h.client.Check(ctx, withKey(fixture(t, "partial_body"), secret, 1))
+	require.NoError(t, err)
+	okResponse(t, resp)
+	r := request.Parse(fixture(t, "partial_body"), &request.Config{})
+	require.True(t, r.Truncated)
+	tokens, err := strconv.ParseInt(meta(resp, extauthz.MetaReservedTokens), 10, 64)
+	require.NoError(t, err)
+	m, ok := h.cat.Lookup(r.Provider, r.Model)
+	require.True(t, ok)
+	require.GreaterOrEqual(t, tokens, min(r.ContentLength/3, m.ContextWindow), "the hold covers the bytes Envoy did not send (up to the context window)")
+	require.Greater(t, tokens, r.InputTokens-r.ContentLength/3, "more than what arrived")
+
+	strict := serve(t, extauthz.Config{TruncatedBody: extauthz.BodyDeny, MissingCap: extauthz.MissingCapDeny}, nil)
+	_, secret2 := strict.key(t, "team:ml")
+	resp, err = strict.client.Check(ctx, withKey(fixture(t, "partial_body"), secret2, 2))
+	require.NoError(t, err)
+	require.Equal(t, 413, int(resp.GetDeniedResponse().GetStatus().GetCode()))
+
+	cases := map[string]struct {
+		h       *harness
+		secret  string
+		fixture string
+		status  int
+		reason  string
+	}{
+		"GarbageBody":       {h, secret, "garbage_body", 400, "invalid_body"},
+		"HugeMaxTokens":     {h, secret, "huge_max_tokens", 400, "invalid_output_cap"},
+		"CapRequired":       {strict, secret2, "jwt_metadata", 400, "output_cap_required"},
+		"SelfHostedNoPrice": {h, secret, "selfhosted_vllm_chat", 400, "unknown_model"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			resp, err := c.h.client.Check(ctx, withKey(fixture(t, c.fixture), c.secret, 3))
+			require.NoError(t, err)
+			d := resp.GetDeniedResponse()
+			require.NotNil(t, d, "want a denial, got %v", resp)
+			require.Equal(t, c.status, int(d.GetStatus().GetCode()), d.GetBody())
+			require.Contains(t, d.GetBody(), c.reason)
+		})
+	}
+}
+
+func TestCheck_NonBillable(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	ctx := context.Background()
+	_, secret := h.key(t, "team:ml")
+	h.budget(t, budget.Definition{Name: "empty", Subject: "team:ml", Limit: 0, Window: "month", Hard: true})
+	for i, name := range []string{"get_models", "anthropic_count_tokens"} {
+		resp, err := h.client.Check(ctx, withKey(fixture(t, name), secret, i))
+		require.NoError(t, err)
+		okResponse(t, resp)
+		require.Equal(t, extauthz.DecisionPassthrough, meta(resp, extauthz.MetaDecision), name)
+		require.Empty(t, meta(resp, extauthz.MetaReservationID))
+	}
+	var n int
+	require.NoError(t, h.schema.Pool.QueryRow(ctx, `SELECT count(*) FROM reservations`).Scan(&n))
+	require.Zero(t, n)
+	// The same budget denies a billable call: the passthroughs did not dodge it by accident.
+	resp, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret, 9))
+	require.NoError(t, err)
+	require.Equal(t, 429, int(resp.GetDeniedResponse().GetStatus().GetCode()))
+}
+
+// Every fixture gets a precise answer (never a gRPC error, never a panic) with a valid key.
+func TestCheck_EveryFixture(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	_, secret := h.key(t, "team:ml")
+	entries, err := os.ReadDir(filepath.Join("request", "testdata"))
+	require.NoError(t, err)
+	n := 0
+	for _, e := range entries {
+		if filepath.Ext(e.Name()) != ".json" {
+			continue
+		}
+		name := e.Name()[:len(e.Name())-5]
+		n++
+		resp, err := h.client.Check(context.Background(), withKey(fixture(t, name), secret, n))
+		require.NoError(t, err, name)
+		require.NotNil(t, resp.GetStatus(), name)
+		dec := meta(resp, extauthz.MetaDecision)
+		require.NotEmpty(t, dec, name)
+		if dec == extauthz.DecisionReserved {
+			require.NotEmpty(t, meta(resp, extauthz.MetaReservationID), name)
+		}
+		t.Logf("%-28s %-12s %s", name, dec, resp.GetDeniedResponse().GetBody())
+	}
+	require.Greater(t, n, 10)
+}
