@@ -20,7 +20,7 @@ func chatBody(tb testing.TB, size int) []byte {
 		if i%2 == 1 {
 			role = "assistant"
 		}
-		n := min(len(prose)*8, size)
+		n := min(len(prose)*8, size-300)
 		msgs = append(msgs, msg{role, strings.Repeat(prose, n/len(prose)+1)[:n]})
 		if (i+1)*n >= size-300 {
 			break

@@ -86,8 +86,11 @@ const bigramLevels = "" +
 
 // bigramCost is the cost in units of each level of bigramLevels: 0, 1, 3, 8.
 func bigramCost(level byte) int64 {
-	return int64("\x00\x01\x03\x08"[(level-'0')&3])
+	return int64(0x08030100 >> (((level - '0') & 3) * 8) & 0xff)
 }
+
+// vowels has bit i set when 'a'+i is a vowel (a e i o u, and y).
+const vowels = 1<<('a'-'a') | 1<<('e'-'a') | 1<<('i'-'a') | 1<<('o'-'a') | 1<<('u'-'a') | 1<<('y'-'a')
 
 // character classes of the counter state machine.
 const (
@@ -130,14 +133,11 @@ func (c *counter) ascii(b byte) {
 		if c.run%lettersPerGroup == 0 {
 			c.units += costLetterGroup
 		}
-		switch lc {
-		case 'a', 'e', 'i', 'o', 'u', 'y':
+		if vowels>>(lc-'a')&1 != 0 {
 			c.consonants = 0
-		default:
-			c.consonants++
-			if c.consonants%3 == 0 {
-				c.units += costConsonants
-			}
+		} else if c.consonants++; c.consonants == 3 {
+			c.units += costConsonants
+			c.consonants = 0
 		}
 		c.run++
 		c.prev, c.prevLower = lc, lower
@@ -172,7 +172,7 @@ func (c *counter) ascii(b byte) {
 // letters feeds the run of ASCII letters at the start of s and returns its length. It is
 // ascii unrolled for the common case, keeping the state in registers.
 func (c *counter) letters(s []byte) int {
-	units, run, prev, prevLower, cons := c.units, c.run, c.prev, c.prevLower, c.consonants
+	units, run, prev, prevLower, cons := c.units, uint64(c.run), c.prev, c.prevLower, uint32(c.consonants)
 	if c.cls != clsLetter {
 		if c.cls == clsDigit {
 			units += costLetterDigit
@@ -182,13 +182,13 @@ func (c *counter) letters(s []byte) int {
 	i := 0
 	for ; i < len(s); i++ {
 		b := s[i]
-		lc := b | 0x20
-		if lc < 'a' || lc > 'z' {
+		l := uint32(b|0x20) - 'a' // 0..25 for a letter
+		if l >= 26 {
 			break
 		}
-		lower := b == lc
+		lower := b&0x20 != 0
 		if prev != 0 {
-			units += bigramCost(bigramLevels[int(prev-'a')*26+int(lc-'a')])
+			units += bigramCost(bigramLevels[uint32(prev-'a')*26+l])
 			if !lower && prevLower {
 				units += costCaseChange
 			}
@@ -197,19 +197,16 @@ func (c *counter) letters(s []byte) int {
 			units += costLetterGroup
 		}
 		run++
-		switch lc {
-		case 'a', 'e', 'i', 'o', 'u', 'y':
+		if vowels>>l&1 != 0 {
 			cons = 0
-		default:
-			cons++
-			if cons%3 == 0 {
-				units += costConsonants
-			}
+		} else if cons++; cons == 3 {
+			units += costConsonants
+			cons = 0
 		}
-		prev, prevLower = lc, lower
+		prev, prevLower = byte(l)+'a', lower
 	}
 	if i > 0 {
-		c.units, c.run, c.prev, c.prevLower, c.consonants, c.cls = units, run, prev, prevLower, cons, clsLetter
+		c.units, c.run, c.prev, c.prevLower, c.consonants, c.cls = units, int64(run), prev, prevLower, int64(cons), clsLetter
 	}
 	return i
 }

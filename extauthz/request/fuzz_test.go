@@ -2,7 +2,6 @@ package request
 
 import (
 	"encoding/json"
-	"strings"
 	"testing"
 )
 
@@ -66,11 +65,11 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// hasText reports whether v holds a non-empty string anywhere.
+// hasText reports whether v holds a non-empty string value anywhere.
 func hasText(v any) bool {
 	switch x := v.(type) {
 	case string:
-		return strings.TrimSpace(x) != "" || x != ""
+		return x != ""
 	case []any:
 		for _, e := range x {
 			if hasText(e) {
@@ -78,11 +77,9 @@ func hasText(v any) bool {
 			}
 		}
 	case map[string]any:
-		for k, e := range x {
-			if k != "" || hasText(e) {
-				if hasText(e) || k != "" {
-					return true
-				}
+		for _, e := range x {
+			if hasText(e) {
+				return true
 			}
 		}
 	}
