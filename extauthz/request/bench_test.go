@@ -15,16 +15,14 @@ func chatBody(tb testing.TB, size int) []byte {
 		Content string `json:"content"`
 	}
 	msgs := []msg{{"system", "You are a helpful assistant. Answer briefly and cite sources."}}
-	for i := 0; len(msgs) < 2 || i*len(prose) < size-300; i++ {
+	for left, i := size-300, 0; left > 0; i++ {
 		role := "user"
 		if i%2 == 1 {
 			role = "assistant"
 		}
-		n := min(len(prose)*8, size-300)
+		n := min(len(prose)*8, left)
 		msgs = append(msgs, msg{role, strings.Repeat(prose, n/len(prose)+1)[:n]})
-		if (i+1)*n >= size-300 {
-			break
-		}
+		left -= n + 30
 	}
 	b, err := json.Marshal(map[string]any{"model": "gpt-4o-mini", "messages": msgs, "max_tokens": 512, "temperature": 0.3})
 	if err != nil {
