@@ -357,7 +357,7 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 
 	now := s.cfg.Now()
 	batch := store.ReserveBatch{Requests: make([]store.ReserveRequestRow, 0, len(reqs))}
-	windows := map[winKey]int{}
+	var windows windowSet
 	type lineRef struct {
 		budget *Budget
 		window Window
@@ -393,29 +393,14 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 		}
 		for _, b := range applicable {
 			w := b.Window.At(now, b.ResetAt)
-			k := winKey{b.ID, w.Start.UnixNano()}
-			idx, ok := windows[k]
-			if !ok {
-				idx = len(batch.Windows)
-				windows[k] = idx
-				wk := store.WindowKey{BudgetID: b.ID, Start: w.Start, End: w.End}
-				if b.Window.Kind == Rolling {
-					from := w.RollFrom
-					wk.RollFrom = &from
-				}
-				batch.Windows = append(batch.Windows, wk)
-			}
-			amount := r.Cost
-			if b.Unit == Tokens {
-				amount = r.Tokens
-			}
-			batch.Lines = append(batch.Lines, store.HoldLine{Window: idx, Amount: amount, Hard: b.Hard, Tokens: b.Unit == Tokens})
+			amount := b.amountOf(r.Cost, r.Tokens)
+			batch.Lines = append(batch.Lines, store.HoldLine{Window: windows.add(b, w), Amount: amount, Hard: b.Hard, Tokens: b.Unit == Tokens})
 			refs = append(refs, lineRef{budget: b, window: w, amount: amount})
 		}
 		sent[i] = len(batch.Requests)
 		batch.Requests = append(batch.Requests, row)
 	}
-	sortWindows(&batch)
+	batch.Windows = windows.sorted(batch.Lines)
 
 	res, err := s.hot.Reserve(ctx, batch)
 	if err != nil {
@@ -482,30 +467,63 @@ func applicableBudgets(r *ReserveRequest, bySubject map[Subject][]*Budget) []*Bu
 	return out
 }
 
-// sortWindows orders the batch's windows by (budget id, start) — the lock order — and remaps
-// the hold lines to the new positions.
-func sortWindows(b *store.ReserveBatch) {
-	perm := make([]int, len(b.Windows))
+// windowSet collects the distinct windows of a batch.
+type windowSet struct {
+	idx  map[winKey]int
+	keys []store.WindowKey
+}
+
+// add returns the (unsorted) index of b's window w, adding it when new.
+func (ws *windowSet) add(b *Budget, w Window) int {
+	k := winKey{b.ID, w.Start.UnixNano()}
+	if i, ok := ws.idx[k]; ok {
+		return i
+	}
+	if ws.idx == nil {
+		ws.idx = map[winKey]int{}
+	}
+	wk := store.WindowKey{BudgetID: b.ID, Start: w.Start, End: w.End}
+	if b.Window.Kind == Rolling {
+		from := w.RollFrom
+		wk.RollFrom = &from
+	}
+	ws.idx[k] = len(ws.keys)
+	ws.keys = append(ws.keys, wk)
+	return ws.idx[k]
+}
+
+// sorted returns the windows ordered by (budget id, start) — the lock order — and remaps the
+// lines' window indices to the new positions.
+func (ws *windowSet) sorted(lines []store.HoldLine) []store.WindowKey {
+	perm := make([]int, len(ws.keys))
 	for i := range perm {
 		perm[i] = i
 	}
 	sort.Slice(perm, func(i, j int) bool {
-		a, c := b.Windows[perm[i]], b.Windows[perm[j]]
+		a, c := ws.keys[perm[i]], ws.keys[perm[j]]
 		if a.BudgetID != c.BudgetID {
 			return a.BudgetID < c.BudgetID
 		}
 		return a.Start.Before(c.Start)
 	})
 	pos := make([]int, len(perm))
-	sorted := make([]store.WindowKey, len(perm))
+	out := make([]store.WindowKey, len(perm))
 	for newIdx, oldIdx := range perm {
 		pos[oldIdx] = newIdx
-		sorted[newIdx] = b.Windows[oldIdx]
+		out[newIdx] = ws.keys[oldIdx]
 	}
-	b.Windows = sorted
-	for i := range b.Lines {
-		b.Lines[i].Window = pos[b.Lines[i].Window]
+	for i := range lines {
+		lines[i].Window = pos[lines[i].Window]
 	}
+	return out
+}
+
+// amountOf is what a request of that cost and token bound holds on the budget, in its unit.
+func (b *Budget) amountOf(cost, tokens int64) int64 {
+	if b.Unit == Tokens {
+		return tokens
+	}
+	return cost
 }
 
 func subjectStrings(ss []Subject) []string {

@@ -493,3 +493,54 @@ func TestService_Keys(t *testing.T) {
 }
 
 func itoa(i int64) string { return strconv.FormatInt(i, 10) }
+
+func TestService_SettleChargeHold(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	b := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	d := e.reserveOne(t, req("team:ml"))
+	res, err := e.svc.Settle(ctx, []budget.Settlement{{ReservationID: d.ReservationID, ChargeHold: true, Cost: 1, Cause: "cut_off"}})
+	require.NoError(t, err)
+	require.Equal(t, budget.OutcomeSettled, res[0].Outcome)
+	r, err := e.svc.Reservation(ctx, d.ReservationID)
+	require.NoError(t, err)
+	require.Equal(t, int64(10), *r.ActualCost, "the hold is charged, whatever Cost says")
+	require.Equal(t, int64(100), *r.ActualTokens)
+	require.Equal(t, "cut_off", *r.Cause)
+	posted, pending := e.window(t, b.ID, d.Budgets[0].Window.Start)
+	require.Equal(t, int64(10), posted)
+	require.Zero(t, pending)
+	e.requireClean(t)
+}
+
+func TestService_RecordUnreserved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	b := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 100, Window: "day", Hard: true})
+	tok := e.budget(t, budget.Definition{Name: "tokens", Subject: "team:ml", Unit: "tokens", Limit: 100, Window: "day", Hard: true})
+	at := e.clock.Now()
+	u := budget.Unreserved{IdempotencyKey: []byte("node|req-1|123"), Subjects: []budget.Subject{"team:ml", "global"},
+		Target: budget.Target{Model: "gpt-4o"}, At: at, Cost: 150, Tokens: 30, Usage: []byte(`{"input_tokens":10}`)}
+	n, err := e.svc.RecordUnreserved(ctx, []budget.Unreserved{u, u})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	n, err = e.svc.RecordUnreserved(ctx, []budget.Unreserved{u})
+	require.NoError(t, err)
+	require.Zero(t, n, "a replayed entry changes nothing")
+
+	start := b.Window.At(at, time.Time{}).Start
+	posted, pending := e.window(t, b.ID, start)
+	require.Equal(t, int64(150), posted, "charged even above the limit: the money is spent")
+	require.Zero(t, pending)
+	posted, _ = e.window(t, tok.ID, start)
+	require.Equal(t, int64(30), posted)
+
+	rep, err := e.svc.Verify(ctx)
+	require.NoError(t, err)
+	require.Empty(t, rep.Mismatches)
+	require.Len(t, rep.OverLimit, 1)
+	require.False(t, budget.Unexplained(rep.OverLimit[0]), "unreserved spend explains the excess")
+	require.Equal(t, budget.Denied, e.reserveOne(t, req("team:ml")).Outcome)
+}

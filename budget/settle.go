@@ -15,6 +15,9 @@ type Settlement struct {
 	ReservationID string
 	// Void releases the hold without charging (the upstream was never reached).
 	Void bool
+	// ChargeHold charges the whole hold: the provider may have billed but the real usage is
+	// unknown (response cut off, usage missing or unpriceable). Cost and Tokens are ignored.
+	ChargeHold bool
 	// Cost (micro-USD) and Tokens are the real spend; charged in full even above the hold
 	// (the excess is recorded as an overrun).
 	Cost   int64
@@ -58,7 +61,7 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 			return nil, fmt.Errorf("%w: settlement reservation id: %w", ErrInvalid, err)
 		}
 		rows[i] = store.SettleRow{
-			ReservationID: st.ReservationID, Void: st.Void, Cost: st.Cost, Tokens: st.Tokens,
+			ReservationID: st.ReservationID, Void: st.Void, ChargeHold: st.ChargeHold, Cost: st.Cost, Tokens: st.Tokens,
 			Usage: st.Usage, CatalogVersion: st.CatalogVersion, Cause: st.Cause,
 		}
 	}

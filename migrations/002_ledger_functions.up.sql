@@ -162,10 +162,13 @@ $$;
 --              real one, refunding the difference;
 --   settled, voided -> no change (duplicates and replays are harmless);
 --   unknown id -> reported, nothing changes.
--- An actual above the hold is charged in full and recorded as an overrun.
+-- An actual above the hold is charged in full and recorded as an overrun. s_hold marks
+-- settlements that charge the full hold (usage unknown: cut off, missing, unpriced), whatever
+-- s_cost and s_tokens say.
 CREATE FUNCTION purser_settle(
     s_id      uuid[],
     s_void    boolean[],
+    s_hold    boolean[],
     s_cost    bigint[],
     s_tokens  bigint[],
     s_usage   jsonb[],
@@ -186,12 +189,12 @@ DECLARE
     t_cause  text[];
 BEGIN
     WITH inp AS (
-        SELECT DISTINCT ON (t.id) t.id, t.void, t.cost, t.tokens, t.usage, t.catalog, t.cause
-          FROM unnest(s_id, s_void, s_cost, s_tokens, s_usage, s_catalog, s_cause)
-               WITH ORDINALITY AS t(id, void, cost, tokens, usage, catalog, cause, ord)
+        SELECT DISTINCT ON (t.id) t.id, t.void, t.hold, t.cost, t.tokens, t.usage, t.catalog, t.cause
+          FROM unnest(s_id, s_void, s_hold, s_cost, s_tokens, s_usage, s_catalog, s_cause)
+               WITH ORDINALITY AS t(id, void, hold, cost, tokens, usage, catalog, cause, ord)
          ORDER BY t.id, t.ord),
     cur AS (
-        SELECT r.id, r.state FROM reservations r
+        SELECT r.id, r.state, r.hold_cost, r.hold_tokens FROM reservations r
          WHERE r.id IN (SELECT inp.id FROM inp)
          ORDER BY r.id FOR UPDATE)
     SELECT array_agg(inp.id), array_agg(cur.state),
@@ -199,7 +202,10 @@ BEGIN
                           WHEN cur.state IN ('pending', 'expired') AND inp.void THEN 'voided'
                           WHEN cur.state IN ('pending', 'expired') THEN 'settled'
                           ELSE 'duplicate' END),
-           array_agg(inp.void), array_agg(inp.cost), array_agg(inp.tokens), array_agg(inp.usage),
+           array_agg(inp.void),
+           array_agg(CASE WHEN inp.hold AND cur.id IS NOT NULL THEN cur.hold_cost ELSE inp.cost END),
+           array_agg(CASE WHEN inp.hold AND cur.id IS NOT NULL THEN cur.hold_tokens ELSE inp.tokens END),
+           array_agg(inp.usage),
            array_agg(inp.catalog), array_agg(inp.cause)
       INTO t_id, t_old, t_new, t_void, t_cost, t_tokens, t_usage, t_cat, t_cause
       FROM inp LEFT JOIN cur ON cur.id = inp.id;
@@ -291,5 +297,79 @@ BEGIN
      WHERE r.id = ANY (ids);
 
     RETURN array_length(ids, 1);
+END
+$$;
+
+-- purser_record_unreserved records spend that reached a provider without a reservation (a
+-- route that fails open, a Check whose answer was lost): a settled reservation flagged
+-- unreserved, whose holds charge (posted) the real cost on every budget the caller's subjects
+-- have — with no admission check: the money is already spent. A replayed entry (same
+-- idempotency key) records nothing. Arrays are shaped as for purser_reserve.
+CREATE FUNCTION purser_record_unreserved(
+    r_id          uuid[],
+    r_idem        bytea[],
+    r_key_id      text[],
+    r_subjects    text[],
+    r_provider    text[],
+    r_flavor      text[],
+    r_model       text[],
+    r_route       text[],
+    r_request_id  text[],
+    r_cost        bigint[],
+    r_tokens      bigint[],
+    r_usage       jsonb[],
+    r_catalog     text[],
+    r_at          timestamptz[],
+    r_first       integer[],
+    r_count       integer[],
+    w_budget      bigint[],
+    w_start       timestamptz[],
+    w_end         timestamptz[],
+    h_window      integer[],
+    h_amount      bigint[],
+    h_tokens      boolean[]
+) RETURNS TABLE (out_recorded uuid[])
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    inserted uuid[];
+BEGIN
+    IF coalesce(array_length(w_budget, 1), 0) > 0 THEN
+        INSERT INTO budget_windows AS bw (budget_id, window_start, window_end)
+        SELECT t.b, t.s, t.e FROM unnest(w_budget, w_start, w_end) AS t(b, s, e) ORDER BY t.b, t.s
+        ON CONFLICT (budget_id, window_start) DO UPDATE SET posted = bw.posted WHERE false;
+    END IF;
+
+    WITH ins AS (
+        INSERT INTO reservations (id, idempotency_key, state, created_at, expires_at, resolved_at, key_id,
+                                  subjects, provider, api_flavor, model, route, request_id, hold_cost,
+                                  hold_tokens, actual_cost, actual_tokens, usage, catalog_version, cause,
+                                  unreserved)
+        SELECT r_id[x], r_idem[x], 'settled', r_at[x], r_at[x], now(), r_key_id[x],
+               string_to_array(r_subjects[x], E'\n'), r_provider[x], r_flavor[x], r_model[x], r_route[x],
+               r_request_id[x], 0, 0, r_cost[x], r_tokens[x], r_usage[x], r_catalog[x], 'unreserved', true
+          FROM generate_subscripts(r_id, 1) AS x
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id)
+    SELECT array_agg(ins.id) INTO inserted FROM ins;
+
+    IF inserted IS NULL THEN
+        RETURN QUERY SELECT ARRAY[]::uuid[];
+        RETURN;
+    END IF;
+
+    WITH h AS (
+        INSERT INTO reservation_holds (reservation_id, budget_id, window_start, tokens_unit, amount, charged)
+        SELECT r_id[x], w_budget[h_window[y]], w_start[h_window[y]], h_tokens[y], 0, h_amount[y]
+          FROM generate_subscripts(r_id, 1) AS x,
+               generate_series(r_first[x], r_first[x] + r_count[x] - 1) AS y
+         WHERE r_id[x] = ANY (inserted)
+        RETURNING budget_id, window_start, charged)
+    UPDATE budget_windows w SET posted = w.posted + d.total
+      FROM (SELECT h.budget_id, h.window_start, sum(h.charged)::bigint AS total
+              FROM h GROUP BY h.budget_id, h.window_start) AS d
+     WHERE w.budget_id = d.budget_id AND w.window_start = d.window_start;
+
+    RETURN QUERY SELECT inserted;
 END
 $$;

@@ -121,8 +121,10 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 
 // SettleRow is one resolution for purser_settle.
 type SettleRow struct {
-	ReservationID  string
-	Void           bool
+	ReservationID string
+	Void          bool
+	// ChargeHold charges the full hold (usage unknown); Cost and Tokens are ignored.
+	ChargeHold     bool
 	Cost           int64 // micro-USD actually spent
 	Tokens         int64 // tokens actually used
 	Usage          json.RawMessage
@@ -141,18 +143,18 @@ type SettleOutcome struct {
 func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, error) {
 	n := len(rows)
 	ids, cats, causes := make([]string, n), make([]string, n), make([]string, n)
-	voids := make([]bool, n)
+	voids, holds := make([]bool, n), make([]bool, n)
 	costs, tokens := make([]int64, n), make([]int64, n)
 	usages := make([][]byte, n)
 	for i, r := range rows {
-		ids[i], voids[i], costs[i], tokens[i], cats[i], causes[i] = r.ReservationID, r.Void, r.Cost, r.Tokens, r.CatalogVersion, r.Cause
+		ids[i], voids[i], holds[i], costs[i], tokens[i], cats[i], causes[i] = r.ReservationID, r.Void, r.ChargeHold, r.Cost, r.Tokens, r.CatalogVersion, r.Cause
 		if len(r.Usage) > 0 {
 			usages[i] = r.Usage
 		}
 	}
 	out := make([]SettleOutcome, 0, n)
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_settle($1::uuid[], $2, $3, $4, $5::jsonb[], $6, $7)`,
-		ids, voids, costs, tokens, usages, cats, causes)
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6::jsonb[], $7, $8)`,
+		ids, voids, holds, costs, tokens, usages, cats, causes)
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
 	}
@@ -205,4 +207,73 @@ func joinSubjects(ss []string) string {
 		b = append(b, s...)
 	}
 	return string(b)
+}
+
+// UnreservedRow is spend recorded without a reservation; its lines (in the batch) charge
+// the windows.
+type UnreservedRow struct {
+	ID             string
+	IdempotencyKey []byte
+	KeyID          string
+	Subjects       []string
+	Provider       string
+	Flavor         string
+	Model          string
+	Route          string
+	RequestID      string
+	Cost           int64
+	Tokens         int64
+	Usage          []byte
+	CatalogVersion string
+	At             time.Time
+	FirstLine      int
+	LineCount      int
+}
+
+// UnreservedBatch is the column-wise input of purser_record_unreserved.
+type UnreservedBatch struct {
+	Rows    []UnreservedRow
+	Windows []WindowKey // distinct, sorted by (BudgetID, Start); RollFrom unused
+	Lines   []HoldLine  // Amount is the charge
+}
+
+// RecordUnreserved stores the batch in one round trip and returns the ids actually recorded
+// (replays of an idempotency key are skipped).
+func (s *Store) RecordUnreserved(ctx context.Context, b UnreservedBatch) ([]string, error) {
+	n := len(b.Rows)
+	ids, subjects, providers, flavors, models, routes, cats := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	keyIDs, reqIDs := make([]*string, n), make([]*string, n)
+	idem, usages := make([][]byte, n), make([][]byte, n)
+	costs, tokens := make([]int64, n), make([]int64, n)
+	at := make([]time.Time, n)
+	first, count := make([]int32, n), make([]int32, n)
+	for i, r := range b.Rows {
+		ids[i], subjects[i], providers[i], flavors[i], models[i], routes[i], cats[i] = r.ID, joinSubjects(r.Subjects), r.Provider, r.Flavor, r.Model, r.Route, r.CatalogVersion
+		keyIDs[i], reqIDs[i] = nullable(r.KeyID), nullable(r.RequestID)
+		idem[i], usages[i] = r.IdempotencyKey, r.Usage
+		costs[i], tokens[i], at[i] = r.Cost, r.Tokens, r.At
+		if r.LineCount > 0 {
+			first[i] = int32(r.FirstLine + 1)
+		}
+		count[i] = int32(r.LineCount)
+	}
+	nw := len(b.Windows)
+	wBudget, wStart, wEnd := make([]int64, nw), make([]time.Time, nw), make([]time.Time, nw)
+	for i, w := range b.Windows {
+		wBudget[i], wStart[i], wEnd[i] = w.BudgetID, w.Start, w.End
+	}
+	nh := len(b.Lines)
+	hWin, hAmt, hTok := make([]int32, nh), make([]int64, nh), make([]bool, nh)
+	for i, l := range b.Lines {
+		hWin[i], hAmt[i], hTok[i] = int32(l.Window+1), l.Amount, l.Tokens
+	}
+	var recorded []string
+	err := s.pool.QueryRow(ctx, `SELECT out_recorded::text[] FROM purser_record_unreserved(
+		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb[], $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)`,
+		ids, idem, keyIDs, subjects, providers, flavors, models, routes, reqIDs, costs, tokens, usages, cats, at, first, count,
+		wBudget, wStart, wEnd, hWin, hAmt, hTok).Scan(&recorded)
+	if err != nil {
+		return nil, fmt.Errorf("record unreserved spend (%d): %w", n, interpret(err))
+	}
+	return recorded, nil
 }

@@ -1,0 +1,199 @@
+package accesslog
+
+import (
+	"encoding/json"
+	"errors"
+	"strconv"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+)
+
+// Policies for entries whose real cost is not known.
+const (
+	// ProviderError: the provider answered an error and reported no usage.
+	ProviderErrorVoid       = "void"        // release the hold (default): errors are not billed
+	ProviderErrorChargeHold = "charge_hold" // charge the hold anyway
+	// UnknownModel: the response names a model the catalog cannot price.
+	UnknownModelChargeHold   = "charge_hold"   // default
+	UnknownModelDefaultPrice = "default_price" // price with the catalog's default price
+)
+
+// Causes recorded on reservations (and used as metric labels).
+const (
+	CauseUsage           = "usage"
+	CauseNoUpstream      = "no_upstream"
+	CauseProviderError   = "provider_error"
+	CauseCutOff          = "cut_off"
+	CauseMissingUsage    = "missing_usage"
+	CauseIncompleteUsage = "incomplete_usage"
+	CauseInvalidUsage    = "invalid_usage"
+	CauseUnknownModel    = "unknown_model"
+)
+
+// verdict is what one entry does to its reservation.
+type verdict struct {
+	settle  budget.Settlement
+	outcome string // metric label: settled, voided, charged_hold
+}
+
+// judge decides a final entry's effect on its reservation (reservationID set).
+// provider/flavor/model come from the ext_authz metadata or, for a fallback join, the
+// reservation row.
+func (s *Sink) judge(e *Entry, reservationID, provider, flavor, model string) verdict {
+	st := budget.Settlement{ReservationID: reservationID}
+	hold := func(cause string) verdict {
+		st.ChargeHold, st.Cause = true, cause
+		if e.Interrupted != "" && cause == CauseCutOff {
+			st.Cause = CauseCutOff + ":" + e.Interrupted
+		}
+		return verdict{settle: st, outcome: "charged_hold"}
+	}
+	if e.Tokens != nil || e.Usage != nil {
+		cost, tokens, usage, version, err := s.price(e, provider, flavor, model)
+		switch {
+		case err == nil:
+			st.Cost, st.Tokens, st.Usage, st.CatalogVersion, st.Cause = cost, tokens, usage, version, CauseUsage
+			return verdict{settle: st, outcome: "settled"}
+		case errors.Is(err, pricing.ErrNoUsage):
+			// Only a model name or partial keys: fall through to the no-usage rules.
+		case errors.Is(err, pricing.ErrIncompleteUsage):
+			s.m.usageProblem("incomplete")
+			return hold(CauseIncompleteUsage)
+		case errors.Is(err, pricing.ErrUnknownModel):
+			s.m.usageProblem("unknown_model")
+			return hold(CauseUnknownModel)
+		default:
+			s.m.usageProblem("invalid")
+			return hold(CauseInvalidUsage)
+		}
+	}
+	if e.UsageError {
+		s.m.usageProblem("invalid")
+		return hold(CauseInvalidUsage)
+	}
+	switch {
+	case !e.UpstreamSent:
+		// Envoy never sent a byte upstream (ext_authz error or denial after the hold
+		// committed, no route, no healthy host, connection failure, client gone first).
+		st.Void, st.Cause = true, CauseNoUpstream
+		return verdict{settle: st, outcome: "voided"}
+	case e.Interrupted != "" || e.ResponseCode == 0:
+		return hold(CauseCutOff)
+	case e.ResponseCode >= 400 && !e.ResponseFromExt:
+		if s.cfg.ProviderError == ProviderErrorChargeHold {
+			return hold(CauseProviderError)
+		}
+		st.Void, st.Cause = true, CauseProviderError
+		return verdict{settle: st, outcome: "voided"}
+	}
+	s.m.usageProblem("missing")
+	return hold(CauseMissingUsage)
+}
+
+// price turns an entry's usage into money with the catalog in force, through the same code
+// path as `purser cost`.
+func (s *Sink) price(e *Entry, provider, flavor, model string) (cost, tokens int64, usage json.RawMessage, version string, err error) {
+	cat := s.catalog()
+	version = cat.Version()
+	var u pricing.Usage
+	var m *pricing.Model
+	if t := e.Tokens; t != nil {
+		if !t.Ok {
+			return 0, 0, nil, version, pricing.ErrIncompleteUsage
+		}
+		u = pricing.Usage{InputTokens: t.Input, OutputTokens: t.Output, CacheReadTokens: t.CachedInput,
+			CacheWriteTokens: t.CacheCreation, ReasoningTokens: t.Reasoning}
+		name := t.Model
+		if name == "" {
+			name = model
+		}
+		var ok bool
+		if m, ok = cat.Lookup(provider, name); !ok {
+			if m, ok = cat.Lookup(provider, model); !ok {
+				m, err = s.unknownModel(cat)
+			}
+		}
+		if err != nil {
+			return 0, 0, nil, version, err
+		}
+		c, cerr := m.CostAt(u, e.Start)
+		if cerr != nil {
+			return 0, 0, nil, version, cerr
+		}
+		cost = c.Total
+	} else {
+		priced, perr := cat.PriceResponse(provider, flavor, model, pricing.Unflatten(e.Usage), e.Start)
+		if errors.Is(perr, pricing.ErrUnknownModel) && s.cfg.UnknownModel == UnknownModelDefaultPrice {
+			if dm, ok := cat.DefaultModel(); ok {
+				u2, _, xerr := cat.ExtractUsage(provider, flavor, pricing.Unflatten(e.Usage))
+				if xerr != nil {
+					return 0, 0, nil, version, xerr
+				}
+				c, cerr := dm.CostAt(u2, e.Start)
+				if cerr != nil {
+					return 0, 0, nil, version, cerr
+				}
+				priced = pricing.Priced{Model: dm, Usage: u2, Cost: c}
+				perr = nil
+			}
+		}
+		if perr != nil {
+			return 0, 0, nil, version, perr
+		}
+		u, m, cost = priced.Usage, priced.Model, priced.Cost.Total
+	}
+	tokens = u.InputTokens + u.OutputTokens
+	rec := struct {
+		pricing.Usage
+		Model    string `json:"model"`
+		Provider string `json:"provider"`
+	}{u, m.ID, m.Provider}
+	usage, _ = json.Marshal(rec) // a struct of ints and strings always marshals
+	return cost, tokens, usage, version, nil
+}
+
+func (s *Sink) unknownModel(cat *pricing.Catalog) (*pricing.Model, error) {
+	if s.cfg.UnknownModel == UnknownModelDefaultPrice {
+		if m, ok := cat.DefaultModel(); ok {
+			return m, nil
+		}
+	}
+	return nil, pricing.ErrUnknownModel
+}
+
+// unreservedFor builds the record of spend that reached the provider with no reservation to
+// settle (a route that failed open, or a Check that was lost), charged to the subjects the
+// entry names (global when it names none).
+func (s *Sink) unreservedFor(e *Entry) (budget.Unreserved, bool) {
+	if e.Tokens == nil && e.Usage == nil {
+		return budget.Unreserved{}, false
+	}
+	cost, tokens, usage, version, err := s.price(e, e.Provider, e.Flavor, e.Model)
+	if err != nil {
+		return budget.Unreserved{}, false
+	}
+	var subjects []budget.Subject
+	for _, raw := range e.Subjects {
+		if sub, err := budget.ParseSubject(raw); err == nil {
+			subjects = append(subjects, sub)
+		}
+	}
+	if len(subjects) == 0 {
+		subjects = []budget.Subject{budget.Global}
+	}
+	return budget.Unreserved{
+		IdempotencyKey: unreservedKey(e),
+		KeyID:          e.KeyID,
+		Subjects:       subjects,
+		Target:         budget.Target{Model: e.Model},
+		Provider:       e.Provider, Flavor: e.Flavor, Route: e.Route, RequestID: e.RequestID,
+		At:   e.Start,
+		Cost: cost, Tokens: tokens, Usage: usage, CatalogVersion: version,
+	}, true
+}
+
+// unreservedKey makes a replayed or duplicated entry charge once.
+func unreservedKey(e *Entry) []byte {
+	return []byte("unreserved\x00" + e.NodeID + "\x00" + e.RequestID + "\x00" + strconv.FormatInt(e.Start.UnixNano(), 10))
+}
