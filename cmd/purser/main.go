@@ -68,11 +68,12 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {"run the ext_authz, access-log, health, metrics and admin servers", runServe},
-		"migrate": {"create the database if needed and apply schema migrations", runMigrate},
-		"seed":    {"load a small sample (a key, budgets) and print how to use it", runSeed},
-		"verify":  {"reconcile the ledger (exit 1 on any mismatch)", runVerify},
-		"cost":    {"price provider responses read as JSON lines on stdin", runCost},
+		"serve":        {"run the ext_authz, access-log, health, metrics and admin servers", runServe},
+		"migrate":      {"create the database if needed and apply schema migrations", runMigrate},
+		"seed":         {"load a small sample (a key, budgets) and print how to use it", runSeed},
+		"verify":       {"reconcile the ledger (exit 1 on any mismatch)", runVerify},
+		"cost":         {"price provider responses read as JSON lines on stdin", runCost},
+		"check-config": {"validate a configuration file and price overrides offline", runCheckConfig},
 		"version": {"print the version", func(_ context.Context, e env, _ []string) error {
 			_, err := fmt.Fprintln(e.stdout, "purser", version)
 			return err

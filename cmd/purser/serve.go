@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -25,9 +27,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/purser-dev/purser/accesslog"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/migrations"
 )
 
@@ -171,6 +175,12 @@ type server struct {
 	components []component
 }
 
+// runOnly is a component without a drain step.
+type runOnly func(ctx context.Context)
+
+func (r runOnly) Run(ctx context.Context) { r(ctx) }
+func (runOnly) Drain(context.Context)     {}
+
 // component is a piece of serve with background work and a drain step on shutdown.
 type component interface {
 	// Run blocks until ctx ends.
@@ -212,21 +222,45 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		return fail(err)
 	}
 
+	fc, err := loadFileConfig(cfg.configFile)
+	if err != nil {
+		return fail(err)
+	}
+	if err := fc.validate(); err != nil {
+		return fail(fmt.Errorf("config %s: %w", cfg.configFile, err))
+	}
 	base, err := loadCatalog("")
 	if err != nil {
 		return fail(err)
 	}
+	catalog := func() *pricing.Catalog { return base }
 	if cfg.pricesFile != "" {
 		s.prices, err = pricing.NewWatcher(base, cfg.pricesFile, pricing.WatcherConfig{Logger: log})
 		if err != nil {
 			return fail(fmt.Errorf("price overrides: %w", err))
 		}
+		catalog = s.prices.Catalog
 	}
 
 	s.svc = budget.New(store.New(hotPool), store.New(pool), budget.Config{
 		Logger: log, ReservationTTL: cfg.reservationTTL, Metrics: ledgerMetrics,
 	})
 	s.ready = func(ctx context.Context) error { return pool.Ping(ctx) }
+
+	batcher := budget.NewBatcher(s.svc, budget.BatcherConfig{MaxBatch: fc.Ledger.MaxBatch, Lanes: fc.Ledger.Lanes, Logger: log})
+	azCfg := fc.extauthzConfig(cfg.checkTimeout, cfg.reservationTTL)
+	azCfg.Logger, azCfg.Meter = log, meter
+	authz, err := extauthz.New(batcher, s.svc, catalog, azCfg)
+	if err != nil {
+		return fail(err)
+	}
+	alsCfg := fc.accesslogConfig()
+	alsCfg.Logger, alsCfg.Meter = log, meter
+	sink, err := accesslog.New(s.svc, catalog, alsCfg)
+	if err != nil {
+		return fail(err)
+	}
+	s.components = append(s.components, runOnly(batcher.Run), sink)
 
 	s.health = health.NewServer()
 	s.grpc = grpc.NewServer(
@@ -240,6 +274,8 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		grpc.ChainStreamInterceptor(s.streamSecret),
 	)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
+	authv3.RegisterAuthorizationServer(s.grpc, authz)
+	alsv3.RegisterAccessLogServiceServer(s.grpc, sink)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -352,7 +388,9 @@ func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 			errc <- err
 		}
 	}()
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for _, name := range []string{"", authv3.Authorization_ServiceDesc.ServiceName, alsv3.AccessLogService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
 	s.log.Info("purser serving", slog.String("grpc", grpcLis.Addr().String()), slog.String("http", httpLis.Addr().String()),
 		slog.Bool("admin_api", len(s.cfg.adminTokens) > 0), slog.Bool("shared_secret", s.cfg.sharedSecret != ""))
 

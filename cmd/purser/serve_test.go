@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/purser-dev/purser/budget/store/pgtest"
+)
+
+func testEnv(vars map[string]string) env {
+	return env{getenv: func(k string) string { return vars[k] }, stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}
+}
+
+func TestParseServeConfig_Errors(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		args []string
+		env  map[string]string
+		msg  string
+	}{
+		"BadAddr":        {[]string{"-grpc-addr", "9000"}, nil, `-grpc-addr "9000": want host:port`},
+		"ShortToken":     {nil, map[string]string{"PURSER_ADMIN_TOKEN": "short"}, "each token must be at least 16 characters"},
+		"BadEnvDuration": {nil, map[string]string{"PURSER_CHECK_TIMEOUT": "fast"}, `PURSER_CHECK_TIMEOUT="fast": not a duration`},
+		"CheckTimeout":   {[]string{"-check-timeout", "5ms"}, nil, "-check-timeout 5ms: want 10ms-1m"},
+		"LogLevel":       {[]string{"-log-level", "loud"}, nil, `-log-level "loud"`},
+		"HotPool":        {[]string{"-hot-pool-size", "0"}, nil, "-hot-pool-size 0: want 1-64"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseServeConfig(testEnv(c.env), c.args)
+			require.ErrorContains(t, err, c.msg)
+		})
+	}
+	cfg, err := parseServeConfig(testEnv(map[string]string{"PURSER_ADMIN_TOKEN": "0123456789abcdef, fedcba9876543210"}), []string{"-grpc-addr", ":9999"})
+	require.NoError(t, err)
+	require.Equal(t, ":9999", cfg.grpcAddr, "flags win over defaults")
+	require.Equal(t, []string{"0123456789abcdef", "fedcba9876543210"}, cfg.adminTokens)
+}
+
+func TestFileConfig_Strict(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+	_, err := loadFileConfig(write("typo.yaml", "policies:\n  unknwon_model: deny\n"))
+	require.ErrorContains(t, err, `unknown field "unknwon_model"`)
+
+	fc, err := loadFileConfig(write("bad.yaml", "policies:\n  unknown_model: guess\nusage:\n  provider_error: shrug\nidentity:\n  trusted_headers: [{header: authorization, subject: team}]\n"))
+	require.NoError(t, err)
+	err = fc.validate()
+	require.ErrorContains(t, err, `policies.unknown_model: "guess": want one of [deny default_price]`)
+	require.ErrorContains(t, err, `usage.provider_error: "shrug": want void or charge_hold`)
+	require.ErrorContains(t, err, `carries credentials and cannot name a subject`)
+
+	fc, err = loadFileConfig(write("ok.yaml", "identity:\n  default_subject: team:anonymous\n  jwt:\n    claims: [{claim: sub, subject: user}]\npolicies:\n  missing_output_cap: deny\nusage:\n  headers: {x-usage-in: usage.prompt_tokens}\nledger:\n  lanes: 2\n"))
+	require.NoError(t, err)
+	require.NoError(t, fc.validate())
+	require.Equal(t, "team:anonymous", fc.extauthzConfig(0, 0).DefaultSubject)
+}
+
+// startServe runs `purser serve` in-process on 127.0.0.1:0 against a fresh schema.
+func startServe(t *testing.T, extra ...string) (grpcAddr, httpAddr string, stop func() error) {
+	t.Helper()
+	schema := pgtest.New(t)
+	args := append([]string{"-database-url", schema.ConnString, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, extra...)
+	cfg, err := parseServeConfig(testEnv(nil), args)
+	require.NoError(t, err)
+	var logs bytes.Buffer
+	srv, err := newServer(context.Background(), cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
+	require.NoError(t, err)
+	gl, err := net.Listen("tcp", cfg.grpcAddr)
+	require.NoError(t, err)
+	hl, err := net.Listen("tcp", cfg.httpAddr)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.serve(ctx, gl, hl) }()
+	stopped := false
+	stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		return <-done
+	}
+	t.Cleanup(func() { _ = stop() })
+	return gl.Addr().String(), hl.Addr().String(), stop
+}
+
+func TestServe_HealthSecretAndShutdown(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cr3t-shared-with-envoy"
+	grpcAddr, httpAddr, stop := startServe(t, "-shared-secret", secret)
+	ctx := context.Background()
+
+	resp, err := http.Get("http://" + httpAddr + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, err = http.Get("http://" + httpAddr + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Contains(t, string(body), "go_goroutines")
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	hr, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "envoy.service.auth.v3.Authorization"})
+	require.NoError(t, err, "health checks need no secret")
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, hr.GetStatus())
+
+	b, err := os.ReadFile(filepath.Join("..", "..", "extauthz", "request", "testdata", "get_models.json"))
+	require.NoError(t, err)
+	var req authv3.CheckRequest
+	require.NoError(t, protojson.Unmarshal(b, &req))
+	az := authv3.NewAuthorizationClient(conn)
+	_, err = az.Check(ctx, &req)
+	require.Equal(t, codes.Unauthenticated, status.Code(err), "no shared secret, no Check")
+	_, err = az.Check(metadata.AppendToOutgoingContext(ctx, sharedSecretHeader, "wrong-secret-of-some-length"), &req)
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
+	out, err := az.Check(metadata.AppendToOutgoingContext(ctx, sharedSecretHeader, secret), &req)
+	require.NoError(t, err)
+	require.Equal(t, int32(codes.Unauthenticated), out.GetStatus().GetCode(), "a decided answer: the fixture's key is not a purser key")
+
+	require.NoError(t, stop())
+	_, err = http.Get("http://" + httpAddr + "/healthz")
+	require.Error(t, err, "listeners are closed after shutdown")
+	shortCtx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = hc.Check(shortCtx, &healthpb.HealthCheckRequest{})
+	require.Error(t, err)
+}
