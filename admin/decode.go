@@ -1,0 +1,186 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+)
+
+// opt is a request field that may be absent, null or set.
+type opt[T any] struct {
+	Set  bool // present in the body (possibly null)
+	Null bool
+	V    T
+}
+
+// field binds a JSON member name to its destination and says what it must be, for errors.
+type field struct {
+	name string
+	dst  interface {
+		decode(raw json.RawMessage) error
+	}
+	want     string // "a string", "an array of strings", ...
+	nullable bool   // null means "clear" (PATCH); otherwise null is rejected
+}
+
+func (o *opt[T]) decode(raw json.RawMessage) error {
+	o.Set = true
+	if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		o.Null = true
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(&o.V)
+}
+
+// decodeBody reads a JSON object whose members must all be among fields, into them. An empty
+// body is an empty object when optional is set.
+func decodeBody(r *http.Request, optional bool, fields ...field) error {
+	if r.Body == nil {
+		return requireBody(optional)
+	}
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		var maxErr *http.MaxBytesError
+		if errors.As(err, &maxErr) {
+			return err
+		}
+		return invalid("", "cannot read the request body")
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return requireBody(optional)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var members map[string]json.RawMessage
+	if err := dec.Decode(&members); err != nil || members == nil {
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			return invalid("", "request body is not valid JSON (at byte %d): %s", syn.Offset, syn.Error())
+		}
+		return invalid("", "request body must be a JSON object")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return invalid("", "request body must hold a single JSON object")
+	}
+	byName := make(map[string]field, len(fields))
+	for _, f := range fields {
+		byName[f.name] = f
+	}
+	// Report problems in a stable order: unknown members first, then fields in declared order.
+	names := make([]string, 0, len(members))
+	for name := range members {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if _, ok := byName[name]; !ok {
+			return invalid(name, "unknown field")
+		}
+	}
+	for _, f := range fields {
+		raw, ok := members[f.name]
+		if !ok {
+			continue
+		}
+		if err := f.dst.decode(raw); err != nil {
+			return invalid(f.name, "must be %s", f.want)
+		}
+		if !f.nullable && bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+			return invalid(f.name, "must not be null")
+		}
+	}
+	return nil
+}
+
+func requireBody(optional bool) error {
+	if optional {
+		return nil
+	}
+	return invalid("", "request body must be a JSON object")
+}
+
+// Amounts.
+
+// formatAmount writes an amount in its unit: USD with six decimals, tokens as a whole number.
+func formatAmount(unit budget.Unit, v int64) string {
+	if unit == budget.Tokens {
+		return strconv.FormatInt(v, 10)
+	}
+	return pricing.FormatMicros(v)
+}
+
+// parseAmount reads a decimal amount string in unit.
+func parseAmount(unit budget.Unit, s string) (int64, error) {
+	if unit == budget.Tokens {
+		if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+			return 0, fmt.Errorf("want a whole number of tokens such as \"150000\", got %q", s)
+		}
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%q is out of range", s)
+		}
+		return v, nil
+	}
+	return pricing.ParseMicros(s)
+}
+
+// parseUnit validates a unit name ("" is usd).
+func parseUnit(s string) (budget.Unit, error) {
+	switch budget.Unit(strings.ToLower(s)) {
+	case budget.USD, "":
+		return budget.USD, nil
+	case budget.Tokens:
+		return budget.Tokens, nil
+	}
+	return "", invalid("unit", "must be usd or tokens, got %q", s)
+}
+
+// Query parameters.
+
+func queryInt(r *http.Request, name string, def, lo, hi int64) (int64, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < lo || v > hi {
+		return 0, invalid(name, "must be an integer from %d to %d, got %q", lo, hi, s)
+	}
+	return v, nil
+}
+
+func pathID(r *http.Request) (int64, error) {
+	s := r.PathValue("id")
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v <= 0 {
+		return 0, invalid("id", "must be a positive integer, got %q", s)
+	}
+	return v, nil
+}
+
+// parseTimeParam reads an RFC 3339 time or a date (YYYY-MM-DD, UTC midnight). A date used as
+// an end (inclusive) means the end of that day.
+func parseTimeParam(name, s string, end bool) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	d, err := time.Parse(time.DateOnly, s)
+	if err != nil {
+		return time.Time{}, invalid(name, "must be an RFC 3339 time (2026-09-01T00:00:00Z) or a date (2026-09-01), got %q", s)
+	}
+	if end {
+		d = d.AddDate(0, 0, 1)
+	}
+	return d, nil
+}

@@ -1,0 +1,278 @@
+package admin
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/purser-dev/purser/budget"
+)
+
+// maxSpendRows bounds a spend report (the "limit" parameter).
+const maxSpendRows = 10_000
+
+func (s *server) status(r *http.Request, _ caller) (int, any, error) {
+	raw := r.URL.Query()["subject"]
+	if len(raw) == 0 {
+		return 0, nil, invalid("subject", "is required (e.g. ?subject=team:ml; repeat it for several)")
+	}
+	subjects, err := budget.ParseSubjects(raw)
+	if err != nil {
+		return 0, nil, invalid("subject", "%s", err)
+	}
+	sts, err := s.svc.Status(r.Context(), subjects...)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"subjects": raw, "budgets": statuses(sts)}, nil
+}
+
+func statuses(sts []budget.Status) []budgetJSON {
+	out := make([]budgetJSON, 0, len(sts))
+	for _, st := range sts {
+		b := toBudget(st.Budget)
+		b.Current = toWindow(st)
+		out = append(out, b)
+	}
+	return out
+}
+
+// me shows a key holder their key (never its secret) and the budgets of its own subjects.
+func (s *server) me(r *http.Request, c caller) (int, any, error) {
+	sts, err := s.svc.Status(r.Context(), c.key.AllSubjects()...)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"key": toKey(*c.key, s.cfg.Now()), "budgets": statuses(sts)}, nil
+}
+
+type spendRowJSON struct {
+	Group            string `json:"group"`
+	Cost             string `json:"cost"`
+	Tokens           string `json:"tokens"`
+	Requests         int64  `json:"requests"`
+	Expired          int64  `json:"expired"`
+	Overruns         int64  `json:"overruns"`
+	OverrunCost      string `json:"overrun_cost"`
+	OverrunTokens    string `json:"overrun_tokens"`
+	Unreserved       int64  `json:"unreserved"`
+	UnreservedCost   string `json:"unreserved_cost"`
+	UnreservedTokens string `json:"unreserved_tokens"`
+}
+
+func toSpendRow(x budget.SpendRow) spendRowJSON {
+	tok := func(v int64) string { return formatAmount(budget.Tokens, v) }
+	usd := func(v int64) string { return formatAmount(budget.USD, v) }
+	return spendRowJSON{
+		Group: x.Group, Cost: usd(x.Cost), Tokens: tok(x.Tokens), Requests: x.Requests, Expired: x.Expired,
+		Overruns: x.Overruns, OverrunCost: usd(x.OverrunCost), OverrunTokens: tok(x.OverrunTokens),
+		Unreserved: x.Unreserved, UnreservedCost: usd(x.UnreservedCost), UnreservedTokens: tok(x.UnreservedTokens),
+	}
+}
+
+func (s *server) spend(r *http.Request, _ caller) (int, any, error) {
+	q := r.URL.Query()
+	now := s.cfg.Now().UTC()
+	from := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	to := from.AddDate(0, 1, 0)
+	var err error
+	if v := q.Get("from"); v != "" {
+		if from, err = parseTimeParam("from", v, false); err != nil {
+			return 0, nil, err
+		}
+	}
+	if v := q.Get("to"); v != "" {
+		if to, err = parseTimeParam("to", v, true); err != nil {
+			return 0, nil, err
+		}
+	}
+	groupBy := q.Get("group_by")
+	if !q.Has("group_by") {
+		groupBy = budget.GroupByDay
+	} else if groupBy == "" {
+		return 0, nil, invalid("group_by", "must be subject, model, key or day")
+	}
+	limit, err := queryInt(r, "limit", 1000, 1, maxSpendRows)
+	if err != nil {
+		return 0, nil, err
+	}
+	sq := budget.SpendQuery{From: from, To: to, GroupBy: groupBy, Subject: q.Get("subject"), Limit: int(limit) + 1}
+	rows, err := s.svc.Spend(r.Context(), sq)
+	if err != nil {
+		return 0, nil, err
+	}
+	sq.GroupBy, sq.Limit = budget.GroupByNone, 0
+	total, err := s.svc.Spend(r.Context(), sq)
+	if err != nil {
+		return 0, nil, err
+	}
+	truncated := len(rows) > int(limit)
+	if truncated {
+		rows = rows[:limit]
+	}
+	out := make([]spendRowJSON, 0, len(rows))
+	for _, x := range rows {
+		out = append(out, toSpendRow(x))
+	}
+	var tot budget.SpendRow
+	if len(total) == 1 {
+		tot = total[0]
+	}
+	body := map[string]any{
+		"from": from.UTC(), "to": to.UTC(), "group_by": groupBy, "rows": out, "total": toSpendRow(tot),
+		"truncated": truncated,
+	}
+	if sq.Subject != "" {
+		body["subject"] = sq.Subject
+	}
+	return http.StatusOK, body, nil
+}
+
+type auditJSON struct {
+	ID      int64           `json:"id"`
+	At      time.Time       `json:"at"`
+	Actor   string          `json:"actor"`
+	Action  string          `json:"action"`
+	Target  string          `json:"target"`
+	Details json.RawMessage `json:"details"`
+}
+
+func (s *server) audit(r *http.Request, _ caller) (int, any, error) {
+	before, err := queryInt(r, "before", 0, 0, 1<<62)
+	if err != nil {
+		return 0, nil, err
+	}
+	limit, err := queryInt(r, "limit", 100, 1, 1000)
+	if err != nil {
+		return 0, nil, err
+	}
+	entries, err := s.svc.AuditLog(r.Context(), r.URL.Query().Get("target"), before, int(limit))
+	if err != nil {
+		return 0, nil, err
+	}
+	out := make([]auditJSON, 0, len(entries))
+	for _, e := range entries {
+		d := e.Details
+		if len(d) == 0 {
+			d = json.RawMessage("{}")
+		}
+		out = append(out, auditJSON{ID: e.ID, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Target: e.Target, Details: d})
+	}
+	body := map[string]any{"entries": out, "next_before": nil}
+	if len(entries) == int(limit) {
+		body["next_before"] = entries[len(entries)-1].ID
+	}
+	return http.StatusOK, body, nil
+}
+
+type alertJSON struct {
+	ID          int64           `json:"id"`
+	Key         string          `json:"idempotency_key"`
+	BudgetID    int64           `json:"budget_id"`
+	Kind        string          `json:"kind"`
+	Threshold   int             `json:"threshold"`
+	WindowStart time.Time       `json:"window_start"`
+	WindowEnd   time.Time       `json:"window_end"`
+	Suppressed  bool            `json:"suppressed"`
+	CreatedAt   time.Time       `json:"created_at"`
+	Payload     json.RawMessage `json:"payload"`
+	Deliveries  []deliveryJSON  `json:"deliveries"`
+}
+
+type deliveryJSON struct {
+	Webhook       string     `json:"webhook"`
+	State         string     `json:"state"`
+	Attempts      int        `json:"attempts"`
+	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	DeliveredAt   *time.Time `json:"delivered_at"`
+	LastError     *string    `json:"last_error"`
+}
+
+func (s *server) alerts(r *http.Request, _ caller) (int, any, error) {
+	budgetID, err := queryInt(r, "budget_id", 0, 0, 1<<62)
+	if err != nil {
+		return 0, nil, err
+	}
+	before, err := queryInt(r, "before", 0, 0, 1<<62)
+	if err != nil {
+		return 0, nil, err
+	}
+	limit, err := queryInt(r, "limit", 100, 1, 1000)
+	if err != nil {
+		return 0, nil, err
+	}
+	evs, err := s.svc.AlertEvents(r.Context(), budgetID, before, int(limit))
+	if err != nil {
+		return 0, nil, err
+	}
+	out := make([]alertJSON, 0, len(evs))
+	for _, e := range evs {
+		a := alertJSON{ID: e.ID, Key: e.IdempotencyKey, BudgetID: e.BudgetID, Kind: e.Kind, Threshold: e.Threshold,
+			WindowStart: e.WindowStart.UTC(), WindowEnd: e.WindowEnd.UTC(), Suppressed: e.Suppressed,
+			CreatedAt: e.CreatedAt.UTC(), Payload: e.Payload, Deliveries: []deliveryJSON{}}
+		for _, d := range e.Deliveries {
+			dj := deliveryJSON{Webhook: d.Webhook, State: d.State, Attempts: d.Attempts, DeliveredAt: d.DeliveredAt, LastError: d.LastError}
+			if d.State == budget.DeliveryPending {
+				dj.NextAttemptAt = optTime(d.NextAttemptAt)
+			}
+			a.Deliveries = append(a.Deliveries, dj)
+		}
+		out = append(out, a)
+	}
+	body := map[string]any{"alerts": out, "next_before": nil}
+	if len(evs) == int(limit) {
+		body["next_before"] = evs[len(evs)-1].ID
+	}
+	return http.StatusOK, body, nil
+}
+
+func (s *server) verify(r *http.Request, _ caller) (int, any, error) {
+	if err := decodeBody(r, true); err != nil {
+		return 0, nil, err
+	}
+	rep, err := s.svc.Verify(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	// Amounts are in each budget's unit; a deleted budget's unit is still readable from its
+	// definition only while it lives, so fall back to raw integers.
+	units := map[int64]budget.Unit{}
+	unitOf := func(id int64) budget.Unit {
+		if u, ok := units[id]; ok {
+			return u
+		}
+		u := budget.Unit("")
+		if b, err := s.svc.Budget(r.Context(), id); err == nil {
+			u = b.Unit
+		}
+		units[id] = u
+		return u
+	}
+	amount := func(u budget.Unit, v int64) string {
+		if u == "" {
+			return strconv.FormatInt(v, 10)
+		}
+		return formatAmount(u, v)
+	}
+	mismatches := make([]map[string]any, 0, len(rep.Mismatches))
+	for _, m := range rep.Mismatches {
+		u := unitOf(m.BudgetID)
+		mismatches = append(mismatches, map[string]any{
+			"budget_id": m.BudgetID, "unit": string(u), "window_start": m.WindowStart.UTC(),
+			"posted": amount(u, m.Posted), "pending": amount(u, m.Pending),
+			"held_posted": amount(u, m.HeldPosted), "held_pending": amount(u, m.HeldPending),
+			"bad_holds": m.BadHolds, "orphan_holds": m.OrphanHolds, "window_row_missing": m.MissingCount,
+		})
+	}
+	over := make([]map[string]any, 0, len(rep.OverLimit))
+	for _, o := range rep.OverLimit {
+		u := unitOf(o.BudgetID)
+		over = append(over, map[string]any{
+			"budget_id": o.BudgetID, "unit": string(u), "window_start": o.WindowStart.UTC(), "limit": amount(u, o.Limit),
+			"posted": amount(u, o.Posted), "pending": amount(u, o.Pending), "overrun": amount(u, o.Overrun),
+			"unexplained": budget.Unexplained(o),
+		})
+	}
+	return http.StatusOK, map[string]any{"clean": rep.Clean(), "mismatches": mismatches, "over_limit": over}, nil
+}
