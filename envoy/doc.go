@@ -12,5 +12,5 @@ import "embed"
 
 // Files holds the shipped configuration files, with paths relative to this directory.
 //
-//go:embed *.yaml secrets/*.yaml kubernetes/*.yaml
+//go:embed *.yaml secrets/*.yaml kubernetes/*.yaml istio/*.yaml
 var Files embed.FS
