@@ -2,6 +2,7 @@ package budget_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -543,4 +544,45 @@ func TestService_RecordUnreserved(t *testing.T) {
 	require.Len(t, rep.OverLimit, 1)
 	require.False(t, budget.Unexplained(rep.OverLimit[0]), "unreserved spend explains the excess")
 	require.Equal(t, budget.Denied, e.reserveOne(t, req("team:ml")).Outcome)
+}
+
+// An admin change on one replica reaches another replica's caches through LISTEN/NOTIFY.
+func TestService_InvalidationAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	st := store.New(e.schema.Pool)
+	other := budget.New(st, st, budget.Config{KeyCacheTTL: time.Hour, BudgetCacheTTL: time.Hour})
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	go func() { other.Listen(lctx, ready); close(done) }()
+	defer func() { cancel(); <-done }()
+	<-ready
+
+	k, secret, err := e.svc.CreateKey(ctx, "admin", budget.KeySpec{Name: "k", Subjects: []string{"team:ml"}})
+	require.NoError(t, err)
+	_, err = other.Authenticate(ctx, secret) // now cached for an hour on the other replica
+	require.NoError(t, err)
+	require.Equal(t, budget.Admitted, mustReserve(t, other, req("team:ml")).Outcome, "no budget yet: admitted")
+
+	_, err = e.svc.RevokeKey(ctx, "admin", k.ID)
+	require.NoError(t, err)
+	e.budget(t, budget.Definition{Name: "zero", Subject: "team:ml", Limit: 0, Window: "day", Hard: true})
+	require.Eventually(t, func() bool {
+		_, err := other.Authenticate(ctx, secret)
+		return errors.Is(err, budget.ErrKeyRevoked)
+	}, 2*time.Second, 5*time.Millisecond, "revocation reaches the other replica within a second or so")
+	require.Eventually(t, func() bool {
+		ds, err := other.Reserve(ctx, []budget.ReserveRequest{req("team:ml")})
+		return err == nil && ds[0].Outcome == budget.Denied
+	}, 2*time.Second, 5*time.Millisecond, "a new budget reaches the other replica")
+}
+
+func mustReserve(t *testing.T, svc *budget.Service, r budget.ReserveRequest) budget.Decision {
+	t.Helper()
+	ds, err := svc.Reserve(context.Background(), []budget.ReserveRequest{r})
+	require.NoError(t, err)
+	return ds[0]
 }

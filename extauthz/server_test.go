@@ -1,8 +1,10 @@
 package extauthz_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -509,4 +511,47 @@ func TestCheck_EveryFixture(t *testing.T) {
 		t.Logf("%-28s %-12s %s", name, dec, resp.GetDeniedResponse().GetBody())
 	}
 	require.Greater(t, n, 10)
+}
+
+// Secrets, Authorization headers and prompt bodies never reach a log line, at any level.
+func TestCheck_LogsNoSecrets(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	h := serve(t, extauthz.Config{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil)
+	ctx := context.Background()
+	_, secret := h.key(t, "team:ml")
+	h.budget(t, budget.Definition{Name: "tiny", Subject: "team:ml", Limit: 1, Window: "day", Hard: true})
+	for i, r := range []*authv3.CheckRequest{
+		withKey(fixture(t, "openai_chat"), secret, 1),                                 // denied: budget
+		withKey(fixture(t, "anthropic_messages"), secret+"x", 2),                      // unknown key
+		withKey(fixture(t, "get_models"), secret, 3),                                  // passthrough
+		withKey(fixture(t, "garbage_body"), secret, 4),                                // invalid body
+		withKey(fixture(t, "openai_chat"), budget.SecretPrefix+"forged0123456789", 5), // forged
+	} {
+		_, err := h.client.Check(ctx, r)
+		require.NoError(t, err, "request %d", i)
+	}
+	logs := buf.String()
+	require.NotEmpty(t, logs)
+	require.Contains(t, logs, `"decision":"denied"`)
+	for _, leak := range []string{secret, "Bearer", "forged0123456789", "Summarise the plot of Hamlet", "authorization"} {
+		require.NotContains(t, logs, leak)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

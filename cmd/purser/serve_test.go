@@ -156,3 +156,36 @@ func TestServe_HealthSecretAndShutdown(t *testing.T) {
 	_, err = hc.Check(shortCtx, &healthpb.HealthCheckRequest{})
 	require.Error(t, err)
 }
+
+func TestServe_RefusesSchemaBehind(t *testing.T) {
+	t.Parallel()
+	schema := pgtest.New(t)
+	_, err := schema.Pool.Exec(context.Background(), `DELETE FROM purser_migrations WHERE version = (SELECT max(version) FROM purser_migrations)`)
+	require.NoError(t, err)
+	cfg, err := parseServeConfig(testEnv(nil), []string{"-database-url", schema.ConnString})
+	require.NoError(t, err)
+	_, err = newServer(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "run `purser migrate` first")
+}
+
+func TestVerify_ExitCode(t *testing.T) {
+	t.Parallel()
+	schema := pgtest.New(t)
+	ctx := context.Background()
+	var out bytes.Buffer
+	e := testEnv(nil)
+	e.stdout = &out
+	require.NoError(t, run(ctx, []string{"seed", "-database-url", schema.ConnString}, e.getenv, e.stdin, &out, io.Discard))
+	require.NoError(t, run(ctx, []string{"verify", "-database-url", schema.ConnString}, e.getenv, e.stdin, &out, io.Discard))
+	require.Contains(t, out.String(), "ledger reconciles")
+
+	// Corrupt a counter: verify must say so and exit 1.
+	_, err := schema.Pool.Exec(ctx, `INSERT INTO budget_windows (budget_id, window_start, window_end, posted) SELECT id, now(), now() + interval '1 day', 42 FROM budgets LIMIT 1`)
+	require.NoError(t, err)
+	out.Reset()
+	err = run(ctx, []string{"verify", "-database-url", schema.ConnString}, e.getenv, e.stdin, &out, io.Discard)
+	var ex exitError
+	require.ErrorAs(t, err, &ex)
+	require.Equal(t, 1, ex.code)
+	require.Contains(t, out.String(), "MISMATCH")
+}
