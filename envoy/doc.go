@@ -12,5 +12,5 @@ import "embed"
 
 // Files holds the shipped configuration files, with paths relative to this directory.
 //
-//go:embed *.yaml secrets/*.yaml kubernetes/*.yaml istio/*.yaml
+//go:embed *.yaml secrets/*.yaml kubernetes/*.yaml istio/*.yaml ai-gateway/*.yaml
 var Files embed.FS

@@ -1,6 +1,7 @@
 package envoy_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -229,3 +230,5 @@ func (c *cfg) filter(name string) *hcmv3.HttpFilter {
 	}
 	return nil
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
