@@ -304,4 +304,3 @@ func listenerBufferLimit(t *testing.T, o *istioObjects) uint32 {
 	}
 	return 1 << 20
 }
-
