@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -246,8 +247,20 @@ func TestKubernetes_Manifests(t *testing.T) {
 		if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
 			preStop = c.Lifecycle.PreStop.Sleep.Seconds
 		}
-		const purserDrain = 30 // seconds: NOT_SERVING, GracefulStop, ALS drain, pool close
-		require.Greater(t, *pod.Spec.TerminationGracePeriodSeconds, preStop+purserDrain)
+		env := map[string]string{"PURSER_SHUTDOWN_DELAY": "0s", "PURSER_SHUTDOWN_TIMEOUT": "20s"} // purser's defaults
+		for _, e := range c.Env {
+			if _, ok := env[e.Name]; ok {
+				env[e.Name] = e.Value
+			}
+		}
+		delay, err := time.ParseDuration(env["PURSER_SHUTDOWN_DELAY"])
+		require.NoError(t, err)
+		timeout, err := time.ParseDuration(env["PURSER_SHUTDOWN_TIMEOUT"])
+		require.NoError(t, err)
+		const drainAndClose = 5 * time.Second // access-log entries already received, pool close
+		need := time.Duration(preStop)*time.Second + delay + timeout + drainAndClose
+		require.Greater(t, time.Duration(*pod.Spec.TerminationGracePeriodSeconds)*time.Second, need,
+			"terminationGracePeriodSeconds must exceed preStop + purser's shutdown delay + timeout + drain")
 	})
 	t.Run("Services", func(t *testing.T) {
 		require.Len(t, o.services, 2)
