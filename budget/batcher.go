@@ -210,6 +210,7 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.BatchTimeout)
 	defer cancel()
 	ds, err := b.svc.Reserve(bctx, reqs)
+	b.svc.cfg.Metrics.batch(bctx, len(reqs))
 	b.batches.Add(1)
 	b.reserved.Add(int64(len(reqs)))
 

@@ -15,6 +15,7 @@ type Metrics struct {
 	settlements metric.Int64Counter
 	expired     metric.Int64Counter
 	overruns    metric.Int64Counter
+	batchSize   metric.Int64Histogram
 }
 
 // NewMetrics creates the instruments on meter.
@@ -41,7 +42,19 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithDescription("Settlements whose actual cost exceeded the reserved upper bound")); err != nil {
 		return nil, fmt.Errorf("metric purser.overruns: %w", err)
 	}
+	if m.batchSize, err = meter.Int64Histogram("purser.reservation.batch_size",
+		metric.WithDescription("Reservations admitted per database round trip by the batcher"),
+		metric.WithExplicitBucketBoundaries(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)); err != nil {
+		return nil, fmt.Errorf("metric purser.reservation.batch_size: %w", err)
+	}
 	return &m, nil
+}
+
+func (m *Metrics) batch(ctx context.Context, n int) {
+	if m == nil {
+		return
+	}
+	m.batchSize.Record(ctx, int64(n))
 }
 
 func (m *Metrics) reserved(ctx context.Context, ds []Decision) {

@@ -295,6 +295,7 @@ func TestService_Overrun(t *testing.T) {
 	require.Equal(t, budget.OutcomeSettled, res[0].Outcome)
 	r, err := e.svc.Reservation(ctx, d.ReservationID)
 	require.NoError(t, err)
+	require.True(t, res[0].Overrun)
 	require.Equal(t, int64(4), r.OverrunCost)
 	require.Equal(t, int64(20), r.OverrunTokens)
 	posted, _ := e.window(t, b.ID, d.Budgets[0].Window.Start)

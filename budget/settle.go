@@ -44,6 +44,8 @@ const (
 type SettleResult struct {
 	ReservationID string
 	Outcome       string
+	// Overrun: the real amount exceeded the hold; it was charged in full and recorded.
+	Overrun bool
 }
 
 // Settle resolves a batch of reservations in one round trip. It is idempotent: applying the
@@ -71,13 +73,18 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 	}
 	res := make([]SettleResult, len(outs))
 	counts := map[string]int64{}
+	var overruns int64
 	for i, o := range outs {
-		res[i] = SettleResult{ReservationID: o.ReservationID, Outcome: o.Outcome}
+		res[i] = SettleResult{ReservationID: o.ReservationID, Outcome: o.Outcome, Overrun: o.Overrun}
 		counts[o.Outcome]++
+		if o.Overrun {
+			overruns++
+		}
 	}
 	for o, n := range counts {
 		s.cfg.Metrics.settled(ctx, o, n)
 	}
+	s.cfg.Metrics.overrun(ctx, overruns)
 	return res, nil
 }
 

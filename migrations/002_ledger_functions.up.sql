@@ -174,7 +174,7 @@ CREATE FUNCTION purser_settle(
     s_usage   jsonb[],
     s_catalog text[],
     s_cause   text[]
-) RETURNS TABLE (out_id uuid, out_outcome text)
+) RETURNS TABLE (out_id uuid, out_outcome text, out_overrun boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -187,6 +187,8 @@ DECLARE
     t_usage  jsonb[];
     t_cat    text[];
     t_cause  text[];
+    t_hc     bigint[];
+    t_ht     bigint[];
 BEGIN
     WITH inp AS (
         SELECT DISTINCT ON (t.id) t.id, t.void, t.hold, t.cost, t.tokens, t.usage, t.catalog, t.cause
@@ -206,8 +208,8 @@ BEGIN
            array_agg(CASE WHEN inp.hold AND cur.id IS NOT NULL THEN cur.hold_cost ELSE inp.cost END),
            array_agg(CASE WHEN inp.hold AND cur.id IS NOT NULL THEN cur.hold_tokens ELSE inp.tokens END),
            array_agg(inp.usage),
-           array_agg(inp.catalog), array_agg(inp.cause)
-      INTO t_id, t_old, t_new, t_void, t_cost, t_tokens, t_usage, t_cat, t_cause
+           array_agg(inp.catalog), array_agg(inp.cause), array_agg(cur.hold_cost), array_agg(cur.hold_tokens)
+      INTO t_id, t_old, t_new, t_void, t_cost, t_tokens, t_usage, t_cat, t_cause, t_hc, t_ht
       FROM inp LEFT JOIN cur ON cur.id = inp.id;
 
     IF t_id IS NULL THEN
@@ -253,8 +255,9 @@ BEGIN
      WHERE r.id = t.id AND t.new IN ('settled', 'voided');
 
     RETURN QUERY
-        SELECT t.id, CASE WHEN t.old = 'expired' AND t.new IN ('settled', 'voided') THEN 'late_' || t.new ELSE t.new END
-          FROM unnest(t_id, t_old, t_new) AS t(id, old, new);
+        SELECT t.id, CASE WHEN t.old = 'expired' AND t.new IN ('settled', 'voided') THEN 'late_' || t.new ELSE t.new END,
+               t.new = 'settled' AND (t.cost > t.hc OR t.tokens > t.ht)
+          FROM unnest(t_id, t_old, t_new, t_cost, t_tokens, t_hc, t_ht) AS t(id, old, new, cost, tokens, hc, ht);
 END
 $$;
 

@@ -137,6 +137,8 @@ type SettleOutcome struct {
 	ReservationID string
 	// Outcome is settled | voided | late_settled | late_voided | duplicate | unknown.
 	Outcome string
+	// Overrun: the settled amount exceeded the hold (charged in full, recorded).
+	Overrun bool
 }
 
 // Settle resolves a batch in one round trip. Duplicate ids within the batch keep the first.
@@ -153,7 +155,7 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 		}
 	}
 	out := make([]SettleOutcome, 0, n)
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6::jsonb[], $7, $8)`,
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6::jsonb[], $7, $8)`,
 		ids, voids, holds, costs, tokens, usages, cats, causes)
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
@@ -161,9 +163,11 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 	defer q.Close()
 	for q.Next() {
 		var o SettleOutcome
-		if err := q.Scan(&o.ReservationID, &o.Outcome); err != nil {
+		var overrun *bool
+		if err := q.Scan(&o.ReservationID, &o.Outcome, &overrun); err != nil {
 			return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
 		}
+		o.Overrun = overrun != nil && *overrun
 		out = append(out, o)
 	}
 	if err := q.Err(); err != nil {
