@@ -72,6 +72,7 @@ func TestCompose(t *testing.T) {
 		require.NotEmpty(t, p.Environment["DATABASE_URL"])
 		require.NotEmpty(t, p.Environment["PURSER_ADMIN_TOKEN"])
 		require.Equal(t, "service_completed_successfully", p.DependsOn["migrate"].Condition, "serve refuses an unmigrated schema")
+		requireTTLCoversRoutes(t, p.Environment["PURSER_RESERVATION_TTL"])
 	})
 	t.Run("MigrateAndSeed", func(t *testing.T) {
 		require.Equal(t, []string{"migrate"}, svcs["migrate"].Command)

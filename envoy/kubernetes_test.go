@@ -262,6 +262,9 @@ func TestKubernetes_Manifests(t *testing.T) {
 		require.Greater(t, time.Duration(*pod.Spec.TerminationGracePeriodSeconds)*time.Second, need,
 			"terminationGracePeriodSeconds must exceed preStop + purser's shutdown delay + timeout + drain")
 	})
+	t.Run("ReservationTTLCoversRouteTimeouts", func(t *testing.T) {
+		requireTTLCoversRoutes(t, envValue(c.Env, "PURSER_RESERVATION_TTL"))
+	})
 	t.Run("Services", func(t *testing.T) {
 		require.Len(t, o.services, 2)
 		for _, s := range o.services {
@@ -333,4 +336,29 @@ func firstKey(m map[string]string) string {
 		return k
 	}
 	return ""
+}
+
+func envValue(env []corev1.EnvVar, name string) string {
+	for _, e := range env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
+}
+
+// requireTTLCoversRoutes checks purser's reservation TTL against the longest route timeout of
+// envoy.yaml: an entry that arrives after expiry still settles, but the hold is first charged in
+// full and the budget looks spent for a while.
+func requireTTLCoversRoutes(t *testing.T, ttl string) {
+	t.Helper()
+	require.NotEmpty(t, ttl, "set PURSER_RESERVATION_TTL (purser's 15m default is shorter than the route timeouts)")
+	d, err := time.ParseDuration(ttl)
+	require.NoError(t, err)
+	var longest time.Duration
+	for _, r := range loadCfg(t, "envoy.yaml").routes() {
+		longest = max(longest, r.GetRoute().GetTimeout().AsDuration())
+	}
+	const flushAndGrace = time.Minute
+	require.Greater(t, d, longest+flushAndGrace)
 }
