@@ -74,6 +74,13 @@ func commands() map[string]command {
 		"verify":       {"reconcile the ledger (exit 1 on any mismatch)", runVerify},
 		"cost":         {"price provider responses read as JSON lines on stdin", runCost},
 		"check-config": {"validate a configuration file and price overrides offline", runCheckConfig},
+		"keys":         keysCommand(),
+		"budgets":      budgetsCommand(),
+		"templates":    templatesCommand(),
+		"status":       statusCommand(),
+		"spend":        spendCommand(),
+		"audit":        auditCommand(),
+		"apply":        applyCommand(),
 		"version": {"print the version", func(_ context.Context, e env, _ []string) error {
 			_, err := fmt.Fprintln(e.stdout, "purser", version)
 			return err

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The admin CLI commands (keys, budgets, templates, status, spend, audit, apply) talk to a
+// running purser's admin API; they never open the database.
+
+const defaultAdminAddr = "http://" + defaultHTTPAddr
+
+// apiClient calls the admin API.
+type apiClient struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+// cliFlags are the flags every admin CLI command has.
+type cliFlags struct {
+	*flags
+	addr, token, output *string
+}
+
+func newCLIFlags(name string, e env) *cliFlags {
+	f := newFlags(name, e)
+	return &cliFlags{
+		flags:  f,
+		addr:   f.String("addr", "PURSER_ADDR", defaultAdminAddr, "purser's HTTP address (the admin API)"),
+		token:  f.String("token", "PURSER_ADMIN_TOKEN", "", "admin bearer token"),
+		output: f.FlagSet.String("o", "table", "output: table or json"),
+	}
+}
+
+// parse parses flags placed anywhere among the arguments and returns the positional ones,
+// checking their count is between lo and hi (hi < 0: no upper bound).
+func (f *cliFlags) parse(args []string, lo, hi int, usage string) ([]string, error) {
+	var pos []string
+	for {
+		if err := f.FlagSet.Parse(args); err != nil {
+			return nil, err
+		}
+		if f.NArg() == 0 {
+			break
+		}
+		pos = append(pos, f.Arg(0))
+		args = f.Args()[1:]
+	}
+	if len(f.errs) > 0 {
+		return nil, f.errs[0]
+	}
+	if len(pos) < lo || (hi >= 0 && len(pos) > hi) {
+		return nil, exitError{code: 2, msg: "usage: purser " + strings.TrimPrefix(f.Name(), "purser ") + " " + usage}
+	}
+	if *f.output != "table" && *f.output != "json" {
+		return nil, fmt.Errorf("-o %q: want table or json", *f.output)
+	}
+	return pos, nil
+}
+
+func (f *cliFlags) json() bool { return *f.output == "json" }
+
+// set reports whether a flag was given on the command line.
+func (f *cliFlags) set(name string) bool {
+	found := false
+	f.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
+	return found
+}
+
+func (f *cliFlags) client() (*apiClient, error) {
+	u, err := url.Parse(*f.addr)
+	if err == nil && u.Scheme == "" { // host:port
+		u, err = url.Parse("http://" + *f.addr)
+	}
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("-addr %q: want http://host:port", *f.addr)
+	}
+	if *f.token == "" {
+		return nil, errors.New("no admin token: set PURSER_ADMIN_TOKEN or pass -token")
+	}
+	return &apiClient{base: u, token: *f.token, http: &http.Client{Timeout: 60 * time.Second}}, nil
+}
+
+// apiError is an error answer of the admin API.
+type apiError struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field"`
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+// do sends a request and decodes a 2xx answer into out (when not nil); it returns the raw
+// body too, for -o json.
+func (c *apiClient) do(ctx context.Context, method, path string, query url.Values, in, out any) ([]byte, error) {
+	u := c.base.JoinPath(path)
+	u.RawQuery = query.Encode()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if res.StatusCode/100 != 2 {
+		var eb struct {
+			Error apiError `json:"error"`
+		}
+		if json.Unmarshal(raw, &eb) != nil || eb.Error.Message == "" {
+			return nil, fmt.Errorf("%s %s: HTTP %d (is -addr a purser admin API?)", method, path, res.StatusCode)
+		}
+		eb.Error.Status = res.StatusCode
+		return nil, &eb.Error
+	}
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return nil, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return raw, nil
+}
+
+// printJSON writes an API answer indented.
+func printJSON(w io.Writer, raw []byte) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		_, err = w.Write(raw)
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// listFlag is a repeatable string flag; each value may also be comma separated.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// subcommands dispatches "purser <group> <sub> ...".
+func subcommands(group string, subs map[string]command) func(context.Context, env, []string) error {
+	return func(ctx context.Context, e env, args []string) error {
+		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			fmt.Fprintf(e.stderr, "usage: purser %s <command> [flags]\n\n", group)
+			for _, n := range sortedKeys(subs) {
+				fmt.Fprintf(e.stderr, "  %-8s %s\n", n, subs[n].summary)
+			}
+			if len(args) == 0 {
+				return exitError{code: 2}
+			}
+			return nil
+		}
+		c, ok := subs[args[0]]
+		if !ok {
+			return exitError{code: 2, msg: fmt.Sprintf("unknown command %q for purser %s (want %s)", args[0], group, strings.Join(sortedKeys(subs), ", "))}
+		}
+		return c.run(ctx, e, args[1:])
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// parseWhen reads an instant: RFC 3339, a date (UTC midnight) or a duration from now ("720h").
+func parseWhen(name, s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return now.Add(d).UTC().Truncate(time.Second), nil
+	}
+	return time.Time{}, fmt.Errorf("-%s %q: want an RFC 3339 time, a date (2027-01-01) or a duration from now (720h)", name, s)
+}

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Views of the admin API's answers (see admin/openapi.yaml).
+
+type keyView struct {
+	ID            string     `json:"id"`
+	Key           string     `json:"key"`
+	Prefix        string     `json:"prefix"`
+	Name          string     `json:"name"`
+	Subjects      []string   `json:"subjects"`
+	AllowedModels []string   `json:"allowed_models"`
+	ExpiresAt     *time.Time `json:"expires_at"`
+	State         string     `json:"state"`
+	CreatedAt     time.Time  `json:"created_at"`
+}
+
+func keysCommand() command {
+	return command{"manage API keys (list, create, revoke, rotate)", subcommands("keys", map[string]command{
+		"list":   {"list every key (no secrets)", runKeysList},
+		"create": {"issue a key and print its secret once", runKeysCreate},
+		"revoke": {"revoke a key", runKeysRevoke},
+		"rotate": {"give a key a new secret (printed once)", runKeysRotate},
+	})}
+}
+
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func when(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func runKeysList(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("keys list", e)
+	if _, err := f.parse(args, 0, 0, "[-o json]"); err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Keys []keyView `json:"keys"`
+	}
+	raw, err := c.do(ctx, "GET", "/v1/keys", nil, nil, &out)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	tw := newTable(e.stdout)
+	fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tSTATE\tSUBJECTS\tMODELS\tEXPIRES\tCREATED")
+	for _, k := range out.Keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, k.State, orDash(strings.Join(k.Subjects, ",")),
+			orDash(strings.Join(k.AllowedModels, ",")), when(k.ExpiresAt), k.CreatedAt.UTC().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func runKeysCreate(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("keys create", e)
+	name := f.FlagSet.String("name", "", "key name (required)")
+	var subjects, models listFlag
+	f.Var(&subjects, "subject", "owner subject, e.g. team:ml (repeat or comma separate)")
+	f.Var(&models, "model", "allowed model glob, e.g. 'gpt-4o*' (repeat; none: any model)")
+	expires := f.FlagSet.String("expires", "", "expiry: RFC 3339 time, date, or duration from now (720h)")
+	if _, err := f.parse(args, 0, 0, "-name NAME [-subject S]... [-model GLOB]... [-expires WHEN]"); err != nil {
+		return err
+	}
+	body := map[string]any{"name": *name, "subjects": nonNilList(subjects), "allowed_models": nonNilList(models)}
+	if *expires != "" {
+		t, err := parseWhen("expires", *expires, time.Now())
+		if err != nil {
+			return err
+		}
+		body["expires_at"] = t
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var k keyView
+	raw, err := c.do(ctx, "POST", "/v1/keys", nil, body, &k)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	fmt.Fprintf(e.stdout, "created key %s (%s)\nsecret (shown once, store it now): %s\n", k.ID, k.Name, k.Key)
+	return nil
+}
+
+func runKeysRevoke(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("keys revoke", e)
+	pos, err := f.parse(args, 1, 1, "KEY_ID")
+	if err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var k keyView
+	raw, err := c.do(ctx, "DELETE", "/v1/keys/"+url.PathEscape(pos[0]), nil, nil, &k)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	fmt.Fprintf(e.stdout, "revoked key %s (%s)\n", k.ID, k.Name)
+	return nil
+}
+
+func runKeysRotate(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("keys rotate", e)
+	pos, err := f.parse(args, 1, 1, "KEY_ID")
+	if err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var k keyView
+	raw, err := c.do(ctx, "POST", "/v1/keys/"+url.PathEscape(pos[0])+"/rotate", nil, nil, &k)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	fmt.Fprintf(e.stdout, "rotated key %s (%s); the old secret no longer works\nnew secret (shown once, store it now): %s\n", k.ID, k.Name, k.Key)
+	return nil
+}
+
+func nonNilList(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
+}

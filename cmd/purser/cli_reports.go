@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+func statusCommand() command {
+	return command{"show every budget of a subject: spend, remaining, burn rate, projection", runStatus}
+}
+
+func spendCommand() command {
+	return command{"report settled spend grouped by subject, model, key or day", runSpend}
+}
+
+func auditCommand() command {
+	return command{"show the audit log (newest first)", runAudit}
+}
+
+func runStatus(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("status", e)
+	subjects, err := f.parse(args, 1, -1, "SUBJECT... [-o json]")
+	if err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	q := url.Values{"subject": subjects}
+	var out struct {
+		Budgets []budgetView `json:"budgets"`
+	}
+	raw, err := c.do(ctx, "GET", "/v1/status", q, nil, &out)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	if len(out.Budgets) == 0 {
+		fmt.Fprintln(e.stdout, "no budgets")
+		return nil
+	}
+	tw := newTable(e.stdout)
+	fmt.Fprintln(tw, "ID\tSUBJECT\tNAME\tUSED\tLIMIT\tUSE%\tREMAINING\tBURN/DAY\tPROJECTED\tRESETS\tRUNS OUT")
+	for _, b := range out.Budgets {
+		w := b.Current
+		if w == nil {
+			continue
+		}
+		used := addAmounts(b.Unit, w.Posted, w.Pending)
+		runsOut := "no"
+		switch {
+		case w.DaysUntilExhausted != nil && *w.DaysUntilExhausted == 0:
+			runsOut = "exhausted"
+		case w.RunsOutBeforeReset && w.DaysUntilExhausted != nil:
+			runsOut = fmt.Sprintf("in %.1f days", *w.DaysUntilExhausted)
+		case w.RunsOutBeforeReset:
+			runsOut = "before reset"
+		}
+		resets := "never"
+		if w.DaysUntilReset != nil {
+			resets = fmt.Sprintf("in %.1f days", *w.DaysUntilReset)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d%%\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Subject, b.Name, used, w.Limit+unitSuffix(b.Unit),
+			w.Utilization, w.Remaining, w.BurnPerDay, w.Projected, resets, runsOut)
+	}
+	return tw.Flush()
+}
+
+func unitSuffix(unit string) string {
+	if unit == "tokens" {
+		return " tok"
+	}
+	return " usd"
+}
+
+// addAmounts adds two decimal amounts of the API exactly (as integers of the unit's scale).
+func addAmounts(unit, a, b string) string {
+	x, err1 := parseUnitAmount(unit, a)
+	y, err2 := parseUnitAmount(unit, b)
+	if err1 != nil || err2 != nil {
+		return a + "+" + b
+	}
+	return formatUnitAmount(unit, x+y)
+}
+
+func runSpend(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("spend", e)
+	from := f.FlagSet.String("from", "", "start: RFC 3339 time or date (default: the 1st of this month, UTC)")
+	to := f.FlagSet.String("to", "", "end: RFC 3339 time (exclusive) or date (inclusive) (default: end of this month)")
+	groupBy := f.FlagSet.String("group-by", "day", "subject, model, key or day")
+	subject := f.FlagSet.String("subject", "", "only requests that carried this subject")
+	limit := f.FlagSet.Int("limit", 0, "at most this many rows (default 1000)")
+	if _, err := f.parse(args, 0, 0, "[-from T] [-to T] [-group-by subject|model|key|day] [-subject S] [-o json]"); err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	q := url.Values{"group_by": {*groupBy}}
+	for k, v := range map[string]string{"from": *from, "to": *to, "subject": *subject} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if *limit > 0 {
+		q.Set("limit", strconv.Itoa(*limit))
+	}
+	type row struct {
+		Group          string `json:"group"`
+		Cost           string `json:"cost"`
+		Tokens         string `json:"tokens"`
+		Requests       int64  `json:"requests"`
+		Expired        int64  `json:"expired"`
+		Overruns       int64  `json:"overruns"`
+		Unreserved     int64  `json:"unreserved"`
+		UnreservedCost string `json:"unreserved_cost"`
+	}
+	var out struct {
+		From      time.Time `json:"from"`
+		To        time.Time `json:"to"`
+		Rows      []row     `json:"rows"`
+		Total     row       `json:"total"`
+		Truncated bool      `json:"truncated"`
+	}
+	raw, err := c.do(ctx, "GET", "/v1/spend", q, nil, &out)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	tw := newTable(e.stdout)
+	fmt.Fprintf(tw, "%s\tCOST USD\tTOKENS\tREQUESTS\tEXPIRED\tOVERRUNS\tUNRESERVED USD\n", map[string]string{
+		"subject": "SUBJECT", "model": "MODEL", "key": "KEY", "day": "DAY (UTC)"}[*groupBy])
+	line := func(r row) {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", orDash(r.Group), r.Cost, r.Tokens, r.Requests, r.Expired, r.Overruns, r.UnreservedCost)
+	}
+	for _, r := range out.Rows {
+		line(r)
+	}
+	out.Total.Group = "TOTAL"
+	line(out.Total)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\n%s → %s", out.From.UTC().Format(time.RFC3339), out.To.UTC().Format(time.RFC3339))
+	if *groupBy == "subject" {
+		fmt.Fprint(e.stdout, "; a request counts under each of its subjects, the total once")
+	}
+	if out.Truncated {
+		fmt.Fprintf(e.stdout, "; only the first %d rows (use -limit)", len(out.Rows))
+	}
+	fmt.Fprintln(e.stdout)
+	return nil
+}
+
+func runAudit(ctx context.Context, e env, args []string) error {
+	f := newCLIFlags("audit", e)
+	target := f.FlagSet.String("target", "", "only entries about this target (budget:12, key:key_..., template:3)")
+	before := f.FlagSet.Int64("before", 0, "only entries older than this id (paging)")
+	limit := f.FlagSet.Int("limit", 50, "at most this many entries (1-1000)")
+	if _, err := f.parse(args, 0, 0, "[-target T] [-before ID] [-limit N] [-o json]"); err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	q := url.Values{"limit": {strconv.Itoa(*limit)}}
+	if *target != "" {
+		q.Set("target", *target)
+	}
+	if *before > 0 {
+		q.Set("before", strconv.FormatInt(*before, 10))
+	}
+	var out struct {
+		Entries []struct {
+			ID      int64           `json:"id"`
+			At      time.Time       `json:"at"`
+			Actor   string          `json:"actor"`
+			Action  string          `json:"action"`
+			Target  string          `json:"target"`
+			Details json.RawMessage `json:"details"`
+		} `json:"entries"`
+		NextBefore *int64 `json:"next_before"`
+	}
+	raw, err := c.do(ctx, "GET", "/v1/audit", q, nil, &out)
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return printJSON(e.stdout, raw)
+	}
+	tw := newTable(e.stdout)
+	fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tTARGET\tDETAILS")
+	for _, en := range out.Entries {
+		d := string(en.Details)
+		if len(d) > 120 {
+			d = d[:117] + "..."
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", en.ID, en.At.UTC().Format(time.RFC3339), en.Actor, en.Action, en.Target, d)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if out.NextBefore != nil {
+		fmt.Fprintf(e.stdout, "more: purser audit -before %d\n", *out.NextBefore)
+	}
+	return nil
+}
