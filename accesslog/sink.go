@@ -12,6 +12,8 @@ import (
 
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -125,6 +127,8 @@ type Sink struct {
 	workers  sync.WaitGroup
 	started  atomic.Bool
 	stopped  chan struct{}
+	closing  chan struct{} // CloseStreams: open streams end so the gRPC server can stop
+	closeOne sync.Once
 }
 
 // New returns a Sink. catalog returns the price catalog in force.
@@ -140,7 +144,7 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 	return &Sink{
 		cfg: cfg, ledger: ledger, catalog: catalog, m: m,
 		queue: make(chan Entry, cfg.QueueSize), progress: make(chan struct{}, 1),
-		draining: make(chan struct{}), stopped: make(chan struct{}),
+		draining: make(chan struct{}), stopped: make(chan struct{}), closing: make(chan struct{}),
 	}, nil
 }
 
@@ -148,9 +152,38 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 // database: entries go to the queue, or are dropped and counted when it is full.
 func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsServer) error {
 	ctx := stream.Context()
+	// Recv blocks until Envoy sends; a reader goroutine lets the handler also end the stream
+	// when purser shuts down (Envoy never closes its access-log streams by itself).
+	type received struct {
+		msg *alsv3.StreamAccessLogsMessage
+		err error
+	}
+	msgs := make(chan received)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case msgs <- received{m, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	var node, logName string
 	for {
-		msg, err := stream.Recv()
+		var r received
+		select {
+		case r = <-msgs:
+		case <-s.closing:
+			// Envoy opens a new stream (to another replica) at its next flush.
+			return status.Error(codes.Unavailable, "purser is shutting down")
+		}
+		msg, err := r.msg, r.err
 		if err == io.EOF {
 			return stream.SendAndClose(&alsv3.StreamAccessLogsResponse{})
 		}
@@ -184,6 +217,12 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			}
 		}
 	}
+}
+
+// CloseStreams ends every open access-log stream (and refuses new ones): call it when the
+// server starts shutting down, so a graceful stop does not wait for streams Envoy keeps open.
+func (s *Sink) CloseStreams() {
+	s.closeOne.Do(func() { close(s.closing) })
 }
 
 // Run settles queued entries until ctx ends or Drain finished; it returns when every worker

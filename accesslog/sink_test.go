@@ -18,7 +18,9 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -126,6 +128,15 @@ func (h *harness) reservation(t *testing.T, id string) budget.Reservation {
 	r, err := h.svc.Reservation(context.Background(), id)
 	require.NoError(t, err)
 	return r
+}
+
+// state reads a reservation's state without failing the test (for polling conditions).
+func (h *harness) state(id string) string {
+	r, err := h.svc.Reservation(context.Background(), id)
+	if err != nil {
+		return ""
+	}
+	return r.State
 }
 
 func (h *harness) requireClean(t *testing.T) {
@@ -291,7 +302,7 @@ func TestSink_BrokenStream(t *testing.T) {
 	require.Eventually(t, func() bool {
 		n := 0
 		for i := range 5 {
-			if h.reservation(t, ids[i]).State == "settled" {
+			if h.state(ids[i]) == "settled" {
 				n++
 			}
 		}
@@ -453,4 +464,23 @@ func FuzzExtract(f *testing.F) {
 			t.Fatalf("negative tokens: %+v", got.Tokens)
 		}
 	})
+}
+
+// Open streams end promptly when the sink is told to close them (shutdown), after what they
+// already delivered was taken in.
+func TestSink_CloseStreamsEndsOpenStreams(t *testing.T) {
+	t.Parallel()
+	h := serve(t, accesslog.Config{})
+	id := h.reserve(t, 5_000, 10_000, "req-close")
+	stream, err := h.client.StreamAccessLogs(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&alsv3.StreamAccessLogsMessage{
+		Identifier: &alsv3.StreamAccessLogsMessage_Identifier{Node: &corev3.Node{Id: "envoy-9"}},
+		LogEntries: &alsv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{
+			LogEntry: []*alsdata.HTTPAccessLogEntry{entry(t, "openai_chat_usage", id, "req-close")}}},
+	}))
+	require.Eventually(t, func() bool { return h.state(id) == "settled" }, 30*time.Second, 10*time.Millisecond)
+	h.sink.CloseStreams()
+	_, err = stream.CloseAndRecv()
+	require.Equal(t, codes.Unavailable, status.Code(err), "the server ended the stream")
 }

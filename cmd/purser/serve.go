@@ -175,6 +175,9 @@ type server struct {
 	components []component
 }
 
+// streamCloser ends long-lived streams at the start of a shutdown.
+type streamCloser interface{ CloseStreams() }
+
 // runOnly is a component without a drain step.
 type runOnly func(ctx context.Context)
 
@@ -182,6 +185,7 @@ func (r runOnly) Run(ctx context.Context) { r(ctx) }
 func (runOnly) Drain(context.Context)     {}
 
 // component is a piece of serve with background work and a drain step on shutdown.
+// Components that hold long-lived streams also implement streamCloser.
 type component interface {
 	// Run blocks until ctx ends.
 	Run(ctx context.Context)
@@ -408,7 +412,13 @@ func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 		s.log.Info("not serving; waiting before closing listeners", slog.Duration("delay", s.cfg.shutdownDelay))
 		time.Sleep(s.cfg.shutdownDelay)
 	}
-	// 2. Stop accepting; in-flight Checks and open access-log streams finish or are cut at the timeout.
+	// 2. Stop accepting: in-flight Checks finish; access-log streams are ended (Envoy never
+	// closes them and reconnects to another replica at its next flush).
+	for _, c := range s.components {
+		if sc, ok := c.(streamCloser); ok {
+			sc.CloseStreams()
+		}
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.shutdownTimeout)
 	defer cancel()
 	stopped := make(chan struct{})
