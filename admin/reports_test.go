@@ -153,3 +153,32 @@ func TestAdmin_AuditAlertsVerify(t *testing.T) {
 	require.Equal(t, "0.500000", obj(ms[0])["held_pending"])
 	require.Equal(t, "usd", obj(ms[0])["unit"])
 }
+
+// TestAdmin_RemainingValidation covers the validation of routes not exercised elsewhere.
+func TestAdmin_RemainingValidation(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	r := h.admin("POST", "/v1/templates", map[string]any{"name": "t", "subject_kind": "user", "limit": "1", "window": "day"}, http.StatusCreated)
+	tp := fmt.Sprintf("/v1/templates/%d", int64(r.body["id"].(float64)))
+	r = h.admin("POST", "/v1/budgets", map[string]any{"name": "b", "subject": "team:ml", "limit": "1", "window": "day"}, http.StatusCreated)
+	bp := fmt.Sprintf("/v1/budgets/%d", int64(r.body["id"].(float64)))
+	r = h.admin("POST", "/v1/keys", map[string]any{"name": "k"}, http.StatusCreated)
+	kp := "/v1/keys/" + str(r.body["id"])
+
+	h.invalid("PATCH", tp, map[string]any{"subject_kind": "planet"}, "subject_kind", `subject_kind: unknown kind "planet"`)
+	h.invalid("PATCH", tp, map[string]any{"limit": "1.2.3"}, "limit", `limit: invalid amount "1.2.3": unexpected character '.'`)
+	h.invalid("PATCH", tp, map[string]any{"subject": "user:x"}, "subject", "subject: unknown field")
+	h.invalid("GET", "/v1/templates/x", nil, "id", `id: must be a positive integer, got "x"`)
+	h.invalid("DELETE", "/v1/templates/0", nil, "id", `id: must be a positive integer, got "0"`)
+	h.invalid("POST", bp+"/reset", map[string]any{"why": "x"}, "why", "why: unknown field")
+	h.invalid("POST", bp+"/reset", map[string]any{"reason": 5}, "reason", "reason: must be a string")
+	h.invalid("PATCH", bp, map[string]any{"window": "fortnight"}, "window", `window: window "fortnight": want day, week, month, quarter, year, lifetime or a duration such as 72h`)
+	h.invalid("PATCH", bp, "", "", "request body must be a JSON object")
+	h.invalid("POST", kp+"/rotate", map[string]any{"name": "x"}, "name", "name: unknown field")
+	h.invalid("PATCH", kp, map[string]any{"expires_at": "2020-01-01T00:00:00Z"}, "expires_at", "expires_at: is in the past")
+	h.invalid("PATCH", kp, map[string]any{"subjects": []string{"nope"}}, "subjects", `subjects: subjects[0]: subject "nope": want kind:id (kinds: key, user, team, org, workload, namespace, tag, route) or global`)
+	h.invalid("POST", "/v1/verify", map[string]any{"deep": true}, "deep", "deep: unknown field")
+	h.invalid("GET", "/v1/alerts?budget_id=x", nil, "budget_id", `budget_id: must be an integer from 0 to 4611686018427387904, got "x"`)
+	h.invalid("GET", "/v1/alerts?limit=0", nil, "limit", `limit: must be an integer from 1 to 1000, got "0"`)
+	require.Len(t, h.auditActions(), 3, "no invalid request wrote anything")
+}
