@@ -59,16 +59,18 @@ func newSpendFixture(t *testing.T, e *env) spendFixture {
 	require.Equal(t, 1, n)
 
 	// Unreserved spend (fail-open traffic) is recorded as a settled reservation marked unreserved.
-	_, err = e.schema.Pool.Exec(ctx, `INSERT INTO reservations (id, state, expires_at, resolved_at, subjects, model, hold_cost,
-		hold_tokens, actual_cost, actual_tokens, unreserved) VALUES ('018f0000-0000-7000-8000-0000000000aa', 'settled', now(), now(),
-		'{team:ml}', 'gpt-4o', 0, 0, 50, 5, true)`)
+	n, err = e.svc.RecordUnreserved(ctx, []budget.Unreserved{{IdempotencyKey: []byte("fail-open-1"), Subjects: []budget.Subject{"team:ml"},
+		Target: budget.Target{Model: "gpt-4o"}, At: e.clock.Now(), Cost: 50, Tokens: 5}})
 	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	var r6 string
+	require.NoError(t, e.schema.Pool.QueryRow(ctx, `SELECT id::text FROM reservations WHERE unreserved`).Scan(&r6))
 
 	// Pin the resolution days.
 	f := spendFixture{a: ka, b: kb, day1: time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC), day2: time.Date(2026, 3, 11, 0, 0, 0, 0, time.UTC)}
 	for id, at := range map[string]time.Time{
 		r1: f.day1.Add(time.Hour), r2: f.day1.Add(23*time.Hour + 59*time.Minute), r3: f.day2,
-		"018f0000-0000-7000-8000-0000000000aa": f.day2.Add(12 * time.Hour),
+		r6: f.day2.Add(12 * time.Hour),
 	} {
 		_, err := e.schema.Pool.Exec(ctx, `UPDATE reservations SET resolved_at = $2 WHERE id = $1`, id, at)
 		require.NoError(t, err)
