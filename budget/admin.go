@@ -16,7 +16,9 @@ type KeySpec struct {
 	ExpiresAt     time.Time // zero: never
 }
 
-func (k KeySpec) validate(now time.Time) (store.KeyRow, error) {
+// validate checks a spec; keep is an expiry already stored (allowed even if past, so an
+// expired key can still be renamed).
+func (k KeySpec) validate(now, keep time.Time) (store.KeyRow, error) {
 	var row store.KeyRow
 	row.Name = k.Name
 	if row.Name == "" {
@@ -42,7 +44,7 @@ func (k KeySpec) validate(now time.Time) (store.KeyRow, error) {
 	}
 	row.AllowedModels = k.AllowedModels
 	if !k.ExpiresAt.IsZero() {
-		if !k.ExpiresAt.After(now) {
+		if !k.ExpiresAt.After(now) && !k.ExpiresAt.Equal(keep) {
 			return row, &FieldError{Field: "expires_at", Err: fmt.Errorf("is in the past")}
 		}
 		t := k.ExpiresAt
@@ -53,7 +55,7 @@ func (k KeySpec) validate(now time.Time) (store.KeyRow, error) {
 
 // CreateKey issues a new key. The secret is returned once, here, and only its hash is stored.
 func (s *Service) CreateKey(ctx context.Context, actor string, spec KeySpec) (Key, string, error) {
-	row, err := spec.validate(s.cfg.Now())
+	row, err := spec.validate(s.cfg.Now(), time.Time{})
 	if err != nil {
 		return Key{}, "", err
 	}
@@ -78,7 +80,15 @@ func (s *Service) CreateKey(ctx context.Context, actor string, spec KeySpec) (Ke
 
 // UpdateKey changes a key's name, subjects, allowed models and expiry.
 func (s *Service) UpdateKey(ctx context.Context, actor, id string, spec KeySpec) (Key, error) {
-	row, err := spec.validate(s.cfg.Now())
+	cur, err := s.db.KeyByID(ctx, id)
+	if err != nil {
+		return Key{}, mapErr(err)
+	}
+	var keep time.Time
+	if cur.ExpiresAt != nil {
+		keep = *cur.ExpiresAt
+	}
+	row, err := spec.validate(s.cfg.Now(), keep)
 	if err != nil {
 		return Key{}, err
 	}

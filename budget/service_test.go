@@ -587,3 +587,24 @@ func mustReserve(t *testing.T, svc *budget.Service, r budget.ReserveRequest) bud
 	require.NoError(t, err)
 	return ds[0]
 }
+
+func TestService_TemplateRenameAndExpiredKeyRename(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	tpl, err := e.svc.CreateTemplate(ctx, "admin", budget.Definition{Name: "users", Kind: "user", Limit: 5, Window: "month", Hard: true})
+	require.NoError(t, err)
+	renamed, err := e.svc.UpdateTemplate(ctx, "admin", tpl.ID, budget.Definition{Name: "new users", Kind: "user", Limit: 5, Window: "month", Hard: true})
+	require.NoError(t, err)
+	require.Equal(t, "new users", renamed.Name)
+
+	exp := time.Now().Add(time.Hour)
+	k, _, err := e.svc.CreateKey(ctx, "admin", budget.KeySpec{Name: "old", ExpiresAt: exp})
+	require.NoError(t, err)
+	e.clock.Set(time.Now().Add(2 * time.Hour)) // the key has expired
+	k2, err := e.svc.UpdateKey(ctx, "admin", k.ID, budget.KeySpec{Name: "renamed", ExpiresAt: k.ExpiresAt})
+	require.NoError(t, err, "an unchanged past expiry does not block a rename")
+	require.Equal(t, "renamed", k2.Name)
+	_, err = e.svc.UpdateKey(ctx, "admin", k.ID, budget.KeySpec{Name: "renamed", ExpiresAt: time.Now().Add(time.Minute)})
+	require.ErrorContains(t, err, "expires_at: is in the past")
+}

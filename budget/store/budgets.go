@@ -270,11 +270,11 @@ func (s *Store) UpdateTemplate(ctx context.Context, b BudgetRow, a Audit) (Budge
 		var err error
 		out, err = scanTemplate(q.QueryRow(ctx, `UPDATE budget_templates SET subject_kind = $2, unit = $3,
 			limit_amount = $4, window_kind = $5, time_zone = $6, anchor_day = $7, rolling_seconds = $8, hard = $9,
-			warn_at = $10, models = $11, endpoints = $12, route_match = $13, updated_at = now()
+			warn_at = $10, models = $11, endpoints = $12, route_match = $13, name = $14, updated_at = now()
 		WHERE id = $1 AND deleted_at IS NULL
 		RETURNING `+templateCols,
 			b.ID, b.SubjectKind, b.Unit, b.Limit, b.WindowKind, b.TimeZone, b.AnchorDay, b.RollingSeconds, b.Hard,
-			nonNil(b.WarnAt), nonNil(b.Models), nonNil(b.Endpoints), routeJSON(b.RouteMatch)))
+			nonNil(b.WarnAt), nonNil(b.Models), nonNil(b.Endpoints), routeJSON(b.RouteMatch), b.Name))
 		return err
 	})
 	if err != nil {

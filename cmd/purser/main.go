@@ -6,6 +6,9 @@
 //	purser seed      load a small sample (a key, budgets) and print how to use it
 //	purser verify    reconcile the ledger; exit 1 on any mismatch
 //	purser cost      price provider responses read as JSON lines (the settlement code path)
+//	purser check-config  validate a configuration file and price overrides offline
+//	purser keys | budgets | templates | status | spend | audit   talk to the admin API
+//	purser apply -f budgets.yaml [-dry-run] [-prune]             declarative budgets, templates, keys
 //	purser version   print the version
 //
 // Run `purser <command> -h` for a command's flags. Flags fall back to environment variables.

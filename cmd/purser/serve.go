@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/purser-dev/purser/accesslog"
+	"github.com/purser-dev/purser/admin"
+	"github.com/purser-dev/purser/alerts"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
@@ -61,6 +63,9 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	maxBodyBytes    int
 	maxStreams      int
+	alertWebhooks   []alerts.Webhook
+	alertInterval   time.Duration
+	gaugeTop        int
 }
 
 func parseServeConfig(e env, args []string) (serveConfig, error) {
@@ -83,14 +88,23 @@ func parseServeConfig(e env, args []string) (serveConfig, error) {
 	timeout := f.Duration("shutdown-timeout", "PURSER_SHUTDOWN_TIMEOUT", 20*time.Second, "how long in-flight calls get to finish on shutdown")
 	maxBody := f.Int("max-body-bytes", "PURSER_MAX_BODY_BYTES", 8<<20, "largest request body purser accepts in a Check (sets the gRPC receive limit)")
 	maxStreams := f.Int("max-concurrent-streams", "PURSER_MAX_CONCURRENT_STREAMS", 1024, "gRPC concurrent streams per connection")
+	hooks := f.String("alert-webhooks", "PURSER_ALERT_WEBHOOKS", "", "budget alert webhooks, comma separated: [json=|slack=]URL")
+	hookSecret := f.String("alert-webhook-secret", "PURSER_ALERT_WEBHOOK_SECRET", "", "HMAC secret signing JSON alert webhooks (X-Purser-Signature)")
+	alertInterval := f.Duration("alert-interval", "PURSER_ALERT_INTERVAL", alerts.DefaultEvaluateEvery, "how often budgets are evaluated for alerts")
+	gaugeTop := f.Int("metrics-top-budgets", "PURSER_METRICS_TOP_BUDGETS", budget.DefaultGaugeTopBudgets, "how many of the most utilised budgets export a utilisation gauge")
 	if err := f.Parse(args); err != nil {
 		return c, err
+	}
+	webhooks, err := alerts.ParseWebhooks(*hooks, *hookSecret)
+	if err != nil {
+		return c, fmt.Errorf("-alert-webhooks: %w", err)
 	}
 	c = serveConfig{
 		databaseURL: *dsn, grpcAddr: *grpcAddr, httpAddr: *httpAddr, sharedSecret: *secret,
 		configFile: *cfgFile, pricesFile: *prices, hotPoolSize: *hot, poolSize: *pool,
 		checkTimeout: *checkTimeout, reservationTTL: *ttl, sweepInterval: *sweep, shutdownDelay: *delay,
 		shutdownTimeout: *timeout, maxBodyBytes: *maxBody, maxStreams: *maxStreams,
+		alertWebhooks: webhooks, alertInterval: *alertInterval, gaugeTop: *gaugeTop,
 	}
 	for _, t := range strings.Split(*tokens, ",") {
 		if t = strings.TrimSpace(t); t != "" {
@@ -265,6 +279,14 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		return fail(err)
 	}
 	s.components = append(s.components, runOnly(batcher.Run), sink)
+	if _, err := budget.RegisterGauges(meter, s.svc, budget.GaugeConfig{TopBudgets: cfg.gaugeTop, Logger: log}); err != nil {
+		return fail(err)
+	}
+	al, err := alerts.New(s.svc, alerts.Config{Webhooks: cfg.alertWebhooks, Logger: log, Meter: meter, EvaluateEvery: cfg.alertInterval})
+	if err != nil {
+		return fail(err)
+	}
+	s.components = append(s.components, al) // Drain waits for webhook POSTs in flight
 
 	s.health = health.NewServer()
 	s.grpc = grpc.NewServer(
@@ -285,6 +307,7 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/", admin.New(s.svc, admin.Config{Tokens: cfg.adminTokens, Logger: log}))
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -126,6 +126,12 @@ func TestServe_HealthSecretAndShutdown(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	require.Contains(t, string(body), "go_goroutines")
+	resp, err = http.Get("http://" + httpAddr + "/v1/me")
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "the admin API is mounted")
+	require.Contains(t, string(body), `"error"`)
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
