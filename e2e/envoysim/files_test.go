@@ -1,0 +1,5 @@
+package envoysim_test
+
+import "github.com/purser-dev/purser/envoy"
+
+var envoyFiles = envoy.Files

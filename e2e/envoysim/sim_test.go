@@ -1,0 +1,591 @@
+package envoysim_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/e2e/envoysim"
+	"github.com/purser-dev/purser/e2e/fakellm"
+)
+
+// fakePurser is an in-process Authorization + AccessLogService recording what Envoy sent.
+type fakePurser struct {
+	authv3.UnimplementedAuthorizationServer
+	alsv3.UnimplementedAccessLogServiceServer
+
+	mu       sync.Mutex
+	checks   []*authv3.CheckRequest
+	checkMD  []metadata.MD
+	msgs     []*alsv3.StreamAccessLogsMessage
+	streams  int
+	decide   func(*authv3.CheckRequest) (*authv3.CheckResponse, error)
+	received chan struct{}
+}
+
+func (f *fakePurser) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	f.mu.Lock()
+	f.checks = append(f.checks, req)
+	f.checkMD = append(f.checkMD, md)
+	decide := f.decide
+	f.mu.Unlock()
+	if decide != nil {
+		return decide(req)
+	}
+	return okResponse(nil), nil
+}
+
+func (f *fakePurser) StreamAccessLogs(s alsv3.AccessLogService_StreamAccessLogsServer) error {
+	f.mu.Lock()
+	f.streams++
+	f.mu.Unlock()
+	for {
+		m, err := s.Recv()
+		if err == io.EOF {
+			return s.SendAndClose(&alsv3.StreamAccessLogsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		f.msgs = append(f.msgs, m)
+		f.mu.Unlock()
+		select {
+		case f.received <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (f *fakePurser) entries() []*alsdata.HTTPAccessLogEntry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*alsdata.HTTPAccessLogEntry
+	for _, m := range f.msgs {
+		out = append(out, m.GetHttpLogs().GetLogEntry()...)
+	}
+	return out
+}
+
+func (f *fakePurser) messages() []*alsv3.StreamAccessLogsMessage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*alsv3.StreamAccessLogsMessage(nil), f.msgs...)
+}
+
+func (f *fakePurser) lastCheck() (*authv3.CheckRequest, metadata.MD) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.checks[len(f.checks)-1], f.checkMD[len(f.checkMD)-1]
+}
+
+func okResponse(md map[string]any) *authv3.CheckResponse {
+	s, _ := structpb.NewStruct(md)
+	return &authv3.CheckResponse{
+		Status:          &rpcstatus.Status{Code: int32(code.Code_OK)},
+		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
+		DynamicMetadata: s,
+	}
+}
+
+func startFakePurser(t *testing.T) (*fakePurser, string) {
+	t.Helper()
+	f := &fakePurser{received: make(chan struct{}, 1)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	g := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(g, f)
+	alsv3.RegisterAccessLogServiceServer(g, f)
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return f, ln.Addr().String()
+}
+
+type rig struct {
+	sim     *envoysim.Sim
+	purser  *fakePurser
+	fake    *fakellm.Server
+	upCalls chan *http.Request
+}
+
+// startRig runs the shipped config against a fake purser and fakellm (or handler).
+func startRig(t *testing.T, cfg *envoysim.Config, upstream http.Handler) *rig {
+	t.Helper()
+	if cfg == nil {
+		var err error
+		cfg, err = envoysim.LoadShipped()
+		require.NoError(t, err)
+	}
+	f, addr := startFakePurser(t)
+	rg := &rig{purser: f, upCalls: make(chan *http.Request, 100)}
+	if upstream == nil {
+		rg.fake = fakellm.New()
+		upstream = rg.fake
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case rg.upCalls <- r.Clone(context.Background()):
+		default:
+		}
+		upstream.ServeHTTP(w, r)
+	}))
+	t.Cleanup(up.Close)
+	sim, err := envoysim.New(envoysim.Options{Config: cfg, GRPC: map[string][]string{"purser": {addr}}, Upstream: up.URL, Workers: 2})
+	require.NoError(t, err)
+	require.NoError(t, sim.Start())
+	t.Cleanup(sim.Close)
+	rg.sim = sim
+	return rg
+}
+
+// waitEntries waits until the fake sink received n entries.
+func (rg *rig) waitEntries(t *testing.T, n int) []*alsdata.HTTPAccessLogEntry {
+	t.Helper()
+	require.Eventually(t, func() bool { return len(rg.purser.entries()) >= n }, 10*time.Second, 10*time.Millisecond,
+		"access-log entries: want %d, got %d", n, len(rg.purser.entries()))
+	return rg.purser.entries()
+}
+
+// waitLogged waits until the simulation built n entries (Envoy logs at the end of the
+// stream, which may be after the client read the response).
+func (rg *rig) waitLogged(t *testing.T, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return len(rg.sim.Entries()) >= n }, 10*time.Second, 5*time.Millisecond)
+}
+
+func post(t *testing.T, url, body string, hdr map[string]string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("content-type", "application/json")
+	for k, v := range hdr {
+		req.Header.Add(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { res.Body.Close() })
+	return res
+}
+
+func TestLoadShipped_TakesEverythingFromEnvoyYAML(t *testing.T) {
+	t.Parallel()
+	cfg, err := envoysim.LoadShipped()
+	require.NoError(t, err)
+	az := cfg.ExtAuthz
+	require.NotNil(t, az)
+	require.Equal(t, "purser", az.Cluster)
+	require.Equal(t, 500*time.Millisecond, az.Timeout)
+	require.False(t, az.FailureModeAllow)
+	require.Equal(t, 503, az.StatusOnError)
+	require.EqualValues(t, 1<<20, az.Body.GetMaxRequestBytes())
+	require.True(t, az.Body.GetAllowPartialMessage())
+	require.True(t, az.Body.GetPackAsBytes())
+	require.Equal(t, []string{"purser"}, az.RouteMetadataContextNS)
+	require.Len(t, az.InitialMetadata, 1)
+	require.Equal(t, "x-purser-secret", az.InitialMetadata[0].GetKey())
+	require.Len(t, cfg.AccessLogs, 1)
+	al := cfg.AccessLogs[0]
+	require.Equal(t, "purser", al.LogName)
+	require.Equal(t, 250*time.Millisecond, al.FlushInterval)
+	require.EqualValues(t, 1<<20, al.BufferSize)
+	require.Equal(t, []string{"content-type"}, al.RequestHeadersToLog)
+	require.EqualValues(t, 3, al.StreamRetries)
+	require.NotEmpty(t, cfg.JSONRules.GetRules())
+	require.NotEmpty(t, cfg.SSERules)
+	require.EqualValues(t, 4<<20, cfg.SSEMaxEventSize)
+	require.Len(t, cfg.Credentials, 3)
+	require.Equal(t, "purser-envoy", cfg.Node.GetId())
+}
+
+func TestLoad_RefusesWhatItCannotSimulate(t *testing.T) {
+	t.Parallel()
+	b, err := envoysimFile("envoy-lua.yaml")
+	require.NoError(t, err)
+	_, err = envoysim.Load(b)
+	require.ErrorContains(t, err, "lua")
+}
+
+func TestCheckRequest_AsCreateHttpCheck(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+	res := post(t, rg.sim.URL()+"/v1/chat/completions?x=1", body, map[string]string{
+		"Authorization": "Bearer pk-test", "X-Dup": "a", "x-request-id": "client-chosen", "x-envoy-auth-partial-body": "true",
+	})
+	res.Request.Header.Add("x-dup", "b")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	req, md := rg.purser.lastCheck()
+	require.Equal(t, []string{"change-me-purser-shared-secret"}, md.Get("x-purser-secret"), "initial_metadata")
+	h := req.GetAttributes().GetRequest().GetHttp()
+	hd := h.GetHeaders()
+	require.Equal(t, "POST", hd[":method"])
+	require.Equal(t, "/v1/chat/completions?x=1", hd[":path"])
+	require.Equal(t, "http", hd[":scheme"])
+	require.Equal(t, strings.TrimPrefix(rg.sim.URL(), "http://"), hd[":authority"])
+	require.Equal(t, "Bearer pk-test", hd["authorization"])
+	require.Equal(t, "false", hd["x-envoy-auth-partial-body"], "client value stripped, Envoy's own set")
+	require.NotEqual(t, "client-chosen", hd["x-request-id"], "edge request: x-request-id regenerated")
+	require.NotEmpty(t, hd["x-request-id"])
+	require.Equal(t, "127.0.0.1", hd["x-forwarded-for"])
+	for k := range hd {
+		require.Equal(t, strings.ToLower(k), k)
+	}
+	_, err := strconv.ParseUint(h.GetId(), 10, 64)
+	require.NoError(t, err, "request.http.id is Envoy's numeric stream id")
+	require.NotEqual(t, hd["x-request-id"], h.GetId())
+	require.Equal(t, []byte(body), h.GetRawBody(), "pack_as_bytes")
+	require.Empty(t, h.GetBody())
+	require.EqualValues(t, len(body), h.GetSize())
+	require.Equal(t, "HTTP/1.1", h.GetProtocol())
+	require.Equal(t, map[string]string{"route": "openai-chat", "provider": "openai", "api_flavor": "chat"}, req.GetAttributes().GetContextExtensions())
+	require.NotNil(t, req.GetAttributes().GetSource().GetAddress().GetSocketAddress())
+
+	// The upstream saw the same x-request-id and the injected provider key.
+	up := <-rg.upCalls
+	require.Equal(t, hd["x-request-id"], up.Header.Get("x-request-id"))
+	require.Equal(t, "Bearer sk-REPLACE-WITH-YOUR-OPENAI-KEY", up.Header.Get("authorization"), "credential injector (overwrite)")
+	require.Equal(t, "api.openai.com", up.Host, "host_rewrite_literal")
+}
+
+func TestCheckRequest_DuplicateHeadersJoined(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	req, err := http.NewRequest(http.MethodGet, rg.sim.URL()+"/v1/models", nil)
+	require.NoError(t, err)
+	req.Header.Add("x-dup", "a")
+	req.Header.Add("X-Dup", "b")
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	res.Body.Close()
+	cr, _ := rg.purser.lastCheck()
+	hd := cr.GetAttributes().GetRequest().GetHttp().GetHeaders()
+	require.Equal(t, "a,b", hd["x-dup"])
+	_, hasPartial := hd["x-envoy-auth-partial-body"]
+	require.False(t, hasPartial, "headers-only requests are not buffered")
+	require.Nil(t, cr.GetAttributes().GetRequest().GetHttp().GetRawBody())
+}
+
+func TestPartialBodyAnd413(t *testing.T) {
+	t.Parallel()
+	cfg, err := envoysim.LoadShipped()
+	require.NoError(t, err)
+	cfg.ExtAuthz.Body.MaxRequestBytes = 64
+	rg := startRig(t, cfg, nil)
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"` + strings.Repeat("x", 200) + `"}]}`
+	res := post(t, rg.sim.URL()+"/v1/chat/completions", body, nil)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	cr, _ := rg.purser.lastCheck()
+	h := cr.GetAttributes().GetRequest().GetHttp()
+	require.Equal(t, "true", h.GetHeaders()["x-envoy-auth-partial-body"])
+	require.Equal(t, []byte(body[:64]), h.GetRawBody())
+	require.Equal(t, strconv.Itoa(len(body)), h.GetHeaders()["content-length"])
+	up := <-rg.upCalls
+	require.EqualValues(t, len(body), up.ContentLength, "the whole body still goes upstream")
+
+	cfg2, err := envoysim.LoadShipped()
+	require.NoError(t, err)
+	cfg2.ExtAuthz.Body.MaxRequestBytes = 64
+	cfg2.ExtAuthz.Body.AllowPartialMessage = false
+	rg2 := startRig(t, cfg2, nil)
+	res = post(t, rg2.sim.URL()+"/v1/chat/completions", body, nil)
+	require.Equal(t, http.StatusRequestEntityTooLarge, res.StatusCode)
+	require.Zero(t, rg2.sim.Stats().Checks, "413 before any Check")
+	e := rg2.waitEntries(t, 1)[0]
+	require.Equal(t, "request_payload_too_large", e.GetResponse().GetResponseCodeDetails())
+}
+
+func TestDeniedAndErrorReplies(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	md, _ := structpb.NewStruct(map[string]any{"purser_decision": "denied"})
+	rg.purser.decide = func(r *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+		if r.GetAttributes().GetRequest().GetHttp().GetHeaders()["x-mode"] == "error" {
+			return nil, status.Error(codes.Unavailable, "down")
+		}
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(code.Code_RESOURCE_EXHAUSTED)},
+			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+				Status: &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests},
+				Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/json"}},
+					{Header: &corev3.HeaderValue{Key: "retry-after", Value: "7"}}},
+				Body: `{"error":{"message":"no"}}`,
+			}},
+			DynamicMetadata: md,
+		}, nil
+	}
+	body := `{"model":"gpt-4o-mini","messages":[]}`
+	res := post(t, rg.sim.URL()+"/v1/chat/completions", body, nil)
+	b, _ := io.ReadAll(res.Body)
+	require.Equal(t, http.StatusTooManyRequests, res.StatusCode)
+	require.Equal(t, "7", res.Header.Get("retry-after"))
+	require.Equal(t, "application/json", res.Header.Get("content-type"))
+	require.JSONEq(t, `{"error":{"message":"no"}}`, string(b))
+
+	res = post(t, rg.sim.URL()+"/v1/chat/completions", body, map[string]string{"x-mode": "error"})
+	b, _ = io.ReadAll(res.Body)
+	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "status_on_error")
+	require.Equal(t, "1", res.Header.Get("retry-after"), "local_reply_config mapper")
+	require.Contains(t, string(b), "budget_service_unavailable")
+	require.Empty(t, rg.fake.Requests(), "nothing went upstream")
+
+	es := rg.waitEntries(t, 2)
+	byDetails := map[string]*alsdata.HTTPAccessLogEntry{}
+	for _, e := range es {
+		byDetails[e.GetResponse().GetResponseCodeDetails()] = e
+	}
+	d := byDetails["ext_authz_denied"]
+	require.NotNil(t, d)
+	require.EqualValues(t, 429, d.GetResponse().GetResponseCode().GetValue())
+	require.Equal(t, "denied", d.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoysim.ExtAuthzNamespace].GetFields()["purser_decision"].GetStringValue())
+	require.NotContains(t, d.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoysim.ExtAuthzNamespace].GetFields(), envoysim.ExtAuthzDurationKey)
+	require.Equal(t, alsdata.ResponseFlags_Unauthorized_EXTERNAL_SERVICE, d.GetCommonProperties().GetResponseFlags().GetUnauthorizedDetails().GetReason())
+	require.Empty(t, d.GetCommonProperties().GetUpstreamCluster())
+	require.Nil(t, d.GetCommonProperties().GetTimeToFirstUpstreamTxByte())
+	er := byDetails["ext_authz_error"]
+	require.NotNil(t, er)
+	require.EqualValues(t, 503, er.GetResponse().GetResponseCode().GetValue())
+	require.Nil(t, er.GetCommonProperties().GetMetadata(), "no ext_authz metadata without an answer")
+	require.NotEmpty(t, er.GetRequest().GetRequestId(), "x-request-id is the fallback join key")
+}
+
+func TestOKMutationsMetadataAndUsage(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	rg.purser.decide = func(*authv3.CheckRequest) (*authv3.CheckResponse, error) {
+		r := okResponse(map[string]any{"reservation_id": "r-1", "purser_decision": "reserved"})
+		r.GetOkResponse().Headers = []*corev3.HeaderValueOption{
+			{Header: &corev3.HeaderValue{Key: "x-added", Value: "1"}},
+			{Header: &corev3.HeaderValue{Key: "x-keep", Value: "new"}, AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
+		}
+		r.GetOkResponse().HeadersToRemove = []string{"x-secret", ":path"}
+		r.GetOkResponse().ResponseHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-budget-remaining", Value: "9"},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}
+		return r, nil
+	}
+	res := post(t, rg.sim.URL()+"/v1/chat/completions", `{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}`, map[string]string{
+		"x-secret": "s", "x-keep": "old", fakellm.HeaderInputTokens: "12", fakellm.HeaderOutputTokens: "34",
+	})
+	_, _ = io.ReadAll(res.Body)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Equal(t, "9", res.Header.Get("x-budget-remaining"))
+	up := <-rg.upCalls
+	require.Equal(t, "1", up.Header.Get("x-added"))
+	require.Equal(t, "old", up.Header.Get("x-keep"))
+	require.Empty(t, up.Header.Get("x-secret"))
+	e := rg.waitEntries(t, 1)[0]
+	fm := e.GetCommonProperties().GetMetadata().GetFilterMetadata()
+	az := fm[envoysim.ExtAuthzNamespace].GetFields()
+	require.Equal(t, "r-1", az["reservation_id"].GetStringValue())
+	require.Contains(t, az, envoysim.ExtAuthzDurationKey)
+	u := fm["purser.usage"].GetFields()
+	require.EqualValues(t, 12, u["usage.prompt_tokens"].GetNumberValue())
+	require.EqualValues(t, 34, u["usage.completion_tokens"].GetNumberValue())
+	require.Equal(t, "gpt-4o-mini", u["model"].GetStringValue())
+	c := e.GetCommonProperties()
+	require.Equal(t, "openai", c.GetUpstreamCluster())
+	require.Equal(t, "openai-chat", c.GetRouteName())
+	require.NotNil(t, c.GetTimeToFirstUpstreamTxByte())
+	require.Equal(t, alsdata.AccessLogType_DownstreamEnd, c.GetAccessLogType())
+	require.Equal(t, "via_upstream", e.GetResponse().GetResponseCodeDetails())
+	require.EqualValues(t, 200, e.GetResponse().GetResponseCode().GetValue())
+	require.Equal(t, map[string]string{"content-type": "application/json"}, e.GetRequest().GetRequestHeaders())
+	require.Equal(t, up.Header.Get("x-request-id"), e.GetRequest().GetRequestId())
+	msgs := rg.purser.messages()
+	require.Equal(t, "purser", msgs[0].GetIdentifier().GetLogName())
+	require.Equal(t, "purser-envoy", msgs[0].GetIdentifier().GetNode().GetId())
+}
+
+func TestNoRouteAndDisabledRoute(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	res, err := http.Get(rg.sim.URL() + "/v1/files")
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	res, err = http.Get(rg.sim.URL() + "/healthz")
+	require.NoError(t, err)
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	require.Equal(t, "ok\n", string(b))
+	require.Zero(t, rg.sim.Stats().Checks, "no Check without a route or with ext_authz disabled")
+	es := rg.waitEntries(t, 2)
+	var nr bool
+	for _, e := range es {
+		nr = nr || e.GetCommonProperties().GetResponseFlags().GetNoRouteFound()
+	}
+	require.True(t, nr)
+}
+
+// TestSSE_StreamedWithoutBuffering: the client reads the first event while the upstream is
+// still holding the rest; usage comes from the last matching event.
+func TestSSE_StreamedWithoutBuffering(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		w.WriteHeader(200)
+		_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		_, _ = io.WriteString(w, "event: message_delta\r\ndata: {\"type\":\"message_delta\",\r\ndata: \"usage\":{\"output_tokens\":7}}\r\n\r\n: comment\n\ndata: [DONE]\n\n")
+	})
+	rg := startRig(t, nil, up)
+	res := post(t, rg.sim.URL()+"/v1/messages", `{"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"messages":[]}`, nil)
+	br := bufio.NewReader(res.Body)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "event: message_start\n", line, "first event before the upstream finished")
+	close(release)
+	_, _ = io.ReadAll(br)
+	e := rg.waitEntries(t, 1)[0]
+	u := e.GetCommonProperties().GetMetadata().GetFilterMetadata()["purser.usage"].GetFields()
+	require.EqualValues(t, 5, u["message.usage.input_tokens"].GetNumberValue())
+	require.EqualValues(t, 7, u["usage.output_tokens"].GetNumberValue(), "multi-line data joined, CRLF")
+	require.Equal(t, "m", u["message.model"].GetStringValue())
+}
+
+func TestDownstreamReset_FlagsAndNoFallback(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		w.WriteHeader(200)
+		_, _ = io.WriteString(w, "data: {\"model\":\"gpt-4o-mini\"}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	})
+	defer close(release)
+	rg := startRig(t, nil, up)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, rg.sim.URL()+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o-mini","stream":true}`))
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	_, err = bufio.NewReader(res.Body).ReadString('\n')
+	require.NoError(t, err)
+	cancel()
+	res.Body.Close()
+	e := rg.waitEntries(t, 1)[0]
+	require.True(t, e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset())
+	require.EqualValues(t, 200, e.GetResponse().GetResponseCode().GetValue(), "headers were sent")
+	require.NotNil(t, e.GetCommonProperties().GetTimeToFirstUpstreamTxByte())
+}
+
+func TestCheckFaults(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	rg.purser.decide = func(*authv3.CheckRequest) (*authv3.CheckResponse, error) {
+		time.Sleep(100 * time.Millisecond)
+		return okResponse(map[string]any{"reservation_id": "r"}), nil
+	}
+	rg.sim.SetCheckFault(func(r *http.Request) envoysim.CheckFault {
+		switch r.Header.Get("x-fault") {
+		case "timeout":
+			return envoysim.CheckFault{TimeoutAfter: 20 * time.Millisecond}
+		case "lose":
+			return envoysim.CheckFault{LoseAnswer: true}
+		}
+		return envoysim.CheckFault{}
+	})
+	for _, f := range []string{"timeout", "lose"} {
+		res := post(t, rg.sim.URL()+"/v1/chat/completions", `{"model":"gpt-4o-mini"}`, map[string]string{"x-fault": f})
+		require.Equal(t, http.StatusServiceUnavailable, res.StatusCode, f)
+	}
+	require.Empty(t, rg.fake.Requests())
+	require.EqualValues(t, 2, rg.sim.Stats().CheckError)
+}
+
+// TestALS_BatchingOverflowLossDuplicates drives the logger's batching and faults.
+func TestALS_BatchingOverflowLossDuplicates(t *testing.T) {
+	t.Parallel()
+	cfg, err := envoysim.LoadShipped()
+	require.NoError(t, err)
+	cfg.AccessLogs[0].FlushInterval = time.Hour // only size-triggered and explicit flushes
+	cfg.AccessLogs[0].BufferSize = 1000         // about three entries (~315 bytes each)
+	rg := startRig(t, cfg, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
+	get := func() {
+		res, err := http.Get(rg.sim.URL() + "/v1/models")
+		require.NoError(t, err)
+		res.Body.Close()
+	}
+	// Sink blocked: entries accumulate, then overflow is dropped.
+	rg.sim.BlockAccessLog(true)
+	for range 12 {
+		get()
+	}
+	rg.waitLogged(t, 12)
+	st := rg.sim.ALSStats()
+	require.Positive(t, st.Dropped, "buffer_size_bytes is also the drop threshold")
+	require.Positive(t, st.StreamFailures)
+	require.Zero(t, st.Flushed)
+	kept := rg.sim.PendingEntries()
+	require.Positive(t, kept)
+	require.EqualValues(t, 12, st.Written+st.Dropped)
+	// Back: the kept batch is delivered on a new stream whose first message has the identifier.
+	rg.sim.BlockAccessLog(false)
+	rg.sim.FlushAccessLogs()
+	rg.waitEntries(t, kept)
+	msgs := rg.purser.messages()
+	require.NotNil(t, msgs[0].GetIdentifier())
+
+	// A lost batch never arrives; the next stream starts with an identifier again.
+	before := len(rg.purser.entries())
+	opened := rg.sim.ALSStats().StreamsOpened
+	rg.sim.LoseAccessLogBatches(1)
+	get()
+	rg.waitLogged(t, 13)
+	rg.sim.FlushAccessLogs()
+	require.EqualValues(t, 1, rg.sim.ALSStats().Lost)
+	nmsgs := len(rg.purser.messages())
+	get() // one request per worker: the worker whose stream broke opens a new one
+	get()
+	rg.waitLogged(t, 15)
+	rg.sim.FlushAccessLogs()
+	rg.waitEntries(t, before+2)
+	require.Equal(t, opened+1, rg.sim.ALSStats().StreamsOpened)
+	withID := 0
+	for _, m := range rg.purser.messages()[nmsgs:] {
+		if m.GetIdentifier() != nil {
+			withID++
+		}
+	}
+	require.Equal(t, 1, withID, "exactly the new stream's first message carries the identifier")
+
+	// A duplicated batch arrives twice.
+	before = len(rg.purser.entries())
+	rg.sim.DuplicateAccessLogBatches(1)
+	get()
+	rg.waitLogged(t, 16)
+	rg.sim.FlushAccessLogs()
+	es := rg.waitEntries(t, before+2)
+	require.Equal(t, es[len(es)-1].GetRequest().GetRequestId(), es[len(es)-2].GetRequest().GetRequestId())
+}
+
+func envoysimFile(name string) ([]byte, error) {
+	return envoyFiles.ReadFile(name)
+}
