@@ -124,7 +124,8 @@ func (u CPUUse) Other() float64 {
 	if u.Wall <= 0 {
 		return 0
 	}
-	return (u.Machine - u.Server - u.DB - u.Self).Seconds() / u.Wall.Seconds()
+	// Counters tick every 10ms per process: clamp the rounding noise at zero.
+	return max(0, (u.Machine-u.Server-u.DB-u.Self).Seconds()/u.Wall.Seconds())
 }
 
 // Machine describes where the run happened.
