@@ -734,7 +734,7 @@ func (st *stream) write(b []byte) bool {
 	if f, ok := st.w.(http.Flusher); ok {
 		f.Flush()
 	}
-	if err != nil || st.r.Context().Err() != nil {
+	if err != nil { // bytes written are sent: a client closing right after is not a reset of them
 		st.downstreamGone()
 		return false
 	}

@@ -1,0 +1,507 @@
+package e2e_test
+
+// The end-to-end harness: the real purser binary (built once per run) on free ports, one
+// fresh Postgres schema per scenario, the fake LLM upstream, envoysim playing Envoy from
+// envoy/envoy.yaml, and the official OpenAI and Anthropic SDKs as callers.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/jackc/pgx/v5"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/e2e/envoysim"
+	"github.com/purser-dev/purser/e2e/fakellm"
+)
+
+// repoRoot is the module root (the directory above e2e/).
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	require.True(t, ok)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// buildPurser builds ./cmd/purser into dir (without -race: the binary under test is the
+// product as shipped; the suite's own code runs with -race).
+func buildPurser(t testing.TB, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "purser")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/purser")
+	cmd.Dir = repoRoot(t)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "go build ./cmd/purser:\n%s", out)
+	return bin
+}
+
+// freeAddr returns 127.0.0.1:port for a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// syncBuffer collects a subprocess's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// purserProc is one `purser serve` subprocess. Restarting keeps its ports, as a restarted
+// pod keeps its address behind Envoy's cluster.
+type purserProc struct {
+	t        *testing.T
+	bin, dsn string
+	args     []string
+	GRPCAddr string
+	HTTPAddr string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	logs []*syncBuffer
+}
+
+// startPurser starts `purser serve` on free ports (new ones if a port was taken meanwhile)
+// and waits until /readyz answers.
+func startPurser(t *testing.T, bin, dsn string, args ...string) *purserProc {
+	t.Helper()
+	var lastErr error
+	for range 5 {
+		p := &purserProc{t: t, bin: bin, dsn: dsn, args: args, GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t)}
+		if lastErr = p.start(); lastErr == nil {
+			t.Cleanup(p.cleanup)
+			return p
+		}
+	}
+	t.Fatalf("purser did not start: %v", lastErr)
+	return nil
+}
+
+func (p *purserProc) start() error {
+	log := &syncBuffer{}
+	args := append([]string{"serve", "-database-url", p.dsn, "-grpc-addr", p.GRPCAddr, "-http-addr", p.HTTPAddr, "-log-level", "debug"}, p.args...)
+	cmd := exec.Command(p.bin, args...)
+	cmd.Env = append(os.Environ(), "PURSER_ADMIN_TOKEN=")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.logs = append(p.logs, log)
+	p.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	client := &http.Client{Timeout: time.Second}
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return fmt.Errorf("purser exited: %s", tail(log.String(), 2000))
+		default:
+		}
+		if res, err := client.Get("http://" + p.HTTPAddr + "/readyz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a condition with a deadline
+	}
+	_ = cmd.Process.Kill()
+	<-done
+	return fmt.Errorf("purser not ready in 30s: %s", tail(log.String(), 2000))
+}
+
+// restart starts the process again on the same ports; a port briefly held by the old
+// process's sockets is retried.
+func (p *purserProc) restart() {
+	p.t.Helper()
+	var err error
+	for range 20 {
+		if err = p.start(); err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	p.t.Fatalf("purser restart: %v", err)
+}
+
+// kill sends SIGKILL and waits for the process to go.
+func (p *purserProc) kill() { p.signal(syscall.SIGKILL) }
+
+// stop sends SIGTERM (graceful shutdown) and waits.
+func (p *purserProc) stop() { p.signal(syscall.SIGTERM) }
+
+func (p *purserProc) signal(sig syscall.Signal) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (p *purserProc) cleanup() {
+	p.kill()
+	if p.t.Failed() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for i, l := range p.logs {
+			p.t.Logf("purser %s run %d log (tail):\n%s", p.GRPCAddr, i+1, tail(l.String(), 6000))
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// stack is one scenario's world.
+type stack struct {
+	t       *testing.T
+	bin     string
+	db      *pgtest.Schema
+	svc     *budget.Service
+	pursers []*purserProc
+	fake    *fakellm.Server
+	fakeURL string
+	sim     *envoysim.Sim
+	cat     *pricing.Catalog
+	secret  string // the shared secret of envoy.yaml's initial_metadata
+}
+
+type stackOpts struct {
+	replicas   int      // purser processes on the one schema (default 1)
+	purserArgs []string // extra `purser serve` flags
+	workers    int      // Envoy workers (default 2)
+	// wrapUpstream wraps the fake LLM handler (e.g. to stall a stream).
+	wrapUpstream func(http.Handler) http.Handler
+}
+
+func newStack(t *testing.T, bin string, o stackOpts) *stack {
+	t.Helper()
+	cfg, err := envoysim.LoadShipped()
+	require.NoError(t, err)
+	var secret string
+	for _, h := range cfg.ExtAuthz.InitialMetadata {
+		if h.GetKey() == "x-purser-secret" {
+			secret = h.GetValue()
+		}
+	}
+	require.NotEmpty(t, secret, "envoy.yaml sends the shared secret as initial_metadata")
+	db := pgtest.New(t)
+	st := &stack{t: t, bin: bin, db: db, secret: secret}
+	s := store.New(db.Pool)
+	st.svc = budget.New(s, s, budget.Config{})
+	st.cat, err = pricing.Embedded()
+	require.NoError(t, err)
+
+	st.fake = fakellm.New()
+	var h http.Handler = st.fake
+	if o.wrapUpstream != nil {
+		h = o.wrapUpstream(h)
+	}
+	up := httptest.NewServer(h)
+	t.Cleanup(up.Close)
+	st.fakeURL = up.URL
+
+	if o.replicas <= 0 {
+		o.replicas = 1
+	}
+	// purser's default 150 ms Check deadline assumes a quiet machine; this suite runs many
+	// processes under -race on two cores. 450 ms stays below envoy.yaml's 0.5 s timeout, so
+	// purser still answers before Envoy gives up. Scenarios may override it.
+	args := append([]string{"-shared-secret", secret, "-check-timeout", "450ms"}, o.purserArgs...)
+	var addrs []string
+	for range o.replicas {
+		p := startPurser(t, bin, db.ConnString, args...)
+		st.pursers = append(st.pursers, p)
+		addrs = append(addrs, p.GRPCAddr)
+	}
+	st.sim, err = envoysim.New(envoysim.Options{
+		Config: cfg, GRPC: map[string][]string{cfg.ExtAuthz.Cluster: addrs}, Upstream: up.URL, Workers: o.workers,
+		Logf: func(f string, a ...any) { t.Logf(f, a...) },
+	})
+	require.NoError(t, err)
+	require.NoError(t, st.sim.Start())
+	t.Cleanup(st.sim.Close)
+	return st
+}
+
+// key creates an API key owned by the given subjects and returns its id and secret.
+func (st *stack) key(name string, subjects ...string) (string, string) {
+	st.t.Helper()
+	k, secret, err := st.svc.CreateKey(context.Background(), "e2e", budget.KeySpec{Name: name, Subjects: subjects})
+	require.NoError(st.t, err)
+	return k.ID, secret
+}
+
+// budget creates a hard USD budget (limit in micro-USD) on subject over window.
+func (st *stack) budget(name, subject string, limit int64, window string) int64 {
+	st.t.Helper()
+	b, err := st.svc.CreateBudget(context.Background(), "e2e", budget.Definition{
+		Name: name, Subject: subject, Unit: "usd", Limit: limit, Window: window, Hard: true,
+	})
+	require.NoError(st.t, err)
+	return b.ID
+}
+
+func (st *stack) openai(secret string, headers map[string]string) *openai.Client {
+	opts := []option.RequestOption{
+		option.WithBaseURL(st.sim.URL() + "/v1/"),
+		option.WithAPIKey(secret),
+		option.WithMaxRetries(0),
+		option.WithHTTPClient(&http.Client{Timeout: time.Minute}),
+	}
+	for k, v := range headers {
+		opts = append(opts, option.WithHeader(k, v))
+	}
+	c := openai.NewClient(opts...)
+	return &c
+}
+
+func (st *stack) anthropic(secret string, headers map[string]string) *anthropic.Client {
+	opts := []aoption.RequestOption{
+		aoption.WithBaseURL(st.sim.URL()),
+		aoption.WithAPIKey(secret),
+		aoption.WithMaxRetries(0),
+		aoption.WithHTTPClient(&http.Client{Timeout: time.Minute}),
+	}
+	for k, v := range headers {
+		opts = append(opts, aoption.WithHeader(k, v))
+	}
+	c := anthropic.NewClient(opts...)
+	return &c
+}
+
+// reservation is a reservations row as the tests read it.
+type reservation struct {
+	ID, State, Cause string
+	Hold             int64
+	Actual           *int64
+	RequestID        string
+}
+
+// reservationsFor returns the reservations made for an x-request-id.
+func (st *stack) reservationsFor(requestID string) []reservation {
+	st.t.Helper()
+	rows, err := st.db.Pool.Query(context.Background(),
+		`SELECT id::text, state, coalesce(cause, ''), hold_cost, actual_cost, coalesce(request_id, '') FROM reservations WHERE request_id = $1 ORDER BY created_at`, requestID)
+	require.NoError(st.t, err)
+	rs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (reservation, error) {
+		var x reservation
+		err := r.Scan(&x.ID, &x.State, &x.Cause, &x.Hold, &x.Actual, &x.RequestID)
+		return x, err
+	})
+	require.NoError(st.t, err)
+	return rs
+}
+
+// allReservations returns every non-unreserved reservation.
+func (st *stack) allReservations() []reservation {
+	st.t.Helper()
+	rows, err := st.db.Pool.Query(context.Background(),
+		`SELECT id::text, state, coalesce(cause, ''), hold_cost, actual_cost, coalesce(request_id, '') FROM reservations WHERE NOT unreserved ORDER BY created_at`)
+	require.NoError(st.t, err)
+	rs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (reservation, error) {
+		var x reservation
+		err := r.Scan(&x.ID, &x.State, &x.Cause, &x.Hold, &x.Actual, &x.RequestID)
+		return x, err
+	})
+	require.NoError(st.t, err)
+	return rs
+}
+
+// window returns a budget's posted and pending over all its windows.
+func (st *stack) window(budgetID int64) (posted, pending int64) {
+	st.t.Helper()
+	err := st.db.Pool.QueryRow(context.Background(),
+		`SELECT coalesce(sum(posted), 0)::bigint, coalesce(sum(pending), 0)::bigint FROM budget_windows WHERE budget_id = $1`, budgetID).Scan(&posted, &pending)
+	require.NoError(st.t, err)
+	return posted, pending
+}
+
+// expireNow moves reservations' deadlines into the past; purser's sweeper (run with a short
+// -sweep-interval) then expires them, charging the hold.
+func (st *stack) expireNow(ids ...string) {
+	st.t.Helper()
+	_, err := st.db.Pool.Exec(context.Background(),
+		`UPDATE reservations SET expires_at = now() - interval '1 second' WHERE state = 'pending' AND id::text = ANY($1)`, ids)
+	require.NoError(st.t, err)
+}
+
+// eventually polls cond until it holds or the deadline passes (never a bare sleep).
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %s (last state: %s)", what, timeout, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitState waits until the reservation of requestID is in one of the states.
+func (st *stack) waitState(requestID string, states ...string) reservation {
+	st.t.Helper()
+	var got reservation
+	eventually(st.t, 20*time.Second, "reservation of "+requestID+" in "+strings.Join(states, "|"), func() (bool, string) {
+		rs := st.reservationsFor(requestID)
+		if len(rs) != 1 {
+			return false, fmt.Sprintf("%d reservations", len(rs))
+		}
+		got = rs[0]
+		for _, s := range states {
+			if got.State == s {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%+v", got)
+	})
+	return got
+}
+
+// verify runs `purser verify` (the binary) on the scenario's schema: it must exit 0.
+func (st *stack) verify() {
+	st.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, st.bin, "verify", "-database-url", st.db.ConnString).CombinedOutput()
+	require.NoError(st.t, err, "purser verify:\n%s", out)
+	require.Contains(st.t, string(out), "ledger reconciles")
+}
+
+// price is what the fake provider's reported usage costs, priced with the catalog (an
+// independent path from purser's: the fake's own counts, not the access-log metadata).
+func (st *stack) price(rec fakellm.Record) int64 {
+	st.t.Helper()
+	r := rec.Reported
+	provider := "openai"
+	u := pricing.Usage{InputTokens: r.InputTokens, OutputTokens: r.OutputTokens, CacheReadTokens: r.CachedTokens, ReasoningTokens: r.ReasoningTokens}
+	if rec.API == "anthropic" {
+		provider = "anthropic"
+		// Anthropic's input_tokens excludes cache reads and writes; the catalog's total includes them.
+		u = pricing.Usage{InputTokens: r.InputTokens + r.CachedTokens + r.CacheCreationTokens, OutputTokens: r.OutputTokens,
+			CacheReadTokens: r.CachedTokens, CacheWriteTokens: r.CacheCreationTokens, ReasoningTokens: r.ReasoningTokens}
+	}
+	m, ok := st.cat.Lookup(provider, rec.Model)
+	require.True(st.t, ok, "catalog has %s/%s", provider, rec.Model)
+	c, err := m.CostAt(u, time.Now())
+	require.NoError(st.t, err)
+	return c.Total
+}
+
+// record returns the fake's record of the request with this x-request-id.
+func (st *stack) record(requestID string) fakellm.Record {
+	st.t.Helper()
+	for _, r := range st.fake.Requests() {
+		if r.RequestID == requestID {
+			return r
+		}
+	}
+	st.t.Fatalf("the fake upstream never saw request %s", requestID)
+	return fakellm.Record{}
+}
+
+// lastRequestID is the x-request-id of the most recent request the fake served.
+func (st *stack) lastRequestID() string {
+	st.t.Helper()
+	recs := st.fake.Requests()
+	require.NotEmpty(st.t, recs)
+	return recs[len(recs)-1].RequestID
+}
+
+// entryFor finds envoysim's access-log entry for a request by a predicate on the entry's
+// request/response (for requests that never reached the fake).
+func (st *stack) requestIDsWithDetails(details string) []string {
+	var out []string
+	for _, e := range st.sim.Entries() {
+		if e.GetResponse().GetResponseCodeDetails() == details {
+			out = append(out, e.GetRequest().GetRequestId())
+		}
+	}
+	return out
+}
+
+// assertSettledAtReportedPrice checks a request's reservation settled with exactly what the
+// fake reported, priced, and that it was below the hold (a refund) or reports an overrun.
+func (st *stack) assertSettledAtReportedPrice(requestID string) reservation {
+	st.t.Helper()
+	r := st.waitState(requestID, "settled")
+	rec := st.record(requestID)
+	require.True(st.t, rec.Complete, "the fake finished the response")
+	require.Equal(st.t, "usage", r.Cause, "settled from the reported usage")
+	require.NotNil(st.t, r.Actual)
+	require.Equal(st.t, st.price(rec), *r.Actual, "actual cost = the fake's reported usage, priced")
+	return r
+}
+
+func errorsAs[T error](err error) (T, bool) {
+	var target T
+	ok := errors.As(err, &target)
+	return target, ok
+}
+
+func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }

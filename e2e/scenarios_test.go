@@ -1,0 +1,762 @@
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/e2e/envoysim"
+	"github.com/purser-dev/purser/e2e/fakellm"
+)
+
+// TestPurserBehindEnvoy runs purser's end-to-end scenarios: the real binary, envoysim
+// playing envoy/envoy.yaml, the fake LLM upstream and the official SDKs. The binary is built
+// once; scenarios run in parallel, each on its own schema and processes.
+func TestPurserBehindEnvoy(t *testing.T) {
+	bin := buildPurser(t, t.TempDir())
+	scenarios := []struct {
+		name string
+		run  func(*testing.T, string)
+	}{
+		{"RefundBelowHold", scenarioRefund},
+		{"DenyAtLimit", scenarioDeny},
+		{"StreamingSettle", scenarioStreaming},
+		{"ClientDisconnectMidStream", scenarioDisconnect},
+		{"EnvoyCheckTimeout", scenarioCheckTimeout},
+		{"AccessLogDownAndBack", scenarioALSDown},
+		{"DuplicatedAccessLogBatches", scenarioDuplicates},
+		{"PurserKilledUnderLoad", scenarioKill},
+		{"TwoReplicasOneBudget", scenarioReplicas},
+		{"RealEnvoy", scenarioRealEnvoy},
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			sc.run(t, bin)
+		})
+	}
+}
+
+func chat(maxTokens int64) openai.ChatCompletionNewParams {
+	p := openai.ChatCompletionNewParams{
+		Model:    "gpt-4o-mini",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello")},
+	}
+	if maxTokens > 0 {
+		p.MaxTokens = openai.Int(maxTokens)
+	}
+	return p
+}
+
+func messages(maxTokens int64) anthropic.MessageNewParams {
+	return anthropic.MessageNewParams{
+		Model:     "claude-sonnet-4-5",
+		MaxTokens: maxTokens,
+		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Say hello"))},
+	}
+}
+
+func usage(in, out int) map[string]string {
+	return map[string]string{fakellm.HeaderInputTokens: strconv.Itoa(in), fakellm.HeaderOutputTokens: strconv.Itoa(out)}
+}
+
+// 1. Allowed, settled below the hold: the difference is refunded.
+func scenarioRefund(t *testing.T, bin string) {
+	st := newStack(t, bin, stackOpts{})
+	ctx := context.Background()
+	keyID, secret := st.key("refund", "team:refund")
+	team := st.budget("team daily", "team:refund", 1_000_000, "day")
+	key := st.budget("key daily", "key:"+keyID, 500_000, "day")
+
+	var httpRes *http.Response
+	resp, err := st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500), option.WithResponseInto(&httpRes))
+	require.NoError(t, err)
+	require.EqualValues(t, 40, resp.Usage.PromptTokens)
+	require.NotEmpty(t, httpRes.Header.Get("x-budget-remaining"), "ext_authz response_headers_to_add reach the client")
+	r1 := st.assertSettledAtReportedPrice(st.lastRequestID())
+	require.EqualValues(t, 42, *r1.Actual, "by hand: 40 x $0.15/M + 60 x $0.60/M = 6 + 36 micro-USD")
+	require.Greater(t, r1.Hold, *r1.Actual, "the hold is the worst case (500 output tokens)")
+
+	msg, err := st.anthropic(secret, usage(30, 20)).Messages.New(ctx, messages(1024))
+	require.NoError(t, err)
+	require.EqualValues(t, 20, msg.Usage.OutputTokens)
+	r2 := st.assertSettledAtReportedPrice(st.lastRequestID())
+	require.EqualValues(t, 390, *r2.Actual, "by hand: 30 x $3/M + 20 x $15/M = 90 + 300 micro-USD")
+	require.Greater(t, r2.Hold, *r2.Actual)
+
+	for _, b := range []int64{team, key} {
+		posted, pending := st.window(b)
+		require.EqualValues(t, 42+390, posted, "posted = the real costs, the rest of the holds released")
+		require.Zero(t, pending)
+	}
+	st.verify()
+}
+
+// gate holds upstream requests that carry x-e2e-gate until released (or their client goes).
+type gate struct {
+	once    sync.Once
+	release chan struct{}
+	waiting atomic.Int64
+}
+
+func newGate() *gate { return &gate{release: make(chan struct{})} }
+
+func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
+
+func (g *gate) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("x-e2e-gate") != "" {
+			g.waiting.Add(1)
+			select {
+			case <-g.release:
+			case <-r.Context().Done():
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// 2. Denied at the limit: pending holds count; the SDKs raise their own 429 errors.
+func scenarioDeny(t *testing.T, bin string) {
+	g := newGate()
+	defer g.open()
+	st := newStack(t, bin, stackOpts{wrapUpstream: g.wrap})
+	ctx := context.Background()
+	keyID, secret := st.key("deny")
+	// $0.001. One gpt-4o-mini call capped at 1000 output tokens holds 600 micros plus its
+	// (tiny) input estimate: one fits, two do not.
+	b := st.budget("key tiny", "key:"+keyID, 1000, "day")
+
+	// A is admitted and held upstream, its hold pending.
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := st.openai(secret, map[string]string{"x-e2e-gate": "1", fakellm.HeaderInputTokens: "20", fakellm.HeaderOutputTokens: "30"}).
+			Chat.Completions.New(ctx, chat(1000))
+		aDone <- err
+	}()
+	eventually(t, 20*time.Second, "A's hold pending", func() (bool, string) {
+		_, pending := st.window(b)
+		return pending > 0 && g.waiting.Load() == 1, fmt.Sprintf("pending=%d", pending)
+	})
+	_, pendingA := st.window(b)
+	require.True(t, pendingA >= 600 && pendingA < 700, "hold %d", pendingA)
+
+	// B, identical, does not fit next to A's hold: 429 from purser, in OpenAI's format.
+	before := st.fake.Count()
+	_, err := st.openai(secret, nil).Chat.Completions.New(ctx, chat(1000))
+	apiErr, ok := errorsAs[*openai.Error](err)
+	require.True(t, ok, "openai SDK error type, got %T %v", err, err)
+	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
+	require.Equal(t, "insufficient_quota", apiErr.Type)
+	require.Contains(t, apiErr.Message, `budget "key tiny"`, "names the budget")
+	reset := apiErr.Response.Header.Get("x-budget-reset")
+	_, perr := time.Parse(time.RFC3339, reset)
+	require.NoError(t, perr, "x-budget-reset %q", reset)
+	require.Contains(t, apiErr.Message, reset, "names the reset time")
+	ra, err := strconv.Atoi(apiErr.Response.Header.Get("retry-after"))
+	require.NoError(t, err, "retry-after present")
+	require.Positive(t, ra)
+
+	// Anthropic caller, a worst case above the whole limit: rate_limit_error.
+	_, err = st.anthropic(secret, nil).Messages.New(ctx, messages(1024))
+	aErr, ok := errorsAs[*anthropic.Error](err)
+	require.True(t, ok, "anthropic SDK error type, got %T %v", err, err)
+	require.Equal(t, http.StatusTooManyRequests, aErr.StatusCode)
+	require.EqualValues(t, "rate_limit_error", aErr.Type())
+	require.NotEmpty(t, aErr.Response.Header.Get("retry-after"))
+	require.Equal(t, before, st.fake.Count(), "denied requests never reach the provider")
+
+	// A finishes and settles; C fits beside A's real cost; D (worst case above the limit) never fits.
+	g.open()
+	require.NoError(t, <-aDone)
+	reqA := st.lastRequestID()
+	rA := st.assertSettledAtReportedPrice(reqA)
+	_, err = st.openai(secret, usage(20, 30)).Chat.Completions.New(ctx, chat(1000))
+	require.NoError(t, err, "posted %d + one hold fits in 1000", *rA.Actual)
+	rC := st.assertSettledAtReportedPrice(st.lastRequestID())
+	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, chat(2000))
+	apiErr, ok = errorsAs[*openai.Error](err)
+	require.True(t, ok)
+	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
+
+	posted, pending := st.window(b)
+	require.Equal(t, *rA.Actual+*rC.Actual, posted)
+	require.Zero(t, pending)
+	require.Len(t, st.allReservations(), 2, "denials hold nothing")
+	st.verify()
+}
+
+// 3. Streams settle from the usage sse_to_metadata extracted; a stream without usage is
+// charged its hold, never zero.
+func scenarioStreaming(t *testing.T, bin string) {
+	st := newStack(t, bin, stackOpts{})
+	ctx := context.Background()
+	keyID, secret := st.key("stream")
+	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
+
+	p := chat(500)
+	p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	s := st.openai(secret, map[string]string{fakellm.HeaderInputTokens: "1200", fakellm.HeaderOutputTokens: "300", fakellm.HeaderCachedTokens: "1000"}).
+		Chat.Completions.NewStreaming(ctx, p)
+	var acc openai.ChatCompletionAccumulator
+	for s.Next() {
+		acc.AddChunk(s.Current())
+	}
+	require.NoError(t, s.Err())
+	require.EqualValues(t, 300, acc.Usage.CompletionTokens)
+	rOpenAI := st.assertSettledAtReportedPrice(st.lastRequestID())
+	// by hand: 200 uncached x $0.15/M + 1000 cached x $0.075/M + 300 x $0.60/M = 30 + 75 + 180
+	require.EqualValues(t, 285, *rOpenAI.Actual)
+
+	as := st.anthropic(secret, map[string]string{fakellm.HeaderInputTokens: "800", fakellm.HeaderOutputTokens: "40",
+		fakellm.HeaderCachedTokens: "2000", fakellm.HeaderCacheCreationTokens: "100"}).Messages.NewStreaming(ctx, messages(256))
+	var msg anthropic.Message
+	for as.Next() {
+		require.NoError(t, msg.Accumulate(as.Current()))
+	}
+	require.NoError(t, as.Err())
+	require.EqualValues(t, 40, msg.Usage.OutputTokens)
+	rAnthropic := st.assertSettledAtReportedPrice(st.lastRequestID())
+	// by hand: 800 x $3/M + 2000 x $0.30/M + 100 x $3.75/M + 40 x $15/M = 2400 + 600 + 375 + 600
+	require.EqualValues(t, 3975, *rAnthropic.Actual)
+
+	// OpenAI stream without include_usage: no usage anywhere, the hold is charged.
+	s = st.openai(secret, usage(10, 10)).Chat.Completions.NewStreaming(ctx, chat(100))
+	for s.Next() {
+	}
+	require.NoError(t, s.Err())
+	r := st.waitState(st.lastRequestID(), "settled")
+	// openai-go closes the connection as soon as it reads "data: [DONE]", which may be before
+	// Envoy saw the upstream's end of stream: then the entry says downstream_remote_reset.
+	require.Contains(t, []string{"missing_usage", "cut_off:downstream_remote_reset"}, r.Cause)
+	require.Equal(t, r.Hold, *r.Actual, "unknown usage is charged the hold, never zero")
+
+	posted, pending := st.window(b)
+	require.Equal(t, *rOpenAI.Actual+*rAnthropic.Actual+r.Hold, posted)
+	require.Zero(t, pending)
+	st.verify()
+}
+
+// stallAfter lets x-e2e-stall-after: N writes of a response through, then blocks until the
+// request's context ends (the proxy reset the upstream after its client went away).
+func stallAfter(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.Header.Get("x-e2e-stall-after"))
+		if err != nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(&stallWriter{ResponseWriter: w, left: n, ctx: r.Context()}, r)
+	})
+}
+
+type stallWriter struct {
+	http.ResponseWriter
+	left int
+	ctx  context.Context
+}
+
+func (s *stallWriter) Write(b []byte) (int, error) {
+	if s.left == 0 {
+		<-s.ctx.Done()
+		return 0, s.ctx.Err()
+	}
+	s.left--
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *stallWriter) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// 4. The client disconnects mid-stream: the provider may have billed, the usage is unknown
+// or partial: the reservation is charged its hold, never settled free.
+func scenarioDisconnect(t *testing.T, bin string) {
+	st := newStack(t, bin, stackOpts{wrapUpstream: stallAfter})
+	keyID, secret := st.key("disconnect")
+	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
+	hdr := map[string]string{"x-e2e-stall-after": "3", fakellm.HeaderInputTokens: "50", fakellm.HeaderOutputTokens: "400"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	p := chat(500)
+	p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	s := st.openai(secret, hdr).Chat.Completions.NewStreaming(ctx, p)
+	for i := 0; i < 2; i++ {
+		require.True(t, s.Next(), "event %d: %v", i, s.Err())
+	}
+	cancel() // the caller gives up after two events
+	_ = s.Close()
+
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	as := st.anthropic(secret, hdr).Messages.NewStreaming(ctx2, messages(500))
+	for i := 0; i < 2; i++ { // message_start (with input usage) and content_block_start
+		require.True(t, as.Next(), "event %d: %v", i, as.Err())
+	}
+	cancel2()
+	_ = as.Close()
+
+	eventually(t, 20*time.Second, "both streams recorded as cut by the fake", func() (bool, string) {
+		return len(st.fake.Requests()) == 2, fmt.Sprint(len(st.fake.Requests()))
+	})
+	var holds int64
+	for _, rec := range st.fake.Requests() {
+		require.False(t, rec.Complete)
+		r := st.waitState(rec.RequestID, "settled", "expired")
+		require.Equal(t, "settled", r.State)
+		require.Equal(t, r.Hold, *r.Actual, "%s: charged the hold (cause %s)", rec.API, r.Cause)
+		require.NotEqual(t, "usage", r.Cause)
+		holds += r.Hold
+	}
+	var resets int
+	for _, e := range st.sim.Entries() {
+		if e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset() {
+			resets++
+		}
+	}
+	require.Equal(t, 2, resets, "Envoy logged both as downstream_remote_reset")
+	posted, pending := st.window(b)
+	require.Equal(t, holds, posted)
+	require.Zero(t, pending)
+	st.verify()
+}
+
+// 5. Envoy times out a Check whose hold then commits: the client gets 503 (fail closed), and
+// the reservation ends voided (purser's caller-gone void, or the x-request-id fallback on
+// the ext_authz_error entry): never charged, never settled as spend.
+func scenarioCheckTimeout(t *testing.T, bin string) {
+	// purser's own deadline far above Envoy's 0.5 s: Envoy gives up first.
+	st := newStack(t, bin, stackOpts{purserArgs: []string{"-check-timeout", "2s"}})
+	ctx := context.Background()
+	keyID, secret := st.key("timeout")
+	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
+	st.sim.SetCheckFault(func(r *http.Request) envoysim.CheckFault {
+		switch r.Header.Get("x-e2e-fault") {
+		case "envoy-timeout":
+			return envoysim.CheckFault{TimeoutAfter: 300 * time.Millisecond}
+		case "late-answer":
+			return envoysim.CheckFault{LoseAnswer: true}
+		}
+		return envoysim.CheckFault{}
+	})
+	_, err := st.openai(secret, usage(10, 10)).Chat.Completions.New(ctx, chat(100)) // creates the window row
+	require.NoError(t, err)
+	warm := st.assertSettledAtReportedPrice(st.lastRequestID())
+	served := st.fake.Count()
+
+	requireFailClosed := func(err error) {
+		t.Helper()
+		apiErr, ok := errorsAs[*openai.Error](err)
+		require.True(t, ok, "got %T %v", err, err)
+		require.Equal(t, http.StatusServiceUnavailable, apiErr.StatusCode, "status_on_error")
+		require.Equal(t, "budget_service_unavailable", apiErr.Code, "local_reply_config body")
+		require.Equal(t, "1", apiErr.Response.Header.Get("retry-after"))
+	}
+
+	// (a) The budget's window row is locked: purser's reservation waits; Envoy's timer fires
+	// and cancels the call; the hold commits once the lock goes, for a caller that is gone.
+	tx, err := st.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, b)
+	require.NoError(t, err)
+	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "envoy-timeout"}).Chat.Completions.New(ctx, chat(100))
+	requireFailClosed(err)
+	var idA string
+	eventually(t, 10*time.Second, "the ext_authz_error entry delivered", func() (bool, string) {
+		ids := st.requestIDsWithDetails("ext_authz_error")
+		if len(ids) != 1 {
+			return false, fmt.Sprint(ids)
+		}
+		idA = ids[0]
+		for _, d := range st.sim.Deliveries() {
+			if d.RequestID == idA {
+				return true, ""
+			}
+		}
+		return false, "not delivered yet"
+	})
+	require.NoError(t, tx.Rollback(ctx)) // the database answers again
+	rA := st.waitState(idA, "voided", "expired")
+	require.Equal(t, "voided", rA.State, "cause %s", rA.Cause)
+
+	// (b) The Check completes and commits at purser but its answer reaches Envoy too late:
+	// the ext_authz_error entry has no reservation id; the x-request-id fallback voids it.
+	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "late-answer"}).Chat.Completions.New(ctx, chat(100))
+	requireFailClosed(err)
+	var idB string
+	eventually(t, 10*time.Second, "second ext_authz_error entry", func() (bool, string) {
+		for _, id := range st.requestIDsWithDetails("ext_authz_error") {
+			if id != idA {
+				idB = id
+				return true, ""
+			}
+		}
+		return false, ""
+	})
+	rB := st.waitState(idB, "voided", "expired")
+	require.Equal(t, "voided", rB.State)
+	require.True(t, strings.HasPrefix(rB.Cause, "request_id_join:"), "voided through the x-request-id fallback, cause %q", rB.Cause)
+
+	require.Equal(t, served, st.fake.Count(), "nothing reached the provider without a decision")
+	posted, pending := st.window(b)
+	require.Equal(t, *warm.Actual, posted, "the timed-out requests cost nothing")
+	require.Zero(t, pending)
+	st.verify()
+}
+
+// 6. The access-log sink is down (and purser restarts) between the response and the flush:
+// expiry charges the hold; the late entry, once delivered, settles the real cost and
+// refunds the difference. A batch lost with a broken stream stays charged at the hold.
+func scenarioALSDown(t *testing.T, bin string) {
+	st := newStack(t, bin, stackOpts{purserArgs: []string{"-sweep-interval", "100ms"}})
+	ctx := context.Background()
+	keyID, secret := st.key("als")
+	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
+
+	st.sim.BlockAccessLog(true)
+	_, err := st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500))
+	require.NoError(t, err)
+	idA := st.lastRequestID()
+	eventually(t, 10*time.Second, "A's entry buffered in Envoy", func() (bool, string) {
+		return st.sim.PendingEntries() == 1 && st.sim.ALSStats().StreamFailures > 0, fmt.Sprint(st.sim.PendingEntries())
+	})
+	st.pursers[0].stop() // purser restarts while the entry waits in Envoy's buffer
+	st.pursers[0].restart()
+	rs := st.reservationsFor(idA)
+	require.Len(t, rs, 1)
+	require.Equal(t, "pending", rs[0].State)
+	st.expireNow(rs[0].ID)
+	st.waitState(idA, "expired")
+	posted, pending := st.window(b)
+	require.Equal(t, rs[0].Hold, posted, "expiry charges the whole hold")
+	require.Zero(t, pending)
+
+	st.sim.BlockAccessLog(false) // the sink is back: the next flush delivers the late entry
+	rA := st.assertSettledAtReportedPrice(idA)
+	posted, _ = st.window(b)
+	require.Equal(t, *rA.Actual, posted, "the late entry refunded the difference")
+
+	// A batch handed to a stream that breaks is lost: only expiry resolves it.
+	st.sim.LoseAccessLogBatches(1)
+	_, err = st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500))
+	require.NoError(t, err)
+	idB := st.lastRequestID()
+	eventually(t, 10*time.Second, "B's batch lost", func() (bool, string) {
+		return st.sim.ALSStats().Lost == 1, fmt.Sprintf("%+v", st.sim.ALSStats())
+	})
+	rB := st.reservationsFor(idB)
+	require.Len(t, rB, 1)
+	st.expireNow(rB[0].ID)
+	st.waitState(idB, "expired")
+	// A later request on a fresh stream still settles normally.
+	_, err = st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500))
+	require.NoError(t, err)
+	rC := st.assertSettledAtReportedPrice(st.lastRequestID())
+	require.Equal(t, "expired", st.reservationsFor(idB)[0].State, "no entry ever came for B")
+	posted, pending = st.window(b)
+	require.Equal(t, *rA.Actual+rB[0].Hold+*rC.Actual, posted)
+	require.Zero(t, pending)
+	st.verify()
+}
+
+// 7. Duplicated access-log batches (every batch sent twice, then everything replayed on a
+// new stream): each reservation is settled once.
+func scenarioDuplicates(t *testing.T, bin string) {
+	st := newStack(t, bin, stackOpts{})
+	ctx := context.Background()
+	keyID, secret := st.key("dups")
+	b := st.budget("key daily", "key:"+keyID, 10_000_000, "day")
+	st.sim.DuplicateAccessLogBatches(1000)
+	var ids []string
+	for i := range 6 {
+		hdr := usage(10+i, 20+i)
+		if i%2 == 0 {
+			_, err := st.openai(secret, hdr).Chat.Completions.New(ctx, chat(300))
+			require.NoError(t, err)
+		} else {
+			as := st.anthropic(secret, hdr).Messages.NewStreaming(ctx, messages(300))
+			for as.Next() {
+			}
+			require.NoError(t, as.Err())
+		}
+		ids = append(ids, st.lastRequestID())
+	}
+	var want int64
+	for _, id := range ids {
+		want += *st.assertSettledAtReportedPrice(id).Actual
+	}
+	st.sim.BreakAccessLogStreams()
+	require.NoError(t, st.sim.ReplayAccessLogs())
+	// purser counts each entry it judged (copies included): wait until it judged every copy
+	// (each request twice, then once more replayed), then push a sentinel through.
+	copies := int64(3 * len(ids))
+	eventually(t, 20*time.Second, "purser judged every copy", func() (bool, string) {
+		n := metricSum(t, st.pursers[0].HTTPAddr, "purser_accesslog_entries_total", `outcome="settled"`)
+		return n >= copies, fmt.Sprint(n)
+	})
+	_, err := st.openai(secret, usage(5, 5)).Chat.Completions.New(ctx, chat(300))
+	require.NoError(t, err)
+	want += *st.assertSettledAtReportedPrice(st.lastRequestID()).Actual
+	for _, id := range ids {
+		r := st.reservationsFor(id)
+		require.Len(t, r, 1)
+		require.Equal(t, "settled", r[0].State)
+	}
+	posted, pending := st.window(b)
+	require.Equal(t, want, posted, "nothing charged twice")
+	require.Zero(t, pending)
+	st.verify()
+}
+
+// metricSum adds up a Prometheus counter's samples whose labels contain match.
+func metricSum(t *testing.T, httpAddr, name, match string) int64 {
+	t.Helper()
+	res, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer res.Body.Close()
+	var total float64
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, match) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			total += v
+		}
+	}
+	return int64(total)
+}
+
+// 8. purser is SIGKILLed under load and restarted: requests during the outage fail closed
+// (503, nothing forwarded); every forwarded request ends settled at its reported price or
+// (entry lost with the dead process) expired at its hold; entries delivered on streams that
+// never broke are all settled.
+func scenarioKill(t *testing.T, bin string) {
+	st := newStack(t, bin, stackOpts{purserArgs: []string{"-sweep-interval", "100ms"}})
+	keyID, secret := st.key("kill")
+	b := st.budget("key daily", "key:"+keyID, 100_000_000, "day")
+
+	var ok, failed, other atomic.Int64
+	var otherMu sync.Mutex
+	var otherErrs []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				hdr := usage(10+w, 10+i%7)
+				var err error
+				if (w+i)%2 == 0 {
+					_, err = st.openai(secret, hdr).Chat.Completions.New(context.Background(), chat(200))
+				} else {
+					p := chat(200)
+					p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+					s := st.openai(secret, hdr).Chat.Completions.NewStreaming(context.Background(), p)
+					for s.Next() {
+					}
+					err = s.Err()
+				}
+				if err == nil {
+					ok.Add(1)
+					continue
+				}
+				if e, isAPI := errorsAs[*openai.Error](err); isAPI && e.StatusCode == http.StatusServiceUnavailable {
+					failed.Add(1)
+					continue
+				}
+				other.Add(1)
+				otherMu.Lock()
+				otherErrs = append(otherErrs, err.Error())
+				otherMu.Unlock()
+			}
+		}()
+	}
+	stopLoad := func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+			wg.Wait()
+		}
+	}
+	defer stopLoad()
+	eventually(t, 60*time.Second, "load before the kill", func() (bool, string) { return ok.Load() >= 20, fmt.Sprint(ok.Load()) })
+	st.pursers[0].kill()
+	eventually(t, 60*time.Second, "requests failing closed", func() (bool, string) { return failed.Load() >= 8, fmt.Sprint(failed.Load()) })
+	okAtRestart := ok.Load()
+	st.pursers[0].restart()
+	eventually(t, 60*time.Second, "load after the restart", func() (bool, string) {
+		return ok.Load() >= okAtRestart+20, fmt.Sprint(ok.Load())
+	})
+	stopLoad()
+	require.Zero(t, other.Load(), "every failure is a fail-closed 503: %v", otherErrs)
+	require.EqualValues(t, ok.Load(), st.fake.Count(), "only admitted requests reached the provider")
+
+	// Entries still buffered in Envoy are delivered to the restarted purser.
+	eventually(t, 20*time.Second, "Envoy's buffers empty", func() (bool, string) {
+		return st.sim.PendingEntries() == 0, fmt.Sprint(st.sim.PendingEntries())
+	})
+	deliveredOK := map[string]bool{} // delivered on a stream that never broke
+	for _, d := range st.sim.Deliveries() {
+		if !d.Broken {
+			deliveredOK[d.RequestID] = true
+		}
+	}
+	recs := st.fake.Requests()
+	eventually(t, 30*time.Second, "every cleanly delivered entry settled", func() (bool, string) {
+		for _, rec := range recs {
+			if !deliveredOK[rec.RequestID] {
+				continue
+			}
+			rs := st.reservationsFor(rec.RequestID)
+			if len(rs) != 1 || rs[0].State != "settled" {
+				return false, fmt.Sprintf("%s: %+v", rec.RequestID, rs)
+			}
+		}
+		return true, ""
+	})
+	// What died with the process (entries in its queue, batches on its broken streams)
+	// expires and is charged the hold.
+	var stale []string
+	for _, r := range st.allReservations() {
+		if r.State == "pending" {
+			stale = append(stale, r.ID)
+		}
+	}
+	st.expireNow(stale...)
+	eventually(t, 20*time.Second, "nothing pending", func() (bool, string) {
+		_, pending := st.window(b)
+		return pending == 0, fmt.Sprint(pending)
+	})
+	var want, settled, expired int64
+	for _, rec := range recs {
+		require.True(t, rec.Complete)
+		rs := st.reservationsFor(rec.RequestID)
+		require.Len(t, rs, 1, "one reservation per forwarded request")
+		r := rs[0]
+		switch r.State {
+		case "settled":
+			require.Equal(t, "usage", r.Cause)
+			require.Equal(t, st.price(rec), *r.Actual)
+			want += *r.Actual
+			settled++
+		case "expired":
+			require.False(t, deliveredOK[rec.RequestID], "a cleanly delivered entry was lost")
+			want += r.Hold
+			expired++
+		default:
+			t.Fatalf("forwarded request %s ended %s (%s): it may not be free", rec.RequestID, r.State, r.Cause)
+		}
+	}
+	// Requests that failed closed: any hold their Check committed was voided or expired.
+	served := map[string]bool{}
+	for _, rec := range recs {
+		served[rec.RequestID] = true
+	}
+	for _, r := range st.allReservations() {
+		if served[r.RequestID] {
+			continue
+		}
+		require.Contains(t, []string{"voided", "expired"}, r.State, "%+v", r)
+		if r.State == "expired" {
+			want += r.Hold
+		}
+	}
+	t.Logf("forwarded %d (settled %d, expired %d), failed closed %d", len(recs), settled, expired, failed.Load())
+	posted, pending := st.window(b)
+	require.Equal(t, want, posted)
+	require.Zero(t, pending)
+	st.verify()
+}
+
+// 9. Two purser replicas on one budget, Checks and access-log streams spread over both:
+// with every hold pending at once, exactly floor(limit / hold) requests are admitted.
+func scenarioReplicas(t *testing.T, bin string) {
+	g := newGate()
+	defer g.open()
+	st := newStack(t, bin, stackOpts{replicas: 2, wrapUpstream: g.wrap})
+	keyID, secret := st.key("replicas")
+	const limit = 5000
+	b := st.budget("key tiny", "key:"+keyID, limit, "day")
+	const n = 12
+	codes := make(chan int, n)
+	for range n {
+		go func() {
+			_, err := st.openai(secret, map[string]string{"x-e2e-gate": "1", fakellm.HeaderInputTokens: "20", fakellm.HeaderOutputTokens: "30"}).
+				Chat.Completions.New(context.Background(), chat(1000))
+			if e, ok := errorsAs[*openai.Error](err); ok {
+				codes <- e.StatusCode
+				return
+			}
+			if err != nil {
+				codes <- -1
+				return
+			}
+			codes <- http.StatusOK
+		}()
+	}
+	var denied int
+	eventually(t, 30*time.Second, "every Check decided", func() (bool, string) {
+		for len(codes) > 0 {
+			c := <-codes
+			require.Equal(t, http.StatusTooManyRequests, c, "only denials finish while the gate is closed")
+			denied++
+		}
+		return int(g.waiting.Load())+denied == n, fmt.Sprintf("admitted %d denied %d", g.waiting.Load(), denied)
+	})
+	rs := st.allReservations()
+	require.Len(t, rs, int(g.waiting.Load()))
+	hold := rs[0].Hold
+	for _, r := range rs {
+		require.Equal(t, hold, r.Hold, "identical requests, identical holds")
+	}
+	require.EqualValues(t, limit/hold, len(rs), "exactly as many holds as fit: hold %d, limit %d", hold, limit)
+	_, pending := st.window(b)
+	require.LessOrEqual(t, pending, int64(limit))
+
+	for addr, s := range st.sim.HostStats("purser") {
+		require.Positive(t, s[0], "replica %s got Checks", addr)
+	}
+	g.open()
+	for range n - denied {
+		require.Equal(t, http.StatusOK, <-codes)
+	}
+	var want int64
+	for _, rec := range st.fake.Requests() {
+		want += *st.assertSettledAtReportedPrice(rec.RequestID).Actual
+	}
+	for addr, s := range st.sim.HostStats("purser") {
+		require.Positive(t, s[1], "replica %s got an access-log stream", addr)
+	}
+	posted, pending := st.window(b)
+	require.Equal(t, want, posted)
+	require.Zero(t, pending)
+	st.verify()
+}
