@@ -68,6 +68,9 @@ func serve(t *testing.T, cfg extauthz.Config, res extauthz.Reserver) *harness {
 		res = b
 	}
 	cfg.Meter = mp.Meter("test")
+	if cfg.CheckTimeout == 0 {
+		cfg.CheckTimeout = 10 * time.Second // tests about decisions must not fail on a loaded -race run
+	}
 	h.cfg = cfg
 	srv, err := extauthz.New(res, h.svc, func() *pricing.Catalog { return h.cat }, cfg)
 	require.NoError(t, err)

@@ -132,7 +132,6 @@ CREATE TABLE reservation_holds (
     charged        bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),
     PRIMARY KEY (reservation_id, budget_id)
 );
-CREATE INDEX reservation_holds_window ON reservation_holds (budget_id, window_start);
 
 CREATE TABLE audit_log (
     id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -144,17 +143,19 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_at ON audit_log (at);
 
--- Definition changes wake every replica's caches (LISTEN purser_changes).
+-- Definition changes wake every replica's caches (LISTEN purser_changes). Row-level, so a
+-- statement that changes nothing (LoadBudgets' INSERT ... ON CONFLICT DO NOTHING runs on every
+-- cache miss) notifies nobody; Postgres folds identical notifications of one transaction.
 CREATE FUNCTION purser_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('purser_changes', current_schema() || '.' || TG_TABLE_NAME);
     RETURN NULL;
 END $$;
 CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON api_keys
-    FOR EACH STATEMENT EXECUTE FUNCTION purser_notify_change();
+    FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
 CREATE TRIGGER budgets_changed AFTER INSERT OR UPDATE OR DELETE ON budgets
-    FOR EACH STATEMENT EXECUTE FUNCTION purser_notify_change();
+    FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
 CREATE TRIGGER budget_templates_changed AFTER INSERT OR UPDATE OR DELETE ON budget_templates
-    FOR EACH STATEMENT EXECUTE FUNCTION purser_notify_change();
+    FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
 CREATE TRIGGER budget_grants_changed AFTER INSERT OR UPDATE OR DELETE ON budget_grants
-    FOR EACH STATEMENT EXECUTE FUNCTION purser_notify_change();
+    FOR EACH ROW EXECUTE FUNCTION purser_notify_change();

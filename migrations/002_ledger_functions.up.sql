@@ -11,7 +11,13 @@
 --
 -- Arrays come in three shapes: r_* one element per request (arrival order), w_* one element
 -- per distinct window sorted by (budget_id, window_start), h_* one element per hold line,
--- grouped by request (r_first/r_count point into them; 1-based, r_count 0 = no budget applies).
+-- grouped by request (r_first/r_count point into them; 1-based, r_count 0 = no budget applies;
+-- h_req names each line's request). Every array is read with unnest or by fixed-width
+-- subscript, so a batch costs time linear in its size.
+--
+-- out_status per request: 1 admitted, 2 duplicate (reserved before under its idempotency
+-- key: out_reservation_id is the first answer's), 0 denied (out_deny_line is the line that
+-- did not fit).
 CREATE FUNCTION purser_reserve(
     r_id          uuid[],
     r_idem        bytea[],
@@ -31,18 +37,19 @@ CREATE FUNCTION purser_reserve(
     w_start       timestamptz[],
     w_end         timestamptz[],
     w_roll_from   timestamptz[],
+    h_req         integer[],
     h_window      integer[],
     h_amount      bigint[],
     h_hard        boolean[],
     h_tokens      boolean[]
-) RETURNS TABLE (out_status text[], out_reservation_id uuid[], out_deny_line integer[], out_line_limit bigint[], out_line_used bigint[])
+) RETURNS TABLE (out_status integer[], out_reservation_id uuid[], out_deny_line integer[], out_line_limit bigint[], out_line_used bigint[])
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     n      integer := coalesce(array_length(r_id, 1), 0);
     nw     integer := coalesce(array_length(w_budget, 1), 0);
     nh     integer := coalesce(array_length(h_window, 1), 0);
-    st     text[] := array_fill('denied'::text, ARRAY[n]);
+    sti    integer[] := array_fill(0, ARRAY[n]);
     resid  uuid[] := array_fill(NULL::uuid, ARRAY[n]);
     deny   integer[] := array_fill(0, ARRAY[n]);
     lim    bigint[] := array_fill(NULL::bigint, ARRAY[nh]);
@@ -57,26 +64,22 @@ DECLARE
     fits   boolean;
 BEGIN
     IF n = 0 THEN
-        RETURN QUERY SELECT st, resid, deny, lim, used;
+        RETURN QUERY SELECT sti, resid, deny, lim, used;
         RETURN;
     END IF;
 
     -- A request reserved before under the same idempotency key gets its first answer back.
-    FOR ex IN SELECT r.id, r.idempotency_key FROM reservations r
-               WHERE r.idempotency_key = ANY (r_idem) LOOP
-        FOR vi IN 1 .. n LOOP
-            IF r_idem[vi] = ex.idempotency_key THEN
-                st[vi] := 'duplicate';
-                resid[vi] := ex.id;
-            END IF;
-        END LOOP;
+    FOR ex IN SELECT k.ord::integer AS ord, r.id
+                FROM unnest(r_idem) WITH ORDINALITY AS k(key, ord)
+                JOIN reservations r ON r.idempotency_key = k.key LOOP
+        sti[ex.ord] := 2;
+        resid[ex.ord] := ex.id;
     END LOOP;
 
     IF nw > 0 THEN
         -- Rolling budgets span several bucket rows: serialise them on their budget row.
         PERFORM 1 FROM budgets b
-          WHERE b.id IN (SELECT w_budget[x] FROM generate_subscripts(w_budget, 1) AS x
-                          WHERE w_roll_from[x] IS NOT NULL)
+          WHERE b.id IN (SELECT t.b FROM unnest(w_budget, w_roll_from) AS t(b, f) WHERE t.f IS NOT NULL)
           ORDER BY b.id FOR NO KEY UPDATE;
 
         -- Create missing window rows and lock every window in key order, in one pass:
@@ -86,29 +89,27 @@ BEGIN
         ON CONFLICT (budget_id, window_start) DO UPDATE SET posted = bw.posted WHERE false;
 
         SELECT array_agg(q.u ORDER BY q.x), array_agg(q.l ORDER BY q.x) INTO wused, wlimit FROM (
-            SELECT x,
-                   CASE WHEN w_roll_from[x] IS NULL THEN bw.posted + bw.pending
+            SELECT t.x,
+                   CASE WHEN t.f IS NULL THEN bw.posted + bw.pending
                         ELSE (SELECT coalesce(sum(o.posted + o.pending), 0)::bigint FROM budget_windows o
-                               WHERE o.budget_id = w_budget[x]
-                                 AND o.window_start >= w_roll_from[x]
-                                 AND o.window_start <= w_start[x]) END AS u,
+                               WHERE o.budget_id = t.b AND o.window_start >= t.f AND o.window_start <= t.s) END AS u,
                    CASE WHEN b.deleted_at IS NOT NULL THEN NULL
                         ELSE b.limit_amount + coalesce((SELECT sum(g.amount) FROM budget_grants g
                                                          WHERE g.budget_id = b.id
                                                            AND g.starts_at <= now()
                                                            AND g.expires_at > now()), 0)::bigint END AS l
-              FROM generate_subscripts(w_budget, 1) AS x
-              JOIN budget_windows bw ON bw.budget_id = w_budget[x] AND bw.window_start = w_start[x]
-              JOIN budgets b ON b.id = w_budget[x]) AS q;
+              FROM unnest(w_budget, w_start, w_roll_from) WITH ORDINALITY AS t(b, s, f, x)
+              JOIN budget_windows bw ON bw.budget_id = t.b AND bw.window_start = t.s
+              JOIN budgets b ON b.id = t.b) AS q;
         IF coalesce(array_length(wused, 1), 0) <> nw THEN
             RAISE EXCEPTION 'purser_reserve: % windows requested, % found (unknown budget id?)',
                 nw, coalesce(array_length(wused, 1), 0);
         END IF;
     END IF;
 
-    -- Admit in arrival order.
+    -- Admit in arrival order (integer, bigint and boolean arrays only: O(1) subscripts).
     FOR vi IN 1 .. n LOOP
-        IF st[vi] = 'duplicate' THEN
+        IF sti[vi] = 2 THEN
             CONTINUE;
         END IF;
         fits := true;
@@ -121,7 +122,7 @@ BEGIN
             END IF;
         END LOOP;
         IF fits THEN
-            st[vi] := 'admitted';
+            sti[vi] := 1;
             resid[vi] := r_id[vi];
             FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
                 wdelta[h_window[vj]] := wdelta[h_window[vj]] + h_amount[vj];
@@ -140,19 +141,20 @@ BEGIN
 
     INSERT INTO reservations (id, idempotency_key, expires_at, key_id, subjects, provider, api_flavor,
                               model, route, request_id, hold_cost, hold_tokens)
-    SELECT r_id[i], r_idem[i], now() + r_ttl_ms[i] * interval '1 millisecond', r_key_id[i],
-           string_to_array(r_subjects[i], E'\n'), r_provider[i], r_flavor[i], r_model[i], r_route[i],
-           r_request_id[i], r_hold_cost[i], r_hold_tokens[i]
-      FROM generate_subscripts(r_id, 1) AS i
-     WHERE st[i] = 'admitted';
+    SELECT t.id, t.idem, now() + t.ttl * interval '1 millisecond', t.key_id,
+           string_to_array(t.subjects, E'\n'), t.provider, t.flavor, t.model, t.route,
+           t.request_id, t.hold_cost, t.hold_tokens
+      FROM unnest(r_id, r_idem, r_ttl_ms, r_key_id, r_subjects, r_provider, r_flavor, r_model, r_route,
+                  r_request_id, r_hold_cost, r_hold_tokens, sti)
+           AS t(id, idem, ttl, key_id, subjects, provider, flavor, model, route, request_id, hold_cost, hold_tokens, st)
+     WHERE t.st = 1;
 
     INSERT INTO reservation_holds (reservation_id, budget_id, window_start, tokens_unit, amount)
-    SELECT r_id[i], w_budget[h_window[j]], w_start[h_window[j]], h_tokens[j], h_amount[j]
-      FROM generate_subscripts(r_id, 1) AS i,
-           generate_series(r_first[i], r_first[i] + r_count[i] - 1) AS j
-     WHERE st[i] = 'admitted';
+    SELECT resid[l.req], w_budget[l.win], w_start[l.win], l.tok, l.amt
+      FROM unnest(h_req, h_window, h_tokens, h_amount) AS l(req, win, tok, amt)
+     WHERE sti[l.req] = 1;
 
-    RETURN QUERY SELECT st, resid, deny, lim, used;
+    RETURN QUERY SELECT sti, resid, deny, lim, used;
 END
 $$;
 
@@ -323,11 +325,10 @@ CREATE FUNCTION purser_record_unreserved(
     r_usage       jsonb[],
     r_catalog     text[],
     r_at          timestamptz[],
-    r_first       integer[],
-    r_count       integer[],
     w_budget      bigint[],
     w_start       timestamptz[],
     w_end         timestamptz[],
+    h_req         integer[],
     h_window      integer[],
     h_amount      bigint[],
     h_tokens      boolean[]
@@ -348,10 +349,13 @@ BEGIN
                                   subjects, provider, api_flavor, model, route, request_id, hold_cost,
                                   hold_tokens, actual_cost, actual_tokens, usage, catalog_version, cause,
                                   unreserved)
-        SELECT r_id[x], r_idem[x], 'settled', r_at[x], r_at[x], now(), r_key_id[x],
-               string_to_array(r_subjects[x], E'\n'), r_provider[x], r_flavor[x], r_model[x], r_route[x],
-               r_request_id[x], 0, 0, r_cost[x], r_tokens[x], r_usage[x], r_catalog[x], 'unreserved', true
-          FROM generate_subscripts(r_id, 1) AS x
+        SELECT t.id, t.idem, 'settled', t.at, t.at, now(), t.key_id, string_to_array(t.subjects, E'\n'),
+               t.provider, t.flavor, t.model, t.route, t.request_id, 0, 0, t.cost, t.tokens, t.usage,
+               t.catalog, 'unreserved', true
+          FROM unnest(r_id, r_idem, r_key_id, r_subjects, r_provider, r_flavor, r_model, r_route,
+                      r_request_id, r_cost, r_tokens, r_usage, r_catalog, r_at)
+               AS t(id, idem, key_id, subjects, provider, flavor, model, route, request_id, cost, tokens,
+                    usage, catalog, at)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id)
     SELECT array_agg(ins.id) INTO inserted FROM ins;
@@ -363,10 +367,9 @@ BEGIN
 
     WITH h AS (
         INSERT INTO reservation_holds (reservation_id, budget_id, window_start, tokens_unit, amount, charged)
-        SELECT r_id[x], w_budget[h_window[y]], w_start[h_window[y]], h_tokens[y], 0, h_amount[y]
-          FROM generate_subscripts(r_id, 1) AS x,
-               generate_series(r_first[x], r_first[x] + r_count[x] - 1) AS y
-         WHERE r_id[x] = ANY (inserted)
+        SELECT r_id[l.req], w_budget[l.win], w_start[l.win], l.tok, 0, l.amt
+          FROM unnest(h_req, h_window, h_tokens, h_amount) AS l(req, win, tok, amt)
+         WHERE r_id[l.req] IN (SELECT unnest(inserted))
         RETURNING budget_id, window_start, charged)
     UPDATE budget_windows w SET posted = w.posted + d.total
       FROM (SELECT h.budget_id, h.window_start, sum(h.charged)::bigint AS total

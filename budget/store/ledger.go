@@ -88,29 +88,35 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 	for i, w := range b.Windows {
 		wBudget[i], wStart[i], wEnd[i], wRoll[i] = w.BudgetID, w.Start, w.End, w.RollFrom
 	}
-	nh := len(b.Lines)
-	hWin, hAmt, hHard, hTok := make([]int32, nh), make([]int64, nh), make([]bool, nh), make([]bool, nh)
-	for i, l := range b.Lines {
-		hWin[i], hAmt[i], hHard[i], hTok[i] = int32(l.Window+1), l.Amount, l.Hard, l.Tokens
-	}
+	hReq, hWin, hAmt, hHard, hTok := lineArrays(b.Requests, b.Lines)
 
 	var (
-		res   ReserveResult
-		deny  []int32
-		resid []*string
+		res    ReserveResult
+		status []int32
+		deny   []int32
+		resid  []*string
 	)
 	err := s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
 		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-		$15, $16, $17, $18, $19, $20, $21, $22)`,
+		$15, $16, $17, $18, $19, $20, $21, $22, $23)`,
 		ids, idem, ttl, keyIDs, subjects, providers, flavors, models, routes, reqIDs, holdCost, holdTokens, first, count,
-		wBudget, wStart, wEnd, wRoll, hWin, hAmt, hHard, hTok,
-	).Scan(&res.Status, &resid, &deny, &res.LineLimit, &res.LineUsed)
+		wBudget, wStart, wEnd, wRoll, hReq, hWin, hAmt, hHard, hTok,
+	).Scan(&status, &resid, &deny, &res.LineLimit, &res.LineUsed)
 	if err != nil {
 		return ReserveResult{}, fmt.Errorf("reserve batch of %d: %w", n, interpret(err))
 	}
+	res.Status = make([]string, n)
 	res.ReservationID = make([]string, n)
 	res.DenyLine = make([]int, n)
 	for i := range n {
+		switch status[i] {
+		case 1:
+			res.Status[i] = "admitted"
+		case 2:
+			res.Status[i] = "duplicate"
+		default:
+			res.Status[i] = "denied"
+		}
 		if resid[i] != nil {
 			res.ReservationID[i] = *resid[i]
 		}
@@ -118,6 +124,26 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 	}
 	return res, nil
 }
+
+// lineArrays turns hold lines into SQL's column arrays (1-based request and window indices).
+// firstLine/lineCount give each request's lines.
+func lineArrays[R interface{ lines() (int, int) }](reqs []R, lines []HoldLine) (req, win []int32, amount []int64, hard, tokens []bool) {
+	nh := len(lines)
+	req, win, amount, hard, tokens = make([]int32, nh), make([]int32, nh), make([]int64, nh), make([]bool, nh), make([]bool, nh)
+	for i, r := range reqs {
+		first, count := r.lines()
+		for j := first; j < first+count; j++ {
+			req[j] = int32(i + 1)
+		}
+	}
+	for i, l := range lines {
+		win[i], amount[i], hard[i], tokens[i] = int32(l.Window+1), l.Amount, l.Hard, l.Tokens
+	}
+	return req, win, amount, hard, tokens
+}
+
+func (r ReserveRequestRow) lines() (int, int) { return r.FirstLine, r.LineCount }
+func (r UnreservedRow) lines() (int, int)     { return r.FirstLine, r.LineCount }
 
 // SettleRow is one resolution for purser_settle.
 type SettleRow struct {
@@ -250,32 +276,23 @@ func (s *Store) RecordUnreserved(ctx context.Context, b UnreservedBatch) ([]stri
 	idem, usages := make([][]byte, n), make([][]byte, n)
 	costs, tokens := make([]int64, n), make([]int64, n)
 	at := make([]time.Time, n)
-	first, count := make([]int32, n), make([]int32, n)
 	for i, r := range b.Rows {
 		ids[i], subjects[i], providers[i], flavors[i], models[i], routes[i], cats[i] = r.ID, joinSubjects(r.Subjects), r.Provider, r.Flavor, r.Model, r.Route, r.CatalogVersion
 		keyIDs[i], reqIDs[i] = nullable(r.KeyID), nullable(r.RequestID)
 		idem[i], usages[i] = r.IdempotencyKey, r.Usage
 		costs[i], tokens[i], at[i] = r.Cost, r.Tokens, r.At
-		if r.LineCount > 0 {
-			first[i] = int32(r.FirstLine + 1)
-		}
-		count[i] = int32(r.LineCount)
 	}
 	nw := len(b.Windows)
 	wBudget, wStart, wEnd := make([]int64, nw), make([]time.Time, nw), make([]time.Time, nw)
 	for i, w := range b.Windows {
 		wBudget[i], wStart[i], wEnd[i] = w.BudgetID, w.Start, w.End
 	}
-	nh := len(b.Lines)
-	hWin, hAmt, hTok := make([]int32, nh), make([]int64, nh), make([]bool, nh)
-	for i, l := range b.Lines {
-		hWin[i], hAmt[i], hTok[i] = int32(l.Window+1), l.Amount, l.Tokens
-	}
+	hReq, hWin, hAmt, _, hTok := lineArrays(b.Rows, b.Lines)
 	var recorded []string
 	err := s.pool.QueryRow(ctx, `SELECT out_recorded::text[] FROM purser_record_unreserved(
-		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb[], $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)`,
-		ids, idem, keyIDs, subjects, providers, flavors, models, routes, reqIDs, costs, tokens, usages, cats, at, first, count,
-		wBudget, wStart, wEnd, hWin, hAmt, hTok).Scan(&recorded)
+		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb[], $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
+		ids, idem, keyIDs, subjects, providers, flavors, models, routes, reqIDs, costs, tokens, usages, cats, at,
+		wBudget, wStart, wEnd, hReq, hWin, hAmt, hTok).Scan(&recorded)
 	if err != nil {
 		return nil, fmt.Errorf("record unreserved spend (%d): %w", n, interpret(err))
 	}

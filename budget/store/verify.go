@@ -83,16 +83,22 @@ type OverLimit struct {
 // lowered after the spend (the audit log shows that).
 func (s *Store) OverLimits(ctx context.Context) ([]OverLimit, error) {
 	rows, err := s.pool.Query(ctx, `
-SELECT w.budget_id, w.window_start, b.limit_amount + coalesce(g.total, 0), w.posted, w.pending,
-       coalesce((SELECT sum(CASE WHEN r.unreserved THEN h.charged
-                                 ELSE greatest(h.charged - h.amount, 0) END)
-                   FROM reservation_holds h JOIN reservations r ON r.id = h.reservation_id
-                  WHERE h.budget_id = w.budget_id AND h.window_start = w.window_start), 0)::bigint
-  FROM budget_windows w
-  JOIN budgets b ON b.id = w.budget_id AND b.hard AND b.window_kind <> 'rolling'
-  LEFT JOIN LATERAL (SELECT sum(amount)::bigint AS total FROM budget_grants
-                      WHERE budget_id = b.id AND starts_at < w.window_end AND expires_at > w.window_start) g ON true
- WHERE w.posted + w.pending > b.limit_amount + coalesce(g.total, 0)
+WITH over AS (
+    SELECT w.budget_id, w.window_start, w.posted, w.pending, b.limit_amount + coalesce(g.total, 0) AS lim
+      FROM budget_windows w
+      JOIN budgets b ON b.id = w.budget_id AND b.hard AND b.window_kind <> 'rolling'
+      LEFT JOIN LATERAL (SELECT sum(amount)::bigint AS total FROM budget_grants
+                          WHERE budget_id = b.id AND starts_at < w.window_end AND expires_at > w.window_start) g ON true
+     WHERE w.posted + w.pending > b.limit_amount + coalesce(g.total, 0)),
+excess AS (
+    SELECT h.budget_id, h.window_start,
+           sum(CASE WHEN r.unreserved THEN h.charged ELSE greatest(h.charged - h.amount, 0) END)::bigint AS total
+      FROM reservation_holds h
+      JOIN reservations r ON r.id = h.reservation_id
+      JOIN over o ON o.budget_id = h.budget_id AND o.window_start = h.window_start
+     GROUP BY h.budget_id, h.window_start)
+SELECT o.budget_id, o.window_start, o.lim, o.posted, o.pending, coalesce(e.total, 0)
+  FROM over o LEFT JOIN excess e ON e.budget_id = o.budget_id AND e.window_start = o.window_start
  ORDER BY 1, 2`)
 	if err != nil {
 		return nil, fmt.Errorf("over-limit check: %w", interpret(err))
