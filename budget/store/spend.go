@@ -64,7 +64,7 @@ func (s *Store) Spend(ctx context.Context, f SpendFilter) ([]SpendRow, error) {
 	if f.Limit > 0 {
 		limit = fmt.Sprintf(` LIMIT %d`, f.Limit)
 	}
-	// resolved_at is indexed (reservations_resolved); the subject filter is a containment test
+	// resolved_at has a BRIN index (reservations_resolved); the subject filter is a containment test
 	// on the rows of that range rather than a GIN index, which would cost every reservation on
 	// the hot path an extra index write.
 	q := `SELECT ` + group + `,
