@@ -36,7 +36,7 @@ type InProc struct {
 var ServerLabel = pprof.Labels("side", "server")
 
 // StartInProc serves purser on 127.0.0.1:0 against databaseURL. extra gRPC server options
-// come after serve's own (experiments such as grpc.NumStreamWorkers).
+// come after serve's own (experiments).
 func StartInProc(ctx context.Context, databaseURL string, hotPoolSize, poolSize int32, extra ...grpc.ServerOption) (*InProc, error) {
 	var p *InProc
 	var err error
@@ -92,6 +92,7 @@ func startInProc(ctx context.Context, databaseURL string, hotPoolSize, poolSize 
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(8<<20 + 1<<20),
 		grpc.MaxConcurrentStreams(1024),
+		grpc.NumStreamWorkers(512), // serve's -grpc-workers default
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// serve.go chains a shared-secret check; with no secret configured it only passes on.

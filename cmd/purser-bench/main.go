@@ -64,7 +64,6 @@ type config struct {
 	autovacuum                 string
 	whatIf                     []string
 	history                    int
-	streamWorkers              int
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -90,7 +89,6 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.adminURL, "admin-url", "", "maintenance database URL (default: $DATABASE_URL's server, database postgres)")
 	fs.StringVar(&c.out, "out", "bench/latest.md", "also write the table here (relative to the repository root; empty: don't)")
 	fs.BoolVar(&c.profile, "profile", true, "also profile an in-process purser (same wiring as serve) under the hot-budget load at the largest caller count")
-	fs.IntVar(&c.streamWorkers, "profile-stream-workers", 0, "with -profile: also profile the in-process purser with grpc.NumStreamWorkers(n) (handler goroutines reused, stacks kept grown)")
 	fs.StringVar(&c.profileDir, "profile-dir", "bench/profiles", "where -profile writes CPU profiles (relative to the repository root)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the databases (for inspection)")
 	fs.IntVar(&c.history, "history", 100_000, "settled reservations each ledger holds before the run (then ANALYZE): a ledger in service, not an empty one")

@@ -644,17 +644,9 @@ func (b *benchRun) verifyOriginal(ctx context.Context) error {
 }
 
 // runProfile serves purser in this process (serve's wiring) and profiles it under the hot
-// budget at the largest caller count; with -profile-stream-workers, once more with gRPC
-// stream workers.
+// budget at the largest caller count.
 func (b *benchRun) runProfile(ctx context.Context) error {
-	if err := b.profileOnce(ctx, "", nil); err != nil {
-		return err
-	}
-	if n := b.cfg.streamWorkers; n > 0 {
-		sleep(ctx, b.cfg.cooldown)
-		return b.profileOnce(ctx, fmt.Sprintf("grpc.NumStreamWorkers(%d)", n), []grpc.ServerOption{grpc.NumStreamWorkers(uint32(n))})
-	}
-	return nil
+	return b.profileOnce(ctx, "", nil)
 }
 
 func (b *benchRun) profileOnce(ctx context.Context, variant string, opts []grpc.ServerOption) error {
@@ -683,7 +675,7 @@ func (b *benchRun) profileOnce(ctx context.Context, variant string, opts []grpc.
 	}
 	name := fmt.Sprintf("purser-hot-%d", callers)
 	if variant != "" {
-		name += "-streamworkers"
+		name += "-variant"
 	}
 	path := filepath.Join(dir, name+".pprof")
 	f, err := os.Create(path)

@@ -16,18 +16,6 @@ var whatIfs = map[string]struct {
 	about string
 	sql   string
 }{
-	"row-notify": {
-		about: "the *_changed triggers fire FOR EACH ROW instead of FOR EACH STATEMENT, so a statement that changes no row (LoadBudgets' `INSERT … ON CONFLICT DO NOTHING` of default-budget templates) sends no purser_changes notification and does not purge every replica's caches",
-		sql: `
-DROP TRIGGER api_keys_changed ON api_keys;
-CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON api_keys FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
-DROP TRIGGER budgets_changed ON budgets;
-CREATE TRIGGER budgets_changed AFTER INSERT OR UPDATE OR DELETE ON budgets FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
-DROP TRIGGER budget_templates_changed ON budget_templates;
-CREATE TRIGGER budget_templates_changed AFTER INSERT OR UPDATE OR DELETE ON budget_templates FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
-DROP TRIGGER budget_grants_changed ON budget_grants;
-CREATE TRIGGER budget_grants_changed AFTER INSERT OR UPDATE OR DELETE ON budget_grants FOR EACH ROW EXECUTE FUNCTION purser_notify_change();`,
-	},
 	"custom-plans": {
 		about: "purser_reserve, purser_settle and purser_expire run with plan_cache_mode = force_custom_plan, so their statements are planned with the tables' current sizes instead of a generic plan cached while the tables were small",
 		sql: `
