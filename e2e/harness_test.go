@@ -25,6 +25,7 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
+	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	"github.com/jackc/pgx/v5"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -220,7 +221,9 @@ type stack struct {
 	pursers []*purserProc
 	fake    *fakellm.Server
 	fakeURL string
-	sim     *envoysim.Sim
+	sim     *envoysim.Sim // nil when a real Envoy plays the proxy
+	baseURL string        // where callers send requests (envoysim or Envoy's listener)
+	cfg     *envoysim.Config
 	cat     *pricing.Catalog
 	secret  string // the shared secret of envoy.yaml's initial_metadata
 }
@@ -231,6 +234,8 @@ type stackOpts struct {
 	workers    int      // Envoy workers (default 2)
 	// wrapUpstream wraps the fake LLM handler (e.g. to stall a stream).
 	wrapUpstream func(http.Handler) http.Handler
+	// noSim: the caller starts a real Envoy and sets baseURL.
+	noSim bool
 }
 
 func newStack(t *testing.T, bin string, o stackOpts) *stack {
@@ -245,7 +250,7 @@ func newStack(t *testing.T, bin string, o stackOpts) *stack {
 	}
 	require.NotEmpty(t, secret, "envoy.yaml sends the shared secret as initial_metadata")
 	db := pgtest.New(t)
-	st := &stack{t: t, bin: bin, db: db, secret: secret}
+	st := &stack{t: t, bin: bin, db: db, secret: secret, cfg: cfg}
 	s := store.New(db.Pool)
 	st.svc = budget.New(s, s, budget.Config{})
 	st.cat, err = pricing.Embedded()
@@ -273,6 +278,9 @@ func newStack(t *testing.T, bin string, o stackOpts) *stack {
 		st.pursers = append(st.pursers, p)
 		addrs = append(addrs, p.GRPCAddr)
 	}
+	if o.noSim {
+		return st
+	}
 	st.sim, err = envoysim.New(envoysim.Options{
 		Config: cfg, GRPC: map[string][]string{cfg.ExtAuthz.Cluster: addrs}, Upstream: up.URL, Workers: o.workers,
 		Logf: func(f string, a ...any) { t.Logf(f, a...) },
@@ -280,6 +288,7 @@ func newStack(t *testing.T, bin string, o stackOpts) *stack {
 	require.NoError(t, err)
 	require.NoError(t, st.sim.Start())
 	t.Cleanup(st.sim.Close)
+	st.baseURL = st.sim.URL()
 	return st
 }
 
@@ -303,7 +312,7 @@ func (st *stack) budget(name, subject string, limit int64, window string) int64 
 
 func (st *stack) openai(secret string, headers map[string]string) *openai.Client {
 	opts := []option.RequestOption{
-		option.WithBaseURL(st.sim.URL() + "/v1/"),
+		option.WithBaseURL(st.baseURL + "/v1/"),
 		option.WithAPIKey(secret),
 		option.WithMaxRetries(0),
 		option.WithHTTPClient(&http.Client{Timeout: time.Minute}),
@@ -317,7 +326,7 @@ func (st *stack) openai(secret string, headers map[string]string) *openai.Client
 
 func (st *stack) anthropic(secret string, headers map[string]string) *anthropic.Client {
 	opts := []aoption.RequestOption{
-		aoption.WithBaseURL(st.sim.URL()),
+		aoption.WithBaseURL(st.baseURL),
 		aoption.WithAPIKey(secret),
 		aoption.WithMaxRetries(0),
 		aoption.WithHTTPClient(&http.Client{Timeout: time.Minute}),
@@ -473,16 +482,32 @@ func (st *stack) lastRequestID() string {
 	return recs[len(recs)-1].RequestID
 }
 
-// entryFor finds envoysim's access-log entry for a request by a predicate on the entry's
-// request/response (for requests that never reached the fake).
+// requestIDsWithDetails returns the x-request-ids of envoysim's entries with these
+// response_code_details (requests that never reached the fake).
 func (st *stack) requestIDsWithDetails(details string) []string {
+	return st.requestIDsWhere(func(e *alsdata.HTTPAccessLogEntry) bool {
+		return e.GetResponse().GetResponseCodeDetails() == details
+	})
+}
+
+func (st *stack) requestIDsWhere(pred func(*alsdata.HTTPAccessLogEntry) bool) []string {
 	var out []string
 	for _, e := range st.sim.Entries() {
-		if e.GetResponse().GetResponseCodeDetails() == details {
+		if pred(e) {
 			out = append(out, e.GetRequest().GetRequestId())
 		}
 	}
 	return out
+}
+
+// delivered reports whether envoysim handed the entry of requestID to an access-log stream.
+func (st *stack) delivered(requestID string) bool {
+	for _, d := range st.sim.Deliveries() {
+		if d.RequestID == requestID {
+			return true
+		}
+	}
+	return false
 }
 
 // assertSettledAtReportedPrice checks a request's reservation settled with exactly what the

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
+	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/require"
@@ -89,6 +90,38 @@ func scenarioRefund(t *testing.T, bin string) {
 	require.EqualValues(t, 42, *r1.Actual, "by hand: 40 x $0.15/M + 60 x $0.60/M = 6 + 36 micro-USD")
 	require.Greater(t, r1.Hold, *r1.Actual, "the hold is the worst case (500 output tokens)")
 
+	// A prompt above with_request_body.max_request_bytes (1 MiB): purser sees the first MiB with
+	// x-envoy-auth-partial-body: true and bounds the rest from content-length (here: up to the
+	// model's context window).
+	prompt := strings.Repeat("lorem ", 200_000)
+	raw := `{"model":"gpt-4o-mini","max_tokens":500,"messages":[{"role":"user","content":"` + prompt + `"}]}`
+	req, err := http.NewRequest(http.MethodPost, st.baseURL+"/v1/chat/completions", strings.NewReader(raw))
+	require.NoError(t, err)
+	req.Header.Set("authorization", "Bearer "+secret)
+	req.Header.Set("content-type", "application/json")
+	for k, v := range usage(40, 60) {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	drain(res.Body)
+	res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	rBig := st.assertSettledAtReportedPrice(st.lastRequestID())
+	require.GreaterOrEqual(t, rBig.Hold, int64(128_000*15/100), "the unseen part is bounded by the context window, not ignored")
+	// The same prompt through openai-go: the SDK writes "messages" before "model", so the
+	// model lies beyond the first MiB and purser refuses with a clear 413 (its documented
+	// policy for a truncated body without a model); nothing is forwarded or held.
+	served := st.fake.Count()
+	big := chat(500)
+	big.Messages = []openai.ChatCompletionMessageParamUnion{openai.UserMessage(prompt)}
+	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, big)
+	apiErr, ok := errorsAs[*openai.Error](err)
+	require.True(t, ok, "%T %v", err, err)
+	require.Equal(t, http.StatusRequestEntityTooLarge, apiErr.StatusCode)
+	require.Equal(t, "body_truncated", apiErr.Code)
+	require.Equal(t, served, st.fake.Count())
+
 	msg, err := st.anthropic(secret, usage(30, 20)).Messages.New(ctx, messages(1024))
 	require.NoError(t, err)
 	require.EqualValues(t, 20, msg.Usage.OutputTokens)
@@ -98,7 +131,7 @@ func scenarioRefund(t *testing.T, bin string) {
 
 	for _, b := range []int64{team, key} {
 		posted, pending := st.window(b)
-		require.EqualValues(t, 42+390, posted, "posted = the real costs, the rest of the holds released")
+		require.EqualValues(t, 42+42+390, posted, "posted = the real costs, the rest of the holds released")
 		require.Zero(t, pending)
 	}
 	st.verify()
@@ -339,7 +372,7 @@ func scenarioDisconnect(t *testing.T, bin string) {
 // the ext_authz_error entry): never charged, never settled as spend.
 func scenarioCheckTimeout(t *testing.T, bin string) {
 	// purser's own deadline far above Envoy's 0.5 s: Envoy gives up first.
-	st := newStack(t, bin, stackOpts{purserArgs: []string{"-check-timeout", "2s"}})
+	st := newStack(t, bin, stackOpts{purserArgs: []string{"-check-timeout", "2s", "-sweep-interval", "100ms"}})
 	ctx := context.Background()
 	keyID, secret := st.key("timeout")
 	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
@@ -375,23 +408,32 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	require.NoError(t, err)
 	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "envoy-timeout"}).Chat.Completions.New(ctx, chat(100))
 	requireFailClosed(err)
-	var idA string
-	eventually(t, 10*time.Second, "the ext_authz_error entry delivered", func() (bool, string) {
+	// (d) In the same stall, a client that gives up during the Check: Envoy cancels the call
+	// (onDestroy); the entry has no response code and no ext_authz metadata.
+	cctx, ccancel := context.WithTimeout(ctx, 150*time.Millisecond)
+	_, err = st.openai(secret, nil).Chat.Completions.New(cctx, chat(100))
+	ccancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	var idA, idD string
+	eventually(t, 10*time.Second, "both entries delivered while the row is still locked", func() (bool, string) {
 		ids := st.requestIDsWithDetails("ext_authz_error")
-		if len(ids) != 1 {
-			return false, fmt.Sprint(ids)
+		resets := st.requestIDsWhere(func(e *alsdata.HTTPAccessLogEntry) bool {
+			return e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset() && e.GetResponse().GetResponseCode() == nil
+		})
+		if len(ids) != 1 || len(resets) != 1 {
+			return false, fmt.Sprint(ids, resets)
 		}
-		idA = ids[0]
-		for _, d := range st.sim.Deliveries() {
-			if d.RequestID == idA {
-				return true, ""
-			}
-		}
-		return false, "not delivered yet"
+		idA, idD = ids[0], resets[0]
+		return st.delivered(idA) && st.delivered(idD), "not delivered yet"
 	})
 	require.NoError(t, tx.Rollback(ctx)) // the database answers again
 	rA := st.waitState(idA, "voided", "expired")
 	require.Equal(t, "voided", rA.State, "cause %s", rA.Cause)
+	// D queued behind A's stalled batch and was abandoned before it ran: no hold at all, or
+	// (had it been batched with A) a voided one.
+	for _, r := range st.reservationsFor(idD) {
+		require.Equal(t, "voided", r.State, "%+v", r)
+	}
 
 	// (b) The Check completes and commits at purser but its answer reaches Envoy too late:
 	// the ext_authz_error entry has no reservation id; the x-request-id fallback voids it.
@@ -410,6 +452,30 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	rB := st.waitState(idB, "voided", "expired")
 	require.Equal(t, "voided", rB.State)
 	require.True(t, strings.HasPrefix(rB.Cause, "request_id_join:"), "voided through the x-request-id fallback, cause %q", rB.Cause)
+
+	// (c) As (b), but the entry is late too: the ghost hold expires first (charged), then the
+	// late ext_authz_error entry voids it through the fallback and refunds the charge.
+	st.sim.BlockAccessLog(true)
+	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "late-answer"}).Chat.Completions.New(ctx, chat(100))
+	requireFailClosed(err)
+	var idC string
+	eventually(t, 10*time.Second, "third ext_authz_error entry", func() (bool, string) {
+		for _, id := range st.requestIDsWithDetails("ext_authz_error") {
+			if id != idA && id != idB {
+				idC = id
+				return len(st.reservationsFor(id)) == 1, "no reservation yet"
+			}
+		}
+		return false, ""
+	})
+	rC := st.reservationsFor(idC)[0]
+	st.expireNow(rC.ID)
+	st.waitState(idC, "expired")
+	posted, _ := st.window(b)
+	require.Equal(t, *warm.Actual+rC.Hold, posted, "the ghost hold expired: charged")
+	st.sim.BlockAccessLog(false)
+	rC = st.waitState(idC, "voided")
+	require.True(t, strings.HasPrefix(rC.Cause, "request_id_join:"), "cause %q", rC.Cause)
 
 	require.Equal(t, served, st.fake.Count(), "nothing reached the provider without a decision")
 	posted, pending := st.window(b)

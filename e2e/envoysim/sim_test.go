@@ -589,3 +589,40 @@ func TestALS_BatchingOverflowLossDuplicates(t *testing.T) {
 func envoysimFile(name string) ([]byte, error) {
 	return envoyFiles.ReadFile(name)
 }
+
+func TestRenderForEnvoy_PointsTheDemoAtTheTest(t *testing.T) {
+	t.Parallel()
+	src, err := envoysimFile("envoy-demo.yaml")
+	require.NoError(t, err)
+	out, err := envoysim.RenderForEnvoy(src, envoysim.RenderOptions{
+		ListenerPort: 10001, AdminPort: 10002, GRPC: map[string][]string{"purser": {"127.0.0.1:9001", "127.0.0.1:9002"}},
+		Upstream: "127.0.0.1:8001", SecretsDir: "/tmp/s",
+	})
+	require.NoError(t, err)
+	cfg, err := envoysim.Load(out)
+	require.NoError(t, err, "the rendered bootstrap is still a valid, simulable config")
+	bs := cfg.Bootstrap
+	require.NoError(t, bs.ValidateAll(), "PGV rules of the bootstrap")
+	require.EqualValues(t, 10002, bs.GetAdmin().GetAddress().GetSocketAddress().GetPortValue())
+	require.EqualValues(t, 10001, bs.GetStaticResources().GetListeners()[0].GetAddress().GetSocketAddress().GetPortValue())
+	eps := func(name string) []string {
+		var out []string
+		for _, e := range cfg.Clusters[name].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints() {
+			a := e.GetEndpoint().GetAddress().GetSocketAddress()
+			out = append(out, a.GetAddress()+":"+strconv.Itoa(int(a.GetPortValue())))
+		}
+		return out
+	}
+	require.Equal(t, []string{"127.0.0.1:9001", "127.0.0.1:9002"}, eps("purser"))
+	for _, c := range []string{"openai", "anthropic", "gemini"} {
+		require.Equal(t, []string{"127.0.0.1:8001"}, eps(c))
+	}
+	for _, cf := range cfg.Credentials {
+		require.Equal(t, "/tmp/s", filepathDir(cf.SecretPath))
+	}
+	// Everything else is as shipped: the same ext_authz and access-log settings.
+	require.Equal(t, 500*time.Millisecond, cfg.ExtAuthz.Timeout)
+	require.Equal(t, 250*time.Millisecond, cfg.AccessLogs[0].FlushInterval)
+}
+
+func filepathDir(p string) string { return p[:strings.LastIndexByte(p, '/')] }
