@@ -350,10 +350,21 @@ func (s *Sink) process(ctx context.Context, batch []Entry) {
 			s.cfg.Logger.LogAttrs(bctx, slog.LevelError, "settle batch failed; the reservations will expire and be charged in full",
 				slog.Int("size", len(settles)), slog.String("error", err.Error()))
 		} else {
-			now := time.Now()
-			for i, r := range res {
+			// The ledger answers once per distinct reservation, in its own order: pair by id.
+			// Copies of one entry in the batch beyond the first changed nothing: duplicates.
+			seen := make(map[string]bool, len(res))
+			for _, r := range res {
+				seen[r.ReservationID] = true
 				s.m.settled(bctx, r.Outcome)
-				if i < len(ends) && !ends[i].IsZero() {
+			}
+			now := time.Now()
+			for i, st := range settles {
+				if !seen[st.ReservationID] {
+					s.m.settled(bctx, budget.OutcomeDuplicate)
+					continue
+				}
+				delete(seen, st.ReservationID)
+				if !ends[i].IsZero() {
 					s.m.lag(bctx, now.Sub(ends[i]))
 				}
 			}

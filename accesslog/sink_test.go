@@ -484,3 +484,51 @@ func TestSink_CloseStreamsEndsOpenStreams(t *testing.T) {
 	_, err = stream.CloseAndRecv()
 	require.Equal(t, codes.Unavailable, status.Code(err), "the server ended the stream")
 }
+
+// Settlement outcomes are counted per entry, copies within one batch included.
+func TestSink_SettlementMetricsPerEntry(t *testing.T) {
+	t.Parallel()
+	cat, err := catalogOnce()
+	require.NoError(t, err)
+	s := pgtest.New(t)
+	st := store.New(s.Pool)
+	svc := budget.New(st, st, budget.Config{})
+	_, err = svc.CreateBudget(context.Background(), "t", budget.Definition{Name: "team", Subject: "team:ml", Limit: 1_000_000, Window: "month", Hard: true})
+	require.NoError(t, err)
+	reader := sdkmetric.NewManualReader()
+	sink, err := accesslog.New(svc, func() *pricing.Catalog { return cat }, accesslog.Config{Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")})
+	require.NoError(t, err)
+	h := &harness{sink: sink, svc: svc, schema: s}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { sink.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	gs := grpc.NewServer()
+	alsv3.RegisterAccessLogServiceServer(gs, sink)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	h.client = alsv3.NewAccessLogServiceClient(conn)
+
+	a, b := h.reserve(t, 5000, 100, "ra"), h.reserve(t, 5000, 100, "rb")
+	ea := entry(t, "openai_chat_usage", a, "ra")
+	h.send(t, []*alsdata.HTTPAccessLogEntry{ea, ea, ea, entry(t, "provider_error", b, "rb")})
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(context.Background(), &rm))
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == "purser.accesslog.settlements" {
+				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+					o, _ := dp.Attributes.Value("outcome")
+					got[o.AsString()] += dp.Value
+				}
+			}
+		}
+	}
+	require.Equal(t, map[string]int64{"settled": 1, "voided": 1, "duplicate": 2}, got)
+}

@@ -28,6 +28,7 @@ func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, e
 	}
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
+		cfg.MinConns = min(maxConns, 4) // keep a few open: reconnecting costs a Check its deadline
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -41,6 +42,26 @@ func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, e
 		return nil, fmt.Errorf("connect to database %s: %w", redactURL(dsn), err)
 	}
 	return pool, nil
+}
+
+// warmPool opens every connection of the pool before traffic arrives, so the first Checks
+// after a start do not pay for connection set-up inside Envoy's deadline.
+func warmPool(ctx context.Context, pool *pgxpool.Pool) error {
+	n := int(pool.Config().MaxConns)
+	conns := make([]*pgxpool.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for range n {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			return fmt.Errorf("warm database pool: %w", err)
+		}
+		conns = append(conns, c)
+	}
+	return nil
 }
 
 // ensureDatabase creates the URL's database when the server says it does not exist, by

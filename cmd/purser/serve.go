@@ -231,6 +231,9 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 	if err := migrations.Check(ctx, pool); err != nil {
 		return fail(err)
 	}
+	if err := warmPool(ctx, hotPool); err != nil {
+		return fail(err)
+	}
 
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
