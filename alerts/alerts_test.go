@@ -428,7 +428,9 @@ func TestAlerts_Run(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, time.Now())
 	ctx, cancel := context.WithCancel(context.Background())
-	_, err := e.svc.CreateBudget(ctx, "test", budget.Definition{Name: "b", Subject: "team:ml", Limit: 100, Window: "day", WarnAt: []int{10}})
+	// 20 of 1000 crosses the 1% threshold; the projection (at most 10× the spend, since it
+	// waits for 10% of the window) stays below the limit at any time of day.
+	_, err := e.svc.CreateBudget(ctx, "test", budget.Definition{Name: "b", Subject: "team:ml", Limit: 1000, Window: "day", WarnAt: []int{1}})
 	require.NoError(t, err)
 	rec := newReceiver(t)
 	a := e.alerts(t, e.svc, alerts.Config{Webhooks: []alerts.Webhook{{URL: rec.srv.URL}}, EvaluateEvery: 20 * time.Millisecond, DispatchEvery: time.Hour})
