@@ -88,7 +88,7 @@ func serve(t *testing.T, cfg extauthz.Config, res extauthz.Reserver) *harness {
 }
 
 // fixture loads one of the parser's Envoy-shaped CheckRequests.
-func fixture(t *testing.T, name string) *authv3.CheckRequest {
+func fixture(t testing.TB, name string) *authv3.CheckRequest {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("request", "testdata", name+".json"))
 	require.NoError(t, err)

@@ -41,9 +41,14 @@ CREATE FUNCTION purser_reserve(
     h_window      integer[],
     h_amount      bigint[],
     h_hard        boolean[],
-    h_tokens      boolean[]
+    h_tokens      boolean[],
+    p_check_idem  boolean
 ) RETURNS TABLE (out_status integer[], out_reservation_id uuid[], out_deny_line integer[], out_line_limit bigint[], out_line_used bigint[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Each statement looks rows up by key. A plan cached while the ledger was small (a fresh
+-- deployment) would otherwise keep sequential scans as the tables grow.
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     n      integer := coalesce(array_length(r_id, 1), 0);
@@ -69,12 +74,17 @@ BEGIN
     END IF;
 
     -- A request reserved before under the same idempotency key gets its first answer back.
-    FOR ex IN SELECT k.ord::integer AS ord, r.id
-                FROM unnest(r_idem) WITH ORDINALITY AS k(key, ord)
-                JOIN reservations r ON r.idempotency_key = k.key LOOP
-        sti[ex.ord] := 2;
-        resid[ex.ord] := ex.id;
-    END LOOP;
+    -- Repeats are rare (an Envoy retry of the same Check), so by default this lookup is
+    -- skipped and the reservation insert below detects them instead: it then raises PU001
+    -- and the caller runs the batch again with p_check_idem.
+    IF p_check_idem THEN
+        FOR ex IN SELECT k.ord::integer AS ord, r.id
+                    FROM unnest(r_idem) WITH ORDINALITY AS k(key, ord)
+                    JOIN reservations r ON r.idempotency_key = k.key LOOP
+            sti[ex.ord] := 2;
+            resid[ex.ord] := ex.id;
+        END LOOP;
+    END IF;
 
     IF nw > 0 THEN
         -- Rolling budgets span several bucket rows: serialise them on their budget row.
@@ -107,47 +117,100 @@ BEGIN
         END IF;
     END IF;
 
-    -- Admit in arrival order (integer, bigint and boolean arrays only: O(1) subscripts).
-    FOR vi IN 1 .. n LOOP
-        IF sti[vi] = 2 THEN
-            CONTINUE;
+    -- Fast path: when the whole batch fits every hard window, admit it in a few set-based
+    -- statements (the usual case: budgets are rarely at their edge).
+    IF nw = 0 OR NOT EXISTS (
+        SELECT 1 FROM (SELECT l.win, sum(l.amt) AS total
+                         FROM unnest(h_req, h_window, h_amount, h_hard) AS l(req, win, amt, hard)
+                        WHERE l.hard AND sti[l.req] <> 2
+                        GROUP BY l.win) AS t
+         WHERE wlimit[t.win] IS NOT NULL AND wused[t.win] + t.total > wlimit[t.win]) THEN
+        SELECT array_agg(CASE WHEN u.s = 2 THEN 2 ELSE 1 END ORDER BY u.o),
+               array_agg(CASE WHEN u.s = 2 THEN u.prev ELSE u.id END ORDER BY u.o)
+          INTO sti, resid
+          FROM unnest(sti, resid, r_id) WITH ORDINALITY AS u(s, prev, id, o);
+        IF nh > 0 THEN
+            SELECT array_agg(coalesce(d.total, 0) ORDER BY w.x) INTO wdelta
+              FROM generate_series(1, nw) AS w(x)
+              LEFT JOIN (SELECT l.win, sum(l.amt)::bigint AS total
+                           FROM unnest(h_req, h_window, h_amount) AS l(req, win, amt)
+                          WHERE sti[l.req] = 1
+                          GROUP BY l.win) AS d ON d.win = w.x;
+            -- Each line sees its window as the requests up to and including its own left it;
+            -- a duplicate's lines see the window without adding to it.
+            SELECT array_agg(wlimit[q.win] ORDER BY q.line),
+                   array_agg(wused[q.win] + q.cum ORDER BY q.line)
+              INTO lim, used
+              FROM (SELECT l.line, l.win,
+                           sum(CASE WHEN sti[l.req] = 1 THEN l.amt ELSE 0 END)
+                               OVER (PARTITION BY l.win ORDER BY l.line)::bigint AS cum
+                      FROM unnest(h_req, h_window, h_amount) WITH ORDINALITY AS l(req, win, amt, line)) AS q;
         END IF;
-        fits := true;
-        FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
-            vk := h_window[vj];
-            IF h_hard[vj] AND wlimit[vk] IS NOT NULL AND wused[vk] + wdelta[vk] + h_amount[vj] > wlimit[vk] THEN
-                fits := false;
-                deny[vi] := vj;
-                EXIT;
+    ELSE
+        -- Admit in arrival order (integer, bigint and boolean arrays only: O(1) subscripts).
+        FOR vi IN 1 .. n LOOP
+            IF sti[vi] = 2 THEN
+                CONTINUE;
             END IF;
-        END LOOP;
-        IF fits THEN
-            sti[vi] := 1;
-            resid[vi] := r_id[vi];
+            fits := true;
             FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
-                wdelta[h_window[vj]] := wdelta[h_window[vj]] + h_amount[vj];
+                vk := h_window[vj];
+                IF h_hard[vj] AND wlimit[vk] IS NOT NULL AND wused[vk] + wdelta[vk] + h_amount[vj] > wlimit[vk] THEN
+                    fits := false;
+                    deny[vi] := vj;
+                    EXIT;
+                END IF;
             END LOOP;
-        END IF;
-        FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
-            vk := h_window[vj];
-            lim[vj] := wlimit[vk];
-            used[vj] := wused[vk] + wdelta[vk];
+            IF fits THEN
+                sti[vi] := 1;
+                resid[vi] := r_id[vi];
+                FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
+                    wdelta[h_window[vj]] := wdelta[h_window[vj]] + h_amount[vj];
+                END LOOP;
+            END IF;
+            FOR vj IN r_first[vi] .. r_first[vi] + r_count[vi] - 1 LOOP
+                vk := h_window[vj];
+                lim[vj] := wlimit[vk];
+                used[vj] := wused[vk] + wdelta[vk];
+            END LOOP;
         END LOOP;
-    END LOOP;
+    END IF;
+
+    -- A denied request may be a repeat of one admitted before: its first answer stands. (It
+    -- held nothing here, so no other decision depends on it.)
+    IF NOT p_check_idem THEN
+        FOR ex IN SELECT k.ord::integer AS ord, r.id
+                    FROM unnest(r_idem, sti) WITH ORDINALITY AS k(key, s, ord)
+                    JOIN reservations r ON r.idempotency_key = k.key
+                   WHERE k.s = 0 LOOP
+            sti[ex.ord] := 2;
+            resid[ex.ord] := ex.id;
+            deny[ex.ord] := 0;
+        END LOOP;
+    END IF;
 
     UPDATE budget_windows bw SET pending = bw.pending + d.delta
       FROM unnest(w_budget, w_start, wdelta) AS d(b, s, delta)
      WHERE bw.budget_id = d.b AND bw.window_start = d.s AND d.delta <> 0;
 
-    INSERT INTO reservations (id, idempotency_key, expires_at, key_id, subjects, provider, api_flavor,
-                              model, route, request_id, hold_cost, hold_tokens)
-    SELECT t.id, t.idem, now() + t.ttl * interval '1 millisecond', t.key_id,
-           string_to_array(t.subjects, E'\n'), t.provider, t.flavor, t.model, t.route,
-           t.request_id, t.hold_cost, t.hold_tokens
-      FROM unnest(r_id, r_idem, r_ttl_ms, r_key_id, r_subjects, r_provider, r_flavor, r_model, r_route,
-                  r_request_id, r_hold_cost, r_hold_tokens, sti)
-           AS t(id, idem, ttl, key_id, subjects, provider, flavor, model, route, request_id, hold_cost, hold_tokens, st)
-     WHERE t.st = 1;
+    WITH ins AS (
+        INSERT INTO reservations (id, idempotency_key, expires_at, key_id, subjects, provider, api_flavor,
+                                  model, route, request_id, hold_cost, hold_tokens)
+        SELECT t.id, t.idem, now() + t.ttl * interval '1 millisecond', t.key_id,
+               string_to_array(t.subjects, E'\n'), t.provider, t.flavor, t.model, t.route,
+               t.request_id, t.hold_cost, t.hold_tokens
+          FROM unnest(r_id, r_idem, r_ttl_ms, r_key_id, r_subjects, r_provider, r_flavor, r_model, r_route,
+                      r_request_id, r_hold_cost, r_hold_tokens, sti)
+               AS t(id, idem, ttl, key_id, subjects, provider, flavor, model, route, request_id, hold_cost, hold_tokens, st)
+         WHERE t.st = 1
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING 1)
+    SELECT count(*) INTO vi FROM ins;
+    IF vi <> (SELECT count(*) FROM unnest(sti) AS u(s) WHERE u.s = 1) THEN
+        -- An idempotency key was reserved before: undo this batch (the whole statement rolls
+        -- back) and let the caller run it again with p_check_idem.
+        RAISE EXCEPTION 'purser_reserve: idempotency key reserved before' USING ERRCODE = 'PU001';
+    END IF;
 
     INSERT INTO reservation_holds (reservation_id, budget_id, window_start, tokens_unit, amount)
     SELECT resid[l.req], w_budget[l.win], w_start[l.win], l.tok, l.amt
@@ -177,7 +240,9 @@ CREATE FUNCTION purser_settle(
     s_catalog text[],
     s_cause   text[]
 ) RETURNS TABLE (out_id uuid, out_outcome text, out_overrun boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     t_id     uuid[];
@@ -266,7 +331,9 @@ $$;
 -- purser_expire charges in full up to p_limit pending reservations whose deadline (database
 -- clock) has passed. SKIP LOCKED lets many replicas sweep at once without double charging.
 CREATE FUNCTION purser_expire(p_limit integer) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     ids uuid[];
@@ -333,7 +400,9 @@ CREATE FUNCTION purser_record_unreserved(
     h_amount      bigint[],
     h_tokens      boolean[]
 ) RETURNS TABLE (out_recorded uuid[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     inserted uuid[];

@@ -3,8 +3,11 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ReserveBatch is the column-wise input of purser_reserve (see migrations/002). Requests are
@@ -96,12 +99,22 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 		deny   []int32
 		resid  []*string
 	)
-	err := s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
+	call := func(checkIdem bool) error {
+		return s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
 		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-		$15, $16, $17, $18, $19, $20, $21, $22, $23)`,
-		ids, idem, ttl, keyIDs, subjects, providers, flavors, models, routes, reqIDs, holdCost, holdTokens, first, count,
-		wBudget, wStart, wEnd, wRoll, hReq, hWin, hAmt, hHard, hTok,
-	).Scan(&status, &resid, &deny, &res.LineLimit, &res.LineUsed)
+		$15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`,
+			ids, idem, ttl, keyIDs, subjects, providers, flavors, models, routes, reqIDs, holdCost, holdTokens, first, count,
+			wBudget, wStart, wEnd, wRoll, hReq, hWin, hAmt, hHard, hTok, checkIdem,
+		).Scan(&status, &resid, &deny, &res.LineLimit, &res.LineUsed)
+	}
+	// Repeated idempotency keys are rare: the first attempt skips looking them up and the
+	// function reports one with PU001 (nothing was written), then the batch runs again with
+	// the lookup.
+	err := call(false)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "PU001" {
+		err = call(true)
+	}
 	if err != nil {
 		return ReserveResult{}, fmt.Errorf("reserve batch of %d: %w", n, interpret(err))
 	}

@@ -1,0 +1,57 @@
+package extauthz_test
+
+import (
+	"context"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/extauthz"
+)
+
+// admitAll admits everything on one hard budget without a database.
+type admitAll struct{ b *budget.Budget }
+
+func (a admitAll) Reserve(_ context.Context, r budget.ReserveRequest) (budget.Decision, error) {
+	return budget.Decision{Outcome: budget.Admitted, ReservationID: "018f0000-0000-7000-8000-000000000001",
+		Budgets: []budget.BudgetState{{Budget: a.b, Limit: 1 << 40, Enforced: true, Used: r.Cost, Amount: r.Cost}}}, nil
+}
+
+type staticKeys struct{ k *budget.Key }
+
+func (s staticKeys) Authenticate(context.Context, string) (*budget.Key, error) { return s.k, nil }
+
+// BenchmarkCheck measures the Check path in-process (parse, identify, bound, respond,
+// metrics) with the ledger faked: what purser spends per request besides gRPC and Postgres.
+func BenchmarkCheck(b *testing.B) {
+	cat, err := catalogOnce()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bud, err := budget.Definition{Name: "team", Subject: "team:ml", Limit: 1 << 40, Window: "month", Hard: true}.Build()
+	if err != nil {
+		b.Fatal(err)
+	}
+	key := &budget.Key{ID: "key_bench", Prefix: "pk_bench", Subjects: []budget.Subject{"team:ml"}}
+	srv, err := extauthz.New(admitAll{&bud}, staticKeys{key}, func() *pricing.Catalog { return cat }, extauthz.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"openai_chat", "anthropic_messages"} {
+		b.Run(name, func(b *testing.B) {
+			req := withKey(fixture(b, name), budget.SecretPrefix+"benchbenchbenchbench", 1)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				resp, err := srv.Check(ctx, req)
+				if err != nil || resp.GetOkResponse() == nil {
+					b.Fatalf("%v %v", err, resp)
+				}
+			}
+		})
+	}
+	_ = authv3.CheckRequest{}
+}
