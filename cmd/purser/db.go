@@ -11,6 +11,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/migrations"
 )
 
 // defaultDatabaseURL is the local trust-auth server most development machines have.
@@ -42,6 +46,21 @@ func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, e
 		return nil, fmt.Errorf("connect to database %s: %w", redactURL(dsn), err)
 	}
 	return pool, nil
+}
+
+// openLedger opens a small pool on a migrated database and returns the ledger on it, for the
+// one-shot commands (seed, verify). The returned func releases the pool.
+func openLedger(ctx context.Context, dsn string) (*budget.Service, func(), error) {
+	pool, err := openPool(ctx, dsn, 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := migrations.Check(ctx, pool); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	st := store.New(pool)
+	return budget.New(st, st, budget.Config{}), pool.Close, nil
 }
 
 // warmPool opens every connection of the pool before traffic arrives, so the first Checks

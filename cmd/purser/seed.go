@@ -7,8 +7,6 @@ import (
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
-	"github.com/purser-dev/purser/budget/store"
-	"github.com/purser-dev/purser/migrations"
 )
 
 const demoKeyName = "demo"
@@ -23,16 +21,11 @@ func runSeed(ctx context.Context, e env, args []string) error {
 	if err := f.Parse(args); err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, *dsn, 2)
+	svc, closeLedger, err := openLedger(ctx, *dsn)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := migrations.Check(ctx, pool); err != nil {
-		return err
-	}
-	st := store.New(pool)
-	svc := budget.New(st, st, budget.Config{})
+	defer closeLedger()
 	const actor = "seed"
 
 	keys, err := svc.Keys(ctx)

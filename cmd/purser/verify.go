@@ -6,8 +6,6 @@ import (
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
-	"github.com/purser-dev/purser/budget/store"
-	"github.com/purser-dev/purser/migrations"
 )
 
 func runVerify(ctx context.Context, e env, args []string) error {
@@ -16,16 +14,12 @@ func runVerify(ctx context.Context, e env, args []string) error {
 	if err := f.Parse(args); err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, *dsn, 2)
+	svc, closeLedger, err := openLedger(ctx, *dsn)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := migrations.Check(ctx, pool); err != nil {
-		return err
-	}
-	st := store.New(pool)
-	rep, err := budget.New(st, st, budget.Config{}).Verify(ctx)
+	defer closeLedger()
+	rep, err := svc.Verify(ctx)
 	if err != nil {
 		return err
 	}
