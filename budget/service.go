@@ -116,7 +116,8 @@ func (s *Service) Invalidate() {
 
 // Authenticate returns the key whose secret this is, if it may be used now. It answers from
 // the cache when it can; an unknown secret is remembered briefly so floods of bad keys do not
-// reach the database. Revocation and expiry are checked on every call.
+// reach the database. Expiry is checked on every call; a revocation reaches every replica's
+// cache through Listen.
 func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error) {
 	h := HashSecret(secret)
 	if k, ok := s.keys.Get(h); ok {
@@ -416,9 +417,9 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 		row := batch.Requests[j]
 		d := Decision{ReservationID: res.ReservationID[j]}
 		switch res.Status[j] {
-		case "admitted":
+		case store.StatusAdmitted:
 			d.Outcome = Admitted
-		case "duplicate":
+		case store.StatusDuplicate:
 			d.Outcome = Duplicate
 		default:
 			d.Outcome = Denied

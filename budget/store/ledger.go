@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -53,13 +54,23 @@ type HoldLine struct {
 	Tokens bool // the budget counts tokens, not money
 }
 
+// ReserveStatus is a request's fate in a batch (purser_reserve's out_status codes).
+type ReserveStatus int32
+
+// Reserve statuses.
+const (
+	StatusDenied    ReserveStatus = 0
+	StatusAdmitted  ReserveStatus = 1
+	StatusDuplicate ReserveStatus = 2 // reserved before under its idempotency key
+)
+
 // ReserveResult is purser_reserve's answer, aligned with the batch.
 type ReserveResult struct {
-	Status        []string // per request: admitted | duplicate | denied
-	ReservationID []string // per request: the new or first reservation id ("" when denied)
-	DenyLine      []int    // per request: index of the hold line that did not fit, -1 otherwise
-	LineLimit     []*int64 // per line: effective limit (nil: budget deleted, not enforced)
-	LineUsed      []int64  // per line: posted + pending as the request left it
+	Status        []ReserveStatus // per request
+	ReservationID []string        // per request: the new or first reservation id ("" when denied)
+	DenyLine      []int           // per request: index of the hold line that did not fit, -1 otherwise
+	LineLimit     []*int64        // per line: effective limit (nil: budget deleted, not enforced)
+	LineUsed      []int64         // per line: posted + pending as the request left it
 }
 
 // Reserve runs one batch in one round trip (autocommit: the function's transaction commits
@@ -118,18 +129,11 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 	if err != nil {
 		return ReserveResult{}, fmt.Errorf("reserve batch of %d: %w", n, interpret(err))
 	}
-	res.Status = make([]string, n)
+	res.Status = make([]ReserveStatus, n)
 	res.ReservationID = make([]string, n)
 	res.DenyLine = make([]int, n)
 	for i := range n {
-		switch status[i] {
-		case 1:
-			res.Status[i] = "admitted"
-		case 2:
-			res.Status[i] = "duplicate"
-		default:
-			res.Status[i] = "denied"
-		}
+		res.Status[i] = ReserveStatus(status[i])
 		if resid[i] != nil {
 			res.ReservationID[i] = *resid[i]
 		}
@@ -231,26 +235,8 @@ func nullable(s string) *string {
 	return &s
 }
 
-func joinSubjects(ss []string) string {
-	switch len(ss) {
-	case 0:
-		return ""
-	case 1:
-		return ss[0]
-	}
-	n := len(ss) - 1
-	for _, s := range ss {
-		n += len(s)
-	}
-	b := make([]byte, 0, n)
-	for i, s := range ss {
-		if i > 0 {
-			b = append(b, '\n')
-		}
-		b = append(b, s...)
-	}
-	return string(b)
-}
+// joinSubjects packs a request's subjects into one text value (split again in SQL).
+func joinSubjects(ss []string) string { return strings.Join(ss, "\n") }
 
 // UnreservedRow is spend recorded without a reservation; its lines (in the batch) charge
 // the windows.
