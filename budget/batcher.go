@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,7 +73,6 @@ const (
 )
 
 type call struct {
-	ctx   context.Context
 	req   ReserveRequest
 	state atomic.Int32
 	out   chan callResult // buffered 1
@@ -102,7 +102,7 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 	if req.ID == "" {
 		req.ID = uuidV7()
 	}
-	c := &call{ctx: ctx, req: req, out: make(chan callResult, 1)}
+	c := &call{req: req, out: make(chan callResult, 1)}
 	lane := b.lanes[b.laneOf(&req)]
 	select {
 	case lane <- c:
@@ -158,15 +158,9 @@ func (b *Batcher) Run(ctx context.Context) {
 	}
 	wg.Wait()
 	b.once.Do(func() { close(b.done) })
-	for _, lane := range b.lanes {
-		for {
-			select {
-			case c := <-lane:
-				b.deliver(c, callResult{err: ErrStopped})
-				continue
-			default:
-			}
-			break
+	for _, lane := range b.lanes { // nothing else receives now
+		for len(lane) > 0 {
+			b.deliver(<-lane, callResult{err: ErrStopped})
 		}
 	}
 }
@@ -215,17 +209,23 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
 	b.reserved.Add(int64(len(reqs)))
 
 	var orphans []string
+	answered := map[string]bool{} // reservation ids some caller of this batch was given
 	for i, c := range live {
 		r := callResult{err: err}
 		if err == nil {
 			r.d = ds[i]
 		}
-		if !b.deliver(c, r) {
-			if err != nil || ds[i].Outcome == Admitted {
-				orphans = append(orphans, c.req.ID)
+		if b.deliver(c, r) {
+			if err == nil {
+				answered[ds[i].ReservationID] = true
 			}
+		} else if err != nil || ds[i].Outcome == Admitted {
+			orphans = append(orphans, c.req.ID)
 		}
 	}
+	// A repeat of the same Check in this batch was answered with an orphan's reservation:
+	// that request goes upstream on it, so it stays.
+	orphans = slices.DeleteFunc(orphans, func(id string) bool { return answered[id] })
 	if err != nil {
 		// The outcome is unknown (the commit may have happened): release every hold the
 		// batch may have made. Unknown ids are harmless; if this fails too, the holds expire.
@@ -241,7 +241,7 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
 		if err != nil {
 			cause = "reserve_error"
 		}
-		if _, verr := b.svc.Void(bctx, orphans, cause); verr != nil && !errors.Is(verr, context.Canceled) {
+		if _, verr := b.svc.voidTentative(bctx, orphans, cause); verr != nil && !errors.Is(verr, context.Canceled) {
 			b.cfg.Logger.LogAttrs(bctx, slog.LevelWarn, "could not void abandoned reservations; they will expire",
 				slog.Int("count", len(orphans)), slog.String("error", verr.Error()))
 		}

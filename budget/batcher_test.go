@@ -132,6 +132,41 @@ func TestBatcher_AbandonedReservationIsVoided(t *testing.T) {
 	e.requireClean(t)
 }
 
+// A caller that gave up with an idempotency key, then the same Check repeated (Envoy's
+// retry_policy) after the release: the repeat gets a fresh reservation, never the voided one.
+func TestBatcher_RetryAfterAbandonReservesAfresh(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	tb := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{})
+	first, err := b.Reserve(ctx, req("team:ml"))
+	require.NoError(t, err)
+	start := first.Budgets[0].Window.Start
+
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
+	require.NoError(t, err)
+	r := req("team:ml")
+	r.IdempotencyKey = []byte("key|req-1|stream-1")
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	_, err = b.Reserve(short, r)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, tx.Rollback(ctx))
+
+	retry, err := b.Reserve(ctx, r) // runs after the abandoned batch and its release
+	require.NoError(t, err)
+	require.Equal(t, budget.Admitted, retry.Outcome)
+	got, err := e.svc.Reservation(ctx, retry.ReservationID)
+	require.NoError(t, err)
+	require.Equal(t, "pending", got.State, "the retry's request goes upstream on a live hold")
+	_, pending := e.window(t, tb.ID, start)
+	require.Equal(t, int64(20), pending)
+	e.requireClean(t)
+}
+
 func TestBatcher_StoppedRefuses(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

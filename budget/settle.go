@@ -15,6 +15,9 @@ type Settlement struct {
 	ReservationID string
 	// Void releases the hold without charging (the upstream was never reached).
 	Void bool
+	// Tentative makes a Void apply only if no repeated Check (Envoy's retry_policy) was
+	// answered with this reservation: the batcher's release of a caller that gave up.
+	Tentative bool
 	// ChargeHold charges the whole hold: the provider may have billed but the real usage is
 	// unknown (response cut off, usage missing or unpriceable). Cost and Tokens are ignored.
 	ChargeHold bool
@@ -63,7 +66,7 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 			return nil, fmt.Errorf("%w: settlement reservation id: %w", ErrInvalid, err)
 		}
 		rows[i] = store.SettleRow{
-			ReservationID: st.ReservationID, Void: st.Void, ChargeHold: st.ChargeHold, Cost: st.Cost, Tokens: st.Tokens,
+			ReservationID: st.ReservationID, Void: st.Void, Tentative: st.Tentative, ChargeHold: st.ChargeHold, Cost: st.Cost, Tokens: st.Tokens,
 			Usage: st.Usage, CatalogVersion: st.CatalogVersion, Cause: st.Cause,
 		}
 	}
@@ -90,9 +93,19 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 
 // Void releases reservations whose upstream was never reached.
 func (s *Service) Void(ctx context.Context, ids []string, cause string) ([]SettleResult, error) {
+	return s.void(ctx, ids, cause, false)
+}
+
+// voidTentative releases holds whose callers gave up, unless a repeated Check was answered
+// with them meanwhile (then the request may be upstream: its access-log entry decides).
+func (s *Service) voidTentative(ctx context.Context, ids []string, cause string) ([]SettleResult, error) {
+	return s.void(ctx, ids, cause, true)
+}
+
+func (s *Service) void(ctx context.Context, ids []string, cause string, tentative bool) ([]SettleResult, error) {
 	batch := make([]Settlement, len(ids))
 	for i, id := range ids {
-		batch[i] = Settlement{ReservationID: id, Void: true, Cause: cause}
+		batch[i] = Settlement{ReservationID: id, Void: true, Tentative: tentative, Cause: cause}
 	}
 	return s.Settle(ctx, batch)
 }

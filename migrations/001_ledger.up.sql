@@ -114,7 +114,10 @@ CREATE TABLE reservations (
     overrun_cost    bigint NOT NULL DEFAULT 0 CHECK (overrun_cost >= 0),
     overrun_tokens  bigint NOT NULL DEFAULT 0 CHECK (overrun_tokens >= 0),
     -- Spend that reached purser without a reservation (fail-open, lost Check) is recorded here too.
-    unreserved      boolean NOT NULL DEFAULT false
+    unreserved      boolean NOT NULL DEFAULT false,
+    -- A repeated Check (Envoy's retry_policy) was answered with this reservation: the request
+    -- may have gone upstream on it, so a void from a caller that gave up must not release it.
+    reanswered      boolean NOT NULL DEFAULT false
 );
 CREATE INDEX reservations_expiry ON reservations (expires_at) WHERE state = 'pending';
 -- Time ranges (spend reports, the access log's x-request-id fallback) use BRIN indexes: rows

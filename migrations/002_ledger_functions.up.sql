@@ -1,8 +1,9 @@
 -- The ledger's state changes, each one database round trip for a whole batch.
 --
--- Lock order, everywhere: budgets rows of rolling budgets (by id), then reservations (by id),
--- then budget_windows (by budget_id, window_start). Reserve never locks an existing reservation,
--- so no cycle can form between reserving, settling and expiring.
+-- Lock order, everywhere: reservations (by id), then budgets rows of rolling budgets (by id),
+-- then budget_windows (by budget_id, window_start). Reserve locks an existing reservation
+-- only when a Check is repeated, and does so before any other lock, so no cycle can form
+-- between reserving, settling and expiring.
 
 -- purser_reserve admits a batch of requests in arrival order. A request is admitted when every
 -- hard budget it touches still has room (posted + pending + amount <= limit + active grants),
@@ -80,10 +81,16 @@ BEGIN
     IF p_check_idem THEN
         FOR ex IN SELECT k.ord::integer AS ord, r.id
                     FROM unnest(r_idem) WITH ORDINALITY AS k(key, ord)
-                    JOIN reservations r ON r.idempotency_key = k.key LOOP
+                    JOIN reservations r ON r.idempotency_key = k.key
+                   ORDER BY r.id
+                     FOR UPDATE OF r LOOP
             sti[ex.ord] := 2;
             resid[ex.ord] := ex.id;
         END LOOP;
+        -- The request may now go upstream on these: a caller-gone void must not release them.
+        UPDATE reservations r SET reanswered = true
+         WHERE r.id IN (SELECT u.id FROM unnest(resid, sti) AS u(id, s) WHERE u.s = 2)
+           AND r.state = 'pending' AND NOT r.reanswered;
     END IF;
 
     IF nw > 0 THEN
@@ -176,17 +183,13 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- A denied request may be a repeat of one admitted before: its first answer stands. (It
-    -- held nothing here, so no other decision depends on it.)
-    IF NOT p_check_idem THEN
-        FOR ex IN SELECT k.ord::integer AS ord, r.id
-                    FROM unnest(r_idem, sti) WITH ORDINALITY AS k(key, s, ord)
-                    JOIN reservations r ON r.idempotency_key = k.key
-                   WHERE k.s = 0 LOOP
-            sti[ex.ord] := 2;
-            resid[ex.ord] := ex.id;
-            deny[ex.ord] := 0;
-        END LOOP;
+    -- A denied request may be a repeat of one admitted before: then its first answer stands,
+    -- which the run with p_check_idem gives (it marks the reservation first, in lock order).
+    IF NOT p_check_idem AND EXISTS (
+        SELECT 1 FROM unnest(r_idem, sti) AS k(key, s)
+          JOIN reservations r ON r.idempotency_key = k.key
+         WHERE k.s = 0) THEN
+        RAISE EXCEPTION 'purser_reserve: idempotency key reserved before' USING ERRCODE = 'PU001';
     END IF;
 
     UPDATE budget_windows bw SET pending = bw.pending + d.delta
@@ -229,10 +232,13 @@ $$;
 --   unknown id -> reported, nothing changes.
 -- An actual above the hold is charged in full and recorded as an overrun. s_hold marks
 -- settlements that charge the full hold (usage unknown: cut off, missing, unpriced), whatever
--- s_cost and s_tokens say.
+-- s_cost and s_tokens say. s_tentative marks voids that apply only if no repeated Check was
+-- answered with the reservation (the batcher releasing the hold of a caller that gave up).
+-- A voided reservation gives up its idempotency key, so a later repeat reserves afresh.
 CREATE FUNCTION purser_settle(
     s_id      uuid[],
     s_void    boolean[],
+    s_tentative boolean[],
     s_hold    boolean[],
     s_cost    bigint[],
     s_tokens  bigint[],
@@ -258,16 +264,17 @@ DECLARE
     t_ht     bigint[];
 BEGIN
     WITH inp AS (
-        SELECT DISTINCT ON (t.id) t.id, t.void, t.hold, t.cost, t.tokens, t.usage, t.catalog, t.cause
-          FROM unnest(s_id, s_void, s_hold, s_cost, s_tokens, s_usage, s_catalog, s_cause)
-               WITH ORDINALITY AS t(id, void, hold, cost, tokens, usage, catalog, cause, ord)
+        SELECT DISTINCT ON (t.id) t.id, t.void, t.tentative, t.hold, t.cost, t.tokens, t.usage, t.catalog, t.cause
+          FROM unnest(s_id, s_void, s_tentative, s_hold, s_cost, s_tokens, s_usage, s_catalog, s_cause)
+               WITH ORDINALITY AS t(id, void, tentative, hold, cost, tokens, usage, catalog, cause, ord)
          ORDER BY t.id, t.ord),
     cur AS (
-        SELECT r.id, r.state, r.hold_cost, r.hold_tokens FROM reservations r
+        SELECT r.id, r.state, r.hold_cost, r.hold_tokens, r.reanswered FROM reservations r
          WHERE r.id IN (SELECT inp.id FROM inp)
          ORDER BY r.id FOR UPDATE)
     SELECT array_agg(inp.id), array_agg(cur.state),
            array_agg(CASE WHEN cur.state IS NULL THEN 'unknown'
+                          WHEN inp.void AND inp.tentative AND cur.reanswered THEN 'duplicate'
                           WHEN cur.state IN ('pending', 'expired') AND inp.void THEN 'voided'
                           WHEN cur.state IN ('pending', 'expired') THEN 'settled'
                           ELSE 'duplicate' END),
@@ -311,6 +318,7 @@ BEGIN
     UPDATE reservations r
        SET state = t.new,
            resolved_at = now(),
+           idempotency_key = CASE WHEN t.new = 'voided' THEN NULL ELSE r.idempotency_key END,
            actual_cost = CASE WHEN t.new = 'voided' THEN 0 ELSE t.cost END,
            actual_tokens = CASE WHEN t.new = 'voided' THEN 0 ELSE t.tokens END,
            usage = t.usage,

@@ -166,6 +166,8 @@ func (r UnreservedRow) lines() (int, int)     { return r.FirstLine, r.LineCount 
 type SettleRow struct {
 	ReservationID string
 	Void          bool
+	// Tentative (with Void): void only if no repeated Check was answered with the reservation.
+	Tentative bool
 	// ChargeHold charges the full hold (usage unknown); Cost and Tokens are ignored.
 	ChargeHold     bool
 	Cost           int64 // micro-USD actually spent
@@ -188,18 +190,19 @@ type SettleOutcome struct {
 func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, error) {
 	n := len(rows)
 	ids, cats, causes := make([]string, n), make([]string, n), make([]string, n)
-	voids, holds := make([]bool, n), make([]bool, n)
+	voids, tentative, holds := make([]bool, n), make([]bool, n), make([]bool, n)
 	costs, tokens := make([]int64, n), make([]int64, n)
 	usages := make([][]byte, n)
 	for i, r := range rows {
-		ids[i], voids[i], holds[i], costs[i], tokens[i], cats[i], causes[i] = r.ReservationID, r.Void, r.ChargeHold, r.Cost, r.Tokens, r.CatalogVersion, r.Cause
+		ids[i], voids[i], tentative[i], holds[i] = r.ReservationID, r.Void, r.Tentative, r.ChargeHold
+		costs[i], tokens[i], cats[i], causes[i] = r.Cost, r.Tokens, r.CatalogVersion, r.Cause
 		if len(r.Usage) > 0 {
 			usages[i] = r.Usage
 		}
 	}
 	out := make([]SettleOutcome, 0, n)
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6::jsonb[], $7, $8)`,
-		ids, voids, holds, costs, tokens, usages, cats, causes)
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6, $7::jsonb[], $8, $9)`,
+		ids, voids, tentative, holds, costs, tokens, usages, cats, causes)
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
 	}
