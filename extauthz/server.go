@@ -97,7 +97,6 @@ type verdict struct {
 	key      *budget.Key
 	subjects []budget.Subject
 	cred     *request.Credential
-	model    string // catalog or requested model
 	cost     int64
 	tokens   int64
 }
@@ -168,7 +167,8 @@ func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
 		case errors.Is(err, budget.ErrKeyUnknown):
 			return verdict{kind: kindUnidentified, status: 401, reason: "invalid_api_key", message: "the API key is not valid"}
 		default:
-			return s.cannotDecide(r, verdict{}, err)
+			// Never fail open here: an unverified credential is no identity at all.
+			return verdict{kind: kindError, err: err}
 		}
 		break
 	}
@@ -261,11 +261,15 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 			return deny(v, 400, "unknown_model", fmt.Sprintf("purser has no price for model %q, so it cannot admit the request; an operator can add it to the price overrides", r.Model)), false
 		}
 	}
-	v.model = m.ID
 	if !r.HasOutputCap && s.cfg.MissingCap == MissingCapDeny && r.Flavor != request.FlavorEmbeddings && r.Flavor != request.FlavorGeminiEmbeddings {
 		return deny(v, 400, "output_cap_required", "set an output-token cap (max_tokens, max_completion_tokens or max_output_tokens): purser reserves the worst case before the request runs"), false
 	}
 	input := r.InputTokens
+	if r.BodyError != nil {
+		// invalid_body: estimate. A token is at least one byte, so the body's size bounds the
+		// prompt whatever the parser could not read.
+		input = max(input, int64(r.BodyBytes), r.ContentLength)
+	}
 	if r.ExternalInput && m.ContextWindow > 0 {
 		input = m.ContextWindow // input pulled from elsewhere: only the context window bounds it
 	}
@@ -317,8 +321,9 @@ func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request)
 	return h.Sum(nil)
 }
 
-// cannotDecide turns a ledger failure into a gRPC error (Envoy's failure mode applies), or,
-// on a route whose failure_policy is "open", into an unverified admission.
+// cannotDecide turns a failure to reserve into a gRPC error (Envoy's failure mode applies),
+// or, on a route whose failure_policy is "open", into an unverified admission of the
+// identified caller (recorded as unreserved spend when its access-log entry arrives).
 func (s *Server) cannotDecide(r *request.Request, v verdict, err error) verdict {
 	if r.Route.FailurePolicy == request.FailureOpen {
 		v.kind, v.err = kindUnverified, err

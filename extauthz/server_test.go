@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -557,4 +558,45 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// With invalid_body: estimate, an unreadable body is bounded by its size (a token is at
+// least one byte), never by what the parser happened to count.
+func TestCheck_InvalidBodyEstimateBoundsBySize(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{InvalidBody: extauthz.BodyEstimate}, nil)
+	_, secret := h.key(t, "team:ml")
+	req := withKey(fixture(t, "openai_chat"), secret, 1)
+	body := `{"model":"gpt-4o-mini","max_tokens":10,"messages":[{"role":"user","content":"` + strings.Repeat("word ", 2000) // unterminated
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	httpReq.RawBody = []byte(body)
+	httpReq.Headers["content-length"] = strconv.Itoa(len(body))
+	r := request.Parse(req, &request.Config{})
+	require.Error(t, r.BodyError)
+	require.Equal(t, "gpt-4o-mini", r.Model)
+	resp, err := h.client.Check(context.Background(), req)
+	require.NoError(t, err)
+	okResponse(t, resp)
+	tokens, err := strconv.ParseInt(meta(resp, extauthz.MetaReservedTokens), 10, 64)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, tokens, int64(len(body)+10))
+}
+
+// failingAuth cannot reach the ledger.
+type failingAuth struct{}
+
+func (failingAuth) Authenticate(context.Context, string) (*budget.Key, error) {
+	return nil, budget.ErrUnavailable
+}
+
+// A route that fails open still never admits a credential it could not verify.
+func TestCheck_FailOpenNeverSkipsAuthentication(t *testing.T) {
+	t.Parallel()
+	cat := catalog(t)
+	srv, err := extauthz.New(failingReserver{}, failingAuth{}, func() *pricing.Catalog { return cat }, extauthz.Config{})
+	require.NoError(t, err)
+	req := withKey(fixture(t, "openai_chat"), budget.SecretPrefix+"anything0000000000000000", 1)
+	req.Attributes.ContextExtensions = map[string]string{"failure_policy": "open"}
+	_, err = srv.Check(context.Background(), req)
+	require.Equal(t, codes.Unavailable, status.Code(err))
 }
