@@ -65,8 +65,12 @@ func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, 
 		return s.denied(r, v), nil
 	}
 	ok := &authv3.OkHttpResponse{}
-	if *s.cfg.StripCredentials && v.cred != nil && v.cred.Header != "" {
-		ok.HeadersToRemove = []string{v.cred.Header}
+	if *s.cfg.StripCredentials && v.cred != nil {
+		if v.cred.Header != "" {
+			ok.HeadersToRemove = []string{v.cred.Header}
+		} else if param, isQuery := strings.CutPrefix(v.cred.Source, request.QuerySourcePrefix); isQuery {
+			ok.QueryParametersToRemove = []string{param}
+		}
 	}
 	decision := DecisionPassthrough
 	switch v.kind {

@@ -600,3 +600,19 @@ func TestCheck_FailOpenNeverSkipsAuthentication(t *testing.T) {
 	_, err = srv.Check(context.Background(), req)
 	require.Equal(t, codes.Unavailable, status.Code(err))
 }
+
+// A key sent as a query parameter (Gemini's ?key=) is removed before the request goes upstream.
+func TestCheck_StripsQueryCredential(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{Request: request.Config{CredentialSources: []string{"query:key"}}}, nil)
+	_, secret := h.key(t, "team:ml")
+	req := withKey(fixture(t, "gemini_generate"), "", 1)
+	hr := req.GetAttributes().GetRequest().GetHttp()
+	hr.Path += "?key=" + secret
+	hr.Headers[":path"] = hr.Path
+	resp, err := h.client.Check(context.Background(), req)
+	require.NoError(t, err)
+	ok := okResponse(t, resp)
+	require.Equal(t, []string{"key"}, ok.GetQueryParametersToRemove())
+	require.Empty(t, ok.GetHeadersToRemove())
+}
