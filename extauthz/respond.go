@@ -57,7 +57,7 @@ const (
 func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, error) {
 	switch v.kind {
 	case kindError:
-		if isDeadline(v.err) {
+		if errors.Is(v.err, context.DeadlineExceeded) {
 			return nil, status.Error(codes.DeadlineExceeded, "purser could not decide before the deadline")
 		}
 		return nil, status.Error(codes.Unavailable, "purser cannot reach its ledger")
@@ -89,10 +89,6 @@ func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, 
 	}, nil
 }
 
-func isDeadline(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded)
-}
-
 // metadataFor builds the dynamic metadata the access-log sink joins on. Amounts are strings:
 // Struct numbers are doubles.
 func metadataFor(decision string, r *request.Request, v verdict) *structpb.Struct {
@@ -111,7 +107,8 @@ func metadataFor(decision string, r *request.Request, v verdict) *structpb.Struc
 	if v.key != nil {
 		f[MetaKeyID] = structpb.NewStringValue(v.key.ID)
 	}
-	if len(v.subjects) > 0 {
+	if decision == DecisionUnverified && len(v.subjects) > 0 {
+		// No reservation records who spent: the sink charges these subjects instead.
 		ss := make([]string, len(v.subjects))
 		for i, s := range v.subjects {
 			ss[i] = string(s)
