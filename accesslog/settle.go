@@ -123,19 +123,16 @@ func (s *Sink) price(e *Entry, provider, flavor, model string) (cost, tokens int
 		}
 		cost = c.Total
 	} else {
-		priced, perr := cat.PriceResponse(provider, flavor, model, pricing.Unflatten(e.Usage), e.Start)
+		body := pricing.Unflatten(e.Usage)
+		priced, perr := cat.PriceResponse(provider, flavor, model, body, e.Start)
 		if errors.Is(perr, pricing.ErrUnknownModel) && s.cfg.UnknownModel == UnknownModelDefaultPrice {
 			if dm, ok := cat.DefaultModel(); ok {
-				u2, _, xerr := cat.ExtractUsage(provider, flavor, pricing.Unflatten(e.Usage))
-				if xerr != nil {
-					return 0, 0, nil, version, xerr
-				}
-				c, cerr := dm.CostAt(u2, e.Start)
+				// PriceResponse extracted the usage before it failed on the model.
+				c, cerr := dm.CostAt(priced.Usage, e.Start)
 				if cerr != nil {
 					return 0, 0, nil, version, cerr
 				}
-				priced = pricing.Priced{Model: dm, Usage: u2, Cost: c}
-				perr = nil
+				priced, perr = pricing.Priced{Model: dm, Usage: priced.Usage, Cost: c}, nil
 			}
 		}
 		if perr != nil {

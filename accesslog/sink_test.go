@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/purser-dev/purser/accesslog"
@@ -531,4 +532,48 @@ func TestSink_SettlementMetricsPerEntry(t *testing.T) {
 		}
 	}
 	require.Equal(t, map[string]int64{"settled": 1, "voided": 1, "duplicate": 2}, got)
+}
+
+// With unknown_model: default_price, usage of a model the catalog does not know is priced at
+// the operator's default price, not charged the hold and never zero.
+func TestSink_UnknownModelDefaultPrice(t *testing.T) {
+	t.Parallel()
+	base, err := catalogOnce()
+	require.NoError(t, err)
+	cat, err := pricing.Load(base, strings.NewReader("default_price: {input_mtok: 1, output_mtok: 2}\n"))
+	require.NoError(t, err)
+	s := pgtest.New(t)
+	st := store.New(s.Pool)
+	svc := budget.New(st, st, budget.Config{})
+	_, err = svc.CreateBudget(context.Background(), "t", budget.Definition{Name: "team", Subject: "team:ml", Limit: 1_000_000, Window: "month", Hard: true})
+	require.NoError(t, err)
+	sink, err := accesslog.New(svc, func() *pricing.Catalog { return cat }, accesslog.Config{UnknownModel: accesslog.UnknownModelDefaultPrice})
+	require.NoError(t, err)
+	h := &harness{sink: sink, svc: svc, schema: s}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { sink.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	gs := grpc.NewServer()
+	alsv3.RegisterAccessLogServiceServer(gs, sink)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	h.client = alsv3.NewAccessLogServiceClient(conn)
+
+	id := h.reserve(t, 5_000, 10_000, "r-local")
+	e := entry(t, "unverified_usage", id, "r-local") // chat usage: 1000 in, 200 out
+	md := e.CommonProperties.Metadata.FilterMetadata
+	md["envoy.filters.http.ext_authz"].Fields["purser_decision"] = structpb.NewStringValue("reserved")
+	md["envoy.filters.http.ext_authz"].Fields["reservation_id"] = structpb.NewStringValue(id)
+	md["envoy.filters.http.ext_authz"].Fields["model"] = structpb.NewStringValue("my-local-llm")
+	md["envoy.filters.http.ext_authz"].Fields["provider"] = structpb.NewStringValue("")
+	h.send(t, []*alsdata.HTTPAccessLogEntry{e})
+	r := h.reservation(t, id)
+	require.Equal(t, "settled", r.State)
+	require.Equal(t, int64(1000*1+200*2), *r.ActualCost, "1000 × $1/M + 200 × $2/M in micros")
 }
