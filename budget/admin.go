@@ -278,7 +278,7 @@ func (s *Service) CreateTemplate(ctx context.Context, actor string, d Definition
 		return Budget{}, mapErr(err)
 	}
 	s.Invalidate()
-	return templateFromRow(row)
+	return budgetFromRow(row)
 }
 
 // UpdateTemplate changes a template; budgets already made from it keep their definition.
@@ -296,7 +296,7 @@ func (s *Service) UpdateTemplate(ctx context.Context, actor string, id int64, d 
 		return Budget{}, mapErr(err)
 	}
 	s.Invalidate()
-	return templateFromRow(row)
+	return budgetFromRow(row)
 }
 
 // DeleteTemplate stops a template from applying to new subjects.
@@ -323,21 +323,13 @@ func (s *Service) Templates(ctx context.Context) ([]Template, error) {
 	}
 	out := make([]Template, 0, len(rows))
 	for _, r := range rows {
-		b, err := templateFromRow(r)
+		b, err := budgetFromRow(r)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, Template{Budget: b, SubjectKind: r.SubjectKind})
 	}
 	return out, nil
-}
-
-func templateFromRow(r store.BudgetRow) (Budget, error) {
-	b, err := budgetFromRow(r)
-	if err != nil {
-		return Budget{}, err
-	}
-	return b, nil
 }
 
 // AuditEntry is one audit log entry.

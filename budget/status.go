@@ -44,7 +44,7 @@ func (s *Service) Status(ctx context.Context, subjects ...Subject) ([]Status, er
 	return s.statusOf(ctx, budgets)
 }
 
-// StatusOf reports the given budgets' current windows.
+// statusOf reports the given budgets' current windows.
 func (s *Service) statusOf(ctx context.Context, budgets []Budget) ([]Status, error) {
 	if len(budgets) == 0 {
 		return nil, nil
