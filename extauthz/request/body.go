@@ -427,7 +427,7 @@ func (p *bodyParser) positiveInt() (v int64, ok bool, err error) {
 		}
 		raw := p.data[start:p.pos]
 		p.addTokens(1)
-		shown := string(raw[:min(len(raw), 32)])
+		shown := raw[:min(len(raw), 32)] // formatted only for an error: no allocation per cap
 		if raw[0] == '-' {
 			return 0, false, fmt.Errorf("%s: must be a positive integer", shown)
 		}

@@ -50,14 +50,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 		r.ContentLength > int64(len(body))
 
 	ep := recognize(path)
-	switch {
-	case r.Route.Provider != "":
-		r.Provider = r.Route.Provider
-	case providerFromHost(hostname(r.Host)) != "":
-		r.Provider = providerFromHost(hostname(r.Host))
-	default:
-		r.Provider = ep.provider
-	}
+	r.Provider = firstNonEmpty(r.Route.Provider, providerFromHost(hostname(r.Host)), ep.provider)
 
 	d := ep.dialect
 	if strings.EqualFold(r.Method, "POST") {
