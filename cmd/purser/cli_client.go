@@ -34,12 +34,16 @@ type cliFlags struct {
 	addr, token, output *string
 }
 
+// tokenEnv holds the admin token when -token is not given. It is read after parsing, not
+// made the flag's default: flag usage (-h, or any flag error) prints defaults.
+const tokenEnv = "PURSER_ADMIN_TOKEN"
+
 func newCLIFlags(name string, e env) *cliFlags {
 	f := newFlags(name, e)
 	return &cliFlags{
 		flags:  f,
 		addr:   f.String("addr", "PURSER_ADDR", defaultAdminAddr, "purser's HTTP address (the admin API)"),
-		token:  f.String("token", "PURSER_ADMIN_TOKEN", "", "admin bearer token"),
+		token:  f.FlagSet.String("token", "", f.usage(tokenEnv, "admin bearer token")),
 		output: f.FlagSet.String("o", "table", "output: table or json"),
 	}
 }
@@ -87,10 +91,14 @@ func (f *cliFlags) client() (*apiClient, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("-addr %q: want http://host:port", *f.addr)
 	}
-	if *f.token == "" {
-		return nil, errors.New("no admin token: set PURSER_ADMIN_TOKEN or pass -token")
+	token := *f.token
+	if token == "" {
+		token = f.env(tokenEnv)
 	}
-	return &apiClient{base: u, token: *f.token, http: &http.Client{Timeout: 60 * time.Second}}, nil
+	if token == "" {
+		return nil, errors.New("no admin token: set " + tokenEnv + " or pass -token")
+	}
+	return &apiClient{base: u, token: token, http: &http.Client{Timeout: 60 * time.Second}}, nil
 }
 
 // apiError is an error answer of the admin API.

@@ -225,3 +225,17 @@ func TestCLI_BudgetsTemplatesReports(t *testing.T) {
 	}
 	require.Equal(t, []string{"budget.delete", "budget.reset", "budget.create"}, actions)
 }
+
+// The admin token from the environment never appears in flag usage, which -h and every flag
+// error print.
+func TestCLI_TokenNotInUsage(t *testing.T) {
+	t.Parallel()
+	env := func(k string) string { return map[string]string{"PURSER_ADMIN_TOKEN": cliToken}[k] }
+	for _, args := range [][]string{{"keys", "list", "-h"}, {"budgets", "create", "-bogus"}, {"apply", "-h"}} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, env, strings.NewReader(""), &out, &errb)
+		require.Error(t, err, "%v", args)
+		require.Contains(t, errb.String(), "admin bearer token (env PURSER_ADMIN_TOKEN)", "%v", args)
+		require.NotContains(t, errb.String()+out.String(), cliToken, "%v", args)
+	}
+}
