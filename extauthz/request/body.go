@@ -1,9 +1,9 @@
 package request
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -21,13 +21,16 @@ import (
 // estimate plus one token, each object or array one token; plus messageOverhead per element
 // of messages / contents / input arrays and requestOverhead per request. Embeddings count only
 // "input", with token arrays counted exactly. Media parts are recognised by the member names
-// the APIs use and charged fixed allowances instead of their base64 text:
+// the APIs use and charged by their media type instead of their base64 text:
 //
 //   - a data URL ("data:<mime>;base64,...") under url, image_url, data or file_data:
-//     image/* costs Config.ImageTokens, anything else max(ImageTokens, bytes/MediaBytesPerToken);
+//     image/* costs Config.ImageTokens, audio/* and video/* max(ImageTokens,
+//     bytes/MediaBytesPerToken), any other type (text, JSON, PDF and other documents, whose
+//     tokens their size in bytes does not bound) is counted as text, characters as sent;
 //   - a base64 string of 64+ characters under data (Anthropic source.data, Gemini
-//     inlineData.data, OpenAI input_audio.data) is sized the same way at the end of its object,
-//     image/* when a sibling media_type / mimeType / mime_type says so;
+//     inlineData.data, OpenAI input_audio.data) is charged the same way at the end of its
+//     object, by the type a sibling media_type / mimeType / mime_type gives; without one it
+//     is sized as audio (OpenAI input_audio names only a format);
 //   - an image reference (image_url string, url inside image_url) costs ImageTokens;
 //   - a file reference (file_id, file_url, fileUri, file_uri, video_url, audio_url, url inside
 //     an Anthropic source) costs ImageTokens and sets ExternalInput.
@@ -663,8 +666,31 @@ func (p *bodyParser) tokenInput() (prompts int64) {
 
 // objState collects media evidence inside one object.
 type objState struct {
-	payload int64 // decoded bytes of base64 payloads under "data"
-	image   bool  // a sibling media type says image/*
+	payload int64     // decoded bytes of base64 payloads under "data"
+	first   int       // offset of the first payload's string, to count it as text
+	more    int64     // characters of any further payload (a repeated "data")
+	media   mediaKind // the most expensive kind a sibling media type names
+}
+
+// mediaKind is what a declared media type makes of a payload, cheapest first.
+type mediaKind uint8
+
+const (
+	mediaUntyped mediaKind = iota // no media type: sized like audio
+	mediaImage                    // image/*: ImageTokens
+	mediaAV                       // audio/*, video/*: sized by bytes
+	mediaText                     // anything else: counted as the text it is sent as
+)
+
+// mediaKindOf classifies a media type ("image/png", "text/plain; charset=utf-8").
+func mediaKindOf(mime []byte) mediaKind {
+	switch {
+	case hasPrefixFoldBytes(mime, "image/"):
+		return mediaImage
+	case hasPrefixFoldBytes(mime, "audio/"), hasPrefixFoldBytes(mime, "video/"):
+		return mediaAV
+	}
+	return mediaText
 }
 
 // value reads any value, counting its tokens. k is the member name it sits under (arrays
@@ -713,9 +739,23 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 	var st objState
 	p.objectLoop(self, toolLevel, &st)
 	// charged also when the body ended inside the object
-	if st.payload > 0 {
-		p.chargeMedia(st.image, st.payload)
+	switch {
+	case st.payload == 0:
+	case st.media == mediaText:
+		p.textAt(st.first)
+		p.addTokens(st.more) // a token per character bounds any text
+	default:
+		p.chargeMedia(st.media == mediaImage, st.payload)
 	}
+}
+
+// textAt counts the string that starts at off as text, then returns to where the parser was.
+func (p *bodyParser) textAt(off int) {
+	pos, err := p.pos, p.err
+	p.pos = off
+	p.str(true, nil, nil)
+	p.addTokens(p.cnt.take() + 1)
+	p.pos, p.err = pos, err
 }
 
 // objectLoop reads the members of an object whose '{' has been consumed.
@@ -751,14 +791,22 @@ func (p *bodyParser) objectLoop(self mkind, toolLevel bool, st *objState) {
 			p.str(true, vbuf[:], nil)
 			v := vbuf[:p.capLen]
 			p.addTokens(p.cnt.take() + 1)
-			if k == mkMime && hasPrefixFoldBytes(v, "image/") {
-				st.image = true
+			if k == mkMime {
+				st.media = max(st.media, mediaKindOf(v))
 			}
 			if k == mkType && toolLevel && isServerToolType(v) {
 				p.external = true
 			}
 		} else if k == mkData && p.peek() == '"' {
-			st.payload += p.stringValue(k, self, true)
+			at := p.pos
+			if n := p.stringValue(k, self, true); n > 0 {
+				if st.payload == 0 {
+					st.first = at
+				} else {
+					st.more += int64(p.pos - at)
+				}
+				st.payload += n
+			}
 		} else {
 			p.value(k, self)
 		}
@@ -836,7 +884,7 @@ func (p *bodyParser) stringValue(k, parent mkind, payloadOK bool) (payload int64
 	return 0
 }
 
-// dataURL reads the string at p.pos if it is a data URL and charges it as media.
+// dataURL reads the string at p.pos if it is a data URL and charges it by its media type.
 func (p *bodyParser) dataURL() bool {
 	raw := p.data[p.pos+1:]
 	if len(raw) < 5 || !hasPrefixFoldBytes(raw[:5], "data:") {
@@ -856,13 +904,18 @@ func (p *bodyParser) dataURL() bool {
 	if comma < 0 {
 		return false
 	}
-	meta := string(head[5:comma]) // small: mime type and parameters
-	mime, params, _ := strings.Cut(meta, ";")
+	mime, params, _ := bytes.Cut(head[5:comma], []byte{';'})
+	kind := mediaKindOf(mime) // "data:;base64,..." is text/plain (RFC 2397)
+	if kind == mediaText {
+		p.str(true, nil, nil)
+		p.addTokens(p.cnt.take() + 1)
+		return true
+	}
 	n := p.str(false, nil, nil) - int64(comma+1)
-	if hasSuffixFold(params, "base64") {
+	if hasSuffixFoldBytes(params, "base64") {
 		n = n * 3 / 4
 	}
-	p.chargeMedia(hasPrefixFold(mime, "image/"), max(n, 0))
+	p.chargeMedia(kind == mediaImage, max(n, 0))
 	return true
 }
 
@@ -1224,20 +1277,25 @@ func isServerToolKey(k []byte) bool {
 	return false
 }
 
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+func hasPrefixFoldBytes(b []byte, prefix string) bool {
+	return len(b) >= len(prefix) && equalFoldBytes(b[:len(prefix)], prefix)
 }
 
-func hasPrefixFoldBytes(b []byte, prefix string) bool {
-	if len(b) < len(prefix) {
+func hasSuffixFoldBytes(b []byte, suffix string) bool {
+	return len(b) >= len(suffix) && equalFoldBytes(b[len(b)-len(suffix):], suffix)
+}
+
+// equalFoldBytes compares b with the lower-case ASCII string lower, ignoring ASCII case.
+func equalFoldBytes(b []byte, lower string) bool {
+	if len(b) != len(lower) {
 		return false
 	}
-	for i := 0; i < len(prefix); i++ {
+	for i := 0; i < len(lower); i++ {
 		c := b[i]
 		if c >= 'A' && c <= 'Z' {
 			c += 'a' - 'A'
 		}
-		if c != prefix[i] {
+		if c != lower[i] {
 			return false
 		}
 	}

@@ -2,6 +2,7 @@ package request
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -191,6 +192,35 @@ func TestParse_Body(t *testing.T) {
 		r := chat(`{"model":"gpt-4o-audio-preview","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"` + audio + `","format":"wav"}}]}]}`)
 		require.Greater(t, r.InputTokens, int64(1_200_000/DefaultMediaBytesPerToken))
 		require.Less(t, r.InputTokens, int64(1_200_000/DefaultMediaBytesPerToken+100))
+	})
+	t.Run("DocumentsCountAsText", func(t *testing.T) {
+		t.Parallel()
+		// Text, PDFs and other documents sent inline are not audio or video: their size in
+		// bytes says little about their tokens, so they are counted as the text they are sent
+		// as (base64 counts more than the text it encodes), whichever member comes first.
+		prose := strings.Repeat("The harbour town woke slowly that autumn, and the baker pulled the first loaves from the oven. ", 1200)
+		b64 := base64.StdEncoding.EncodeToString([]byte(prose))
+		word := strings.Repeat("Lorem", 20000) // text without spaces passes for base64
+		for name, c := range map[string]struct{ path, body, text string }{
+			"GeminiInlineText": {"/v1beta/models/gemini-2.5-flash:generateContent",
+				`{"contents":[{"parts":[{"inlineData":{"data":"` + b64 + `","mimeType":"text/plain"}}]}]}`, prose},
+			"GeminiInlineJSON": {"/v1beta/models/gemini-2.5-flash:generateContent",
+				`{"contents":[{"parts":[{"inlineData":{"mimeType":"application/json; charset=utf-8","data":"` + b64 + `"}}]}]}`, prose},
+			"AnthropicTextSource": {"/v1/messages",
+				`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"` + word + `"}}]}]}`, word},
+			"AnthropicPDF": {"/v1/messages",
+				`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"` + b64 + `"}}]}]}`, b64},
+			"OpenAIFileDataURL": {"/v1/chat/completions",
+				`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"filename":"notes.txt","file_data":"data:text/plain;base64,` + b64 + `"}}]}]}`, prose},
+			"OpenAIPDFDataURL": {"/v1/responses",
+				`{"model":"m","input":[{"role":"user","content":[{"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,` + b64 + `"}]}]}`, b64},
+			"DataURLWithoutType": {"/v1/chat/completions", // RFC 2397: text/plain
+				`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:;base64,` + b64 + `"}}]}]}`, prose},
+		} {
+			r := Parse(checkRequest("POST", "h", c.path, c.body, nil), nil)
+			require.NoError(t, r.BodyError, name)
+			require.GreaterOrEqual(t, r.InputTokens, EstimateText(c.text), name)
+		}
 	})
 	t.Run("ImageURLReference", func(t *testing.T) {
 		t.Parallel()

@@ -47,8 +47,9 @@ type Config struct {
 	// ImageTokens is the allowance charged per image part (and per media reference whose
 	// size is unknown). 0 means DefaultImageTokens.
 	ImageTokens int64 `json:"image_tokens,omitempty"`
-	// MediaBytesPerToken sizes inline audio, video and documents: a part costs
-	// max(ImageTokens, decoded bytes / MediaBytesPerToken). 0 means DefaultMediaBytesPerToken.
+	// MediaBytesPerToken sizes inline audio and video (and payloads without a media type): a
+	// part costs max(ImageTokens, decoded bytes / MediaBytesPerToken). Other documents (text,
+	// PDF, ...) are counted as text. 0 means DefaultMediaBytesPerToken.
 	MediaBytesPerToken int64 `json:"media_bytes_per_token,omitempty"`
 	// MaxSubjectLength bounds a whole subject ("kind:id") in bytes; longer values are
 	// rejected, not truncated. 0 means DefaultMaxSubjectLength.
