@@ -129,8 +129,12 @@ func (s *server) rotateKey(r *http.Request, c caller) (int, any, error) {
 	k, secret, err := s.svc.RotateKey(r.Context(), c.actor, id)
 	if errors.Is(err, budget.ErrNotFound) {
 		// The ledger does not rotate revoked keys: tell that apart from an unknown id.
-		if cur, kerr := s.svc.Key(r.Context(), id); kerr == nil && !cur.RevokedAt.IsZero() {
+		cur, kerr := s.svc.Key(r.Context(), id)
+		switch {
+		case kerr == nil && !cur.RevokedAt.IsZero():
 			return 0, nil, conflict("key %s is revoked and cannot be rotated; create a new key", id)
+		case kerr != nil && !errors.Is(kerr, budget.ErrNotFound):
+			return 0, nil, kerr // not a 404: the key may well exist
 		}
 	}
 	if err != nil {

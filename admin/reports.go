@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -235,19 +236,25 @@ func (s *server) verify(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	// Amounts are in each budget's unit; a deleted budget's unit is still readable from its
-	// definition only while it lives, so fall back to raw integers.
+	// Amounts are in each budget's unit; a deleted budget's unit is no longer readable, so its
+	// amounts stay raw integers. Any other failure to read a budget fails the request.
 	units := map[int64]budget.Unit{}
-	unitOf := func(id int64) budget.Unit {
-		if u, ok := units[id]; ok {
-			return u
+	ids := make([]int64, 0, len(rep.Mismatches)+len(rep.OverLimit))
+	for _, m := range rep.Mismatches {
+		ids = append(ids, m.BudgetID)
+	}
+	for _, o := range rep.OverLimit {
+		ids = append(ids, o.BudgetID)
+	}
+	for _, id := range ids {
+		if _, ok := units[id]; ok {
+			continue
 		}
-		u := budget.Unit("")
-		if b, err := s.svc.Budget(r.Context(), id); err == nil {
-			u = b.Unit
+		b, err := s.svc.Budget(r.Context(), id)
+		if err != nil && !errors.Is(err, budget.ErrNotFound) {
+			return 0, nil, err
 		}
-		units[id] = u
-		return u
+		units[id] = b.Unit // "" when deleted
 	}
 	amount := func(u budget.Unit, v int64) string {
 		if u == "" {
@@ -257,7 +264,7 @@ func (s *server) verify(r *http.Request, _ caller) (int, any, error) {
 	}
 	mismatches := make([]map[string]any, 0, len(rep.Mismatches))
 	for _, m := range rep.Mismatches {
-		u := unitOf(m.BudgetID)
+		u := units[m.BudgetID]
 		mismatches = append(mismatches, map[string]any{
 			"budget_id": m.BudgetID, "unit": string(u), "window_start": m.WindowStart.UTC(),
 			"posted": amount(u, m.Posted), "pending": amount(u, m.Pending),
@@ -267,7 +274,7 @@ func (s *server) verify(r *http.Request, _ caller) (int, any, error) {
 	}
 	over := make([]map[string]any, 0, len(rep.OverLimit))
 	for _, o := range rep.OverLimit {
-		u := unitOf(o.BudgetID)
+		u := units[o.BudgetID]
 		over = append(over, map[string]any{
 			"budget_id": o.BudgetID, "unit": string(u), "window_start": o.WindowStart.UTC(), "limit": amount(u, o.Limit),
 			"posted": amount(u, o.Posted), "pending": amount(u, o.Pending), "overrun": amount(u, o.Overrun),

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/purser-dev/purser/admin"
 	"github.com/purser-dev/purser/budget"
 )
 
@@ -181,4 +183,48 @@ func TestAdmin_RemainingValidation(t *testing.T) {
 	h.invalid("GET", "/v1/alerts?budget_id=x", nil, "budget_id", `budget_id: must be an integer from 0 to 4611686018427387904, got "x"`)
 	h.invalid("GET", "/v1/alerts?limit=0", nil, "limit", `limit: must be an integer from 1 to 1000, got "0"`)
 	require.Len(t, h.auditActions(), 3, "no invalid request wrote anything")
+}
+
+// unavailableReads is the real ledger whose single-budget and single-key reads fail.
+type unavailableReads struct{ admin.Ledger }
+
+func (unavailableReads) Budget(context.Context, int64) (budget.Budget, error) {
+	return budget.Budget{}, budget.ErrUnavailable
+}
+
+func (unavailableReads) Key(context.Context, string) (budget.Key, error) {
+	return budget.Key{}, budget.ErrUnavailable
+}
+
+// TestAdmin_LookupFailuresAreNotHidden: a read that fails while an answer is being completed
+// fails the request; only a budget that is really gone falls back (to raw integers).
+func TestAdmin_LookupFailuresAreNotHidden(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	b, err := h.svc.CreateBudget(ctx, "test", budget.Definition{Name: "b", Subject: "team:ml", Limit: 1_000_000, Window: "day", Hard: true})
+	require.NoError(t, err)
+	_, err = h.svc.Reserve(ctx, []budget.ReserveRequest{{Subjects: []budget.Subject{"team:ml"}, Cost: 500_000}})
+	require.NoError(t, err)
+	_, err = h.schema.Pool.Exec(ctx, `UPDATE budget_windows SET pending = pending + 1`)
+	require.NoError(t, err)
+	k, _, err := h.svc.CreateKey(ctx, "test", budget.KeySpec{Name: "k"})
+	require.NoError(t, err)
+	_, err = h.svc.RevokeKey(ctx, "test", k.ID)
+	require.NoError(t, err)
+
+	srv := httptest.NewServer(admin.New(unavailableReads{h.svc}, admin.Config{Tokens: []string{adminToken}}))
+	t.Cleanup(srv.Close)
+	down := &harness{t: t, url: srv.URL}
+	r := down.admin("POST", "/v1/verify", nil, http.StatusServiceUnavailable)
+	require.Equal(t, "unavailable", r.errCode())
+	r = down.admin("POST", "/v1/keys/"+k.ID+"/rotate", nil, http.StatusServiceUnavailable)
+	require.Equal(t, "unavailable", r.errCode())
+
+	require.NoError(t, h.svc.DeleteBudget(ctx, "test", b.ID))
+	r = h.admin("POST", "/v1/verify", nil, http.StatusOK)
+	ms := list(r.body["mismatches"])
+	require.Len(t, ms, 1)
+	require.Equal(t, "", obj(ms[0])["unit"])
+	require.Equal(t, "500001", obj(ms[0])["pending"])
 }
