@@ -8,8 +8,6 @@ package envoy_test
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // Gateway API shapes (sigs.k8s.io/gateway-api/apis/v1).
@@ -36,34 +35,30 @@ type backendObjectReference struct {
 }
 
 // aigateway.envoyproxy.io/v1beta1 AIGatewayRoute.
-type aiGatewayRoute struct {
-	metav1.TypeMeta `json:",inline"`
-	Metadata        metav1.ObjectMeta `json:"metadata"`
-	Spec            struct {
-		ParentRefs []parentReference `json:"parentRefs,omitempty"`
-		Rules      []struct {
-			Matches []struct {
-				Headers []struct {
-					Type  string `json:"type,omitempty"`
-					Name  string `json:"name"`
-					Value string `json:"value"`
-				} `json:"headers,omitempty"`
-			} `json:"matches,omitempty"`
-			BackendRefs []struct {
-				Name string `json:"name"`
-			} `json:"backendRefs,omitempty"`
-			Timeouts *struct {
-				Request        string `json:"request,omitempty"`
-				BackendRequest string `json:"backendRequest,omitempty"`
-			} `json:"timeouts,omitempty"`
-		} `json:"rules"`
-		LLMRequestCosts []struct {
-			MetadataKey string  `json:"metadataKey"`
-			Type        string  `json:"type"`
-			CEL         *string `json:"cel,omitempty"`
-		} `json:"llmRequestCosts,omitempty"`
-	} `json:"spec"`
-}
+type aiGatewayRoute = manifest[struct {
+	ParentRefs []parentReference `json:"parentRefs,omitempty"`
+	Rules      []struct {
+		Matches []struct {
+			Headers []struct {
+				Type  string `json:"type,omitempty"`
+				Name  string `json:"name"`
+				Value string `json:"value"`
+			} `json:"headers,omitempty"`
+		} `json:"matches,omitempty"`
+		BackendRefs []struct {
+			Name string `json:"name"`
+		} `json:"backendRefs,omitempty"`
+		Timeouts *struct {
+			Request        string `json:"request,omitempty"`
+			BackendRequest string `json:"backendRequest,omitempty"`
+		} `json:"timeouts,omitempty"`
+	} `json:"rules"`
+	LLMRequestCosts []struct {
+		MetadataKey string  `json:"metadataKey"`
+		Type        string  `json:"type"`
+		CEL         *string `json:"cel,omitempty"`
+	} `json:"llmRequestCosts,omitempty"`
+}]
 
 type policyTargetRef struct {
 	Group string `json:"group"`
@@ -72,80 +67,64 @@ type policyTargetRef struct {
 }
 
 // gateway.envoyproxy.io/v1alpha1 SecurityPolicy (extAuth only).
-type securityPolicy struct {
-	metav1.TypeMeta `json:",inline"`
-	Metadata        metav1.ObjectMeta `json:"metadata"`
-	Spec            struct {
-		TargetRefs []policyTargetRef `json:"targetRefs"`
-		ExtAuth    *struct {
-			GRPC *struct {
-				BackendRefs []backendObjectReference `json:"backendRefs,omitempty"`
-			} `json:"grpc,omitempty"`
-			HeadersToExtAuth []string `json:"headersToExtAuth,omitempty"`
-			BodyToExtAuth    *struct {
-				MaxRequestBytes uint32 `json:"maxRequestBytes"`
-			} `json:"bodyToExtAuth,omitempty"`
-			Timeout  *string `json:"timeout,omitempty"`
-			FailOpen *bool   `json:"failOpen,omitempty"`
-		} `json:"extAuth,omitempty"`
-	} `json:"spec"`
-}
+type securityPolicy = manifest[struct {
+	TargetRefs []policyTargetRef `json:"targetRefs"`
+	ExtAuth    *struct {
+		GRPC *struct {
+			BackendRefs []backendObjectReference `json:"backendRefs,omitempty"`
+		} `json:"grpc,omitempty"`
+		HeadersToExtAuth []string `json:"headersToExtAuth,omitempty"`
+		BodyToExtAuth    *struct {
+			MaxRequestBytes uint32 `json:"maxRequestBytes"`
+		} `json:"bodyToExtAuth,omitempty"`
+		Timeout  *string `json:"timeout,omitempty"`
+		FailOpen *bool   `json:"failOpen,omitempty"`
+	} `json:"extAuth,omitempty"`
+}]
 
 // gateway.envoyproxy.io/v1alpha1 ClientTrafficPolicy (connection buffer only).
-type clientTrafficPolicy struct {
-	metav1.TypeMeta `json:",inline"`
-	Metadata        metav1.ObjectMeta `json:"metadata"`
-	Spec            struct {
-		TargetRefs []policyTargetRef `json:"targetRefs"`
-		Connection *struct {
-			BufferLimit *resource.Quantity `json:"bufferLimit,omitempty"`
-		} `json:"connection,omitempty"`
-	} `json:"spec"`
-}
+type clientTrafficPolicy = manifest[struct {
+	TargetRefs []policyTargetRef `json:"targetRefs"`
+	Connection *struct {
+		BufferLimit *resource.Quantity `json:"bufferLimit,omitempty"`
+	} `json:"connection,omitempty"`
+}]
 
 // gateway.envoyproxy.io/v1alpha1 EnvoyProxy (ALS access log only).
-type envoyProxy struct {
-	metav1.TypeMeta `json:",inline"`
-	Metadata        metav1.ObjectMeta `json:"metadata"`
-	Spec            struct {
-		Telemetry *struct {
-			AccessLog *struct {
-				Settings []struct {
-					Sinks []struct {
-						Type string `json:"type"`
-						ALS  *struct {
-							BackendRefs []backendObjectReference `json:"backendRefs"`
-							LogName     *string                  `json:"logName,omitempty"`
-							Type        string                   `json:"type"`
-							HTTP        *struct {
-								RequestHeaders  []string `json:"requestHeaders,omitempty"`
-								ResponseHeaders []string `json:"responseHeaders,omitempty"`
-							} `json:"http,omitempty"`
-						} `json:"als,omitempty"`
-					} `json:"sinks"`
-				} `json:"settings,omitempty"`
-			} `json:"accessLog,omitempty"`
-		} `json:"telemetry,omitempty"`
-	} `json:"spec"`
-}
+type envoyProxy = manifest[struct {
+	Telemetry *struct {
+		AccessLog *struct {
+			Settings []struct {
+				Sinks []struct {
+					Type string `json:"type"`
+					ALS  *struct {
+						BackendRefs []backendObjectReference `json:"backendRefs"`
+						LogName     *string                  `json:"logName,omitempty"`
+						Type        string                   `json:"type"`
+						HTTP        *struct {
+							RequestHeaders  []string `json:"requestHeaders,omitempty"`
+							ResponseHeaders []string `json:"responseHeaders,omitempty"`
+						} `json:"http,omitempty"`
+					} `json:"als,omitempty"`
+				} `json:"sinks"`
+			} `json:"settings,omitempty"`
+		} `json:"accessLog,omitempty"`
+	} `json:"telemetry,omitempty"`
+}]
 
 // gateway.networking.k8s.io/v1beta1 ReferenceGrant.
-type referenceGrant struct {
-	metav1.TypeMeta `json:",inline"`
-	Metadata        metav1.ObjectMeta `json:"metadata"`
-	Spec            struct {
-		From []struct {
-			Group     string `json:"group"`
-			Kind      string `json:"kind"`
-			Namespace string `json:"namespace"`
-		} `json:"from"`
-		To []struct {
-			Group string  `json:"group"`
-			Kind  string  `json:"kind"`
-			Name  *string `json:"name,omitempty"`
-		} `json:"to"`
-	} `json:"spec"`
-}
+type referenceGrant = manifest[struct {
+	From []struct {
+		Group     string `json:"group"`
+		Kind      string `json:"kind"`
+		Namespace string `json:"namespace"`
+	} `json:"from"`
+	To []struct {
+		Group string  `json:"group"`
+		Kind  string  `json:"kind"`
+		Name  *string `json:"name,omitempty"`
+	} `json:"to"`
+}]
 
 type aiGatewayObjects struct {
 	routes   []*aiGatewayRoute
@@ -157,65 +136,36 @@ type aiGatewayObjects struct {
 
 func decodeAIGateway(doc []byte, o *aiGatewayObjects) error {
 	var tm metav1.TypeMeta
-	if err := strictYAMLLoose(doc, &tm); err != nil {
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
 		return err
 	}
 	var v any
 	switch tm.APIVersion + "/" + tm.Kind {
 	case "aigateway.envoyproxy.io/v1beta1/AIGatewayRoute":
-		r := new(aiGatewayRoute)
-		o.routes, v = append(o.routes, r), r
+		v = appendNew(&o.routes)
 	case "gateway.envoyproxy.io/v1alpha1/SecurityPolicy":
-		r := new(securityPolicy)
-		o.security, v = append(o.security, r), r
+		v = appendNew(&o.security)
 	case "gateway.envoyproxy.io/v1alpha1/ClientTrafficPolicy":
-		r := new(clientTrafficPolicy)
-		o.traffic, v = append(o.traffic, r), r
+		v = appendNew(&o.traffic)
 	case "gateway.envoyproxy.io/v1alpha1/EnvoyProxy":
-		r := new(envoyProxy)
-		o.proxies, v = append(o.proxies, r), r
+		v = appendNew(&o.proxies)
 	case "gateway.networking.k8s.io/v1beta1/ReferenceGrant":
-		r := new(referenceGrant)
-		o.grants, v = append(o.grants, r), r
+		v = appendNew(&o.grants)
 	default:
 		return fmt.Errorf("unexpected kind %s/%s", tm.APIVersion, tm.Kind)
 	}
 	return strictYAML(doc, v)
 }
 
-// strictYAMLLoose reads the type header of a document without judging the rest.
-func strictYAMLLoose(doc []byte, tm *metav1.TypeMeta) error {
-	var probe struct {
-		metav1.TypeMeta `json:",inline"`
-	}
-	js, err := yamlToJSON(doc)
-	if err != nil {
-		return err
-	}
-	if err := jsonUnmarshal(js, &probe); err != nil {
-		return err
-	}
-	*tm = probe.TypeMeta
-	return nil
-}
-
 func loadAIGateway(t *testing.T) *aiGatewayObjects {
 	t.Helper()
-	files, err := filepath.Glob("ai-gateway/*.yaml")
-	require.NoError(t, err)
-	require.NotEmpty(t, files)
 	o := &aiGatewayObjects{}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		require.NoError(t, err)
-		for i, d := range splitDocs(b) {
-			require.NoError(t, decodeAIGateway(d, o), "%s document %d", f, i)
-		}
-	}
+	decodeFiles(t, glob(t, "ai-gateway/*.yaml"), func(d []byte) error { return decodeAIGateway(d, o) })
 	return o
 }
 
 func TestAIGateway_StrictDecodingCatchesMistakes(t *testing.T) {
+	decode := eachDoc(func(d []byte) error { return decodeAIGateway(d, &aiGatewayObjects{}) })
 	for name, tc := range map[string][3]string{
 		"MisspeltCostField":   {"ai-gateway/aigatewayroute.yaml", "metadataKey: llm_input_token", "metadatakey: llm_input_token"},
 		"MisspeltExtAuth":     {"ai-gateway/securitypolicy.yaml", "bodyToExtAuth:", "bodyToExtauth:"},
@@ -224,17 +174,7 @@ func TestAIGateway_StrictDecodingCatchesMistakes(t *testing.T) {
 		"WrongQuantityFormat": {"ai-gateway/clienttrafficpolicy.yaml", "bufferLimit: 8Mi", "bufferLimit: eight-megs"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			b, err := os.ReadFile(tc[0])
-			require.NoError(t, err)
-			require.Contains(t, string(b), tc[1])
-			broken := strings.Replace(string(b), tc[1], tc[2], 1)
-			var errs []error
-			for _, d := range splitDocs([]byte(broken)) {
-				if err := decodeAIGateway(d, &aiGatewayObjects{}); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			require.NotEmpty(t, errs)
+			require.Error(t, damage(t, tc[0], tc[1], tc[2], decode))
 		})
 	}
 }

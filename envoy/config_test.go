@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
 )
 
 // sharedSecretPlaceholder is the x-purser-secret value shipped in every bootstrap; docker-compose
@@ -42,11 +43,7 @@ func TestEnvoyConfigs_Validate(t *testing.T) {
 // TestEnvoyConfigs_ValidationCatchesMistakes proves the validation above can fail: each case
 // damages a copy of envoy.yaml in one way an operator might.
 func TestEnvoyConfigs_ValidationCatchesMistakes(t *testing.T) {
-	orig, err := os.ReadFile("envoy.yaml")
-	require.NoError(t, err)
-	_, err = decodeBootstrap(orig)
-	require.NoError(t, err, "the unmodified file must validate")
-
+	decode := func(b []byte) error { _, err := decodeBootstrap(b); return err }
 	cases := []struct {
 		name, old, new, wantErr string
 	}{
@@ -61,14 +58,7 @@ func TestEnvoyConfigs_ValidationCatchesMistakes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Contains(t, string(orig), tc.old, "fixture text not found; update the case")
-			before := string(orig)[:strings.Index(string(orig), tc.old)]
-			require.NotContains(t, before[strings.LastIndex(before, "\n")+1:], "#",
-				"the first occurrence is inside a comment; make the case more specific")
-			broken := strings.Replace(string(orig), tc.old, tc.new, 1)
-			_, err := decodeBootstrap([]byte(broken))
-			require.Error(t, err)
-			require.Contains(t, err.Error(), tc.wantErr)
+			require.ErrorContains(t, damage(t, "envoy.yaml", tc.old, tc.new, decode), tc.wantErr)
 		})
 	}
 }
@@ -278,7 +268,7 @@ func TestEnvoyConfigs_CredentialInjectors(t *testing.T) {
 		t.Run("secrets/"+file, func(t *testing.T) {
 			b, err := os.ReadFile("secrets/" + file)
 			require.NoError(t, err)
-			js, err := yamlToJSON(b)
+			js, err := yaml.YAMLToJSON(b)
 			require.NoError(t, err)
 			var dr discoveryv3.DiscoveryResponse
 			require.NoError(t, strictProto(js, &dr))

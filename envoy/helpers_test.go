@@ -1,11 +1,11 @@
 package envoy_test
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	// Every extension named by an "@type" in the shipped configs must be linked in, or protojson
@@ -36,12 +37,6 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
 
-// yamlToJSON converts YAML to JSON. sigs.k8s.io/yaml keeps key names as written, which is what
-// protojson needs (it accepts both the proto and the JSON field names).
-func yamlToJSON(b []byte) ([]byte, error) {
-	return yaml.YAMLToJSON(b)
-}
-
 // strictProto decodes JSON into m with protojson, rejecting unknown fields, then runs the PGV
 // validators on m and on every message packed in an Any below it.
 func strictProto(js []byte, m proto.Message) error {
@@ -51,9 +46,11 @@ func strictProto(js []byte, m proto.Message) error {
 	return validateDeep(m)
 }
 
-// decodeBootstrap is the whole validation of an Envoy bootstrap file's content.
+// decodeBootstrap is the whole validation of an Envoy bootstrap file's content. sigs.k8s.io/yaml
+// keeps key names as written, which is what protojson needs (it accepts both the proto and the
+// JSON field names).
 func decodeBootstrap(b []byte) (*bootstrapv3.Bootstrap, error) {
-	js, err := yamlToJSON(b)
+	js, err := yaml.YAMLToJSON(b)
 	if err != nil {
 		return nil, fmt.Errorf("yaml: %w", err)
 	}
@@ -231,4 +228,66 @@ func (c *cfg) filter(name string) *hcmv3.HttpFilter {
 	return nil
 }
 
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+// manifest is the envelope of a Kubernetes-style object whose spec is decoded as S.
+type manifest[S any] struct {
+	metav1.TypeMeta `json:",inline"`
+	Metadata        metav1.ObjectMeta `json:"metadata"`
+	Spec            S                 `json:"spec"`
+}
+
+// appendNew appends a new zero *T to *list and returns it: the decoders collect each kind of
+// document in its own slice.
+func appendNew[T any](list *[]*T) *T {
+	v := new(T)
+	*list = append(*list, v)
+	return v
+}
+
+// glob lists the files matching pattern; at least one must.
+func glob(t *testing.T, pattern string) []string {
+	t.Helper()
+	files, err := filepath.Glob(pattern)
+	require.NoError(t, err)
+	require.NotEmpty(t, files, pattern)
+	return files
+}
+
+// decodeFiles runs decode on every YAML document of every file and requires each to decode.
+func decodeFiles(t *testing.T, files []string, decode func(doc []byte) error) {
+	t.Helper()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for i, d := range splitDocs(b) {
+			require.NoError(t, decode(d), "%s document %d", f, i)
+		}
+	}
+}
+
+// eachDoc makes a decoder of one document a decoder of a multi-document file: the errors of
+// its documents, joined.
+func eachDoc(decode func(doc []byte) error) func(file []byte) error {
+	return func(b []byte) error {
+		var errs []error
+		for _, d := range splitDocs(b) {
+			errs = append(errs, decode(d))
+		}
+		return errors.Join(errs...)
+	}
+}
+
+// damage replaces the first occurrence of old in file with new and returns what decode says
+// about the result. The file as shipped must decode and old must occur outside a comment, so
+// that a case whose edit changes nothing fails instead of passing for the wrong reason.
+func damage(t *testing.T, file, old, new string, decode func(file []byte) error) error {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.NoError(t, decode(b), "%s as shipped must decode", file)
+	s := string(b)
+	i := strings.Index(s, old)
+	require.GreaterOrEqual(t, i, 0, "%s: fixture text %q not found; update the case", file, old)
+	require.NotContains(t, s[strings.LastIndex(s[:i], "\n")+1:i], "#",
+		"%s: the first %q is inside a comment; make the case more specific", file, old)
+	return decode([]byte(s[:i] + new + s[i+len(old):]))
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,18 +21,11 @@ import (
 	netv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	secv1 "istio.io/client-go/pkg/apis/security/v1"
 	telv1 "istio.io/client-go/pkg/apis/telemetry/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// istioDoc is the outer shape of an Istio resource. It is decoded strictly (ObjectMeta
-// included); the spec is then decoded with protojson into the istio.io/api message, because the
-// client-go types' own UnmarshalJSON (jsonpb with AllowUnknownFields: true) would silently drop
-// a misspelt field.
-type istioDoc struct {
-	metav1.TypeMeta `json:",inline"`
-	Metadata        metav1.ObjectMeta `json:"metadata"`
-	Spec            json.RawMessage   `json:"spec"`
-}
+// An Istio resource is decoded strictly as a manifest (ObjectMeta included) whose spec is then
+// decoded with protojson into the istio.io/api message, because the client-go types' own
+// UnmarshalJSON (jsonpb with AllowUnknownFields: true) would silently drop a misspelt field.
 
 type istioObjects struct {
 	authz     []*secv1.AuthorizationPolicy
@@ -49,63 +43,48 @@ func strictSpec(spec json.RawMessage, m proto.Message) error {
 }
 
 func decodeIstio(doc []byte, o *istioObjects) error {
-	var d istioDoc
+	var d manifest[json.RawMessage]
 	if err := strictYAML(doc, &d); err != nil {
 		return err
 	}
-	tm, om := d.TypeMeta, d.Metadata
+	var spec proto.Message
 	switch d.APIVersion + "/" + d.Kind {
 	case "security.istio.io/v1/AuthorizationPolicy":
-		v := &secv1.AuthorizationPolicy{TypeMeta: tm, ObjectMeta: om}
-		o.authz = append(o.authz, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.authz)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "security.istio.io/v1/PeerAuthentication":
-		v := &secv1.PeerAuthentication{TypeMeta: tm, ObjectMeta: om}
-		o.peerAuth = append(o.peerAuth, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.peerAuth)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "telemetry.istio.io/v1/Telemetry":
-		v := &telv1.Telemetry{TypeMeta: tm, ObjectMeta: om}
-		o.telemetry = append(o.telemetry, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.telemetry)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "networking.istio.io/v1alpha3/EnvoyFilter":
-		v := &netv1alpha3.EnvoyFilter{TypeMeta: tm, ObjectMeta: om}
-		o.filters = append(o.filters, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.filters)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "networking.istio.io/v1/ServiceEntry":
-		v := &netv1.ServiceEntry{TypeMeta: tm, ObjectMeta: om}
-		o.entries = append(o.entries, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.entries)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "networking.istio.io/v1/Gateway":
-		v := &netv1.Gateway{TypeMeta: tm, ObjectMeta: om}
-		o.gateways = append(o.gateways, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.gateways)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "networking.istio.io/v1/VirtualService":
-		v := &netv1.VirtualService{TypeMeta: tm, ObjectMeta: om}
-		o.vservices = append(o.vservices, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.vservices)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
 	case "networking.istio.io/v1/DestinationRule":
-		v := &netv1.DestinationRule{TypeMeta: tm, ObjectMeta: om}
-		o.drules = append(o.drules, v)
-		return strictSpec(d.Spec, &v.Spec)
+		v := appendNew(&o.drules)
+		v.TypeMeta, v.ObjectMeta, spec = d.TypeMeta, d.Metadata, &v.Spec
+	default:
+		return fmt.Errorf("unexpected kind %s/%s", d.APIVersion, d.Kind)
 	}
-	return fmt.Errorf("unexpected kind %s/%s", d.APIVersion, d.Kind)
+	return strictSpec(d.Spec, spec)
 }
 
+// loadIstio decodes every manifest of istio/ but meshconfig.yaml (Helm values, not a resource).
 func loadIstio(t *testing.T) *istioObjects {
 	t.Helper()
-	files, err := filepath.Glob("istio/*.yaml")
-	require.NoError(t, err)
 	o := &istioObjects{}
-	for _, f := range files {
-		if filepath.Base(f) == "meshconfig.yaml" {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		require.NoError(t, err)
-		for i, d := range splitDocs(b) {
-			require.NoError(t, decodeIstio(d, o), "%s document %d", f, i)
-		}
-	}
+	files := slices.DeleteFunc(glob(t, "istio/*.yaml"), func(f string) bool { return filepath.Base(f) == "meshconfig.yaml" })
+	decodeFiles(t, files, func(d []byte) error { return decodeIstio(d, o) })
 	return o
 }
 
@@ -133,30 +112,21 @@ func loadMeshConfig(t *testing.T) *meshv1alpha1.MeshConfig {
 }
 
 func TestIstio_StrictDecodingCatchesMistakes(t *testing.T) {
-	cases := []struct{ name, file, old, new string }{
-		{"MisspeltSpecField", "istio/authorizationpolicy.yaml", "action: CUSTOM", "actions: CUSTOM"},
-		{"InvalidEnum", "istio/authorizationpolicy.yaml", "action: CUSTOM", "action: CUSTOMISED"},
-		{"MisspeltMetadata", "istio/telemetry.yaml", "namespace: istio-system", "namespce: istio-system"},
-		{"MisspeltMeshField", "istio/meshconfig.yaml", "failOpen: false", "failOpn: false"},
-		{"MisspeltEnvoyFilterField", "istio/envoyfilter.yaml", "applyTo: LISTENER", "applyTo: LISTENR"},
+	resources := eachDoc(func(d []byte) error { return decodeIstio(d, &istioObjects{}) })
+	meshConfig := func(b []byte) error { _, err := decodeMeshConfig(b); return err }
+	cases := []struct {
+		name, file, old, new string
+		decode               func([]byte) error
+	}{
+		{"MisspeltSpecField", "istio/authorizationpolicy.yaml", "action: CUSTOM", "actions: CUSTOM", resources},
+		{"InvalidEnum", "istio/authorizationpolicy.yaml", "action: CUSTOM", "action: CUSTOMISED", resources},
+		{"MisspeltMetadata", "istio/telemetry.yaml", "namespace: istio-system", "namespce: istio-system", resources},
+		{"MisspeltMeshField", "istio/meshconfig.yaml", "failOpen: false", "failOpn: false", meshConfig},
+		{"MisspeltEnvoyFilterField", "istio/envoyfilter.yaml", "applyTo: LISTENER", "applyTo: LISTENR", resources},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := os.ReadFile(tc.file)
-			require.NoError(t, err)
-			require.Contains(t, string(b), tc.old)
-			broken := []byte(strings.Replace(string(b), tc.old, tc.new, 1))
-			if strings.HasSuffix(tc.file, "meshconfig.yaml") {
-				_, err = decodeMeshConfig(broken)
-			} else {
-				err = nil
-				for _, d := range splitDocs(broken) {
-					if e := decodeIstio(d, &istioObjects{}); e != nil {
-						err = e
-					}
-				}
-			}
-			require.Error(t, err)
+			require.Error(t, damage(t, tc.file, tc.old, tc.new, tc.decode))
 		})
 	}
 }

@@ -3,8 +3,6 @@ package envoy_test
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -65,46 +63,30 @@ func decodeK8s(doc []byte, o *k8sObjects) error {
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
 		return err
 	}
-	strict := func(v any) error { return strictYAML(doc, v) }
+	var v any
 	switch tm.APIVersion + "/" + tm.Kind {
 	case "apps/v1/Deployment":
-		v := new(appsv1.Deployment)
-		o.deployments = append(o.deployments, v)
-		return strict(v)
+		v = appendNew(&o.deployments)
 	case "v1/Service":
-		v := new(corev1.Service)
-		o.services = append(o.services, v)
-		return strict(v)
+		v = appendNew(&o.services)
 	case "v1/ConfigMap":
-		v := new(corev1.ConfigMap)
-		o.configMaps = append(o.configMaps, v)
-		return strict(v)
+		v = appendNew(&o.configMaps)
 	case "v1/Secret":
-		v := new(corev1.Secret)
-		o.secrets = append(o.secrets, v)
-		return strict(v)
+		v = appendNew(&o.secrets)
 	case "policy/v1/PodDisruptionBudget":
-		v := new(policyv1.PodDisruptionBudget)
-		o.pdbs = append(o.pdbs, v)
-		return strict(v)
+		v = appendNew(&o.pdbs)
 	case "batch/v1/Job":
-		v := new(batchv1.Job)
-		o.jobs = append(o.jobs, v)
-		return strict(v)
+		v = appendNew(&o.jobs)
 	case "networking.k8s.io/v1/NetworkPolicy":
-		v := new(networkingv1.NetworkPolicy)
-		o.netpols = append(o.netpols, v)
-		return strict(v)
+		v = appendNew(&o.netpols)
 	case "v1/ServiceAccount":
-		v := new(corev1.ServiceAccount)
-		o.accounts = append(o.accounts, v)
-		return strict(v)
+		v = appendNew(&o.accounts)
 	case "v1/Namespace":
-		v := new(corev1.Namespace)
-		o.namespaces = append(o.namespaces, v)
-		return strict(v)
+		v = appendNew(&o.namespaces)
+	default:
+		return fmt.Errorf("unexpected kind %s/%s", tm.APIVersion, tm.Kind)
 	}
-	return fmt.Errorf("unexpected kind %s/%s", tm.APIVersion, tm.Kind)
+	return strictYAML(doc, v)
 }
 
 // strictYAML decodes YAML the way the API server's strict field validation does: duplicate
@@ -125,24 +107,13 @@ func strictYAML(doc []byte, v any) error {
 
 func loadK8s(t *testing.T) *k8sObjects {
 	t.Helper()
-	files, err := filepath.Glob("kubernetes/*.yaml")
-	require.NoError(t, err)
-	require.NotEmpty(t, files)
 	o := &k8sObjects{}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		require.NoError(t, err)
-		for i, d := range splitDocs(b) {
-			require.NoError(t, decodeK8s(d, o), "%s document %d", f, i)
-		}
-	}
+	decodeFiles(t, glob(t, "kubernetes/*.yaml"), func(d []byte) error { return decodeK8s(d, o) })
 	return o
 }
 
 func TestKubernetes_StrictDecodingCatchesMistakes(t *testing.T) {
-	b, err := os.ReadFile("kubernetes/deployment.yaml")
-	require.NoError(t, err)
-	require.NoError(t, decodeK8s(b, &k8sObjects{}))
+	decode := func(b []byte) error { return decodeK8s(b, &k8sObjects{}) }
 	for name, tc := range map[string][2]string{
 		"MisspeltField":  {"terminationGracePeriodSeconds:", "terminationGracePeriodSecond:"},
 		"WrongValueType": {"replicas: 2", "replicas: two"},
@@ -151,9 +122,7 @@ func TestKubernetes_StrictDecodingCatchesMistakes(t *testing.T) {
 		"DuplicateKey":   {"revisionHistoryLimit: 5", "revisionHistoryLimit: 5\n  revisionHistoryLimit: 6"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			require.Contains(t, string(b), tc[0])
-			broken := strings.Replace(string(b), tc[0], tc[1], 1)
-			require.Error(t, decodeK8s([]byte(broken), &k8sObjects{}))
+			require.Error(t, damage(t, "kubernetes/deployment.yaml", tc[0], tc[1], decode))
 		})
 	}
 }
