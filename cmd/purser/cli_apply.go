@@ -119,26 +119,24 @@ type desired struct {
 	managedSubjects map[string]bool
 }
 
-// loadApplyFile reads and validates a file; errors name the item path (budgets[2].limit).
-func loadApplyFile(path string) (desired, error) {
-	var d desired
-	var r io.Reader
-	if path == "-" {
-		r = os.Stdin
-	} else {
+// loadApplyFile reads (path "-": stdin) and validates a file; errors name the item path
+// (budgets[2].limit), not the file.
+func loadApplyFile(stdin io.Reader, path string) (desired, error) {
+	r := stdin
+	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
-			return d, err
+			return desired{}, err
 		}
 		defer f.Close()
 		r = f
 	}
 	data, err := io.ReadAll(io.LimitReader(r, maxApplyFile+1))
 	if err != nil {
-		return d, fmt.Errorf("read %s: %w", path, err)
+		return desired{}, fmt.Errorf("read: %w", err)
 	}
 	if len(data) > maxApplyFile {
-		return d, fmt.Errorf("%s: larger than %d bytes", path, maxApplyFile)
+		return desired{}, fmt.Errorf("larger than %d bytes", maxApplyFile)
 	}
 	return parseApplyFile(data)
 }
@@ -660,17 +658,7 @@ func runApply(ctx context.Context, e env, args []string) error {
 	if *file == "" {
 		return exitError{code: 2, msg: "apply: -f FILE is required"}
 	}
-	var d desired
-	var err error
-	if *file == "-" {
-		data, rerr := io.ReadAll(io.LimitReader(e.stdin, maxApplyFile+1))
-		if rerr != nil {
-			return rerr
-		}
-		d, err = parseApplyFile(data)
-	} else {
-		d, err = loadApplyFile(*file)
-	}
+	d, err := loadApplyFile(e.stdin, *file)
 	if err != nil {
 		return fmt.Errorf("%s: %w", *file, err)
 	}

@@ -204,6 +204,13 @@ func TestCLI_ApplyFileErrors(t *testing.T) {
 	}
 	_, err := h.cli("", "apply")
 	require.EqualError(t, err, "apply: -f FILE is required")
+	// Too large, from a file or from stdin: refused, never cut to size and applied.
+	big := "managed_subjects: []\n" + strings.Repeat("#", maxApplyFile)
+	p := writeFile(t, big)
+	_, err = h.cli("", "apply", "-f", p, "-dry-run")
+	require.EqualError(t, err, p+": larger than 8388608 bytes")
+	_, err = h.cli(big, "apply", "-f", "-", "-dry-run")
+	require.EqualError(t, err, "-: larger than 8388608 bytes")
 	require.Zero(t, h.count(`SELECT count(*) FROM audit_log`))
 }
 
