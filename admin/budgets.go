@@ -72,7 +72,7 @@ func (in *defInput) apply(d *budget.Definition, create bool) error {
 	}
 	switch {
 	case in.Limit.Set:
-		v, err := parseAmount(unit, in.Limit.V)
+		v, err := ParseAmount(unit, in.Limit.V)
 		if err != nil {
 			return invalid("limit", "%s", err)
 		}
@@ -233,7 +233,7 @@ func (s *server) addGrant(r *http.Request, c caller) (int, any, error) {
 	if !in.Amount.Set {
 		return 0, nil, invalid("amount", "is required")
 	}
-	amount, err := parseAmount(b.Unit, in.Amount.V)
+	amount, err := ParseAmount(b.Unit, in.Amount.V)
 	if err != nil {
 		return 0, nil, invalid("amount", "%s", err)
 	}

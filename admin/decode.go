@@ -112,16 +112,17 @@ func requireBody(optional bool) error {
 
 // Amounts.
 
-// formatAmount writes an amount in its unit: USD with six decimals, tokens as a whole number.
-func formatAmount(unit budget.Unit, v int64) string {
+// FormatAmount writes an amount as the admin API does, in its unit: USD with six decimals,
+// tokens as a whole number.
+func FormatAmount(unit budget.Unit, v int64) string {
 	if unit == budget.Tokens {
 		return strconv.FormatInt(v, 10)
 	}
 	return pricing.FormatMicros(v)
 }
 
-// parseAmount reads a decimal amount string in unit.
-func parseAmount(unit budget.Unit, s string) (int64, error) {
+// ParseAmount reads an amount as the admin API takes it: a decimal string in unit.
+func ParseAmount(unit budget.Unit, s string) (int64, error) {
 	if unit == budget.Tokens {
 		if s == "" || strings.TrimLeft(s, "0123456789") != "" {
 			return 0, fmt.Errorf("want a whole number of tokens such as \"150000\", got %q", s)

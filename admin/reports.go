@@ -63,8 +63,8 @@ type spendRowJSON struct {
 }
 
 func toSpendRow(x budget.SpendRow) spendRowJSON {
-	tok := func(v int64) string { return formatAmount(budget.Tokens, v) }
-	usd := func(v int64) string { return formatAmount(budget.USD, v) }
+	tok := func(v int64) string { return FormatAmount(budget.Tokens, v) }
+	usd := func(v int64) string { return FormatAmount(budget.USD, v) }
 	return spendRowJSON{
 		Group: x.Group, Cost: usd(x.Cost), Tokens: tok(x.Tokens), Requests: x.Requests, Expired: x.Expired,
 		Overruns: x.Overruns, OverrunCost: usd(x.OverrunCost), OverrunTokens: tok(x.OverrunTokens),
@@ -260,7 +260,7 @@ func (s *server) verify(r *http.Request, _ caller) (int, any, error) {
 		if u == "" {
 			return strconv.FormatInt(v, 10)
 		}
-		return formatAmount(u, v)
+		return FormatAmount(u, v)
 	}
 	mismatches := make([]map[string]any, 0, len(rep.Mismatches))
 	for _, m := range rep.Mismatches {

@@ -69,7 +69,7 @@ type budgetJSON struct {
 func toBudget(b budget.Budget) budgetJSON {
 	d := b.Definition()
 	out := budgetJSON{
-		ID: b.ID, Name: b.Name, Subject: string(b.Subject), Unit: string(b.Unit), Limit: formatAmount(b.Unit, b.Limit),
+		ID: b.ID, Name: b.Name, Subject: string(b.Subject), Unit: string(b.Unit), Limit: FormatAmount(b.Unit, b.Limit),
 		Window: d.Window, Timezone: d.TimeZone, AnchorDay: d.AnchorDay, Hard: b.Hard, WarnAt: nonNil(d.WarnAt),
 		Models: nonNil(d.Models), Endpoints: nonNil(d.Endpoints), Route: d.Route, ResetAt: optTime(b.ResetAt),
 		CreatedAt: b.CreatedAt.UTC(), UpdatedAt: b.UpdatedAt.UTC(),
@@ -117,10 +117,10 @@ type windowJSON struct {
 func toWindow(st budget.Status) *windowJSON {
 	u := st.Budget.Unit
 	w := &windowJSON{
-		WindowStart: st.Window.Start.UTC(), Limit: formatAmount(u, st.Limit), BaseLimit: formatAmount(u, st.BaseLimit),
-		Grants: []grantJSON{}, Posted: formatAmount(u, st.Posted), Pending: formatAmount(u, st.Pending),
-		Remaining: formatAmount(u, st.Remaining), Utilization: st.Utilization, BurnPerDay: formatAmount(u, st.BurnPerDay),
-		Projected: formatAmount(u, st.Projected), RunsOutBeforeReset: st.RunsOutBeforeReset,
+		WindowStart: st.Window.Start.UTC(), Limit: FormatAmount(u, st.Limit), BaseLimit: FormatAmount(u, st.BaseLimit),
+		Grants: []grantJSON{}, Posted: FormatAmount(u, st.Posted), Pending: FormatAmount(u, st.Pending),
+		Remaining: FormatAmount(u, st.Remaining), Utilization: st.Utilization, BurnPerDay: FormatAmount(u, st.BurnPerDay),
+		Projected: FormatAmount(u, st.Projected), RunsOutBeforeReset: st.RunsOutBeforeReset,
 	}
 	if st.Budget.Window.Kind != budget.Lifetime {
 		end := st.Window.End.UTC()
@@ -157,7 +157,7 @@ type grantJSON struct {
 }
 
 func toGrant(g budget.Grant, unit budget.Unit) grantJSON {
-	return grantJSON{ID: g.ID, BudgetID: g.BudgetID, Amount: formatAmount(unit, g.Amount), StartsAt: g.StartsAt.UTC(),
+	return grantJSON{ID: g.ID, BudgetID: g.BudgetID, Amount: FormatAmount(unit, g.Amount), StartsAt: g.StartsAt.UTC(),
 		ExpiresAt: g.ExpiresAt.UTC(), Reason: g.Reason, CreatedBy: g.CreatedBy, CreatedAt: g.CreatedAt.UTC()}
 }
 

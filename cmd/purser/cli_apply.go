@@ -17,8 +17,8 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/purser-dev/purser/admin"
 	"github.com/purser-dev/purser/budget"
-	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // `purser apply -f budgets.yaml` makes the platform-level keys, budgets and default-budget
@@ -89,7 +89,7 @@ type defState struct {
 	ID        int64
 	Name      string
 	Target    string // subject, or subject kind for templates
-	Unit      string
+	Unit      budget.Unit
 	Limit     int64
 	Window    string
 	Timezone  string
@@ -355,30 +355,13 @@ func declLimit(raw json.RawMessage, unit string) (int64, error) {
 			return 0, fmt.Errorf("write %s as a quoted decimal string (\"12.50\"): YAML numbers with a fraction or exponent go through floating point", s)
 		}
 	}
-	return parseUnitAmount(unit, s)
-}
-
-func parseUnitAmount(unit, s string) (int64, error) {
-	if unit == "tokens" {
-		if s == "" || strings.TrimLeft(s, "0123456789") != "" {
-			return 0, fmt.Errorf("want a whole number of tokens such as \"150000\", got %q", s)
-		}
-		return strconv.ParseInt(s, 10, 64)
-	}
-	return pricing.ParseMicros(s)
-}
-
-func formatUnitAmount(unit string, v int64) string {
-	if unit == "tokens" {
-		return strconv.FormatInt(v, 10)
-	}
-	return pricing.FormatMicros(v)
+	return admin.ParseAmount(budget.Unit(unit), s)
 }
 
 // stateOf normalises a definition: the window as WindowString writes it, UTC for no time zone,
 // empty lists and maps as nil.
 func stateOf(d budget.Definition, id int64) defState {
-	st := defState{ID: id, Name: d.Name, Unit: d.Unit, Limit: d.Limit, Window: d.Window, Timezone: d.TimeZone,
+	st := defState{ID: id, Name: d.Name, Unit: budget.Unit(d.Unit), Limit: d.Limit, Window: d.Window, Timezone: d.TimeZone,
 		AnchorDay: d.AnchorDay, Hard: d.Hard, WarnAt: slices.Clone(d.WarnAt), Models: d.Models, Endpoints: d.Endpoints, Route: d.Route}
 	if st.Timezone == "" {
 		st.Timezone = "UTC"
@@ -404,7 +387,7 @@ func stateOf(d budget.Definition, id int64) defState {
 
 // stateFromView normalises a budget or template as the API shows it.
 func stateFromView(v budgetView, template bool) (defState, error) {
-	limit, err := parseUnitAmount(v.Unit, v.Limit)
+	limit, err := admin.ParseAmount(budget.Unit(v.Unit), v.Limit)
 	if err != nil {
 		return defState{}, fmt.Errorf("budget %d from the API: limit %q: %w", v.ID, v.Limit, err)
 	}
@@ -426,7 +409,7 @@ func diffDef(cur, want defState) []string {
 			out = append(out, fmt.Sprintf("%s %s → %s", field, a, b))
 		}
 	}
-	add("limit", formatUnitAmount(cur.Unit, cur.Limit)+" "+cur.Unit, formatUnitAmount(want.Unit, want.Limit)+" "+want.Unit)
+	add("limit", admin.FormatAmount(cur.Unit, cur.Limit)+" "+string(cur.Unit), admin.FormatAmount(want.Unit, want.Limit)+" "+string(want.Unit))
 	add("window", cur.Window, want.Window)
 	add("timezone", cur.Timezone, want.Timezone)
 	add("anchor_day", strconv.Itoa(cur.AnchorDay), strconv.Itoa(want.AnchorDay))
@@ -477,7 +460,7 @@ func expiryLabel(t time.Time) string {
 
 func defBody(st defState, template bool) map[string]any {
 	m := map[string]any{
-		"name": st.Name, "unit": st.Unit, "limit": formatUnitAmount(st.Unit, st.Limit), "window": st.Window,
+		"name": st.Name, "unit": st.Unit, "limit": admin.FormatAmount(st.Unit, st.Limit), "window": st.Window,
 		"timezone": st.Timezone, "anchor_day": st.AnchorDay, "hard": st.Hard, "warn_at": orEmpty(st.WarnAt),
 		"models": orEmpty(st.Models), "endpoints": orEmpty(st.Endpoints), "route": st.Route,
 	}
@@ -543,7 +526,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 		switch {
 		case !ok:
 			changes = append(changes, change{line: fmt.Sprintf("+ %s: %s %s per %s", describeDef(want, true),
-				formatUnitAmount(want.Unit, want.Limit), want.Unit, want.Window), method: "POST", path: "/v1/templates", body: defBody(want, true)})
+				admin.FormatAmount(want.Unit, want.Limit), want.Unit, want.Window), method: "POST", path: "/v1/templates", body: defBody(want, true)})
 		case cur.Target != want.Target || len(diffDef(cur, want)) > 0:
 			diff := diffDef(cur, want)
 			if cur.Target != want.Target {
@@ -579,7 +562,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 		cur, ok := curBudgets[id]
 		if !ok {
 			changes = append(changes, change{line: fmt.Sprintf("+ %s: %s %s per %s", describeDef(want, false),
-				formatUnitAmount(want.Unit, want.Limit), want.Unit, want.Window), method: "POST", path: "/v1/budgets", body: defBody(want, false)})
+				admin.FormatAmount(want.Unit, want.Limit), want.Unit, want.Window), method: "POST", path: "/v1/budgets", body: defBody(want, false)})
 			continue
 		}
 		if diff := diffDef(cur, want); len(diff) > 0 {

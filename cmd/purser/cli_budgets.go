@@ -135,8 +135,8 @@ func (d *defFlags) body(f *cliFlags, onlySet bool) (map[string]any, error) {
 		warn = append(warn, p)
 	}
 	put("warn-at", "warn_at", warn)
-	put("model", "models", nonNilList(d.models))
-	put("endpoint", "endpoints", nonNilList(d.endpoints))
+	put("model", "models", orEmpty(d.models))
+	put("endpoint", "endpoints", orEmpty(d.endpoints))
 	route := map[string]string{}
 	for _, kv := range d.route {
 		k, v, ok := strings.Cut(kv, "=")

@@ -87,7 +87,7 @@ func runKeysCreate(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "-name NAME [-subject S]... [-model GLOB]... [-expires WHEN]"); err != nil {
 		return err
 	}
-	body := map[string]any{"name": *name, "subjects": nonNilList(subjects), "allowed_models": nonNilList(models)}
+	body := map[string]any{"name": *name, "subjects": orEmpty(subjects), "allowed_models": orEmpty(models)}
 	if *expires != "" {
 		t, err := parseWhen("expires", *expires, time.Now())
 		if err != nil {
@@ -153,11 +153,4 @@ func runKeysRotate(ctx context.Context, e env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "rotated key %s (%s); the old secret no longer works\nnew secret (shown once, store it now): %s\n", k.ID, k.Name, k.Key)
 	return nil
-}
-
-func nonNilList(l []string) []string {
-	if l == nil {
-		return []string{}
-	}
-	return l
 }

@@ -7,6 +7,9 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/purser-dev/purser/admin"
+	"github.com/purser-dev/purser/budget"
 )
 
 func statusCommand() command {
@@ -82,12 +85,13 @@ func unitSuffix(unit string) string {
 
 // addAmounts adds two decimal amounts of the API exactly (as integers of the unit's scale).
 func addAmounts(unit, a, b string) string {
-	x, err1 := parseUnitAmount(unit, a)
-	y, err2 := parseUnitAmount(unit, b)
+	u := budget.Unit(unit)
+	x, err1 := admin.ParseAmount(u, a)
+	y, err2 := admin.ParseAmount(u, b)
 	if err1 != nil || err2 != nil {
 		return a + "+" + b
 	}
-	return formatUnitAmount(unit, x+y)
+	return admin.FormatAmount(u, x+y)
 }
 
 func runSpend(ctx context.Context, e env, args []string) error {
