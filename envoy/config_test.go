@@ -121,7 +121,6 @@ func metadataValue(hs []*corev3.HeaderValue, key string) string {
 }
 
 func TestEnvoyConfigs_AccessLog(t *testing.T) {
-	forbidden := []string{"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "cookie", "api-key"}
 	for _, f := range envoyFiles(t) {
 		c := loadCfg(t, f)
 		cc := c.als.GetCommonConfig()
@@ -141,9 +140,7 @@ func TestEnvoyConfigs_AccessLog(t *testing.T) {
 			require.LessOrEqual(t, cc.GetBufferFlushInterval().AsDuration().Seconds(), 1.0)
 		})
 		t.Run(f+"/NoCredentialsLogged", func(t *testing.T) {
-			for _, h := range append(slices.Clone(c.als.GetAdditionalRequestHeadersToLog()), c.als.GetAdditionalResponseHeadersToLog()...) {
-				require.NotContains(t, forbidden, strings.ToLower(h), "credential header %q must not be shipped to the access log", h)
-			}
+			requireNoCredentialHeaders(t, c.als.GetAdditionalRequestHeadersToLog(), c.als.GetAdditionalResponseHeadersToLog())
 		})
 	}
 }

@@ -243,6 +243,20 @@ func appendNew[T any](list *[]*T) *T {
 	return v
 }
 
+// credentialHeaders carry secrets (purser keys, provider keys, sessions): no configuration may
+// ship them to the access log.
+var credentialHeaders = []string{"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie"}
+
+// requireNoCredentialHeaders fails when a header list names a credential header.
+func requireNoCredentialHeaders(t *testing.T, lists ...[]string) {
+	t.Helper()
+	for _, l := range lists {
+		for _, h := range l {
+			require.NotContains(t, credentialHeaders, strings.ToLower(h), "credential header %q must not be shipped to the access log", h)
+		}
+	}
+}
+
 // glob lists the files matching pattern; at least one must.
 func glob(t *testing.T, pattern string) []string {
 	t.Helper()
