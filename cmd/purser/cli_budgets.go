@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"strconv"
 	"strings"
@@ -155,10 +156,6 @@ func runBudgetsList(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "[-subject S] [-o json]"); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	q := url.Values{}
 	if *subject != "" {
 		q.Set("subject", *subject)
@@ -166,17 +163,23 @@ func runBudgetsList(ctx context.Context, e env, args []string) error {
 	var out struct {
 		Budgets []budgetView `json:"budgets"`
 	}
-	raw, err := c.do(ctx, "GET", "/v1/budgets", q, nil, &out)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/budgets", q, nil, &out); printed || err != nil {
 		return err
 	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
+	return printDefs(e.stdout, out.Budgets, false)
+}
+
+// printDefs tables budgets, or templates (by subject kind).
+func printDefs(w io.Writer, bs []budgetView, templates bool) error {
+	target := func(b budgetView) string { return b.Subject }
+	header := "SUBJECT"
+	if templates {
+		target, header = func(b budgetView) string { return b.SubjectKind }, "KIND"
 	}
-	tw := newTable(e.stdout)
-	fmt.Fprintln(tw, "ID\tSUBJECT\tNAME\tLIMIT\tUNIT\tWINDOW\tHARD\tWARN AT\tFILTERS")
-	for _, b := range out.Budgets {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%t\t%s\t%s\n", b.ID, b.Subject, b.Name, b.Limit, b.Unit, windowLabel(b), b.Hard,
+	tw := newTable(w)
+	fmt.Fprintf(tw, "ID\t%s\tNAME\tLIMIT\tUNIT\tWINDOW\tHARD\tWARN AT\tFILTERS\n", header)
+	for _, b := range bs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%t\t%s\t%s\n", b.ID, target(b), b.Name, b.Limit, b.Unit, windowLabel(b), b.Hard,
 			orDash(intsLabel(b.WarnAt)), orDash(filtersLabel(b)))
 	}
 	return tw.Flush()
@@ -246,17 +249,9 @@ func runBudgetsUpdate(ctx context.Context, e env, args []string) error {
 }
 
 func budgetCall(ctx context.Context, e env, f *cliFlags, method, path string, body map[string]any, verb string) error {
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var b budgetView
-	raw, err := c.do(ctx, method, path, nil, body, &b)
-	if err != nil {
+	if printed, err := f.call(ctx, e, method, path, nil, body, &b); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	target := b.Subject
 	if b.SubjectKind != "" {
@@ -272,17 +267,9 @@ func runBudgetsGet(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var b budgetView
-	raw, err := c.do(ctx, "GET", "/v1/budgets/"+url.PathEscape(pos[0]), nil, nil, &b)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/budgets/"+url.PathEscape(pos[0]), nil, nil, &b); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	tw := newTable(e.stdout)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
@@ -325,11 +312,8 @@ func deleteCall(ctx context.Context, e env, name, prefix, what string, args []st
 	if err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
-	if _, err := c.do(ctx, "DELETE", prefix+url.PathEscape(pos[0]), nil, nil, nil); err != nil {
+	// A deletion answers no body: the message is printed with -o json too.
+	if _, err := f.call(ctx, e, "DELETE", prefix+url.PathEscape(pos[0]), nil, nil, nil); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "deleted %s %s\n", what, pos[0])
@@ -343,19 +327,12 @@ func runBudgetsReset(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var out struct {
 		ResetAt time.Time `json:"reset_at"`
 	}
-	raw, err := c.do(ctx, "POST", "/v1/budgets/"+url.PathEscape(pos[0])+"/reset", nil, map[string]any{"reason": *reason}, &out)
-	if err != nil {
+	path := "/v1/budgets/" + url.PathEscape(pos[0]) + "/reset"
+	if printed, err := f.call(ctx, e, "POST", path, nil, map[string]any{"reason": *reason}, &out); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	fmt.Fprintf(e.stdout, "budget %s: fresh window since %s\n", pos[0], out.ResetAt.UTC().Format(time.RFC3339))
 	return nil
@@ -377,18 +354,11 @@ func runBudgetsGrant(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var g grantView
-	raw, err := c.do(ctx, "POST", "/v1/budgets/"+url.PathEscape(pos[0])+"/grants", nil,
-		map[string]any{"amount": *amount, "expires_at": t, "reason": *reason}, &g)
-	if err != nil {
+	path := "/v1/budgets/" + url.PathEscape(pos[0]) + "/grants"
+	body := map[string]any{"amount": *amount, "expires_at": t, "reason": *reason}
+	if printed, err := f.call(ctx, e, "POST", path, nil, body, &g); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	fmt.Fprintf(e.stdout, "budget %s: +%s until %s (grant %d)\n", pos[0], g.Amount, g.ExpiresAt.UTC().Format(time.RFC3339), g.ID)
 	return nil
@@ -399,27 +369,13 @@ func runTemplatesList(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "[-o json]"); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var out struct {
 		Templates []budgetView `json:"templates"`
 	}
-	raw, err := c.do(ctx, "GET", "/v1/templates", nil, nil, &out)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/templates", nil, nil, &out); printed || err != nil {
 		return err
 	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
-	}
-	tw := newTable(e.stdout)
-	fmt.Fprintln(tw, "ID\tKIND\tNAME\tLIMIT\tUNIT\tWINDOW\tHARD\tWARN AT\tFILTERS")
-	for _, b := range out.Templates {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%t\t%s\t%s\n", b.ID, b.SubjectKind, b.Name, b.Limit, b.Unit, windowLabel(b), b.Hard,
-			orDash(intsLabel(b.WarnAt)), orDash(filtersLabel(b)))
-	}
-	return tw.Flush()
+	return printDefs(e.stdout, out.Templates, true)
 }
 
 func runTemplatesCreate(ctx context.Context, e env, args []string) error {

@@ -101,6 +101,23 @@ func (f *cliFlags) client() (*apiClient, error) {
 	return &apiClient{base: u, token: token, http: &http.Client{Timeout: 60 * time.Second}}, nil
 }
 
+// call sends one request and decodes the answer into out (when not nil). With -o json it
+// prints the answer as well and reports printed: the command has nothing more to write.
+func (f *cliFlags) call(ctx context.Context, e env, method, path string, query url.Values, in, out any) (printed bool, err error) {
+	c, err := f.client()
+	if err != nil {
+		return false, err
+	}
+	raw, err := c.do(ctx, method, path, query, in, out)
+	if err != nil {
+		return false, err
+	}
+	if f.json() {
+		return true, printJSON(e.stdout, raw)
+	}
+	return false, nil
+}
+
 // apiError is an error answer of the admin API.
 type apiError struct {
 	Status  int

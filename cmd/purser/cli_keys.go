@@ -54,19 +54,11 @@ func runKeysList(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "[-o json]"); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var out struct {
 		Keys []keyView `json:"keys"`
 	}
-	raw, err := c.do(ctx, "GET", "/v1/keys", nil, nil, &out)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/keys", nil, nil, &out); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	tw := newTable(e.stdout)
 	fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tSTATE\tSUBJECTS\tMODELS\tEXPIRES\tCREATED")
@@ -95,62 +87,40 @@ func runKeysCreate(ctx context.Context, e env, args []string) error {
 		}
 		body["expires_at"] = t
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var k keyView
-	raw, err := c.do(ctx, "POST", "/v1/keys", nil, body, &k)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "POST", "/v1/keys", nil, body, &k); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	fmt.Fprintf(e.stdout, "created key %s (%s)\nsecret (shown once, store it now): %s\n", k.ID, k.Name, k.Key)
 	return nil
 }
 
 func runKeysRevoke(ctx context.Context, e env, args []string) error {
-	f := newCLIFlags("keys revoke", e)
-	pos, err := f.parse(args, 1, 1, "KEY_ID")
-	if err != nil {
+	k, printed, err := keyCall(ctx, e, "keys revoke", "DELETE", "", args)
+	if printed || err != nil {
 		return err
-	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
-	var k keyView
-	raw, err := c.do(ctx, "DELETE", "/v1/keys/"+url.PathEscape(pos[0]), nil, nil, &k)
-	if err != nil {
-		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	fmt.Fprintf(e.stdout, "revoked key %s (%s)\n", k.ID, k.Name)
 	return nil
 }
 
 func runKeysRotate(ctx context.Context, e env, args []string) error {
-	f := newCLIFlags("keys rotate", e)
-	pos, err := f.parse(args, 1, 1, "KEY_ID")
-	if err != nil {
+	k, printed, err := keyCall(ctx, e, "keys rotate", "POST", "/rotate", args)
+	if printed || err != nil {
 		return err
-	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
-	var k keyView
-	raw, err := c.do(ctx, "POST", "/v1/keys/"+url.PathEscape(pos[0])+"/rotate", nil, nil, &k)
-	if err != nil {
-		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	fmt.Fprintf(e.stdout, "rotated key %s (%s); the old secret no longer works\nnew secret (shown once, store it now): %s\n", k.ID, k.Name, k.Key)
 	return nil
+}
+
+// keyCall runs `purser <name> KEY_ID`: method on /v1/keys/KEY_ID plus suffix.
+func keyCall(ctx context.Context, e env, name, method, suffix string, args []string) (keyView, bool, error) {
+	f := newCLIFlags(name, e)
+	pos, err := f.parse(args, 1, 1, "KEY_ID")
+	if err != nil {
+		return keyView{}, false, err
+	}
+	var k keyView
+	printed, err := f.call(ctx, e, method, "/v1/keys/"+url.PathEscape(pos[0])+suffix, nil, nil, &k)
+	return k, printed, err
 }

@@ -30,20 +30,11 @@ func runStatus(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
-	q := url.Values{"subject": subjects}
 	var out struct {
 		Budgets []budgetView `json:"budgets"`
 	}
-	raw, err := c.do(ctx, "GET", "/v1/status", q, nil, &out)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/status", url.Values{"subject": subjects}, nil, &out); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	if len(out.Budgets) == 0 {
 		fmt.Fprintln(e.stdout, "no budgets")
@@ -104,10 +95,6 @@ func runSpend(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "[-from T] [-to T] [-group-by subject|model|key|day] [-subject S] [-o json]"); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	q := url.Values{"group_by": {*groupBy}}
 	for k, v := range map[string]string{"from": *from, "to": *to, "subject": *subject} {
 		if v != "" {
@@ -134,12 +121,8 @@ func runSpend(ctx context.Context, e env, args []string) error {
 		Total     row       `json:"total"`
 		Truncated bool      `json:"truncated"`
 	}
-	raw, err := c.do(ctx, "GET", "/v1/spend", q, nil, &out)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/spend", q, nil, &out); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	tw := newTable(e.stdout)
 	fmt.Fprintf(tw, "%s\tCOST USD\tTOKENS\tREQUESTS\tEXPIRED\tOVERRUNS\tUNRESERVED USD\n", map[string]string{
@@ -174,10 +157,6 @@ func runAudit(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "[-target T] [-before ID] [-limit N] [-o json]"); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	q := url.Values{"limit": {strconv.Itoa(*limit)}}
 	if *target != "" {
 		q.Set("target", *target)
@@ -196,12 +175,8 @@ func runAudit(ctx context.Context, e env, args []string) error {
 		} `json:"entries"`
 		NextBefore *int64 `json:"next_before"`
 	}
-	raw, err := c.do(ctx, "GET", "/v1/audit", q, nil, &out)
-	if err != nil {
+	if printed, err := f.call(ctx, e, "GET", "/v1/audit", q, nil, &out); printed || err != nil {
 		return err
-	}
-	if f.json() {
-		return printJSON(e.stdout, raw)
 	}
 	tw := newTable(e.stdout)
 	fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tTARGET\tDETAILS")
