@@ -280,48 +280,92 @@ func (p *bodyParser) top() {
 		}
 		return
 	}
-	p.pos++
-	p.depth++
-	if p.dialect != dialectEmbeddings {
-		p.addTokens(1)
-	}
-	if p.peek() == '}' {
-		p.pos++
+	count := p.dialect != dialectEmbeddings
+	if !p.openObject(count) {
 		return
 	}
 	var kbuf [64]byte
-	for p.err == nil {
-		if p.peek() != '"' {
-			p.fail("object key expected")
+	for more := p.firstMember(); more; more = p.nextMember() {
+		key, ok := p.memberKey(kbuf[:], count)
+		if !ok {
 			return
 		}
-		p.str(p.dialect != dialectEmbeddings, kbuf[:], nil)
-		key := kbuf[:p.capLen]
-		f := tfOther
-		if !p.overflow {
-			f = topFieldOf(key)
-		}
-		if p.dialect != dialectEmbeddings {
-			p.addTokens(p.cnt.take() + 1)
-		}
-		if p.peek() != ':' {
-			p.fail("':' expected")
-			return
-		}
-		p.pos++
-		p.member(f, key)
-		switch p.peek() {
-		case ',':
-			p.pos++
-		case '}':
-			p.pos++
-			p.depth--
-			return
-		default:
-			p.fail("',' or '}' expected")
-			return
-		}
+		p.member(topFieldOf(key), key)
 	}
+}
+
+// Reading an object, on its '{':
+//
+//	if !p.openObject(count) { return }
+//	for more := p.firstMember(); more; more = p.nextMember() {
+//		key, ok := p.memberKey(buf, count)
+//		if !ok { return }
+//		// read the value
+//	}
+
+// openObject enters the object on its '{', counting it as a token when count. It is false
+// when the object is nested too deeply.
+func (p *bodyParser) openObject(count bool) bool {
+	if !p.enter() {
+		return false
+	}
+	p.pos++
+	if count {
+		p.addTokens(1)
+	}
+	return true
+}
+
+// firstMember reports whether the object just opened has a member; an empty one is closed.
+func (p *bodyParser) firstMember() bool {
+	if p.peek() == '}' {
+		p.pos++
+		p.depth--
+		return false
+	}
+	return p.err == nil
+}
+
+// nextMember reads what follows a member's value: true at ',' (another member follows),
+// false at '}' (the object is closed) or on an error.
+func (p *bodyParser) nextMember() bool {
+	if p.err != nil {
+		return false
+	}
+	switch p.peek() {
+	case ',':
+		p.pos++
+		return true
+	case '}':
+		p.pos++
+		p.depth--
+		return false
+	}
+	p.fail("',' or '}' expected")
+	return false
+}
+
+// memberKey reads a member's key and the ':' after it, counting the key as text when count.
+// The key is decoded into buf; it is nil when longer than buf (so it matches no known name).
+// ok is false on a syntax error.
+func (p *bodyParser) memberKey(buf []byte, count bool) (key []byte, ok bool) {
+	if p.peek() != '"' {
+		p.fail("object key expected")
+		return nil, false
+	}
+	p.str(count, buf, nil)
+	if !p.overflow {
+		key = buf[:p.capLen]
+	}
+	if count {
+		p.addTokens(p.cnt.take() + 1)
+	}
+	if p.peek() != ':' {
+		p.fail("':' expected")
+		return nil, false
+	}
+	p.pos++
+	return key, true
 }
 
 // member reads the value of a top-level member.
@@ -457,23 +501,45 @@ func (p *bodyParser) positiveInt() (v int64, ok bool, err error) {
 	}
 }
 
-// streamOptions reads {"include_usage": true, ...}.
-func (p *bodyParser) streamOptions() { p.objectMembers(false) }
-
-// generationConfig reads Gemini's caps; every other member counts as text.
-func (p *bodyParser) generationConfig() { p.objectMembers(true) }
-
-// streamOptionsMember reads one member of stream_options.
-func (p *bodyParser) streamOptionsMember(key []byte) {
-	if string(key) == "include_usage" && p.peek() == 't' {
-		p.streamUsage = true
+// streamOptions reads {"include_usage": true, ...}; a non-object is read as a plain value.
+func (p *bodyParser) streamOptions() {
+	if p.peek() != '{' {
+		p.value(mkNone, mkNone)
+		return
 	}
-	p.value(mkNone, mkNone)
+	if !p.openObject(true) {
+		return
+	}
+	var kbuf [64]byte
+	for more := p.firstMember(); more; more = p.nextMember() {
+		key, ok := p.memberKey(kbuf[:], true)
+		if !ok {
+			return
+		}
+		if string(key) == "include_usage" && p.peek() == 't' {
+			p.streamUsage = true
+		}
+		p.value(mkNone, mkNone)
+	}
 }
 
-// generationConfigMember reads one member of generationConfig; seen tracks duplicates.
-func (p *bodyParser) generationConfigMember(key []byte, seen *uint8) {
-	{
+// generationConfig reads Gemini's caps, rejecting repeated ones; every other member counts
+// as text. A non-object is read as a plain value.
+func (p *bodyParser) generationConfig() {
+	if p.peek() != '{' {
+		p.value(mkNone, mkNone)
+		return
+	}
+	if !p.openObject(true) {
+		return
+	}
+	var kbuf [64]byte
+	var seen uint8
+	for more := p.firstMember(); more; more = p.nextMember() {
+		key, ok := p.memberKey(kbuf[:], true)
+		if !ok {
+			return
+		}
 		var bit uint8
 		choice := false
 		switch string(key) {
@@ -487,70 +553,16 @@ func (p *bodyParser) generationConfigMember(key []byte, seen *uint8) {
 			bit, choice = 8, true
 		default:
 			p.value(mkNone, mkNone)
-			return
+			continue
 		}
-		if *seen&bit != 0 {
+		if seen&bit != 0 {
 			if p.err == nil {
 				p.err = fmt.Errorf("duplicate key %q in generationConfig", string(key))
 			}
 			return
 		}
-		*seen |= bit
+		seen |= bit
 		p.capMember(key, choice)
-	}
-}
-
-// objectMembers reads an object, counting keys, and reads each value as a generationConfig
-// member (genConfig) or a stream_options member. A non-object value is read as a plain value.
-func (p *bodyParser) objectMembers(genConfig bool) {
-	var seen uint8
-	if p.peek() != '{' {
-		p.value(mkNone, mkNone)
-		return
-	}
-	if !p.enter() {
-		return
-	}
-	p.pos++
-	p.addTokens(1)
-	if p.peek() == '}' {
-		p.pos++
-		p.depth--
-		return
-	}
-	var kbuf [64]byte
-	for p.err == nil {
-		if p.peek() != '"' {
-			p.fail("object key expected")
-			return
-		}
-		p.str(true, kbuf[:], nil)
-		key := kbuf[:p.capLen]
-		p.addTokens(p.cnt.take() + 1)
-		if p.overflow {
-			key = key[:0]
-		}
-		if p.peek() != ':' {
-			p.fail("':' expected")
-			return
-		}
-		p.pos++
-		if genConfig {
-			p.generationConfigMember(key, &seen)
-		} else {
-			p.streamOptionsMember(key)
-		}
-		switch p.peek() {
-		case ',':
-			p.pos++
-		case '}':
-			p.pos++
-			p.depth--
-			return
-		default:
-			p.fail("',' or '}' expected")
-			return
-		}
 	}
 }
 
@@ -731,11 +743,9 @@ func (p *bodyParser) value(k, parent mkind) {
 
 // object reads an object under member name self. At tool level it notes server-side tools.
 func (p *bodyParser) object(self mkind, toolLevel bool) {
-	if !p.enter() {
+	if !p.openObject(true) {
 		return
 	}
-	p.pos++
-	p.addTokens(1)
 	var st objState
 	p.objectLoop(self, toolLevel, &st)
 	// charged also when the body ended inside the object
@@ -760,32 +770,16 @@ func (p *bodyParser) textAt(off int) {
 
 // objectLoop reads the members of an object whose '{' has been consumed.
 func (p *bodyParser) objectLoop(self mkind, toolLevel bool, st *objState) {
-	if p.peek() == '}' {
-		p.pos++
-		p.depth--
-		return
-	}
 	var kbuf [64]byte
-	for p.err == nil {
-		if p.peek() != '"' {
-			p.fail("object key expected")
+	for more := p.firstMember(); more; more = p.nextMember() {
+		key, ok := p.memberKey(kbuf[:], true)
+		if !ok {
 			return
 		}
-		p.str(true, kbuf[:], nil)
-		key := kbuf[:p.capLen]
-		p.addTokens(p.cnt.take() + 1)
-		k := mkNone
-		if !p.overflow {
-			k = memberKind(key)
-			if toolLevel && isServerToolKey(key) {
-				p.external = true
-			}
+		k := memberKind(key)
+		if toolLevel && isServerToolKey(key) {
+			p.external = true
 		}
-		if p.peek() != ':' {
-			p.fail("':' expected")
-			return
-		}
-		p.pos++
 		if (k == mkMime || k == mkType) && p.peek() == '"' {
 			var vbuf [64]byte
 			p.str(true, vbuf[:], nil)
@@ -809,17 +803,6 @@ func (p *bodyParser) objectLoop(self mkind, toolLevel bool, st *objState) {
 			}
 		} else {
 			p.value(k, self)
-		}
-		switch p.peek() {
-		case ',':
-			p.pos++
-		case '}':
-			p.pos++
-			p.depth--
-			return
-		default:
-			p.fail("',' or '}' expected")
-			return
 		}
 	}
 }
@@ -1178,38 +1161,14 @@ func (p *bodyParser) skip() {
 	switch c := p.peek(); {
 	case c == 0:
 	case c == '{':
-		if !p.enter() {
+		if !p.openObject(false) {
 			return
 		}
-		p.pos++
-		if p.peek() == '}' {
-			p.pos++
-			p.depth--
-			return
-		}
-		for p.err == nil {
-			if p.peek() != '"' {
-				p.fail("object key expected")
+		for more := p.firstMember(); more; more = p.nextMember() {
+			if _, ok := p.memberKey(nil, false); !ok {
 				return
 			}
-			p.str(false, nil, nil)
-			if p.peek() != ':' {
-				p.fail("':' expected")
-				return
-			}
-			p.pos++
 			p.skip()
-			switch p.peek() {
-			case ',':
-				p.pos++
-			case '}':
-				p.pos++
-				p.depth--
-				return
-			default:
-				p.fail("',' or '}' expected")
-				return
-			}
 		}
 	case c == '[':
 		p.elements(p.skip)
