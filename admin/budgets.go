@@ -109,13 +109,29 @@ func (in *defInput) apply(d *budget.Definition, create bool) error {
 	return nil
 }
 
-func (s *server) createBudget(r *http.Request, c caller) (int, any, error) {
+// decodeDef reads the body of a budget's or a template's POST or PATCH.
+func decodeDef(r *http.Request, template bool) (defInput, error) {
 	var in defInput
-	if err := decodeBody(r, false, in.fields(false)...); err != nil {
-		return 0, nil, err
+	err := decodeBody(r, false, in.fields(template)...)
+	return in, err
+}
+
+// newDefinition reads the definition a POST creates: absent fields take their defaults.
+func newDefinition(r *http.Request, template bool) (budget.Definition, error) {
+	in, err := decodeDef(r, template)
+	if err != nil {
+		return budget.Definition{}, err
 	}
 	d := budget.Definition{Hard: true}
 	if err := in.apply(&d, true); err != nil {
+		return budget.Definition{}, err
+	}
+	return d, nil
+}
+
+func (s *server) createBudget(r *http.Request, c caller) (int, any, error) {
+	d, err := newDefinition(r, false)
+	if err != nil {
 		return 0, nil, err
 	}
 	b, err := s.svc.CreateBudget(r.Context(), c.actor, d)
@@ -179,8 +195,8 @@ func (s *server) updateBudget(r *http.Request, c caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	var in defInput
-	if err := decodeBody(r, false, in.fields(false)...); err != nil {
+	in, err := decodeDef(r, false)
+	if err != nil {
 		return 0, nil, err
 	}
 	cur, err := s.svc.Budget(r.Context(), id)
@@ -274,12 +290,8 @@ func (s *server) resetBudget(r *http.Request, c caller) (int, any, error) {
 // Templates.
 
 func (s *server) createTemplate(r *http.Request, c caller) (int, any, error) {
-	var in defInput
-	if err := decodeBody(r, false, in.fields(true)...); err != nil {
-		return 0, nil, err
-	}
-	d := budget.Definition{Hard: true}
-	if err := in.apply(&d, true); err != nil {
+	d, err := newDefinition(r, true)
+	if err != nil {
 		return 0, nil, err
 	}
 	b, err := s.svc.CreateTemplate(r.Context(), c.actor, d)
@@ -331,8 +343,8 @@ func (s *server) updateTemplate(r *http.Request, c caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	var in defInput
-	if err := decodeBody(r, false, in.fields(true)...); err != nil {
+	in, err := decodeDef(r, true)
+	if err != nil {
 		return 0, nil, err
 	}
 	cur, err := s.template(r.Context(), id)

@@ -139,16 +139,21 @@ type auditJSON struct {
 	Details json.RawMessage `json:"details"`
 }
 
+// page reads the paging parameters of a list newest first: the id cursor and the page size.
+func page(r *http.Request) (before int64, limit int, err error) {
+	if before, err = queryInt(r, "before", 0, 0, 1<<62); err != nil {
+		return 0, 0, err
+	}
+	n, err := queryInt(r, "limit", 100, 1, 1000)
+	return before, int(n), err
+}
+
 func (s *server) audit(r *http.Request, _ caller) (int, any, error) {
-	before, err := queryInt(r, "before", 0, 0, 1<<62)
+	before, limit, err := page(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	limit, err := queryInt(r, "limit", 100, 1, 1000)
-	if err != nil {
-		return 0, nil, err
-	}
-	entries, err := s.svc.AuditLog(r.Context(), r.URL.Query().Get("target"), before, int(limit))
+	entries, err := s.svc.AuditLog(r.Context(), r.URL.Query().Get("target"), before, limit)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -161,7 +166,7 @@ func (s *server) audit(r *http.Request, _ caller) (int, any, error) {
 		out = append(out, auditJSON{ID: e.ID, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Target: e.Target, Details: d})
 	}
 	body := map[string]any{"entries": out, "next_before": nil}
-	if len(entries) == int(limit) {
+	if len(entries) == limit {
 		body["next_before"] = entries[len(entries)-1].ID
 	}
 	return http.StatusOK, body, nil
@@ -195,15 +200,11 @@ func (s *server) alerts(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	before, err := queryInt(r, "before", 0, 0, 1<<62)
+	before, limit, err := page(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	limit, err := queryInt(r, "limit", 100, 1, 1000)
-	if err != nil {
-		return 0, nil, err
-	}
-	evs, err := s.svc.AlertEvents(r.Context(), budgetID, before, int(limit))
+	evs, err := s.svc.AlertEvents(r.Context(), budgetID, before, limit)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -222,7 +223,7 @@ func (s *server) alerts(r *http.Request, _ caller) (int, any, error) {
 		out = append(out, a)
 	}
 	body := map[string]any{"alerts": out, "next_before": nil}
-	if len(evs) == int(limit) {
+	if len(evs) == limit {
 		body["next_before"] = evs[len(evs)-1].ID
 	}
 	return http.StatusOK, body, nil
