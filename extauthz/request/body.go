@@ -915,26 +915,26 @@ func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
 	plain := capture == nil && b64 == nil
 	for p.pos < len(data) {
 		c := data[p.pos]
-		if plain {
-			if text && (c|0x20) >= 'a' && (c|0x20) <= 'z' {
-				k := p.cnt.letters(data[p.pos:])
+		switch {
+		case text && (c|0x20) >= 'a' && (c|0x20) <= 'z':
+			// a run of letters (base64 characters all) is counted in one go
+			k := p.cnt.letters(data[p.pos:])
+			if capture != nil {
+				p.keep(capture, data[p.pos:p.pos+k])
+			}
+			p.pos += k
+			n += int64(k)
+			continue
+		case plain && !text:
+			if k := plainRun(data[p.pos:]); k > 0 {
 				p.pos += k
 				n += int64(k)
 				continue
 			}
-			if !text {
-				k := plainRun(data[p.pos:])
+		case b64 != nil && *b64 && capture == nil && !text:
+			if k := base64Run(data[p.pos:]); k > 0 {
 				p.pos += k
 				n += int64(k)
-				if k > 0 {
-					continue
-				}
-			}
-		} else if b64 != nil && *b64 && capture == nil && !text {
-			k := base64Run(data[p.pos:])
-			p.pos += k
-			n += int64(k)
-			if k > 0 {
 				continue
 			}
 		}
@@ -1003,6 +1003,15 @@ func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
 	}
 	p.eof()
 	return n
+}
+
+// keep copies b into capture after what it holds, while it fits; p.overflow reports the rest.
+func (p *bodyParser) keep(capture, b []byte) {
+	k := copy(capture[p.capLen:], b)
+	p.capLen += k
+	if k < len(b) {
+		p.overflow = true
+	}
 }
 
 // escape decodes the escape sequence at p.pos and advances past it. size is the UTF-8

@@ -117,30 +117,7 @@ type counter struct {
 func (c *counter) ascii(b byte) {
 	switch {
 	case b|0x20 >= 'a' && b|0x20 <= 'z':
-		lower := b|0x20 == b
-		lc := b | 0x20
-		if c.cls != clsLetter {
-			if c.cls == clsDigit {
-				c.units += costLetterDigit
-			}
-			c.cls, c.run, c.prev, c.consonants = clsLetter, 0, 0, 0
-		} else {
-			c.units += bigramCost(bigramLevels[int(c.prev-'a')*26+int(lc-'a')])
-			if !lower && c.prevLower {
-				c.units += costCaseChange
-			}
-		}
-		if c.run%lettersPerGroup == 0 {
-			c.units += costLetterGroup
-		}
-		if vowels>>(lc-'a')&1 != 0 {
-			c.consonants = 0
-		} else if c.consonants++; c.consonants == 3 {
-			c.units += costConsonants
-			c.consonants = 0
-		}
-		c.run++
-		c.prev, c.prevLower = lc, lower
+		c.letters([]byte{b}) // the letter rules live in one place
 	case b >= '0' && b <= '9':
 		if c.cls != clsDigit {
 			switch c.cls {
@@ -169,8 +146,8 @@ func (c *counter) ascii(b byte) {
 	}
 }
 
-// letters feeds the run of ASCII letters at the start of s and returns its length. It is
-// ascii unrolled for the common case, keeping the state in registers.
+// letters feeds the run of ASCII letters at the start of s and returns its length, keeping
+// the state in registers for the run.
 func (c *counter) letters(s []byte) int {
 	units, run, prev, prevLower, cons := c.units, uint64(c.run), c.prev, c.prevLower, uint32(c.consonants)
 	if c.cls != clsLetter {
