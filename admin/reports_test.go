@@ -102,10 +102,13 @@ func TestAdmin_Spend(t *testing.T) {
 	require.Equal(t, "2026-09-01", obj(rows[0])["group"])
 	require.Equal(t, "2026-09-30", obj(rows[1])["group"])
 
-	// Defaults to this month.
-	r = h.admin("GET", "/v1/spend?group_by=key", nil, http.StatusOK)
-	now := time.Now().UTC()
-	require.Equal(t, time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).Format(time.RFC3339), r.body["from"])
+	// Defaults to this month, on the admin API's clock.
+	srv := httptest.NewServer(admin.New(h.svc, admin.Config{Tokens: []string{adminToken},
+		Now: func() time.Time { return time.Date(2026, 2, 14, 9, 30, 0, 0, time.UTC) }}))
+	t.Cleanup(srv.Close)
+	r = (&harness{t: t, url: srv.URL}).admin("GET", "/v1/spend?group_by=key", nil, http.StatusOK)
+	require.Equal(t, "2026-02-01T00:00:00Z", r.body["from"])
+	require.Equal(t, "2026-03-01T00:00:00Z", r.body["to"])
 
 	h.invalid("GET", "/v1/spend?from=yesterday", nil, "from", `from: must be an RFC 3339 time (2026-09-01T00:00:00Z) or a date (2026-09-01), got "yesterday"`)
 	h.invalid("GET", "/v1/spend?from=2026-09-02&to=2026-09-01", nil, "to", "to: must be after from")

@@ -387,12 +387,15 @@ func TestAlerts_DrainWaitsForInFlight(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, time.Date(2026, 9, 20, 12, 0, 0, 0, time.UTC))
 	ctx := context.Background()
-	_, err := e.svc.CreateBudget(ctx, "test", budget.Definition{Name: "b", Subject: "team:ml", Limit: 100, Window: "day", WarnAt: []int{10}})
+	_, err := e.svc.CreateBudget(ctx, "test", budget.Definition{Name: "b", Subject: "team:ml", Limit: 100, Window: "day", WarnAt: []int{10, 50}})
 	require.NoError(t, err)
 	release := make(chan struct{})
 	arrived := make(chan struct{})
+	var posts atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		close(arrived)
+		if posts.Add(1) == 1 {
+			close(arrived)
+		}
 		<-release
 	}))
 	t.Cleanup(srv.Close)
@@ -413,10 +416,20 @@ func TestAlerts_DrainWaitsForInFlight(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, budget.DeliveryDelivered, evs[0].Deliveries[0].State)
 	require.NoError(t, <-dispatched)
-	// Once draining, nothing new is claimed.
-	n, err := a.DispatchOnce(ctx)
+	// Once draining, nothing new is claimed: a new event's delivery stays due, unattempted.
+	e.spend(t, "team:ml", 30) // 50% at noon: a threshold, no projected overrun
+	n, err := a.EvaluateOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	n, err = a.DispatchOnce(ctx)
 	require.NoError(t, err)
 	require.Zero(t, n)
+	evs, err = e.svc.AlertEvents(ctx, 0, 0, 10)
+	require.NoError(t, err)
+	require.Equal(t, 50, evs[0].Threshold)
+	require.Equal(t, budget.DeliveryPending, evs[0].Deliveries[0].State)
+	require.Zero(t, evs[0].Deliveries[0].Attempts)
+	require.Equal(t, int32(1), posts.Load())
 
 	// Drain gives up when its context ends.
 	cctx, cancel := context.WithCancel(ctx)
@@ -426,10 +439,9 @@ func TestAlerts_DrainWaitsForInFlight(t *testing.T) {
 
 func TestAlerts_Run(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, time.Now())
+	e := newEnv(t, time.Date(2026, 9, 20, 12, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithCancel(context.Background())
-	// 20 of 1000 crosses the 1% threshold; the projection (at most 10× the spend, since it
-	// waits for 10% of the window) stays below the limit at any time of day.
+	// At noon 20 of 1000 crosses the 1% threshold; the projection (40) stays below the limit.
 	_, err := e.svc.CreateBudget(ctx, "test", budget.Definition{Name: "b", Subject: "team:ml", Limit: 1000, Window: "day", WarnAt: []int{1}})
 	require.NoError(t, err)
 	rec := newReceiver(t)

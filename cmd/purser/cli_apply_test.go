@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -220,11 +221,7 @@ func sortPlan(out string) string {
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	last := lines[len(lines)-1]
 	body := lines[:len(lines)-1]
-	for i := 1; i < len(body); i++ {
-		for j := i; j > 0 && body[j] < body[j-1]; j-- {
-			body[j], body[j-1] = body[j-1], body[j]
-		}
-	}
+	slices.Sort(body)
 	return strings.Join(append(body, last), "\n") + "\n"
 }
 
