@@ -96,6 +96,15 @@ func BenchmarkCost(b *testing.B) {
 			}
 		}
 	})
+	deepseek, _ := c.Lookup("deepseek", "deepseek-chat") // a daily off-peak window: several instants
+	b.Run("UpperBoundTimeOfDay", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := deepseek.UpperBoundAt(250_000, 8000, at); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 func BenchmarkExtractUsage(b *testing.B) {

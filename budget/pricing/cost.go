@@ -406,15 +406,13 @@ func (m *Model) UpperBoundAt(inputTokens, outputTokens int64, t time.Time) (int6
 	if inputTokens < 0 || outputTokens < 0 {
 		return 0, fmt.Errorf("%w: negative token count (input %d, output %d)", ErrInvalidUsage, inputTokens, outputTokens)
 	}
+	if len(m.prices) == 1 { // one price set, in force at every instant
+		return m.prices[0].prices.upperBound(inputTokens, outputTokens)
+	}
 	var worst int64
-	seen := make([]*Prices, 0, 2)
-	for _, at := range m.instants(t) {
-		p := m.PricesAt(at)
-		if contains2(seen, p) {
-			continue
-		}
-		seen = append(seen, p)
-		v, err := p.upperBound(inputTokens, outputTokens)
+	var buf [8]time.Time
+	for _, at := range m.instants(t, buf[:0]) {
+		v, err := m.PricesAt(at).upperBound(inputTokens, outputTokens)
 		if err != nil {
 			return 0, err
 		}
@@ -423,22 +421,10 @@ func (m *Model) UpperBoundAt(inputTokens, outputTokens int64, t time.Time) (int6
 	return worst, nil
 }
 
-func contains2(ps []*Prices, p *Prices) bool {
-	for _, q := range ps {
-		if q == p {
-			return true
-		}
-	}
-	return false
-}
-
-// instants returns t and every instant in (t, t+window] at which the model's price set may
-// change. Prices are constant between consecutive instants.
-func (m *Model) instants(t time.Time) []time.Time {
-	out := []time.Time{t}
-	if len(m.prices) == 1 {
-		return out
-	}
+// instants appends to out t and every instant in (t, t+window] at which the model's price
+// set may change. Prices are constant between consecutive instants.
+func (m *Model) instants(t time.Time, out []time.Time) []time.Time {
+	out = append(out, t)
 	end := t.Add(upperBoundWindow)
 	for _, cp := range m.prices {
 		if cp.cons == nil {

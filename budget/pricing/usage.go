@@ -484,7 +484,8 @@ func (c *Catalog) ExtractUsage(provider, flavor string, body map[string]any) (Us
 		}
 	}
 
-	cands := c.extractorsFor(p, f)
+	var buf [3]*extractor
+	cands := c.extractorsFor(p, f, buf[:0])
 	if len(cands) == 0 {
 		pid := "(none)"
 		if p != nil {
@@ -532,9 +533,9 @@ var canonical = map[string][2]string{
 	FlavorDefault:    {"openai", "chat"},
 }
 
-// extractorsFor lists the extractors to try, in order, without duplicates.
-func (c *Catalog) extractorsFor(p *provider, f string) []*extractor {
-	var out []*extractor
+// extractorsFor appends to out the extractors to try, in order, without duplicates: the
+// provider's own for the flavour and its chat/default twin, then the flavour's canonical one.
+func (c *Catalog) extractorsFor(p *provider, f string, out []*extractor) []*extractor {
 	add := func(ex *extractor) {
 		if ex != nil && !slices.Contains(out, ex) {
 			out = append(out, ex)
@@ -676,22 +677,27 @@ func Unflatten(flat map[string]any) map[string]any {
 			if strings.Contains(k, ".") != (pass == 1) {
 				continue
 			}
-			setPath(out, strings.Split(k, "."), flat[k])
+			setPath(out, k, flat[k])
 		}
 	}
 	return out
 }
 
-func setPath(dst map[string]any, path []string, v any) {
-	for _, seg := range path[:len(path)-1] {
+// setPath sets the dot-joined path in dst to v, creating the objects on the way.
+func setPath(dst map[string]any, path string, v any) {
+	for {
+		seg, rest, more := strings.Cut(path, ".")
+		if !more {
+			break
+		}
 		next, ok := dst[seg].(map[string]any)
 		if !ok {
 			next = make(map[string]any)
 			dst[seg] = next
 		}
-		dst = next
+		dst, path = next, rest
 	}
-	last := path[len(path)-1]
+	last := path
 	if src, ok := v.(map[string]any); ok {
 		cur, ok := dst[last].(map[string]any)
 		if !ok {
