@@ -88,15 +88,14 @@ type gauges struct {
 	util          metric.Float64ObservableGauge
 	mu            sync.Mutex // serialises collections: concurrent scrapes share one query
 	snap          store.UsageSnapshot
-	collected     time.Time
-	have          bool
+	collected     time.Time // when snap was read; zero: no snapshot to reuse
 }
 
 func (g *gauges) snapshot(ctx context.Context) (store.UsageSnapshot, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.svc.cfg.Now()
-	if g.have && now.Sub(g.collected) < g.cfg.MinInterval && !now.Before(g.collected) {
+	if !g.collected.IsZero() && now.Sub(g.collected) < g.cfg.MinInterval && !now.Before(g.collected) {
 		return g.snap, true
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
@@ -104,11 +103,11 @@ func (g *gauges) snapshot(ctx context.Context) (store.UsageSnapshot, bool) {
 	snap, err := g.svc.db.Usage(ctx, now, g.cfg.TopBudgets)
 	if err != nil {
 		// A failed collection exports nothing rather than stale values; the next scrape retries.
-		g.have = false
+		g.collected = time.Time{}
 		g.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "collect budget gauges", slog.String("error", err.Error()))
 		return store.UsageSnapshot{}, false
 	}
-	g.snap, g.collected, g.have = snap, now, true
+	g.snap, g.collected = snap, now
 	return snap, true
 }
 
