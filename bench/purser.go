@@ -66,10 +66,13 @@ type PurserOptions struct {
 	ReadyTimeout time.Duration
 	// Log, when set, also receives the process's stderr.
 	Log io.Writer
+	// GRPCAddr and HTTPAddr, when set, are where the process listens (a restarted process
+	// keeps its predecessor's addresses); otherwise free loopback ports are chosen.
+	GRPCAddr, HTTPAddr string
 }
 
-// StartPurser starts `bin serve` on free ports and waits until /readyz answers 200. It
-// retries with new ports when a port was taken between choosing and binding it.
+// StartPurser starts `bin serve` and waits until /readyz answers 200. It retries when a port
+// was taken between choosing and binding it (with new free ports unless they were given).
 func StartPurser(ctx context.Context, bin string, o PurserOptions) (*Purser, error) {
 	if o.ReadyTimeout <= 0 {
 		o.ReadyTimeout = 30 * time.Second
@@ -89,13 +92,14 @@ func StartPurser(ctx context.Context, bin string, o PurserOptions) (*Purser, err
 }
 
 func startOnce(ctx context.Context, bin string, o PurserOptions) (*Purser, error) {
-	grpcAddr, err := FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	httpAddr, err := FreeAddr()
-	if err != nil {
-		return nil, err
+	grpcAddr, httpAddr := o.GRPCAddr, o.HTTPAddr
+	for _, a := range []*string{&grpcAddr, &httpAddr} {
+		if *a == "" {
+			var err error
+			if *a, err = FreeAddr(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	args := append([]string{"serve", "-database-url", o.DatabaseURL, "-grpc-addr", grpcAddr, "-http-addr", httpAddr}, o.Args...)
 	cmd := exec.Command(bin, args...)

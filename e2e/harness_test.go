@@ -10,16 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +26,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/require"
 
+	"github.com/purser-dev/purser/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
@@ -39,36 +35,15 @@ import (
 	"github.com/purser-dev/purser/e2e/fakellm"
 )
 
-// repoRoot is the module root (the directory above e2e/).
-func repoRoot(t testing.TB) string {
+// buildPurser builds ./cmd/purser (without -race: the binary under test is the product as
+// shipped; the suite's own code runs with -race).
+func buildPurser(t *testing.T) string {
 	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	require.True(t, ok)
-	return filepath.Dir(filepath.Dir(file))
-}
-
-// buildPurser builds ./cmd/purser into dir (without -race: the binary under test is the
-// product as shipped; the suite's own code runs with -race).
-func buildPurser(t testing.TB, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "purser")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/purser")
-	cmd.Dir = repoRoot(t)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "go build ./cmd/purser:\n%s", out)
-	return bin
-}
-
-// freeAddr returns 127.0.0.1:port for a port that was free a moment ago.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	bin, err := bench.BuildPurser(ctx, t.TempDir())
 	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
+	return bin
 }
 
 // syncBuffer collects a subprocess's output.
@@ -89,109 +64,57 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// purserProc is one `purser serve` subprocess. Restarting keeps its ports, as a restarted
-// pod keeps its address behind Envoy's cluster.
+// purserProc is one `purser serve` subprocess (bench.StartPurser) on free ports. Restarting
+// keeps its ports, as a restarted pod keeps its address behind Envoy's cluster.
 type purserProc struct {
 	t        *testing.T
-	bin, dsn string
-	args     []string
+	bin      string
+	opts     bench.PurserOptions
 	GRPCAddr string
 	HTTPAddr string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	logs []*syncBuffer
+	runs []*bench.Purser // one per start; the last is the current process
 }
 
-// startPurser starts `purser serve` on free ports (new ones if a port was taken meanwhile)
-// and waits until /readyz answers.
+// startPurser starts `purser serve` and waits until /readyz answers.
 func startPurser(t *testing.T, bin, dsn string, args ...string) *purserProc {
 	t.Helper()
-	var lastErr error
-	for range 5 {
-		p := &purserProc{t: t, bin: bin, dsn: dsn, args: args, GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t)}
-		if lastErr = p.start(); lastErr == nil {
-			t.Cleanup(p.cleanup)
-			return p
-		}
-	}
-	t.Fatalf("purser did not start: %v", lastErr)
-	return nil
+	p := &purserProc{t: t, bin: bin, opts: bench.PurserOptions{DatabaseURL: dsn, Args: append([]string{"-log-level", "debug"}, args...)}}
+	p.start()
+	t.Cleanup(p.cleanup)
+	return p
 }
 
-func (p *purserProc) start() error {
-	log := &syncBuffer{}
-	args := append([]string{"serve", "-database-url", p.dsn, "-grpc-addr", p.GRPCAddr, "-http-addr", p.HTTPAddr, "-log-level", "debug"}, p.args...)
-	cmd := exec.Command(p.bin, args...)
-	cmd.Env = append(os.Environ(), "PURSER_ADMIN_TOKEN=")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	p.mu.Lock()
-	p.cmd, p.done = cmd, done
-	p.logs = append(p.logs, log)
-	p.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
-	client := &http.Client{Timeout: time.Second}
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			return fmt.Errorf("purser exited: %s", tail(log.String(), 2000))
-		default:
-		}
-		if res, err := client.Get("http://" + p.HTTPAddr + "/readyz"); err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval of a condition with a deadline
-	}
-	_ = cmd.Process.Kill()
-	<-done
-	return fmt.Errorf("purser not ready in 30s: %s", tail(log.String(), 2000))
-}
-
-// restart starts the process again on the same ports; a port briefly held by the old
-// process's sockets is retried.
-func (p *purserProc) restart() {
+// start starts the process, on the ports of the first start from the second one on.
+func (p *purserProc) start() {
 	p.t.Helper()
-	var err error
-	for range 20 {
-		if err = p.start(); err == nil {
-			return
-		}
-		if !strings.Contains(err.Error(), "address already in use") {
-			break
-		}
-	}
-	p.t.Fatalf("purser restart: %v", err)
+	run, err := bench.StartPurser(context.Background(), p.bin, p.opts)
+	require.NoError(p.t, err, "start purser")
+	p.mu.Lock()
+	p.runs = append(p.runs, run)
+	p.mu.Unlock()
+	p.GRPCAddr, p.HTTPAddr = run.GRPCAddr, run.HTTPAddr
+	p.opts.GRPCAddr, p.opts.HTTPAddr = run.GRPCAddr, run.HTTPAddr
 }
+
+func (p *purserProc) current() *bench.Purser {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.runs[len(p.runs)-1]
+}
+
+// restart starts the process again on the same ports.
+func (p *purserProc) restart() { p.t.Helper(); p.start() }
 
 // kill sends SIGKILL and waits for the process to go.
-func (p *purserProc) kill() { p.signal(syscall.SIGKILL) }
+func (p *purserProc) kill() { p.current().Kill() }
 
-// stop sends SIGTERM (graceful shutdown) and waits.
-func (p *purserProc) stop() { p.signal(syscall.SIGTERM) }
-
-func (p *purserProc) signal(sig syscall.Signal) {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
+// stop sends SIGTERM (graceful shutdown) and waits; a process still running after 30 s is
+// killed.
+func (p *purserProc) stop() {
+	p.t.Helper()
+	require.NoError(p.t, p.current().Stop(30*time.Second), "graceful stop")
 }
 
 func (p *purserProc) cleanup() {
@@ -199,8 +122,8 @@ func (p *purserProc) cleanup() {
 	if p.t.Failed() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		for i, l := range p.logs {
-			p.t.Logf("purser %s run %d log (tail):\n%s", p.GRPCAddr, i+1, tail(l.String(), 6000))
+		for i, r := range p.runs {
+			p.t.Logf("purser %s run %d log (tail):\n%s", p.GRPCAddr, i+1, tail(r.Log(), 6000))
 		}
 	}
 }

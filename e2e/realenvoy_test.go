@@ -17,6 +17,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/stretchr/testify/require"
 
+	"github.com/purser-dev/purser/bench"
 	"github.com/purser-dev/purser/e2e/envoysim"
 	"github.com/purser-dev/purser/envoy"
 )
@@ -117,7 +118,9 @@ func startRealEnvoy(t *testing.T, envoyBin string, st *stack) string {
 }
 
 func port(t *testing.T) int {
-	_, p, err := net.SplitHostPort(freeAddr(t))
+	addr, err := bench.FreeAddr()
+	require.NoError(t, err)
+	_, p, err := net.SplitHostPort(addr)
 	require.NoError(t, err)
 	n, err := strconv.Atoi(p)
 	require.NoError(t, err)

@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
@@ -26,7 +25,7 @@ import (
 // playing envoy/envoy.yaml, the fake LLM upstream and the official SDKs. The binary is built
 // once; scenarios run in parallel, each on its own schema and processes.
 func TestPurserBehindEnvoy(t *testing.T) {
-	bin := buildPurser(t, t.TempDir())
+	bin := buildPurser(t)
 	scenarios := []struct {
 		name string
 		run  func(*testing.T, string)
@@ -571,7 +570,11 @@ func scenarioDuplicates(t *testing.T, bin string) {
 	// (each request twice, then once more replayed), then push a sentinel through.
 	copies := int64(3 * len(ids))
 	eventually(t, 20*time.Second, "purser judged every copy", func() (bool, string) {
-		n := metricSum(t, st.pursers[0].HTTPAddr, "purser_accesslog_entries_total", `outcome="settled"`)
+		m, err := st.pursers[0].current().Metrics(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		n := int64(m.Sum("purser_accesslog_entries_total", `outcome="settled"`))
 		return n >= copies, fmt.Sprint(n)
 	})
 	_, err := st.openai(secret, usage(5, 5)).Chat.Completions.New(ctx, chat(300))
@@ -586,31 +589,6 @@ func scenarioDuplicates(t *testing.T, bin string) {
 	require.Equal(t, want, posted, "nothing charged twice")
 	require.Zero(t, pending)
 	st.verify()
-}
-
-// metricSum adds up a Prometheus counter's samples whose labels contain match.
-func metricSum(t *testing.T, httpAddr, name, match string) int64 {
-	t.Helper()
-	res, err := http.Get("http://" + httpAddr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer res.Body.Close()
-	var total float64
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, match) {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			total += v
-		}
-	}
-	return int64(total)
 }
 
 // 8. purser is SIGKILLed under load and restarted: requests during the outage fail closed
