@@ -136,6 +136,11 @@ func TestParseCatalog(t *testing.T) {
 			wantSkipped: []string{"p/d: prices[0].constraint: want either start_date or start_time and end_time"},
 		},
 		{
+			name:        "EmptyPrices",
+			data:        provider(ok, `{"id": "free", "match": {"equals": "free"}, "prices": [{"prices": {"input_mtok": 1}}, {"constraint": {"start_date": "2026-01-01"}, "prices": {}}]}`),
+			wantSkipped: []string{"p/free: prices[1].prices: no price given (write 0 for a free kind)"}, wantModels: 1,
+		},
+		{
 			name:        "MissingPrices",
 			data:        provider(`{"id": "n", "match": {"equals": "n"}}`),
 			wantSkipped: []string{"p/n: prices: missing"},

@@ -179,6 +179,9 @@ func TestLoad_Errors(t *testing.T) {
 		{"AliasNotString", `aliases: {x: {a: b}}`, `aliases: must map names to "provider/model" strings`},
 		{"DefaultPriceBad", `default_price: {input_mtok: -2}`, `default_price.input_mtok: must be >= 0`},
 		{"DefaultPriceUnknownKey", `default_price: {inputmtok: 2}`, `default_price.inputmtok: unsupported price kind`},
+		// An empty price set would make every unknown model (or this model) free.
+		{"DefaultPriceEmpty", `default_price: {}`, `default_price: no price given (write 0 for a free kind)`},
+		{"PricesEmpty", `models: [{provider: openai, id: x, prices: {}}]`, `models[0].prices: no price given (write 0 for a free kind)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -165,6 +165,10 @@ func parseModelPrice(raw json.RawMessage) (*Prices, error) {
 		}
 		p.setRate(u, r)
 	}
+	if len(keys) == 0 {
+		// Nothing would be charged: a free model must say so with an explicit 0.
+		return nil, atPath("", errors.New("no price given (write 0 for a free kind)"))
+	}
 	return p, nil
 }
 
