@@ -88,58 +88,43 @@ func TestService_Spend(t *testing.T) {
 	q := budget.SpendQuery{From: f.day1, To: f.day2.AddDate(0, 0, 1)}
 	ka, kb := "key:"+f.a.ID, "key:"+f.b.ID
 
-	t.Run("Total", func(t *testing.T) {
-		rows, err := e.svc.Spend(ctx, q)
-		require.NoError(t, err)
-		require.Equal(t, []budget.SpendRow{{Group: "", Cost: 700 + 800 + 2000 + 50, Tokens: 70 + 90 + 200 + 5, Requests: 4,
-			Expired: 1, Overruns: 1, OverrunCost: 300, Unreserved: 1, UnreservedCost: 50, UnreservedTokens: 5}}, rows)
-	})
-	t.Run("BySubject", func(t *testing.T) {
-		q := q
-		q.GroupBy = budget.GroupBySubject
-		rows, err := e.svc.Spend(ctx, q)
-		require.NoError(t, err)
-		// Largest cost first, ties by subject; a reservation counts under each of its subjects.
-		want := []budget.SpendRow{
+	for name, tc := range map[string]struct {
+		groupBy string
+		want    []budget.SpendRow
+	}{
+		"Total": {budget.GroupByNone, []budget.SpendRow{{Group: "", Cost: 700 + 800 + 2000 + 50, Tokens: 70 + 90 + 200 + 5, Requests: 4,
+			Expired: 1, Overruns: 1, OverrunCost: 300, Unreserved: 1, UnreservedCost: 50, UnreservedTokens: 5}}},
+		// Largest cost first, ties by group; a reservation counts under each of its subjects.
+		"BySubject": {budget.GroupBySubject, []budget.SpendRow{
 			{Group: "team:ml", Cost: 3550, Tokens: 365, Requests: 4, Expired: 1, Overruns: 1, OverrunCost: 300, Unreserved: 1, UnreservedCost: 50, UnreservedTokens: 5},
 			{Group: kb, Cost: 2000, Tokens: 200, Requests: 1, Expired: 1},
 			{Group: "user:bob", Cost: 2000, Tokens: 200, Requests: 1, Expired: 1},
 			{Group: ka, Cost: 1500, Tokens: 160, Requests: 2, Overruns: 1, OverrunCost: 300},
 			{Group: "user:alice", Cost: 1500, Tokens: 160, Requests: 2, Overruns: 1, OverrunCost: 300},
-		}
-		require.Equal(t, want, rows)
-	})
-	t.Run("ByModel", func(t *testing.T) {
-		q := q
-		q.GroupBy = budget.GroupByModel
-		rows, err := e.svc.Spend(ctx, q)
-		require.NoError(t, err)
-		require.Equal(t, []budget.SpendRow{
+		}},
+		"ByModel": {budget.GroupByModel, []budget.SpendRow{
 			{Group: "gpt-4o", Cost: 2750, Tokens: 275, Requests: 3, Expired: 1, Unreserved: 1, UnreservedCost: 50, UnreservedTokens: 5},
 			{Group: "gpt-4o-mini", Cost: 800, Tokens: 90, Requests: 1, Overruns: 1, OverrunCost: 300},
-		}, rows)
-	})
-	t.Run("ByKey", func(t *testing.T) {
-		q := q
-		q.GroupBy = budget.GroupByKey
-		rows, err := e.svc.Spend(ctx, q)
-		require.NoError(t, err)
-		require.Equal(t, []budget.SpendRow{
+		}},
+		"ByKey": {budget.GroupByKey, []budget.SpendRow{
 			{Group: f.b.ID, Cost: 2000, Tokens: 200, Requests: 1, Expired: 1},
 			{Group: f.a.ID, Cost: 1500, Tokens: 160, Requests: 2, Overruns: 1, OverrunCost: 300},
 			{Group: "", Cost: 50, Tokens: 5, Requests: 1, Unreserved: 1, UnreservedCost: 50, UnreservedTokens: 5},
-		}, rows)
-	})
-	t.Run("ByDay", func(t *testing.T) {
-		q := q
-		q.GroupBy = budget.GroupByDay
-		rows, err := e.svc.Spend(ctx, q)
-		require.NoError(t, err)
-		require.Equal(t, []budget.SpendRow{
+		}},
+		// Days in date order.
+		"ByDay": {budget.GroupByDay, []budget.SpendRow{
 			{Group: "2026-03-10", Cost: 1500, Tokens: 160, Requests: 2, Overruns: 1, OverrunCost: 300},
 			{Group: "2026-03-11", Cost: 2050, Tokens: 205, Requests: 2, Expired: 1, Unreserved: 1, UnreservedCost: 50, UnreservedTokens: 5},
-		}, rows)
-	})
+		}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			q := q
+			q.GroupBy = tc.groupBy
+			rows, err := e.svc.Spend(ctx, q)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, rows)
+		})
+	}
 	t.Run("SubjectFilterAndHalfOpenRange", func(t *testing.T) {
 		// [day1, day2): r3 resolved exactly at day2 is out.
 		rows, err := e.svc.Spend(ctx, budget.SpendQuery{From: f.day1, To: f.day2, GroupBy: budget.GroupByModel, Subject: "user:alice"})
