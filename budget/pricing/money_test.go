@@ -35,12 +35,7 @@ func TestFormatMicros(t *testing.T) {
 
 func TestParseMicros(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		in      string
-		want    int64
-		wantErr string
-	}{
+	testParse(t, ParseMicros, ErrInvalidAmount, []parseCase[int64]{
 		{name: "Integer", in: "12", want: 12_000_000},
 		{name: "OneDecimal", in: "12.5", want: 12_500_000},
 		{name: "TwoDecimals", in: "12.50", want: 12_500_000},
@@ -63,30 +58,12 @@ func TestParseMicros(t *testing.T) {
 		{name: "Comma", in: "1,000", wantErr: `invalid amount "1,000": unexpected character ','`},
 		{name: "Overflow", in: "9223372036854.775808", wantErr: `invalid amount "9223372036854.775808": out of range`},
 		{name: "HugeOverflow", in: "99999999999999999999999", wantErr: `invalid amount "99999999999999999999999": out of range`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := ParseMicros(tt.in)
-			if tt.wantErr != "" {
-				require.ErrorIs(t, err, ErrInvalidAmount)
-				require.EqualError(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, got)
-		})
-	}
+	})
 }
 
 func TestParseSignedMicros(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		in      string
-		want    int64
-		wantErr string
-	}{
+	testParse(t, ParseSignedMicros, ErrInvalidAmount, []parseCase[int64]{
 		{name: "Positive", in: "0.50", want: 500_000},
 		{name: "Negative", in: "-0.50", want: -500_000},
 		{name: "NegativeZero", in: "-0", want: 0},
@@ -94,29 +71,12 @@ func TestParseSignedMicros(t *testing.T) {
 		{name: "OnlyMinus", in: "-", wantErr: `invalid amount "-": empty`},
 		{name: "DoubleMinus", in: "--1", wantErr: `invalid amount "--1": unexpected character '-'`},
 		{name: "NegativeOverflow", in: "-9223372036854.775808", wantErr: `invalid amount "-9223372036854.775808": out of range`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := ParseSignedMicros(tt.in)
-			if tt.wantErr != "" {
-				require.EqualError(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, got)
-		})
-	}
+	})
 }
 
 func TestParsePrice(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		in      string
-		want    Price
-		wantErr string
-	}{
+	testParse(t, parsePrice, nil, []parseCase[Price]{
 		{name: "Integer", in: "3", want: 3_000_000_000},
 		{name: "Decimal", in: "0.15", want: 150_000_000},
 		{name: "ThreeDecimals", in: "0.075", want: 75_000_000},
@@ -132,12 +92,28 @@ func TestParsePrice(t *testing.T) {
 		{name: "HugeExponent", in: "1e99999", wantErr: `invalid or out-of-range exponent in "1e99999"`},
 		{name: "Garbage", in: "abc", wantErr: `invalid number "abc"`},
 		{name: "NaN", in: "NaN", wantErr: `invalid number "NaN"`},
-	}
+	})
+}
+
+// parseCase is one input of a parser test: want, or the exact error wantErr.
+type parseCase[T any] struct {
+	name    string
+	in      string
+	want    T
+	wantErr string
+}
+
+// testParse runs parse on every case; errors must also wrap wantIs when it is not nil.
+func testParse[T any](t *testing.T, parse func(string) (T, error), wantIs error, tests []parseCase[T]) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := parsePrice(tt.in)
+			got, err := parse(tt.in)
 			if tt.wantErr != "" {
+				if wantIs != nil {
+					require.ErrorIs(t, err, wantIs)
+				}
 				require.EqualError(t, err, tt.wantErr)
 				return
 			}
