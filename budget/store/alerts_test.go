@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/purser-dev/purser/budget/store"
@@ -57,11 +58,11 @@ func TestStore_InsertAlertEventsOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			out, err := st.InsertAlertEvents(ctx, events, hooks, now)
-			require.NoError(t, err)
+			assert.NoError(t, err) // not require: FailNow belongs to the test goroutine
 			mu.Lock()
 			defer mu.Unlock()
 			for _, e := range out {
-				require.NotZero(t, e.ID)
+				assert.NotZero(t, e.ID)
 				created[e.IdempotencyKey]++
 			}
 		}()
@@ -105,7 +106,7 @@ func TestStore_AlertDeliveryLifecycle(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			ds, err := st.ClaimAlertDeliveries(ctx, []string{"w1", "w2"}, t0, t0.Add(time.Minute), 10)
-			require.NoError(t, err)
+			assert.NoError(t, err)
 			mu.Lock()
 			claimed = append(claimed, ds...)
 			mu.Unlock()
