@@ -236,22 +236,18 @@ func parseProvider(rp rawProvider) (*provider, []string) {
 			p.apiPattern = re
 		}
 	}
-	if isPresent(rp.ModelMatch) {
-		cl, err := parseClause(rp.ModelMatch)
-		if err != nil {
-			skip(" model_match", err)
-		} else {
-			p.modelMatch = cl
+	optionalClause := func(raw json.RawMessage, what string) *clause {
+		if !isPresent(raw) {
+			return nil
 		}
-	}
-	if isPresent(rp.ProviderMatch) {
-		cl, err := parseClause(rp.ProviderMatch)
+		cl, err := parseClause(raw)
 		if err != nil {
-			skip(" provider_match", err)
-		} else {
-			p.providerMatch = cl
+			skip(what, err)
 		}
+		return cl // nil on error
 	}
+	p.modelMatch = optionalClause(rp.ModelMatch, " model_match")
+	p.providerMatch = optionalClause(rp.ProviderMatch, " provider_match")
 	for i, raw := range rp.Extractors {
 		ex, err := parseExtractor(raw)
 		if err != nil {
