@@ -388,7 +388,7 @@ func (st *stack) price(rec fakellm.Record) int64 {
 // record returns the fake's record of the request with this x-request-id.
 func (st *stack) record(requestID string) fakellm.Record {
 	st.t.Helper()
-	for _, r := range st.fake.Requests() {
+	for _, r := range st.served() {
 		if r.RequestID == requestID {
 			return r
 		}
@@ -397,10 +397,21 @@ func (st *stack) record(requestID string) fakellm.Record {
 	return fakellm.Record{}
 }
 
+// served returns the fake's records once every request it is serving has been recorded (a
+// client may be done with a response before the fake's handler returned).
+func (st *stack) served() []fakellm.Record {
+	st.t.Helper()
+	eventually(st.t, 10*time.Second, "the fake recorded every request", func() (bool, string) {
+		n := st.fake.Busy()
+		return n == 0, fmt.Sprintf("%d being served", n)
+	})
+	return st.fake.Requests()
+}
+
 // lastRequestID is the x-request-id of the most recent request the fake served.
 func (st *stack) lastRequestID() string {
 	st.t.Helper()
-	recs := st.fake.Requests()
+	recs := st.served()
 	require.NotEmpty(st.t, recs)
 	return recs[len(recs)-1].RequestID
 }

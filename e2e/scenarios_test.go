@@ -111,7 +111,7 @@ func scenarioRefund(t *testing.T, bin string) {
 	// The same prompt through openai-go: the SDK writes "messages" before "model", so the
 	// model lies beyond the first MiB and purser refuses with a clear 413 (its documented
 	// policy for a truncated body without a model); nothing is forwarded or held.
-	served := st.fake.Count()
+	served := len(st.served())
 	big := chat(500)
 	big.Messages = []openai.ChatCompletionMessageParamUnion{openai.UserMessage(prompt)}
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, big)
@@ -119,7 +119,7 @@ func scenarioRefund(t *testing.T, bin string) {
 	require.True(t, ok, "%T %v", err, err)
 	require.Equal(t, http.StatusRequestEntityTooLarge, apiErr.StatusCode)
 	require.Equal(t, "body_truncated", apiErr.Code)
-	require.Equal(t, served, st.fake.Count())
+	require.Equal(t, served, len(st.served()))
 
 	msg, err := st.anthropic(secret, usage(30, 20)).Messages.New(ctx, messages(1024))
 	require.NoError(t, err)
@@ -186,7 +186,7 @@ func scenarioDeny(t *testing.T, bin string) {
 	require.True(t, pendingA >= 600 && pendingA < 700, "hold %d", pendingA)
 
 	// B, identical, does not fit next to A's hold: 429 from purser, in OpenAI's format.
-	before := st.fake.Count()
+	before := len(st.served())
 	_, err := st.openai(secret, nil).Chat.Completions.New(ctx, chat(1000))
 	apiErr, ok := errorsAs[*openai.Error](err)
 	require.True(t, ok, "openai SDK error type, got %T %v", err, err)
@@ -208,7 +208,7 @@ func scenarioDeny(t *testing.T, bin string) {
 	require.Equal(t, http.StatusTooManyRequests, aErr.StatusCode)
 	require.EqualValues(t, "rate_limit_error", aErr.Type())
 	require.NotEmpty(t, aErr.Response.Header.Get("retry-after"))
-	require.Equal(t, before, st.fake.Count(), "denied requests never reach the provider")
+	require.Equal(t, before, len(st.served()), "denied requests never reach the provider")
 
 	// A finishes and settles; C fits beside A's real cost; D (worst case above the limit) never fits.
 	g.open()
@@ -387,7 +387,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	_, err := st.openai(secret, usage(10, 10)).Chat.Completions.New(ctx, chat(100)) // creates the window row
 	require.NoError(t, err)
 	warm := st.assertSettledAtReportedPrice(st.lastRequestID())
-	served := st.fake.Count()
+	served := len(st.served())
 
 	requireFailClosed := func(err error) {
 		t.Helper()
@@ -476,7 +476,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	rC = st.waitState(idC, "voided")
 	require.True(t, strings.HasPrefix(rC.Cause, "request_id_join:"), "cause %q", rC.Cause)
 
-	require.Equal(t, served, st.fake.Count(), "nothing reached the provider without a decision")
+	require.Equal(t, served, len(st.served()), "nothing reached the provider without a decision")
 	posted, pending := st.window(b)
 	require.Equal(t, *warm.Actual, posted, "the timed-out requests cost nothing")
 	require.Zero(t, pending)
@@ -661,7 +661,7 @@ func scenarioKill(t *testing.T, bin string) {
 	})
 	stopLoad()
 	require.Zero(t, other.Load(), "every failure is a fail-closed 503: %v", otherErrs)
-	require.EqualValues(t, ok.Load(), st.fake.Count(), "only admitted requests reached the provider")
+	require.EqualValues(t, ok.Load(), len(st.served()), "only admitted requests reached the provider")
 
 	// Entries still buffered in Envoy are delivered to the restarted purser.
 	eventually(t, 20*time.Second, "Envoy's buffers empty", func() (bool, string) {
@@ -673,7 +673,7 @@ func scenarioKill(t *testing.T, bin string) {
 			deliveredOK[d.RequestID] = true
 		}
 	}
-	recs := st.fake.Requests()
+	recs := st.served()
 	eventually(t, 30*time.Second, "every cleanly delivered entry settled", func() (bool, string) {
 		for _, rec := range recs {
 			if !deliveredOK[rec.RequestID] {
@@ -793,7 +793,7 @@ func scenarioReplicas(t *testing.T, bin string) {
 		require.Equal(t, http.StatusOK, <-codes)
 	}
 	var want int64
-	for _, rec := range st.fake.Requests() {
+	for _, rec := range st.served() {
 		want += *st.assertSettledAtReportedPrice(rec.RequestID).Actual
 	}
 	for addr, s := range st.sim.HostStats("purser") {

@@ -349,7 +349,8 @@ func TestDeniedAndErrorReplies(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "status_on_error")
 	require.Equal(t, "1", res.Header.Get("retry-after"), "local_reply_config mapper")
 	require.Contains(t, string(b), "budget_service_unavailable")
-	require.Empty(t, rg.fake.Requests(), "nothing went upstream")
+	require.Zero(t, rg.sim.Stats().Upstream, "nothing went upstream")
+	require.Empty(t, rg.upCalls)
 
 	es := rg.waitEntries(t, 2)
 	byDetails := map[string]*alsdata.HTTPAccessLogEntry{}
@@ -516,7 +517,8 @@ func TestCheckFaults(t *testing.T) {
 		res := post(t, rg.sim.URL()+"/v1/chat/completions", `{"model":"gpt-4o-mini"}`, map[string]string{"x-fault": f})
 		require.Equal(t, http.StatusServiceUnavailable, res.StatusCode, f)
 	}
-	require.Empty(t, rg.fake.Requests())
+	require.Zero(t, rg.sim.Stats().Upstream, "nothing went upstream")
+	require.Empty(t, rg.upCalls)
 	require.EqualValues(t, 2, rg.sim.Stats().CheckError)
 }
 

@@ -43,6 +43,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -106,6 +107,7 @@ type Server struct {
 	seq     int
 	records []Record
 	mux     *http.ServeMux
+	busy    atomic.Int64 // requests being served, not yet recorded
 }
 
 // New returns a fake provider ready to serve.
@@ -143,6 +145,11 @@ func (s *Server) Requests() []Record {
 	copy(out, s.records)
 	return out
 }
+
+// Busy returns how many requests are being served. A request is recorded when its handler
+// returns, which may be after its client read the whole response (openai-go stops reading at
+// "data: [DONE]"): wait for Busy to reach 0 before reading the record of a request just made.
+func (s *Server) Busy() int { return int(s.busy.Load()) }
 
 // Count returns how many requests were served since the last Reset.
 func (s *Server) Count() int {
@@ -191,6 +198,8 @@ type request struct {
 
 func (s *Server) handle(api string, h func(*call) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		s.busy.Add(1)
+		defer s.busy.Add(-1) // after finish: deferred calls run last first
 		c := &call{s: s, w: w, r: r}
 		s.mu.Lock()
 		s.seq++

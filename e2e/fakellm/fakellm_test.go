@@ -66,9 +66,17 @@ var usageHeaders = map[string]string{
 
 var wantUsage = fakellm.Usage{InputTokens: 1234, OutputTokens: 56, CachedTokens: 7, ReasoningTokens: 11}
 
+// served returns the fake's records once every request it is serving has been recorded (a
+// client may be done with a response before the fake's handler returned).
+func served(t *testing.T, fake *fakellm.Server) []fakellm.Record {
+	t.Helper()
+	require.Eventually(t, func() bool { return fake.Busy() == 0 }, 10*time.Second, time.Millisecond, "requests still being served")
+	return fake.Requests()
+}
+
 func lastRecord(t *testing.T, fake *fakellm.Server) fakellm.Record {
 	t.Helper()
-	recs := fake.Requests()
+	recs := served(t, fake)
 	require.NotEmpty(t, recs)
 	return recs[len(recs)-1]
 }
@@ -123,7 +131,7 @@ func TestOpenAI_ChatCompletionDefaultsToCappedOutput(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(fakellm.DefaultOutputTokens), resp.Usage.CompletionTokens)
 	require.Positive(t, resp.Usage.PromptTokens, "default input is derived from the body size")
-	require.Equal(t, 2, fake.Count())
+	require.Len(t, served(t, fake), 2)
 }
 
 func TestOpenAI_ChatCompletionStream(t *testing.T) {
@@ -294,7 +302,9 @@ func TestOpenAI_Models(t *testing.T) {
 	var apiErr *openai.Error
 	require.ErrorAs(t, err, &apiErr)
 	require.Equal(t, http.StatusNotFound, apiErr.StatusCode)
-	for _, rec := range fake.Requests() {
+	recs := served(t, fake)
+	require.Len(t, recs, 3)
+	for _, rec := range recs {
 		require.Equal(t, "models", rec.API)
 		require.Equal(t, fakellm.Usage{}, rec.Usage, "non-billable")
 	}
@@ -388,7 +398,9 @@ func TestProviderErrors(t *testing.T) {
 	require.ErrorAs(t, err, &aerr)
 	require.Equal(t, 529, aerr.StatusCode)
 
-	for _, rec := range fake.Requests() {
+	recs := served(t, fake)
+	require.Len(t, recs, 2)
+	for _, rec := range recs {
 		require.GreaterOrEqual(t, rec.Status, 500)
 		require.Equal(t, fakellm.Usage{}, rec.Usage, "errors carry no usage")
 		require.Equal(t, fakellm.Usage{}, rec.Reported)
@@ -536,9 +548,10 @@ func TestRecordsAreSafeForConcurrentUse(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	require.Equal(t, n, fake.Count())
+	recs := served(t, fake)
+	require.Len(t, recs, n)
 	seen := map[int]bool{}
-	for _, rec := range fake.Requests() {
+	for _, rec := range recs {
 		require.False(t, seen[rec.Seq], "sequence numbers are unique")
 		seen[rec.Seq] = true
 	}
@@ -547,9 +560,9 @@ func TestRecordsAreSafeForConcurrentUse(t *testing.T) {
 	res, err := ts.Client().Get(ts.URL + "/_fake/requests")
 	require.NoError(t, err)
 	defer res.Body.Close()
-	var recs []fakellm.Record
-	require.NoError(t, json.NewDecoder(res.Body).Decode(&recs))
-	require.Len(t, recs, n)
+	var overHTTP []fakellm.Record
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&overHTTP))
+	require.Equal(t, recs, overHTTP)
 	fake.Reset()
 	require.Zero(t, fake.Count())
 }
