@@ -182,8 +182,8 @@ func runAudit(ctx context.Context, e env, args []string) error {
 	fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tTARGET\tDETAILS")
 	for _, en := range out.Entries {
 		d := string(en.Details)
-		if len(d) > 120 {
-			d = d[:117] + "..."
+		if r := []rune(d); len(r) > 120 { // whole characters: names may be any UTF-8
+			d = string(r[:117]) + "..."
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", en.ID, en.At.UTC().Format(time.RFC3339), en.Actor, en.Action, en.Target, d)
 	}

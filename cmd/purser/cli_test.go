@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -237,5 +238,17 @@ func TestCLI_TokenNotInUsage(t *testing.T) {
 		require.Error(t, err, "%v", args)
 		require.Contains(t, errb.String(), "admin bearer token (env PURSER_ADMIN_TOKEN)", "%v", args)
 		require.NotContains(t, errb.String()+out.String(), cliToken, "%v", args)
+	}
+}
+
+// Long audit details are cut to whole characters: a cut inside "é" would print invalid UTF-8.
+func TestCLI_AuditCutsWholeCharacters(t *testing.T) {
+	t.Parallel()
+	h := newCLIHarness(t)
+	for _, name := range []string{strings.Repeat("é", 99), "x" + strings.Repeat("é", 99)} { // both byte parities
+		h.ok("budgets", "create", "-name", name, "-subject", "team:ml", "-limit", "1", "-window", "day")
+		out := h.ok("audit", "-limit", "1")
+		require.True(t, utf8.ValidString(out), "%q", out)
+		require.Contains(t, out, "ééé...\n")
 	}
 }
