@@ -159,8 +159,12 @@ func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
 	return http.StatusOK, map[string]any{"budgets": out}, nil
 }
 
-// budgetWithWindow returns a budget with its current window.
-func (s *server) budgetWithWindow(ctx context.Context, b budget.Budget) (budgetJSON, error) {
+// budgetWithWindow returns a live budget with its current window.
+func (s *server) budgetWithWindow(ctx context.Context, id int64) (budgetJSON, error) {
+	b, err := s.svc.Budget(ctx, id)
+	if err != nil {
+		return budgetJSON{}, err
+	}
 	out := toBudget(b)
 	sts, err := s.svc.Status(ctx, b.Subject)
 	if err != nil {
@@ -179,11 +183,7 @@ func (s *server) getBudget(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	b, err := s.svc.Budget(r.Context(), id)
-	if err != nil {
-		return 0, nil, err
-	}
-	out, err := s.budgetWithWindow(r.Context(), b)
+	out, err := s.budgetWithWindow(r.Context(), id)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -276,11 +276,7 @@ func (s *server) resetBudget(r *http.Request, c caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	b, err := s.svc.Budget(r.Context(), id)
-	if err != nil {
-		return 0, nil, err
-	}
-	out, err := s.budgetWithWindow(r.Context(), b)
+	out, err := s.budgetWithWindow(r.Context(), id)
 	if err != nil {
 		return 0, nil, err
 	}
