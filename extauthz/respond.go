@@ -60,7 +60,10 @@ func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, 
 		if errors.Is(v.err, context.DeadlineExceeded) {
 			return nil, status.Error(codes.DeadlineExceeded, "purser could not decide before the deadline")
 		}
-		return nil, status.Error(codes.Unavailable, "purser cannot reach its ledger")
+		if errors.Is(v.err, budget.ErrUnavailable) || errors.Is(v.err, context.Canceled) {
+			return nil, status.Error(codes.Unavailable, "purser cannot reach its ledger")
+		}
+		return nil, status.Error(codes.FailedPrecondition, "purser cannot decide: "+v.err.Error())
 	case kindDeny, kindUnidentified:
 		return s.denied(r, v), nil
 	}

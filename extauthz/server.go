@@ -111,6 +111,11 @@ func (s *Server) decide(ctx context.Context, r *request.Request) verdict {
 		return v
 	}
 	if !r.Billable {
+		if r.RouteError != nil {
+			// The route's context is invalid (say, a malformed api_flavor) and the request
+			// would pass unbilled: the operator meant something else. Fail closed, loudly.
+			return verdict{kind: kindError, err: fmt.Errorf("route context: %w", r.RouteError)}
+		}
 		if r.Unpriced && s.cfg.Unpriced == UnpricedDeny {
 			return deny(v, 403, "unpriced_endpoint", fmt.Sprintf("purser cannot bound the cost of %s %s, so this endpoint is not allowed here", r.Method, r.Path))
 		}

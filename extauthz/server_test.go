@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -615,4 +616,18 @@ func TestCheck_StripsQueryCredential(t *testing.T) {
 	ok := okResponse(t, resp)
 	require.Equal(t, []string{"key"}, ok.GetQueryParametersToRemove())
 	require.Empty(t, ok.GetHeadersToRemove())
+}
+
+// A route whose context is invalid must not turn a request into an unbilled pass-through.
+func TestCheck_InvalidRouteContextFailsClosed(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	_, secret := h.key(t, "team:ml")
+	req := withKey(fixture(t, "route_flavor_unknown_path"), secret, 1)
+	req.Attributes.RouteMetadataContext.FilterMetadata["purser"].Fields["api_flavor"] = structpb.NewStringValue("not a flavour!")
+	r := request.Parse(req, &request.Config{})
+	require.Error(t, r.RouteError)
+	require.False(t, r.Billable)
+	_, err := h.client.Check(context.Background(), req)
+	require.Equal(t, codes.FailedPrecondition, status.Code(err))
 }
