@@ -21,7 +21,7 @@ import (
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/purser?sslmode=disable"
 
 func databaseFlag(f *flags) *string {
-	return f.String("database-url", "DATABASE_URL", defaultDatabaseURL, "Postgres connection URL")
+	return f.Secret("database-url", "DATABASE_URL", defaultDatabaseURL, "Postgres connection URL")
 }
 
 // openPool opens a pool of at most maxConns connections and checks that the server answers.

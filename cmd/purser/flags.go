@@ -11,8 +11,16 @@ import (
 // that every flag can be given either way and flags win.
 type flags struct {
 	*flag.FlagSet
-	e    env
-	errs []error
+	e       env
+	errs    []error
+	secrets []secretFlag
+}
+
+// secretFlag is filled from its environment variable after parsing, so the value never
+// becomes a flag default (which -h and every flag error print).
+type secretFlag struct {
+	name, envVar string
+	val          *string
 }
 
 func newFlags(name string, e env) *flags {
@@ -33,6 +41,14 @@ func (f *flags) String(name, envVar, def, text string) *string {
 		def = v
 	}
 	return f.FlagSet.String(name, def, f.usage(envVar, text))
+}
+
+// Secret is String for credentials and URLs with passwords: the environment value is read
+// after parsing instead of becoming the printed default. def must not be secret.
+func (f *flags) Secret(name, envVar, def, text string) *string {
+	p := f.FlagSet.String(name, def, f.usage(envVar, text))
+	f.secrets = append(f.secrets, secretFlag{name: name, envVar: envVar, val: p})
+	return p
 }
 
 func (f *flags) Duration(name, envVar string, def time.Duration, text string) *time.Duration {
@@ -82,6 +98,13 @@ func (f *flags) env(name string) string {
 func (f *flags) Parse(args []string) error {
 	if err := f.FlagSet.Parse(args); err != nil {
 		return err
+	}
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	for _, sf := range f.secrets {
+		if v := f.env(sf.envVar); v != "" && !set[sf.name] {
+			*sf.val = v
+		}
 	}
 	if len(f.errs) > 0 {
 		return f.errs[0]

@@ -195,3 +195,29 @@ func TestVerify_ExitCode(t *testing.T) {
 	require.Equal(t, 1, ex.code)
 	require.Contains(t, out.String(), "MISMATCH")
 }
+
+// Secrets given through the environment never show in -h or in a flag error.
+func TestFlags_SecretsStayOutOfUsage(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{
+		"PURSER_ADMIN_TOKEN": "admin-token-0123456789", "PURSER_SHARED_SECRET": "shared-secret-0123456789",
+		"PURSER_ALERT_WEBHOOK_SECRET": "hook-secret-0123456789", "PURSER_ALERT_WEBHOOKS": "https://hooks.example/SECRETPATH",
+		"DATABASE_URL": "postgres://u:dbpassword123@127.0.0.1/x",
+	}
+	for _, args := range [][]string{{"serve", "-h"}, {"serve", "-nope"}, {"migrate", "-h"}, {"verify", "-nope"}} {
+		var stderr bytes.Buffer
+		_ = run(context.Background(), args, func(k string) string { return vars[k] }, strings.NewReader(""), io.Discard, &stderr)
+		require.NotEmpty(t, stderr.String())
+		for _, v := range vars {
+			require.NotContains(t, stderr.String(), v, "%v", args)
+		}
+		require.NotContains(t, stderr.String(), "dbpassword123")
+	}
+	cfg, err := parseServeConfig(testEnv(vars), nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"admin-token-0123456789"}, cfg.adminTokens, "the environment still applies")
+	require.Equal(t, "postgres://u:dbpassword123@127.0.0.1/x", cfg.databaseURL)
+	cfg, err = parseServeConfig(testEnv(vars), []string{"-admin-token", "flag-token-0123456789"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"flag-token-0123456789"}, cfg.adminTokens, "a flag wins")
+}
