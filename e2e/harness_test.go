@@ -269,34 +269,27 @@ type reservation struct {
 	RequestID        string
 }
 
+// reservations returns the reservations rows matching where, oldest first.
+func (st *stack) reservations(where string, args ...any) []reservation {
+	st.t.Helper()
+	rows, err := st.db.Pool.Query(context.Background(),
+		`SELECT id::text, state, coalesce(cause, ''), hold_cost, actual_cost, coalesce(request_id, '') FROM reservations WHERE `+where+` ORDER BY created_at`, args...)
+	require.NoError(st.t, err)
+	rs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[reservation])
+	require.NoError(st.t, err)
+	return rs
+}
+
 // reservationsFor returns the reservations made for an x-request-id.
 func (st *stack) reservationsFor(requestID string) []reservation {
 	st.t.Helper()
-	rows, err := st.db.Pool.Query(context.Background(),
-		`SELECT id::text, state, coalesce(cause, ''), hold_cost, actual_cost, coalesce(request_id, '') FROM reservations WHERE request_id = $1 ORDER BY created_at`, requestID)
-	require.NoError(st.t, err)
-	rs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (reservation, error) {
-		var x reservation
-		err := r.Scan(&x.ID, &x.State, &x.Cause, &x.Hold, &x.Actual, &x.RequestID)
-		return x, err
-	})
-	require.NoError(st.t, err)
-	return rs
+	return st.reservations("request_id = $1", requestID)
 }
 
 // allReservations returns every non-unreserved reservation.
 func (st *stack) allReservations() []reservation {
 	st.t.Helper()
-	rows, err := st.db.Pool.Query(context.Background(),
-		`SELECT id::text, state, coalesce(cause, ''), hold_cost, actual_cost, coalesce(request_id, '') FROM reservations WHERE NOT unreserved ORDER BY created_at`)
-	require.NoError(st.t, err)
-	rs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (reservation, error) {
-		var x reservation
-		err := r.Scan(&x.ID, &x.State, &x.Cause, &x.Hold, &x.Actual, &x.RequestID)
-		return x, err
-	})
-	require.NoError(st.t, err)
-	return rs
+	return st.reservations("NOT unreserved")
 }
 
 // window returns a budget's posted and pending over all its windows.

@@ -183,13 +183,10 @@ func (c *call) responses() error {
 			"usage": usage, "user": nil, "metadata": map[string]any{},
 		}
 	}
-	report := func(r *Usage) {
-		r.InputTokens, r.OutputTokens, r.CachedTokens, r.ReasoningTokens = u.InputTokens, u.OutputTokens, u.CachedTokens, u.ReasoningTokens
-	}
 	final := response(status, []any{item("completed", []any{part(text)})}, usage, incomplete)
 	if !c.req.Stream {
 		c.json(final)
-		report(&c.rec.Reported)
+		c.reportOpenAI(&c.rec.Reported)
 		return nil
 	}
 	e := c.sse()
@@ -214,7 +211,7 @@ func (c *call) responses() error {
 	if status == "incomplete" {
 		terminal = "response.incomplete"
 	}
-	ev(terminal, map[string]any{"response": final}, report)
+	ev(terminal, map[string]any{"response": final}, c.reportOpenAI)
 	return nil
 }
 
