@@ -794,12 +794,18 @@ func (st *stream) localReply(code int, body string, headers []*corev3.HeaderValu
 	}
 }
 
-// setMetadata writes one key of dynamic metadata.
+// setMetadata writes one key of the stream's dynamic metadata.
 func (st *stream) setMetadata(ns, key string, v *structpb.Value, preserve bool) {
-	s := st.md[ns]
+	setMetadata(st.md, ns, key, v, preserve)
+}
+
+// setMetadata writes one key of dynamic metadata (namespace -> Struct); preserve keeps a
+// value already there.
+func setMetadata(md map[string]*structpb.Struct, ns, key string, v *structpb.Value, preserve bool) {
+	s := md[ns]
 	if s == nil {
 		s = &structpb.Struct{Fields: map[string]*structpb.Value{}}
-		st.md[ns] = s
+		md[ns] = s
 	}
 	if _, exists := s.Fields[key]; exists && preserve {
 		return

@@ -15,12 +15,29 @@ import (
 // This file imitates the two response-side metadata filters of reference section 5:
 // json_to_metadata (5.1: holds the whole JSON body, then applies every rule) and
 // sse_to_metadata with the JSON content parser (5.2: per event, never holding the stream,
-// on_present at once, on_missing/on_error deferred to a clean end of stream). The rule walk
-// and the type conversion are the ones e2e/fakellm's envoyrules_test.go checks envoy.yaml
-// with; here they run incrementally on the live response.
+// on_present at once, on_missing/on_error deferred to a clean end of stream). The request path
+// runs them incrementally on the live response; ResponseMetadata runs them on a whole one
+// (e2e/fakellm's envoyrules_test.go checks envoy.yaml's rules against the fake with it).
 
 // metadataWriter stores one value of dynamic metadata.
 type metadataWriter func(ns, key string, v *structpb.Value, preserveExisting bool)
+
+// ResponseMetadata is the dynamic metadata, by namespace, that the configured json_to_metadata
+// and sse_to_metadata filters write for a complete response with this content type and body
+// (a cut response: the bytes that arrived, ending cleanly).
+func (c *Config) ResponseMetadata(contentType string, body []byte) map[string]*structpb.Struct {
+	md := map[string]*structpb.Struct{}
+	set := func(ns, key string, v *structpb.Value, preserve bool) { setMetadata(md, ns, key, v, preserve) }
+	if c.JSONRules != nil {
+		c.applyJSONRules(contentType, body, set)
+	}
+	if c.hasSSE && isSSE(contentType) {
+		sse := newSSEState(c.SSERules, c.SSEMaxEventSize, set)
+		sse.feed(body)
+		sse.end()
+	}
+	return md
+}
 
 // jsonContentTypeAllowed: allow_content_types (exact; default application/json) or
 // allow_content_types_regex (reference 5.1).

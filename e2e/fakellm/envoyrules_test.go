@@ -2,33 +2,24 @@ package fakellm_test
 
 // This file checks the shipped Envoy usage extraction against the fake's responses, which are
 // shaped like the real APIs: the json_to_metadata and sse_to_metadata rules of envoy/envoy.yaml
-// (applied by a Go emulation of the two filters, written from their C++ sources), and the Lua
+// (applied by e2e/envoysim's emulation of the two filters, the one the e2e suite runs), and the Lua
 // script of envoy/envoy-lua.yaml (run in gopher-lua, a Lua 5.1 VM like Envoy's LuaJIT, with the
 // body cut at every byte boundary). No Envoy binary is involved.
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 
-	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	jsonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/content_parsers/json/v3"
-	j2mv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
 	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
-	ssev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/stretchr/testify/require"
 	lua "github.com/yuin/gopher-lua"
 	"github.com/yuin/gopher-lua/parse"
-	"google.golang.org/protobuf/encoding/protojson"
-	"sigs.k8s.io/yaml"
 
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
@@ -39,6 +30,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
+	"github.com/purser-dev/purser/e2e/envoysim"
 	"github.com/purser-dev/purser/e2e/fakellm"
 	"github.com/purser-dev/purser/envoy"
 )
@@ -47,45 +39,11 @@ func loadHCM(t *testing.T, file string) *hcmv3.HttpConnectionManager {
 	t.Helper()
 	b, err := envoy.Files.ReadFile(file)
 	require.NoError(t, err)
-	js, err := yaml.YAMLToJSON(b)
+	bs, err := envoysim.DecodeBootstrap(b)
 	require.NoError(t, err)
-	var bs bootstrapv3.Bootstrap
-	require.NoError(t, protojson.Unmarshal(js, &bs))
 	var h hcmv3.HttpConnectionManager
 	require.NoError(t, bs.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&h))
 	return &h
-}
-
-// usageRules are the two metadata filters of envoy.yaml.
-type usageRules struct {
-	json    *j2mv3.JsonToMetadata_MatchRules
-	jsonCT  *regexp.Regexp
-	sse     []*jsonv3.JsonContentParser_RuleConfig
-	maxSize uint32
-}
-
-func loadUsageRules(t *testing.T) usageRules {
-	t.Helper()
-	var r usageRules
-	for _, f := range loadHCM(t, "envoy.yaml").GetHttpFilters() {
-		switch f.GetName() {
-		case "envoy.filters.http.json_to_metadata":
-			var j j2mv3.JsonToMetadata
-			require.NoError(t, f.GetTypedConfig().UnmarshalTo(&j))
-			r.json = j.GetResponseRules()
-			r.jsonCT = regexp.MustCompile(r.json.GetAllowContentTypesRegex().GetRegex())
-		case "envoy.filters.http.sse_to_metadata":
-			var s ssev3.SseToMetadata
-			require.NoError(t, f.GetTypedConfig().UnmarshalTo(&s))
-			var p jsonv3.JsonContentParser
-			require.NoError(t, s.GetResponseRules().GetContentParser().GetTypedConfig().UnmarshalTo(&p))
-			r.sse = p.GetRules()
-			r.maxSize = s.GetResponseRules().GetMaxEventSize().GetValue()
-		}
-	}
-	require.NotNil(t, r.json)
-	require.NotEmpty(t, r.sse)
-	return r
 }
 
 func loadLuaScript(t *testing.T) *lua.FunctionProto {
@@ -108,117 +66,6 @@ func loadLuaScript(t *testing.T) *lua.FunctionProto {
 
 // metadata is one namespace of dynamic metadata: key -> value (float64, string, bool, map, list).
 type metadata map[string]any
-
-// applyJSONRules emulates json_to_metadata on a response (filter.cc): content type gate, whole
-// body parsed, per rule walk the selectors through objects, copy the scalar at the end.
-func (r usageRules) applyJSON(contentType string, body []byte) metadata {
-	md := metadata{}
-	if !r.jsonCT.MatchString(contentType) && !contains(r.json.GetAllowContentTypes(), contentType) {
-		return md // mismatched content type: only on_error would fire, and we configure none
-	}
-	var doc map[string]any
-	if json.Unmarshal(body, &doc) != nil {
-		return md
-	}
-	for _, rule := range r.json.GetRules() {
-		if v, ok := walk(doc, rule.GetSelectors()); ok {
-			applyOnPresent(md, rule, v, false)
-		}
-	}
-	return md
-}
-
-// applySSE emulates sse_to_metadata with the JSON content parser: SSE events split on blank
-// lines, data lines joined, each event's JSON evaluated against every rule, last match wins.
-func (r usageRules) applySSE(contentType string, body []byte) metadata {
-	md := metadata{}
-	if !strings.EqualFold(strings.TrimSpace(strings.Split(contentType, ";")[0]), "text/event-stream") {
-		return md
-	}
-	norm := strings.ReplaceAll(strings.ReplaceAll(string(body), "\r\n", "\n"), "\r", "\n")
-	for _, ev := range strings.Split(norm, "\n\n") {
-		if r.maxSize > 0 && uint32(len(ev)) > r.maxSize {
-			continue // event_too_large
-		}
-		var data []string
-		for _, line := range strings.Split(ev, "\n") {
-			if v, ok := strings.CutPrefix(line, "data:"); ok {
-				data = append(data, strings.TrimPrefix(v, " "))
-			}
-		}
-		if len(data) == 0 {
-			continue
-		}
-		var doc map[string]any
-		if json.Unmarshal([]byte(strings.Join(data, "\n")), &doc) != nil {
-			continue // e.g. [DONE]: parse_error
-		}
-		for _, rc := range r.sse {
-			if v, ok := walk(doc, rc.GetRule().GetSelectors()); ok {
-				applyOnPresent(md, rc.GetRule(), v, true)
-			}
-		}
-	}
-	return md
-}
-
-func walk(doc map[string]any, sel []*j2mv3.JsonToMetadata_Selector) (any, bool) {
-	cur := doc
-	for i, s := range sel {
-		v, ok := cur[s.GetKey()]
-		if !ok || v == nil {
-			return nil, false
-		}
-		if i == len(sel)-1 {
-			return v, true
-		}
-		if cur, ok = v.(map[string]any); !ok {
-			return nil, false
-		}
-	}
-	return nil, false
-}
-
-// applyOnPresent converts like Envoy: NUMBER from numbers, numeric strings and bools; STRING from
-// scalars. json_to_metadata cannot take an object; the SSE JSON parser stringifies one.
-func applyOnPresent(md metadata, rule *j2mv3.JsonToMetadata_Rule, v any, sse bool) {
-	kv := rule.GetOnPresent()
-	if obj, isObj := v.(map[string]any); isObj {
-		if !sse {
-			return
-		}
-		b, _ := json.Marshal(obj)
-		v = string(b)
-	}
-	switch kv.GetType() {
-	case j2mv3.JsonToMetadata_NUMBER:
-		switch x := v.(type) {
-		case float64:
-			md[kv.GetKey()] = x
-		case bool:
-			md[kv.GetKey()] = map[bool]float64{true: 1, false: 0}[x]
-		case string:
-			if f, err := strconv.ParseFloat(strings.TrimSpace(x), 64); err == nil {
-				md[kv.GetKey()] = f
-			}
-		}
-	case j2mv3.JsonToMetadata_STRING:
-		if s := fmt.Sprint(v); s != "" {
-			md[kv.GetKey()] = s
-		}
-	default:
-		md[kv.GetKey()] = v
-	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
 
 // luaVM holds one Lua state with the script loaded; run may be called many times (the script
 // keeps no state between responses, like Envoy's per-stream coroutines).
@@ -451,15 +298,17 @@ func lookup(md metadata, path string) (any, bool) {
 
 func TestEnvoyUsageRules_AgainstFake(t *testing.T) {
 	t.Parallel()
-	rules := loadUsageRules(t)
+	cfg, err := envoysim.LoadShipped()
+	require.NoError(t, err)
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			ct, body := fetch(t, sc)
-			got := rules.applyJSON(ct, body)
-			for k, v := range rules.applySSE(ct, body) {
-				got[k] = v
+			md := cfg.ResponseMetadata(ct, body)
+			for ns := range md {
+				require.Equal(t, "purser.usage", ns, "usage rules write purser.usage only")
 			}
+			got := md["purser.usage"].AsMap()
 			for k, want := range sc.flat {
 				require.Equal(t, want, got[k], "key %s (content-type %s)", k, ct)
 			}
