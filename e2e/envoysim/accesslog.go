@@ -45,13 +45,12 @@ type Delivery struct {
 	Broken bool
 }
 
-// alsFaults are the access-log faults in force (Sim.Faults sets them).
+// alsFaults are the access-log faults in force (faults.go sets them).
 type alsFaults struct {
-	mu         sync.Mutex
-	blocked    bool
-	loseNext   int
-	dupNext    int
-	onDelivery func(requestIDs []string) // test hook after each send
+	mu       sync.Mutex
+	blocked  bool
+	loseNext int
+	dupNext  int
 }
 
 type alsLogger struct {
@@ -173,7 +172,6 @@ func (l *alsLogger) flush() {
 	} else if dup {
 		f.dupNext--
 	}
-	hook := f.onDelivery
 	f.mu.Unlock()
 
 	ids := make([]string, n)
@@ -208,9 +206,6 @@ func (l *alsLogger) flush() {
 		}
 	}
 	l.sim.recordDeliveries(ids, st)
-	if hook != nil {
-		hook(ids)
-	}
 }
 
 // open starts a StreamAccessLogs stream on a host of the logger's cluster, retrying the
@@ -224,7 +219,7 @@ func (l *alsLogger) open() (*alsStream, error) {
 		if attempt > 0 {
 			time.Sleep(time.Duration(25<<(attempt-1)) * time.Millisecond) // Envoy's 25 ms base back-off
 		}
-		h := l.sim.cluster(l.cfg.Cluster).pick()
+		h := l.sim.hosts[l.cfg.Cluster].pick()
 		if h == nil {
 			return nil, errNoHost
 		}

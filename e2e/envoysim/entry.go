@@ -2,6 +2,7 @@ package envoysim
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -102,19 +103,11 @@ func pick(h http.Header, names []string) map[string]string {
 	out := map[string]string{}
 	for _, n := range names {
 		if v := h.Values(n); len(v) > 0 {
-			out[n] = joinComma(v)
+			out[n] = strings.Join(v, ",")
 		}
 	}
 	if len(out) == 0 {
 		return nil
 	}
 	return out
-}
-
-func joinComma(vs []string) string {
-	s := vs[0]
-	for _, v := range vs[1:] {
-		s += "," + v
-	}
-	return s
 }

@@ -94,7 +94,7 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 	}
 	req := st.checkRequest(az, settings, checkBody, buffered, partial)
 
-	h := st.s.cluster(az.Cluster).pick()
+	h := st.s.hosts[az.Cluster].pick()
 	h.active.Add(1)
 	h.checks.Add(1)
 	st.s.count(func(x *Stats) { x.Checks++ })

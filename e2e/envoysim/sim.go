@@ -20,6 +20,7 @@
 package envoysim
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -345,8 +346,6 @@ func (s *Sim) newGRPCCluster(name string, addrs []string) (*grpcCluster, error) 
 	return c, nil
 }
 
-func (s *Sim) cluster(name string) *grpcCluster { return s.hosts[name] }
-
 // pick chooses the host with the fewest active requests, ties round-robin (LEAST_REQUEST;
 // with two hosts Envoy's power-of-two-choices behaves the same on average).
 func (c *grpcCluster) pick() *grpcHost {
@@ -519,9 +518,9 @@ type bodyReader struct {
 
 func (b *bodyReader) reader() io.Reader {
 	if b.rest == nil {
-		return strings.NewReader(string(b.buffered))
+		return bytes.NewReader(b.buffered)
 	}
-	return io.MultiReader(strings.NewReader(string(b.buffered)), b.rest)
+	return io.MultiReader(bytes.NewReader(b.buffered), b.rest)
 }
 
 // forward is the router: route request_headers_to_remove and host_rewrite_literal, the
@@ -635,7 +634,7 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 		st.tLastUpRx = st.since()
 		if err != nil {
 			st.code = res.StatusCode // the router saw the upstream headers
-			st.upstreamFailed(err, timedOut)
+			st.upstreamFailed(timedOut)
 			return
 		}
 		if int64(len(body)) > int64(cfg.BufferLimit) {
@@ -680,7 +679,7 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 		}
 		if err != nil {
 			st.tLastUpRx = st.since()
-			st.upstreamFailed(err, timedOut)
+			st.upstreamFailed(timedOut)
 			return
 		}
 	}
@@ -688,7 +687,7 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 
 // upstreamFailed ends a response whose upstream failed after its headers: the client's
 // stream is reset (reference: the router cannot send a local reply once the response started).
-func (st *stream) upstreamFailed(err error, timedOut *atomic.Bool) {
+func (st *stream) upstreamFailed(timedOut *atomic.Bool) {
 	switch {
 	case st.r.Context().Err() != nil && !timedOut.Load():
 		st.downstreamGone()
@@ -701,7 +700,6 @@ func (st *stream) upstreamFailed(err error, timedOut *atomic.Bool) {
 		st.details = "upstream_reset_after_response_started{connection_termination}"
 	}
 	st.abort = true
-	_ = err
 }
 
 // downstreamGone records the client's reset (DR, downstream_remote_reset).

@@ -198,13 +198,6 @@ type sseState struct {
 
 	matches []int // on_present count per rule
 	errors  int   // parse errors (JSON) seen
-	// Stats, named as Envoy's http.<prefix>.sse_to_metadata.resp.json.* counters.
-	Stats SSEStats
-}
-
-// SSEStats counts what sse_to_metadata would count.
-type SSEStats struct {
-	MetadataAdded, ParseError, NoDataField, EventTooLarge, FromFallback int
 }
 
 func newSSEState(rules []*jsonv3.JsonContentParser_RuleConfig, maxSize uint32, set metadataWriter) *sseState {
@@ -259,20 +252,12 @@ func (s *sseState) endLine() {
 
 func (s *sseState) dispatch() {
 	defer func() { s.data, s.hasData, s.evSize, s.tooLarge = s.data[:0], false, 0, false }()
-	if s.tooLarge {
-		s.Stats.EventTooLarge++
-		return
-	}
-	if !s.hasData {
-		if s.evSize > 1 {
-			s.Stats.NoDataField++
-		}
+	if s.tooLarge || !s.hasData { // event_too_large, no_data_field
 		return
 	}
 	var doc map[string]any
 	if json.Unmarshal([]byte(strings.Join(s.data, "\n")), &doc) != nil {
-		s.Stats.ParseError++ // e.g. OpenAI's "data: [DONE]"
-		s.errors++
+		s.errors++ // parse_error, e.g. OpenAI's "data: [DONE]"
 		return
 	}
 	for i, rc := range s.rules {
@@ -298,7 +283,6 @@ func (s *sseState) dispatch() {
 			}
 		}
 		s.matches[i]++
-		s.Stats.MetadataAdded++
 		s.set(nonEmpty(kv.GetMetadataNamespace(), filterSSE), kv.GetKey(), pv, kv.GetPreserveExistingMetadataValue())
 	}
 }
@@ -324,7 +308,6 @@ func (s *sseState) end() {
 		if kv == nil || kv.GetValue() == nil {
 			continue
 		}
-		s.Stats.FromFallback++
 		s.set(nonEmpty(kv.GetMetadataNamespace(), filterSSE), kv.GetKey(), kv.GetValue(), kv.GetPreserveExistingMetadataValue())
 	}
 }

@@ -1,5 +1,0 @@
-package envoysim_test
-
-import "github.com/purser-dev/purser/envoy"
-
-var envoyFiles = envoy.Files
