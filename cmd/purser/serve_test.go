@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -220,4 +221,16 @@ func TestFlags_SecretsStayOutOfUsage(t *testing.T) {
 	cfg, err = parseServeConfig(testEnv(vars), []string{"-admin-token", "flag-token-0123456789"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"flag-token-0123456789"}, cfg.adminTokens, "a flag wins")
+}
+
+// Not parallel: the GC percent is process-wide.
+func TestTuneGC_DefaultUnlessGOGC(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+
+	tuneGC(func(string) string { return "150" })
+	require.Equal(t, 100, debug.SetGCPercent(100), "GOGC set: the operator's choice stands")
+
+	tuneGC(func(string) string { return "" })
+	require.Equal(t, serveGCPercent, debug.SetGCPercent(100))
 }
