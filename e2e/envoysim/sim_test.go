@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -501,8 +502,15 @@ func TestDownstreamReset_FlagsAndNoFallback(t *testing.T) {
 func TestCheckFaults(t *testing.T) {
 	t.Parallel()
 	rg := startRig(t, nil, nil)
+	// The first Check ("timeout") is answered only when the test ends, long after Envoy's
+	// timer; the second ("lose") at once, and the answer is lost on the way back.
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // runs before the rig's own cleanup stops the server
+	var calls atomic.Int32
 	rg.purser.decide = func(*authv3.CheckRequest) (*authv3.CheckResponse, error) {
-		time.Sleep(100 * time.Millisecond)
+		if calls.Add(1) == 1 {
+			<-release
+		}
 		return okResponse(map[string]any{"reservation_id": "r"}), nil
 	}
 	rg.sim.SetCheckFault(func(r *http.Request) envoysim.CheckFault {
