@@ -47,17 +47,27 @@ func serve(t *testing.T, cfg accesslog.Config) *harness {
 	t.Helper()
 	cat, err := catalogOnce()
 	require.NoError(t, err)
+	return startSink(t, cfg, cat, true)
+}
+
+// startSink starts a sink on a fresh schema with the team:ml budget, pricing from cat, behind
+// a real gRPC server. run false leaves its queue unconsumed.
+func startSink(t *testing.T, cfg accesslog.Config, cat *pricing.Catalog, run bool) *harness {
+	t.Helper()
 	h := &harness{schema: pgtest.New(t)}
 	st := store.New(h.schema.Pool)
 	h.svc = budget.New(st, st, budget.Config{})
+	var err error
 	h.team, err = h.svc.CreateBudget(context.Background(), "test", budget.Definition{Name: "team", Subject: "team:ml", Limit: 1_000_000_000, Window: "month", Hard: true})
 	require.NoError(t, err)
 	h.sink, err = accesslog.New(h.svc, func() *pricing.Catalog { return cat }, cfg)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { h.sink.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	if run {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { h.sink.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 
 	gs := grpc.NewServer()
 	alsv3.RegisterAccessLogServiceServer(gs, h.sink)
@@ -70,6 +80,25 @@ func serve(t *testing.T, cfg accesslog.Config) *harness {
 	t.Cleanup(func() { conn.Close() })
 	h.client = alsv3.NewAccessLogServiceClient(conn)
 	return h
+}
+
+// countsByOutcome sums the int64 counter name by its outcome attribute.
+func countsByOutcome(t *testing.T, reader *sdkmetric.ManualReader, name string) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(context.Background(), &rm))
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == name {
+				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+					o, _ := dp.Attributes.Value("outcome")
+					got[o.AsString()] += dp.Value
+				}
+			}
+		}
+	}
+	return got
 }
 
 // reserve makes a reservation of the given hold on team:ml and returns its id.
@@ -379,24 +408,10 @@ func TestSink_QueueFullDropsNotBlocks(t *testing.T) {
 	t.Parallel()
 	cat, err := catalogOnce()
 	require.NoError(t, err)
-	s := pgtest.New(t)
-	st := store.New(s.Pool)
-	svc := budget.New(st, st, budget.Config{})
 	reader := sdkmetric.NewManualReader()
 	meter := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("test")
-	sink, err := accesslog.New(svc, func() *pricing.Catalog { return cat }, accesslog.Config{QueueSize: 3, Meter: meter})
-	require.NoError(t, err)
-	// No Run: nothing consumes the queue.
-	gs := grpc.NewServer()
-	alsv3.RegisterAccessLogServiceServer(gs, sink)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	stream, err := alsv3.NewAccessLogServiceClient(conn).StreamAccessLogs(context.Background())
+	h := startSink(t, accesslog.Config{QueueSize: 3, Meter: meter}, cat, false) // nothing consumes the queue
+	stream, err := h.client.StreamAccessLogs(context.Background())
 	require.NoError(t, err)
 	var b []*alsdata.HTTPAccessLogEntry
 	for i := range 10 {
@@ -405,19 +420,7 @@ func TestSink_QueueFullDropsNotBlocks(t *testing.T) {
 	require.NoError(t, stream.Send(&alsv3.StreamAccessLogsMessage{LogEntries: &alsv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: b}}}))
 	_, err = stream.CloseAndRecv()
 	require.NoError(t, err, "the stream completes although nothing settles")
-	var rm metricdata.ResourceMetrics
-	require.NoError(t, reader.Collect(context.Background(), &rm))
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name == "purser.accesslog.entries" {
-				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-					o, _ := dp.Attributes.Value("outcome")
-					got[o.AsString()] += dp.Value
-				}
-			}
-		}
-	}
+	got := countsByOutcome(t, reader, "purser.accesslog.entries")
 	require.Equal(t, int64(3), got["received"])
 	require.Equal(t, int64(7), got["dropped"])
 }
@@ -489,48 +492,13 @@ func TestSink_CloseStreamsEndsOpenStreams(t *testing.T) {
 // Settlement outcomes are counted per entry, copies within one batch included.
 func TestSink_SettlementMetricsPerEntry(t *testing.T) {
 	t.Parallel()
-	cat, err := catalogOnce()
-	require.NoError(t, err)
-	s := pgtest.New(t)
-	st := store.New(s.Pool)
-	svc := budget.New(st, st, budget.Config{})
-	_, err = svc.CreateBudget(context.Background(), "t", budget.Definition{Name: "team", Subject: "team:ml", Limit: 1_000_000, Window: "month", Hard: true})
-	require.NoError(t, err)
 	reader := sdkmetric.NewManualReader()
-	sink, err := accesslog.New(svc, func() *pricing.Catalog { return cat }, accesslog.Config{Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")})
-	require.NoError(t, err)
-	h := &harness{sink: sink, svc: svc, schema: s}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { sink.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	gs := grpc.NewServer()
-	alsv3.RegisterAccessLogServiceServer(gs, sink)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	h.client = alsv3.NewAccessLogServiceClient(conn)
+	h := serve(t, accesslog.Config{Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")})
 
 	a, b := h.reserve(t, 5000, 100, "ra"), h.reserve(t, 5000, 100, "rb")
 	ea := entry(t, "openai_chat_usage", a, "ra")
 	h.send(t, []*alsdata.HTTPAccessLogEntry{ea, ea, ea, entry(t, "provider_error", b, "rb")})
-	var rm metricdata.ResourceMetrics
-	require.NoError(t, reader.Collect(context.Background(), &rm))
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name == "purser.accesslog.settlements" {
-				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-					o, _ := dp.Attributes.Value("outcome")
-					got[o.AsString()] += dp.Value
-				}
-			}
-		}
-	}
+	got := countsByOutcome(t, reader, "purser.accesslog.settlements")
 	require.Equal(t, map[string]int64{"settled": 1, "voided": 1, "duplicate": 2}, got)
 }
 
@@ -542,28 +510,7 @@ func TestSink_UnknownModelDefaultPrice(t *testing.T) {
 	require.NoError(t, err)
 	cat, err := pricing.Load(base, strings.NewReader("default_price: {input_mtok: 1, output_mtok: 2}\n"))
 	require.NoError(t, err)
-	s := pgtest.New(t)
-	st := store.New(s.Pool)
-	svc := budget.New(st, st, budget.Config{})
-	_, err = svc.CreateBudget(context.Background(), "t", budget.Definition{Name: "team", Subject: "team:ml", Limit: 1_000_000, Window: "month", Hard: true})
-	require.NoError(t, err)
-	sink, err := accesslog.New(svc, func() *pricing.Catalog { return cat }, accesslog.Config{UnknownModel: accesslog.UnknownModelDefaultPrice})
-	require.NoError(t, err)
-	h := &harness{sink: sink, svc: svc, schema: s}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { sink.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	gs := grpc.NewServer()
-	alsv3.RegisterAccessLogServiceServer(gs, sink)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	h.client = alsv3.NewAccessLogServiceClient(conn)
+	h := startSink(t, accesslog.Config{UnknownModel: accesslog.UnknownModelDefaultPrice}, cat, true)
 
 	id := h.reserve(t, 5_000, 10_000, "r-local")
 	e := entry(t, "unverified_usage", id, "r-local") // chat usage: 1000 in, 200 out
