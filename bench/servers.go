@@ -24,6 +24,7 @@ import (
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/extauthz/request"
 )
 
@@ -164,8 +165,11 @@ func (o *Original) bound(r *request.Request) (cost, tokens int64, ok bool) {
 		return 0, 0, false
 	}
 	input := r.InputTokens
-	if r.ExternalInput && m.ContextWindow > 0 {
+	if r.ExternalInput {
 		input = m.ContextWindow
+		if input == 0 {
+			input = max(r.InputTokens, extauthz.DefaultExternalInputTokens)
+		}
 	}
 	if m.ContextWindow > 0 && input > m.ContextWindow {
 		input = m.ContextWindow

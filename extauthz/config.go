@@ -56,6 +56,12 @@ type Config struct {
 	MissingCap string
 	// DefaultOutputCap bounds the output of requests without a cap (default 4096 tokens).
 	DefaultOutputCap int64
+	// ExternalInputTokens bounds the input of a request that pulls in input its body does not
+	// contain (previous_response_id, conversation, cached content, file references,
+	// server-side tools) when the price catalog knows no context window for its model
+	// (nil: DefaultExternalInputTokens). 0 denies such requests. A context_window for the
+	// model in the price overrides is the tighter bound and takes precedence.
+	ExternalInputTokens *int64
 	// TruncatedBody is BodyEstimate (default) or BodyDeny.
 	TruncatedBody string
 	// InvalidBody is BodyDeny (default) or BodyEstimate (bound from the bytes with the
@@ -79,11 +85,15 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultCheckTimeout     = 150 * time.Millisecond
-	DefaultDeadlineMargin   = 5 * time.Millisecond
-	DefaultOutputCap        = 4096
-	maxReasonableOutputCap  = 10_000_000
-	defaultReservationFloor = time.Second
+	DefaultCheckTimeout   = 150 * time.Millisecond
+	DefaultDeadlineMargin = 5 * time.Millisecond
+	DefaultOutputCap      = 4096
+	// DefaultExternalInputTokens is the largest context window of the embedded catalog (2M
+	// tokens): no model whose window is unknown is assumed to read more than that.
+	DefaultExternalInputTokens int64 = 2_000_000
+	maxExternalInputTokens     int64 = 100_000_000
+	maxReasonableOutputCap           = 10_000_000
+	defaultReservationFloor          = time.Second
 )
 
 func (c Config) withDefaults() Config {
@@ -109,6 +119,10 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DefaultOutputCap <= 0 {
 		c.DefaultOutputCap = DefaultOutputCap
+	}
+	if c.ExternalInputTokens == nil {
+		n := DefaultExternalInputTokens
+		c.ExternalInputTokens = &n
 	}
 	if c.TruncatedBody == "" {
 		c.TruncatedBody = BodyEstimate
@@ -146,6 +160,9 @@ func (c Config) Validate() error {
 	oneOf("policies.unpriced_endpoint", c.Unpriced, UnpricedDeny, UnpricedAllow)
 	if c.DefaultOutputCap < 0 || c.DefaultOutputCap > maxReasonableOutputCap {
 		errs = append(errs, fmt.Errorf("policies.default_output_cap: %d: want 1-%d", c.DefaultOutputCap, maxReasonableOutputCap))
+	}
+	if n := c.ExternalInputTokens; n != nil && (*n < 0 || *n > maxExternalInputTokens) {
+		errs = append(errs, fmt.Errorf("policies.external_input_tokens: %d: want 0 (deny) to %d", *n, maxExternalInputTokens))
 	}
 	if c.CheckTimeout != 0 && (c.CheckTimeout < 10*time.Millisecond || c.CheckTimeout > time.Minute) {
 		errs = append(errs, fmt.Errorf("check_timeout: %s: want 10ms-1m", c.CheckTimeout))

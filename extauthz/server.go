@@ -275,8 +275,16 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 		// prompt whatever the parser could not read.
 		input = max(input, int64(r.BodyBytes), r.ContentLength)
 	}
-	if r.ExternalInput && m.ContextWindow > 0 {
-		input = m.ContextWindow // input pulled from elsewhere: only the context window bounds it
+	if r.ExternalInput {
+		// Input pulled from elsewhere: only the context window bounds it.
+		switch {
+		case m.ContextWindow > 0:
+			input = m.ContextWindow
+		case *s.cfg.ExternalInputTokens > 0:
+			input = max(input, *s.cfg.ExternalInputTokens)
+		default:
+			return deny(v, 400, "external_input_unbounded", fmt.Sprintf("purser cannot bound the input model %q would read from outside this request (previous_response_id, conversation, cached content, file references or server-side tools); an operator can set the model's context_window in the price overrides", r.Model)), false
+		}
 	}
 	if m.ContextWindow > 0 && input > m.ContextWindow {
 		input = m.ContextWindow // the provider rejects longer inputs

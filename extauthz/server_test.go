@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -630,4 +631,78 @@ func TestCheck_InvalidRouteContextFailsClosed(t *testing.T) {
 	require.False(t, r.Billable)
 	_, err := h.client.Check(context.Background(), req)
 	require.Equal(t, codes.FailedPrecondition, status.Code(err))
+}
+
+// A request that pulls in input its body does not contain (here previous_response_id) is
+// bounded by the model's context window, by policies.external_input_tokens when the catalog
+// knows none, or denied when that is 0: never by the few tokens its body shows.
+func TestCheck_ExternalInputBound(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cat := catalog(t)
+	const body = `{"model":%q,"previous_response_id":"resp_123","input":"and then?","max_output_tokens":100}`
+	responses := func(secret, model string, n int) *authv3.CheckRequest {
+		req := withKey(fixture(t, "openai_responses"), secret, n)
+		h := req.GetAttributes().GetRequest().GetHttp()
+		h.RawBody = fmt.Appendf(nil, body, model)
+		h.Headers["content-length"] = strconv.Itoa(len(h.RawBody))
+		r := request.Parse(req, &request.Config{})
+		require.NoError(t, r.BodyError)
+		require.True(t, r.ExternalInput)
+		require.Less(t, r.InputTokens, int64(100))
+		return req
+	}
+	known, ok := cat.Lookup("openai", "gpt-4o")
+	require.True(t, ok)
+	require.Positive(t, known.ContextWindow)
+	unknown, ok := cat.Lookup("openai", "chatgpt-4o-latest")
+	require.True(t, ok)
+	require.Zero(t, unknown.ContextWindow, "the test needs a model without a known context window")
+
+	h := serve(t, extauthz.Config{}, nil)
+	_, secret := h.key(t, "team:ml")
+	for i, c := range []struct {
+		model string
+		input int64
+	}{{"gpt-4o", known.ContextWindow}, {"chatgpt-4o-latest", extauthz.DefaultExternalInputTokens}} {
+		resp, err := h.client.Check(ctx, responses(secret, c.model, i+1))
+		require.NoError(t, err)
+		okResponse(t, resp)
+		require.Equal(t, strconv.FormatInt(c.input+100, 10), meta(resp, extauthz.MetaReservedTokens), c.model)
+	}
+
+	zero := int64(0)
+	strict := serve(t, extauthz.Config{ExternalInputTokens: &zero}, nil)
+	_, secret = strict.key(t, "team:ml")
+	resp, err := strict.client.Check(ctx, responses(secret, "chatgpt-4o-latest", 1))
+	require.NoError(t, err)
+	require.Equal(t, 400, int(resp.GetDeniedResponse().GetStatus().GetCode()))
+	require.Contains(t, resp.GetDeniedResponse().GetBody(), "external_input_unbounded")
+	resp, err = strict.client.Check(ctx, responses(secret, "gpt-4o", 2))
+	require.NoError(t, err)
+	okResponse(t, resp) // a known window still bounds it
+
+	neg := int64(-1)
+	require.ErrorContains(t, extauthz.Config{ExternalInputTokens: &neg}.Validate(), "policies.external_input_tokens: -1")
+}
+
+// The default external-input bound covers every context window the embedded catalog knows.
+func TestDefaultExternalInputTokens_CoversCatalog(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(filepath.Join("..", "budget", "pricing", "data", "genai-prices-data_slim.json"))
+	require.NoError(t, err)
+	var providers []struct {
+		Models []struct {
+			ContextWindow int64 `json:"context_window"`
+		} `json:"models"`
+	}
+	require.NoError(t, json.Unmarshal(b, &providers))
+	var largest int64
+	for _, p := range providers {
+		for _, m := range p.Models {
+			largest = max(largest, m.ContextWindow)
+		}
+	}
+	require.Positive(t, largest)
+	require.GreaterOrEqual(t, extauthz.DefaultExternalInputTokens, largest)
 }

@@ -30,6 +30,7 @@ type fileConfig struct {
 		UnknownModel     string `json:"unknown_model,omitempty"`
 		MissingCap       string `json:"missing_output_cap,omitempty"`
 		DefaultOutputCap int64  `json:"default_output_cap,omitempty"`
+		ExternalInput    *int64 `json:"external_input_tokens,omitempty"`
 		TruncatedBody    string `json:"truncated_body,omitempty"`
 		InvalidBody      string `json:"invalid_body,omitempty"`
 		Unpriced         string `json:"unpriced_endpoint,omitempty"`
@@ -79,18 +80,19 @@ func (fc fileConfig) extauthzConfig(checkTimeout, ttl time.Duration) extauthz.Co
 			CredentialSources: id.CredentialSources, JWT: id.JWT, TrustedHeaders: id.TrustedHeaders,
 			ModelHeader: id.ModelHeader, ImageTokens: id.ImageTokens,
 		},
-		CheckTimeout:     checkTimeout,
-		StripCredentials: id.StripCredentials,
-		DefaultSubject:   id.DefaultSubject,
-		UnknownModel:     fc.Policies.UnknownModel,
-		MissingCap:       fc.Policies.MissingCap,
-		DefaultOutputCap: fc.Policies.DefaultOutputCap,
-		TruncatedBody:    fc.Policies.TruncatedBody,
-		InvalidBody:      fc.Policies.InvalidBody,
-		Unpriced:         fc.Policies.Unpriced,
-		BudgetHeaders:    fc.Responses.BudgetHeaders,
-		ShowAmounts:      fc.Responses.ShowAmounts,
-		ReservationTTL:   ttl,
+		CheckTimeout:        checkTimeout,
+		StripCredentials:    id.StripCredentials,
+		DefaultSubject:      id.DefaultSubject,
+		UnknownModel:        fc.Policies.UnknownModel,
+		MissingCap:          fc.Policies.MissingCap,
+		DefaultOutputCap:    fc.Policies.DefaultOutputCap,
+		ExternalInputTokens: fc.Policies.ExternalInput,
+		TruncatedBody:       fc.Policies.TruncatedBody,
+		InvalidBody:         fc.Policies.InvalidBody,
+		Unpriced:            fc.Policies.Unpriced,
+		BudgetHeaders:       fc.Responses.BudgetHeaders,
+		ShowAmounts:         fc.Responses.ShowAmounts,
+		ReservationTTL:      ttl,
 	}
 }
 
