@@ -114,12 +114,7 @@ func requireBody(optional bool) error {
 
 // FormatAmount writes an amount as the admin API does, in its unit: USD with six decimals,
 // tokens as a whole number.
-func FormatAmount(unit budget.Unit, v int64) string {
-	if unit == budget.Tokens {
-		return strconv.FormatInt(v, 10)
-	}
-	return pricing.FormatMicros(v)
-}
+func FormatAmount(unit budget.Unit, v int64) string { return unit.Format(v) }
 
 // ParseAmount reads an amount as the admin API takes it: a decimal string in unit.
 func ParseAmount(unit budget.Unit, s string) (int64, error) {

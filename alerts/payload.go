@@ -3,12 +3,10 @@ package alerts
 import (
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/purser-dev/purser/budget"
-	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // Payload is the generic JSON body of an alert (FormatJSON webhooks). Amounts are decimal
@@ -50,21 +48,14 @@ func newPayload(key, kind string, threshold int, st budget.Status, start, end, n
 		ID: key, Type: "budget." + kind, CreatedAt: now.UTC(),
 		Budget: PayloadBudget{ID: st.Budget.ID, Name: st.Budget.Name, Subject: string(st.Budget.Subject), Unit: string(u), Hard: st.Budget.Hard},
 		Window: PayloadWindow{Start: start.UTC(), End: end.UTC()},
-		Limit:  amount(u, st.Limit), Used: amount(u, st.Posted+st.Pending), Posted: amount(u, st.Posted),
-		Pending: amount(u, st.Pending), Utilization: st.Utilization, Threshold: threshold, Projected: amount(u, st.Projected),
+		Limit:  u.Format(st.Limit), Used: u.Format(st.Posted + st.Pending), Posted: u.Format(st.Posted),
+		Pending: u.Format(st.Pending), Utilization: st.Utilization, Threshold: threshold, Projected: u.Format(st.Projected),
 	}
 	if st.UntilExhausted > 0 {
 		t := now.Add(st.UntilExhausted).UTC().Truncate(time.Second)
 		p.RunsOutAt = &t
 	}
 	return p
-}
-
-func amount(u budget.Unit, v int64) string {
-	if u == budget.Tokens {
-		return strconv.FormatInt(v, 10)
-	}
-	return pricing.FormatMicros(v)
 }
 
 // display is an amount for people: "$81.20", "$0.00015", "150000 tokens".

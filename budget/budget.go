@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // Unit is what a budget counts.
@@ -17,6 +20,15 @@ const (
 	USD    Unit = "usd"
 	Tokens Unit = "tokens"
 )
+
+// Format writes an amount of u as purser's APIs do: USD with six decimals ("12.500000"),
+// tokens as a whole number.
+func (u Unit) Format(v int64) string {
+	if u == Tokens {
+		return strconv.FormatInt(v, 10)
+	}
+	return pricing.FormatMicros(v)
+}
 
 // MaxLimit bounds a limit so sums of holds cannot overflow int64.
 const MaxLimit = int64(1) << 52

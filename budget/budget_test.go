@@ -158,3 +158,11 @@ func TestCmpProducts(t *testing.T) {
 	require.Equal(t, int64(3), mulDivFloor(10, 3, 8))
 	require.Equal(t, int64(1<<63-1), mulDivCeil(big, big, 1))
 }
+
+func TestUnit_Format(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "12.500000", USD.Format(12_500_000))
+	require.Equal(t, "0.000150", USD.Format(150))
+	require.Equal(t, "-1.000001", USD.Format(-1_000_001))
+	require.Equal(t, "150000", Tokens.Format(150_000))
+}
