@@ -30,6 +30,7 @@ func TestImportDirection(t *testing.T) {
 		{module + "/budget/store", []string{module + "/budget\x00", module + "/extauthz", module + "/accesslog", module + "/admin"}, "the store imports nothing of purser's"},
 		{module + "/budget/pricing", []string{module + "/"}, "the price catalog is self-contained"},
 		{module + "/migrations", []string{module + "/"}, "migrations are self-contained"},
+		{module + "/grpccodec", []string{module + "/"}, "the codec is self-contained"},
 	}
 	checked := 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
