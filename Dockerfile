@@ -12,7 +12,7 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -trimpath -ldflags="-s -w" -o /out/purser ./cmd/purser && \
+    go build -trimpath -tags vtprotobuf -ldflags="-s -w" -o /out/purser ./cmd/purser && \
     go build -trimpath -ldflags="-s -w" -o /out/fakellm ./cmd/fakellm
 
 # distroless/static: no shell, no package manager, CA certificates included; runs as 65532.

@@ -7,7 +7,10 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
 # The local demo's admin token (loopback only). Set your own in production.
 PURSER_ADMIN_TOKEN ?= purser-local-admin-token
 FUZZTIME ?= 20s
-export DATABASE_URL TEST_DATABASE_URL
+# Release builds use go-control-plane's generated marshallers (see grpccodec); every go
+# command below builds, vets and tests with the tag.
+GOFLAGS := $(strip $(GOFLAGS) -tags=vtprotobuf)
+export DATABASE_URL TEST_DATABASE_URL GOFLAGS
 
 .PHONY: help build run test e2e fuzz bench lint depcheck db-up migrate seed verify clean
 

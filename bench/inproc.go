@@ -20,6 +20,7 @@ import (
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/extauthz"
+	"github.com/purser-dev/purser/grpccodec"
 )
 
 // InProc is purser's serving path wired in this process the way `purser serve` wires it
@@ -89,7 +90,13 @@ func startInProc(ctx context.Context, databaseURL string, hotPoolSize, poolSize 
 	go batcher.Run(bg)
 	go sink.Run(bg)
 
+	codec, err := grpccodec.ServerOption()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
 	opts := []grpc.ServerOption{
+		codec,
 		grpc.MaxRecvMsgSize(8<<20 + 1<<20),
 		grpc.MaxConcurrentStreams(1024),
 		grpc.NumStreamWorkers(512), // serve's -grpc-workers default

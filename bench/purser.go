@@ -19,6 +19,10 @@ import (
 	"time"
 )
 
+// BuildTags are the build tags of a release build (Makefile, Dockerfile): vtprotobuf switches
+// on go-control-plane's generated marshallers, which package grpccodec uses.
+const BuildTags = "vtprotobuf"
+
 // BuildPurser builds ./cmd/purser into dir and returns the binary's path.
 func BuildPurser(ctx context.Context, dir string) (string, error) {
 	root, err := RepoRoot()
@@ -26,7 +30,7 @@ func BuildPurser(ctx context.Context, dir string) (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "purser")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/purser")
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", BuildTags, "-o", bin, "./cmd/purser")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/purser: %w\n%s", err, out)
