@@ -1,0 +1,312 @@
+package grpccodec
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// A CheckRequest spends most of its decoding time in two string maps, the request headers
+// and the route's context_extensions, which protobuf decodes entry by entry through
+// reflection with two allocations each. unmarshalCheckRequest walks the path to them itself
+// (CheckRequest.attributes → AttributeContext.request → Request.http → HttpRequest, and
+// AttributeContext.context_extensions): it decodes HttpRequest's fields directly, with one
+// allocation for all of its short strings and header keys and values, copies raw_body once,
+// and hands every other field, unchanged and in order, to protobuf (a message may be decoded
+// in parts and merged: that is protobuf's own encoding rule). The result equals
+// proto.Unmarshal's, and it fails where proto.Unmarshal fails (TestUnmarshalCheckRequest_
+// SameAsProtobuf, FuzzUnmarshalCheckRequest).
+
+// Field numbers (envoy/service/auth/v3/{external_auth,attribute_context}.proto).
+const (
+	fieldCheckAttributes       protowire.Number = 1  // CheckRequest.attributes
+	fieldAttrRequest           protowire.Number = 4  // AttributeContext.request
+	fieldAttrContextExtensions protowire.Number = 10 // AttributeContext.context_extensions
+	fieldRequestHTTP           protowire.Number = 2  // AttributeContext.Request.http
+	// AttributeContext.HttpRequest
+	fieldHTTPID       protowire.Number = 1
+	fieldHTTPMethod   protowire.Number = 2
+	fieldHTTPHeaders  protowire.Number = 3
+	fieldHTTPPath     protowire.Number = 4
+	fieldHTTPHost     protowire.Number = 5
+	fieldHTTPScheme   protowire.Number = 6
+	fieldHTTPQuery    protowire.Number = 7
+	fieldHTTPFragment protowire.Number = 8
+	fieldHTTPSize     protowire.Number = 9
+	fieldHTTPProtocol protowire.Number = 10
+	fieldHTTPBody     protowire.Number = 11
+	fieldHTTPRawBody  protowire.Number = 12
+	fieldMapKey       protowire.Number = 1
+	fieldMapValue     protowire.Number = 2
+)
+
+// httpStrings has a bit set for each short string field of HttpRequest.
+const httpStrings = 1<<fieldHTTPID | 1<<fieldHTTPMethod | 1<<fieldHTTPPath | 1<<fieldHTTPHost |
+	1<<fieldHTTPScheme | 1<<fieldHTTPQuery | 1<<fieldHTTPFragment | 1<<fieldHTTPProtocol
+
+var errInvalidUTF8 = errors.New("string field contains invalid UTF-8")
+
+func unmarshalCheckRequest(b []byte, m *authv3.CheckRequest) error {
+	m.Reset()
+	return decodeCheckRequest(b, m)
+}
+
+func decodeCheckRequest(b []byte, m *authv3.CheckRequest) error {
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
+		if num != fieldCheckAttributes || typ != protowire.BytesType {
+			return false, nil
+		}
+		if m.Attributes == nil {
+			m.Attributes = &authv3.AttributeContext{}
+		}
+		return true, decodeAttributes(v, m.Attributes)
+	})
+	return finish(rest, err, m)
+}
+
+func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
+	var ext entries
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
+		if typ != protowire.BytesType {
+			return false, nil
+		}
+		switch num {
+		case fieldAttrRequest:
+			if m.Request == nil {
+				m.Request = &authv3.AttributeContext_Request{}
+			}
+			return true, decodeRequest(v, m.Request)
+		case fieldAttrContextExtensions:
+			return true, ext.add(v)
+		}
+		return false, nil
+	})
+	if err == nil {
+		m.ContextExtensions = ext.insert(m.ContextExtensions, ext.build(nil, 0))
+	}
+	return finish(rest, err, m)
+}
+
+func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
+		if num != fieldRequestHTTP || typ != protowire.BytesType {
+			return false, nil
+		}
+		if m.Http == nil {
+			m.Http = &authv3.AttributeContext_HttpRequest{}
+		}
+		return true, decodeHTTP(v, m.Http)
+	})
+	return finish(rest, err, m)
+}
+
+// decodeHTTP decodes an HttpRequest entirely, bar unknown fields and fields of an
+// unexpected wire type (protobuf's then).
+func decodeHTTP(b []byte, m *authv3.AttributeContext_HttpRequest) error {
+	var headers entries
+	var strs [fieldHTTPRawBody][]byte // by field number: the string fields seen, last wins
+	var seen uint16
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) (bool, error) {
+		if num == fieldHTTPSize {
+			if typ != protowire.VarintType {
+				return false, nil
+			}
+			m.Size = int64(x)
+			return true, nil
+		}
+		if typ != protowire.BytesType {
+			return false, nil
+		}
+		switch num {
+		case fieldHTTPHeaders:
+			return true, headers.add(v)
+		case fieldHTTPRawBody:
+			m.RawBody = append(make([]byte, 0, len(v)), v...)
+			return true, nil
+		case fieldHTTPBody:
+			if !utf8.Valid(v) {
+				return false, errInvalidUTF8
+			}
+			m.Body = string(v) // on its own: the header strings must not pin a body
+			return true, nil
+		}
+		if num < 1 || int(num) >= len(strs) || httpStrings&(1<<num) == 0 {
+			return false, nil
+		}
+		if !utf8.Valid(v) {
+			return false, errInvalidUTF8
+		}
+		strs[num] = v
+		seen |= 1 << num
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	for num, v := range strs {
+		if seen&(1<<num) != 0 {
+			headers.bytes += len(v)
+		}
+	}
+	all := headers.build(strs[:], seen)
+	for num := range strs {
+		if seen&(1<<num) == 0 {
+			continue
+		}
+		n := len(strs[num])
+		v := all[:n]
+		all = all[n:]
+		switch protowire.Number(num) {
+		case fieldHTTPID:
+			m.Id = v
+		case fieldHTTPMethod:
+			m.Method = v
+		case fieldHTTPPath:
+			m.Path = v
+		case fieldHTTPHost:
+			m.Host = v
+		case fieldHTTPScheme:
+			m.Scheme = v
+		case fieldHTTPQuery:
+			m.Query = v
+		case fieldHTTPFragment:
+			m.Fragment = v
+		case fieldHTTPProtocol:
+			m.Protocol = v
+		}
+	}
+	m.Headers = headers.insert(m.Headers, all)
+	return finish(rest, nil, m)
+}
+
+// walk hands each length-delimited or varint field of b to take (v: the bytes, or x: the
+// varint), in order; it returns the fields take declined, and every field of another wire
+// type, as they were, for protobuf to decode.
+func walk(b []byte, take func(num protowire.Number, typ protowire.Type, v []byte, x uint64) (bool, error)) (rest []byte, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		vn := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if vn < 0 {
+			return nil, protowire.ParseError(vn)
+		}
+		field := b[:n+vn]
+		b = b[n+vn:]
+		var v []byte
+		var x uint64
+		switch typ {
+		case protowire.BytesType:
+			v, _ = protowire.ConsumeBytes(field[n:])
+		case protowire.VarintType:
+			x, _ = protowire.ConsumeVarint(field[n:])
+		default:
+			rest = append(rest, field...)
+			continue
+		}
+		taken, err := take(num, typ, v, x)
+		if err != nil {
+			return nil, err
+		}
+		if !taken {
+			rest = append(rest, field...)
+		}
+	}
+	return rest, nil
+}
+
+// finish decodes rest into m once the walk succeeded.
+func finish(rest []byte, err error, m proto.Message) error {
+	if err != nil || len(rest) == 0 {
+		return err
+	}
+	return proto.UnmarshalOptions{Merge: true}.Unmarshal(rest, m)
+}
+
+// entries gathers the entries of a map<string, string> field in wire order.
+type entries struct {
+	kv    [][2][]byte // aliases the wire buffer until into
+	small [32][2][]byte
+	bytes int
+}
+
+// add reads one map entry message: key 1, value 2, both strings (missing: ""); a repeated
+// field's last occurrence wins and other fields are skipped, as protobuf does.
+func (e *entries) add(b []byte) error {
+	var kv [2][]byte
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if (num == fieldMapKey || num == fieldMapValue) && typ == protowire.BytesType {
+			s, sn := protowire.ConsumeBytes(b)
+			if sn < 0 {
+				return protowire.ParseError(sn)
+			}
+			if !utf8.Valid(s) {
+				return fmt.Errorf("map entry: %w", errInvalidUTF8)
+			}
+			kv[num-1] = s
+			b = b[sn:]
+			continue
+		}
+		vn := protowire.ConsumeFieldValue(num, typ, b)
+		if vn < 0 {
+			return protowire.ParseError(vn)
+		}
+		b = b[vn:]
+	}
+	if e.kv == nil {
+		e.kv = e.small[:0]
+	}
+	e.kv = append(e.kv, kv)
+	e.bytes += len(kv[0]) + len(kv[1])
+	return nil
+}
+
+// build writes the strings extra[i] (those with bit i of seen set) and then every key and
+// value into one string, so that all of them cost one allocation, not one each.
+func (e *entries) build(extra [][]byte, seen uint16) string {
+	if e.bytes == 0 {
+		return ""
+	}
+	var sb strings.Builder
+	sb.Grow(e.bytes)
+	for i, v := range extra {
+		if seen&(1<<i) != 0 {
+			sb.Write(v)
+		}
+	}
+	for _, kv := range e.kv {
+		sb.Write(kv[0])
+		sb.Write(kv[1])
+	}
+	return sb.String()
+}
+
+// insert adds the entries to m (created when nil and there are entries), later entries
+// overwriting earlier ones, their keys and values cut from all (build's result past the
+// extra strings).
+func (e *entries) insert(m map[string]string, all string) map[string]string {
+	if len(e.kv) == 0 {
+		return m
+	}
+	if m == nil {
+		m = make(map[string]string, len(e.kv))
+	}
+	for _, kv := range e.kv {
+		k := all[:len(kv[0])]
+		all = all[len(kv[0]):]
+		m[k] = all[:len(kv[1])]
+		all = all[len(kv[1]):]
+	}
+	return m
+}

@@ -1,0 +1,158 @@
+package grpccodec_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/grpccodec"
+)
+
+// fixtures are the Envoy-shaped CheckRequests of extauthz/request/testdata, encoded.
+func fixtures(t testing.TB) map[string][]byte {
+	t.Helper()
+	dir := filepath.Join("..", "extauthz", "request", "testdata")
+	names, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	require.NoError(t, err)
+	require.NotEmpty(t, names)
+	out := map[string][]byte{}
+	for _, name := range names {
+		j, err := os.ReadFile(name)
+		require.NoError(t, err)
+		var req authv3.CheckRequest
+		require.NoError(t, protojson.Unmarshal(j, &req), name)
+		b, err := proto.Marshal(&req)
+		require.NoError(t, err)
+		out[strings.TrimSuffix(filepath.Base(name), ".json")] = b
+	}
+	return out
+}
+
+// oddities are encodings a generated marshaller never writes but the wire allows: fields
+// split and repeated, out of order, unknown, of the wrong wire type, invalid.
+func oddities(t testing.TB) map[string][]byte {
+	t.Helper()
+	field := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	entry := func(k, v string) []byte {
+		return append(field(1, []byte(k)), field(2, []byte(v))...)
+	}
+	cat := func(parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return b
+	}
+	http := func(parts ...[]byte) []byte { // CheckRequest{attributes{request{http{parts}}}}
+		return field(1, field(4, field(2, cat(parts...))))
+	}
+	varint := protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 7)
+	md, err := proto.Marshal(&authv3.AttributeContext{MetadataContext: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"ns": {Fields: map[string]*structpb.Value{"k": structpb.NewStringValue("v")}}}}})
+	require.NoError(t, err)
+	return map[string][]byte{
+		"Empty":                {},
+		"DuplicateHeaderKeys":  http(field(3, entry("a", "1")), field(3, entry("a", "2"))),
+		"EntryFieldsReordered": http(field(3, cat(field(2, []byte("v")), field(1, []byte("k"))))),
+		"EntryFieldRepeated":   http(field(3, cat(field(1, []byte("k")), field(1, []byte("k2")), field(2, []byte("v"))))),
+		"EntryKeyOnly":         http(field(3, field(1, []byte("k")))),
+		"EntryEmpty":           http(field(3, nil)),
+		"EntryUnknownField":    http(field(3, cat(entry("k", "v"), field(9, []byte("x")), varint))),
+		"EntryWrongWireType":   http(field(3, cat(protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 5), field(2, []byte("v"))))),
+		"HeadersWrongWireType": http(varint, field(3, entry("a", "1"))),
+		"InvalidUTF8Key":       http(field(3, entry("\xff", "1"))),
+		"InvalidUTF8Value":     http(field(3, entry("a", "\xc3"))),
+		"InvalidUTF8Path":      http(field(4, []byte("/\xff"))),
+		"RawBodyTwice":         http(field(12, []byte("first")), field(12, []byte("second"))),
+		"RawBodyEmpty":         http(field(12, nil)),
+		"HTTPSplit":            cat(http(field(3, entry("a", "1")), field(4, []byte("/p"))), http(field(3, entry("b", "2")), field(12, []byte("{}")))),
+		"AttributesSplit":      cat(field(1, field(10, entry("route", "r"))), field(1, md), field(1, field(10, entry("x", "y")))),
+		"UnknownEverywhere":    cat(field(99, []byte("top")), field(1, cat(field(98, []byte("attr")), field(4, cat(field(97, nil), field(2, field(96, []byte("http")))))))),
+		"Truncated":            http(field(3, entry("a", "1")))[:9],
+		"BadTag":               {0x00},
+		"LengthPastEnd":        {0x0a, 0x05, 0x01},
+		"Group":                protowire.AppendTag(protowire.AppendTag(nil, 5, protowire.StartGroupType), 5, protowire.EndGroupType),
+		"UnmatchedEndGroup":    protowire.AppendTag(nil, 5, protowire.EndGroupType),
+	}
+}
+
+func decodeBoth(t testing.TB, c encoding.CodecV2, b []byte) {
+	want := &authv3.CheckRequest{}
+	wantErr := proto.Unmarshal(b, want)
+	got := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{ContextExtensions: map[string]string{"stale": "x"}}}
+	gotErr := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got)
+	if (wantErr == nil) != (gotErr == nil) {
+		t.Fatalf("protobuf: %v; grpccodec: %v (input %x)", wantErr, gotErr, b)
+	}
+	if wantErr == nil && !proto.Equal(want, got) {
+		t.Fatalf("protobuf decoded\n%v\ngrpccodec decoded\n%v\n(input %x)", want, got, b)
+	}
+}
+
+// The codec decodes every CheckRequest exactly as protobuf does, and fails where it fails.
+func TestUnmarshalCheckRequest_SameAsProtobuf(t *testing.T) {
+	t.Parallel()
+	c, err := grpccodec.New()
+	require.NoError(t, err)
+	for name, b := range fixtures(t) {
+		t.Run(name, func(t *testing.T) { decodeBoth(t, c, b) })
+	}
+	for name, b := range oddities(t) {
+		t.Run(name, func(t *testing.T) { decodeBoth(t, c, b) })
+	}
+	// The decoded message owns its bytes: the wire buffer is recycled after Unmarshal.
+	b := fixtures(t)["openai_chat"]
+	wire := append([]byte(nil), b...)
+	var got authv3.CheckRequest
+	require.NoError(t, c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &got))
+	clear(wire)
+	var want authv3.CheckRequest
+	require.NoError(t, proto.Unmarshal(b, &want))
+	require.True(t, proto.Equal(&want, &got))
+	require.NotEmpty(t, got.GetAttributes().GetRequest().GetHttp().GetRawBody())
+}
+
+func FuzzUnmarshalCheckRequest(f *testing.F) {
+	for _, b := range fixtures(f) {
+		f.Add(b)
+	}
+	for _, b := range oddities(f) {
+		f.Add(b)
+	}
+	c, err := grpccodec.New()
+	require.NoError(f, err)
+	f.Fuzz(func(t *testing.T, b []byte) { decodeBoth(t, c, b) })
+}
+
+// BenchmarkUnmarshal compares protobuf with the codec on an Envoy CheckRequest.
+func BenchmarkUnmarshal(b *testing.B) {
+	wire := fixtures(b)["openai_chat"]
+	c, err := grpccodec.New()
+	require.NoError(b, err)
+	for _, bc := range []struct {
+		name  string
+		codec encoding.CodecV2
+	}{{"protobuf", encoding.GetCodecV2("proto")}, {"grpccodec", c}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var m authv3.CheckRequest
+				if err := bc.codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
