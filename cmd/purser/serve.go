@@ -320,8 +320,8 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		return fail(err)
 	}
 	s.grpc = grpc.NewServer(
-		// Envoy's messages marshalled by go-control-plane's generated code (build tag
-		// vtprotobuf), not by reflection.
+		// CheckRequests decoded and Envoy's messages encoded without protobuf's reflection
+		// (the encoding needs the build tag vtprotobuf).
 		codec,
 		grpc.MaxRecvMsgSize(cfg.maxBodyBytes+1<<20), // the body plus headers and attributes
 		grpc.MaxConcurrentStreams(uint32(cfg.maxStreams)),
