@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -15,6 +16,24 @@ import (
 type metrics struct {
 	decisions metric.Int64Counter
 	duration  metric.Float64Histogram
+	// attrs caches the attribute options of each (decision, reason): building an attribute
+	// set sorts and allocates, and both come from small fixed sets.
+	attrs sync.Map // attrKey → [2]metric.MeasurementOption (decisions, duration)
+}
+
+type attrKey struct{ decision, reason string }
+
+func (m *metrics) options(decision, reason string) *[2]metric.MeasurementOption {
+	k := attrKey{decision, reason}
+	if o, ok := m.attrs.Load(k); ok {
+		return o.(*[2]metric.MeasurementOption)
+	}
+	o := &[2]metric.MeasurementOption{
+		metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", decision), attribute.String("reason", reason))),
+		metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", decision))),
+	}
+	got, _ := m.attrs.LoadOrStore(k, o)
+	return got.(*[2]metric.MeasurementOption)
 }
 
 func newMetrics(meter metric.Meter) (*metrics, error) {
@@ -56,9 +75,9 @@ func decisionName(k kind) string {
 func (s *Server) observe(ctx context.Context, r *request.Request, v verdict, took time.Duration) {
 	name := decisionName(v.kind)
 	if s.m != nil {
-		attrs := metric.WithAttributes(attribute.String("decision", name), attribute.String("reason", v.reason))
-		s.m.decisions.Add(ctx, 1, attrs)
-		s.m.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("decision", name)))
+		o := s.m.options(name, v.reason)
+		s.m.decisions.Add(ctx, 1, o[0])
+		s.m.duration.Record(ctx, took.Seconds(), o[1])
 	}
 	level := slog.LevelDebug
 	switch v.kind {

@@ -18,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
@@ -355,21 +356,69 @@ func TestCheck_UnknownKeyFlood(t *testing.T) {
 
 func keyLookups(t *testing.T, h *harness) map[string]int64 {
 	t.Helper()
+	return h.counter(t, "purser.key_lookups", "source")
+}
+
+// counter sums the int64 counter name by the values of attribute key (attribute values
+// joined with "/" when key names several, comma separated).
+func (h *harness) counter(t *testing.T, name, key string) map[string]int64 {
+	t.Helper()
 	var rm metricdata.ResourceMetrics
 	require.NoError(t, h.reader.Collect(context.Background(), &rm))
-	lookups := map[string]int64{}
+	out := map[string]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
-			if m.Name != "purser.key_lookups" {
+			if m.Name != name {
 				continue
 			}
 			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				src, _ := dp.Attributes.Value("source")
-				lookups[src.AsString()] += dp.Value
+				var vals []string
+				for _, k := range strings.Split(key, ",") {
+					v, _ := dp.Attributes.Value(attribute.Key(k))
+					vals = append(vals, v.AsString())
+				}
+				out[strings.Join(vals, "/")] += dp.Value
 			}
 		}
 	}
-	return lookups
+	return out
+}
+
+// Every answer is counted by decision and reason, and timed by decision.
+func TestCheck_DecisionMetrics(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	ctx := context.Background()
+	_, secret := h.key(t, "team:ml")
+	for i := range 3 {
+		resp, err := h.client.Check(ctx, withKey(fixture(t, "openai_chat"), secret, i))
+		require.NoError(t, err)
+		okResponse(t, resp)
+	}
+	for i := range 2 {
+		resp, err := h.client.Check(ctx, withKey(fixture(t, "garbage_body"), secret, 10+i))
+		require.NoError(t, err)
+		require.NotNil(t, resp.GetDeniedResponse())
+	}
+	require.Equal(t, map[string]int64{"reserved/": 3, "denied/invalid_body": 2},
+		h.counter(t, "purser.check.decisions", "decision,reason"))
+
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, h.reader.Collect(ctx, &rm))
+	timed := map[string]uint64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == "purser.check.duration" {
+				for _, dp := range m.Data.(metricdata.Histogram[float64]).DataPoints {
+					d, _ := dp.Attributes.Value("decision")
+					_, hasReason := dp.Attributes.Value("reason")
+					require.False(t, hasReason, "durations are by decision only")
+					timed[d.AsString()] += dp.Count
+				}
+			}
+		}
+	}
+	require.Equal(t, map[string]uint64{"reserved": 3, "denied": 2}, timed)
 }
 
 // blockingReserver never answers before the caller's deadline: the Check must give up in time.
