@@ -16,6 +16,15 @@ var whatIfs = map[string]struct {
 	about string
 	sql   string
 }{
+	"generic-plans": {
+		about: "purser_settle and purser_expire, like purser_reserve since migration 004, run with plan_cache_mode = force_generic_plan: their statements are planned once per connection instead of on every call (enable_seqscan = off keeps the cached plans on indexes)",
+		sql: `
+DO $$ DECLARE f regprocedure; BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.proname IN ('purser_settle', 'purser_expire') LOOP
+    EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);
+  END LOOP;
+END $$;`,
+	},
 	"custom-plans": {
 		about: "purser_reserve, purser_settle and purser_expire run with plan_cache_mode = force_custom_plan, so their statements are planned with the tables' current sizes instead of a generic plan cached while the tables were small",
 		sql: `
