@@ -66,7 +66,7 @@ func decodeCheckRequest(b []byte, m *authv3.CheckRequest) error {
 		}
 		return true, decodeAttributes(v, m.Attributes)
 	})
-	return finish(rest, err, m)
+	return finish(rest, err, m, 0)
 }
 
 func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
@@ -89,7 +89,7 @@ func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
 	if err == nil {
 		m.ContextExtensions = ext.insert(m.ContextExtensions, ext.build(nil, 0))
 	}
-	return finish(rest, err, m)
+	return finish(rest, err, m, 1)
 }
 
 func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
@@ -102,7 +102,7 @@ func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
 		}
 		return true, decodeHTTP(v, m.Http)
 	})
-	return finish(rest, err, m)
+	return finish(rest, err, m, 2)
 }
 
 // decodeHTTP decodes an HttpRequest entirely, bar unknown fields and fields of an
@@ -181,7 +181,7 @@ func decodeHTTP(b []byte, m *authv3.AttributeContext_HttpRequest) error {
 		}
 	}
 	m.Headers = headers.insert(m.Headers, all)
-	return finish(rest, nil, m)
+	return finish(rest, nil, m, 3)
 }
 
 // walk hands each length-delimited or varint field of b to take (v: the bytes, or x: the
@@ -221,12 +221,14 @@ func walk(b []byte, take func(num protowire.Number, typ protowire.Type, v []byte
 	return rest, nil
 }
 
-// finish decodes rest into m once the walk succeeded.
-func finish(rest []byte, err error, m proto.Message) error {
+// finish decodes rest into m once the walk succeeded. depth is m's nesting below the
+// CheckRequest: protobuf would have entered m with that many levels of its recursion limit
+// already spent, so rest gets that much less.
+func finish(rest []byte, err error, m proto.Message, depth int) error {
 	if err != nil || len(rest) == 0 {
 		return err
 	}
-	return proto.UnmarshalOptions{Merge: true}.Unmarshal(rest, m)
+	return proto.UnmarshalOptions{Merge: true, RecursionLimit: protowire.DefaultRecursionLimit - depth}.Unmarshal(rest, m)
 }
 
 // entries gathers the entries of a map<string, string> field in wire order.
@@ -244,6 +246,9 @@ func (e *entries) add(b []byte) error {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return protowire.ParseError(n)
+		}
+		if num > protowire.MaxValidNumber { // as protobuf's map decoder (ConsumeTag allows 2^31-1)
+			return errors.New("map entry: invalid field number")
 		}
 		b = b[n:]
 		if (num == fieldMapKey || num == fieldMapValue) && typ == protowire.BytesType {

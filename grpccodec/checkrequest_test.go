@@ -62,6 +62,23 @@ func oddities(t testing.TB) map[string][]byte {
 	varint := protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 7)
 	md, err := proto.Marshal(&authv3.AttributeContext{MetadataContext: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"ns": {Fields: map[string]*structpb.Value{"k": structpb.NewStringValue("v")}}}}})
 	require.NoError(t, err)
+	// A field number past protowire.MaxValidNumber, which ConsumeTag accepts and protobuf
+	// rejects, in a map entry.
+	tooLarge := protowire.AppendVarint(protowire.AppendTag(nil, protowire.MaxValidNumber+1, protowire.VarintType), 1)
+	// Metadata nested deeper by one level each: protobuf's recursion limit counts from the
+	// CheckRequest, so one of them is the deepest it takes and the next the first it refuses.
+	nested := func(lists int) []byte {
+		v := structpb.NewStringValue("x")
+		for range lists {
+			v = structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{v}})
+		}
+		b, err := proto.Marshal(&authv3.CheckRequest{Attributes: &authv3.AttributeContext{MetadataContext: &corev3.Metadata{
+			FilterMetadata: map[string]*structpb.Struct{"ns": {Fields: map[string]*structpb.Value{"k": v}}}}}})
+		require.NoError(t, err)
+		return b
+	}
+	require.NoError(t, proto.Unmarshal(nested(4995), &authv3.CheckRequest{}), "protobuf's recursion limit moved: move the MetadataDepth cases")
+	require.Error(t, proto.Unmarshal(nested(4998), &authv3.CheckRequest{}), "protobuf's recursion limit moved: move the MetadataDepth cases")
 	return map[string][]byte{
 		"Empty":                {},
 		"DuplicateHeaderKeys":  http(field(3, entry("a", "1")), field(3, entry("a", "2"))),
@@ -85,6 +102,12 @@ func oddities(t testing.TB) map[string][]byte {
 		"LengthPastEnd":        {0x0a, 0x05, 0x01},
 		"Group":                protowire.AppendTag(protowire.AppendTag(nil, 5, protowire.StartGroupType), 5, protowire.EndGroupType),
 		"UnmatchedEndGroup":    protowire.AppendTag(nil, 5, protowire.EndGroupType),
+		"EntryNumberTooLarge":  http(field(3, cat(entry("k", "v"), tooLarge))),
+		"ExtNumberTooLarge":    field(1, field(10, cat(entry("k", "v"), tooLarge))),
+		"MetadataDepth4995":    nested(4995),
+		"MetadataDepth4996":    nested(4996),
+		"MetadataDepth4997":    nested(4997),
+		"MetadataDepth4998":    nested(4998),
 	}
 }
 
