@@ -70,7 +70,8 @@ func decodeCheckRequest(b []byte, m *authv3.CheckRequest) error {
 }
 
 func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
-	var ext entries
+	var small [32][2][]byte
+	ext := entries{kv: small[:0]}
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
 		if typ != protowire.BytesType {
 			return false, nil
@@ -82,7 +83,12 @@ func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
 			}
 			return true, decodeRequest(v, m.Request)
 		case fieldAttrContextExtensions:
-			return true, ext.add(v)
+			kv, err := readEntry(v)
+			if err != nil {
+				return false, err
+			}
+			ext = ext.add(kv)
+			return true, nil
 		}
 		return false, nil
 	})
@@ -108,7 +114,8 @@ func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
 // decodeHTTP decodes an HttpRequest entirely, bar unknown fields and fields of an
 // unexpected wire type (protobuf's then).
 func decodeHTTP(b []byte, m *authv3.AttributeContext_HttpRequest) error {
-	var headers entries
+	var small [32][2][]byte
+	headers := entries{kv: small[:0]}
 	var strs [fieldHTTPRawBody][]byte // by field number: the string fields seen, last wins
 	var seen uint16
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) (bool, error) {
@@ -124,7 +131,12 @@ func decodeHTTP(b []byte, m *authv3.AttributeContext_HttpRequest) error {
 		}
 		switch num {
 		case fieldHTTPHeaders:
-			return true, headers.add(v)
+			kv, err := readEntry(v)
+			if err != nil {
+				return false, err
+			}
+			headers = headers.add(kv)
+			return true, nil
 		case fieldHTTPRawBody:
 			m.RawBody = append(make([]byte, 0, len(v)), v...)
 			return true, nil
@@ -231,33 +243,42 @@ func finish(rest []byte, err error, m proto.Message, depth int) error {
 	return proto.UnmarshalOptions{Merge: true, RecursionLimit: protowire.DefaultRecursionLimit - depth}.Unmarshal(rest, m)
 }
 
-// entries gathers the entries of a map<string, string> field in wire order.
+// entries gathers the entries of a map<string, string> field in wire order. Its callers
+// start kv on an array on their stack: an array inside entries, or a store through a pointer
+// to it, moved it to the heap (3 KB for each HttpRequest and AttributeContext on the wire,
+// which a hostile message can repeat every few bytes).
 type entries struct {
-	kv    [][2][]byte // aliases the wire buffer until into
-	small [32][2][]byte
+	kv    [][2][]byte // aliases the wire buffer until insert
 	bytes int
 }
 
-// add reads one map entry message: key 1, value 2, both strings (missing: ""); a repeated
-// field's last occurrence wins and other fields are skipped, as protobuf does.
-func (e *entries) add(b []byte) error {
-	var kv [2][]byte
+// add returns e with one more entry, as readEntry read it. It takes and returns e by value:
+// a store through a pointer would move the caller's array to the heap.
+func (e entries) add(kv [2][]byte) entries {
+	e.kv = append(e.kv, kv)
+	e.bytes += len(kv[0]) + len(kv[1])
+	return e
+}
+
+// readEntry reads one map entry message: key 1, value 2, both strings (missing: ""); a
+// repeated field's last occurrence wins and other fields are skipped, as protobuf does.
+func readEntry(b []byte) (kv [2][]byte, err error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return protowire.ParseError(n)
+			return kv, protowire.ParseError(n)
 		}
 		if num > protowire.MaxValidNumber { // as protobuf's map decoder (ConsumeTag allows 2^31-1)
-			return errors.New("map entry: invalid field number")
+			return kv, errors.New("map entry: invalid field number")
 		}
 		b = b[n:]
 		if (num == fieldMapKey || num == fieldMapValue) && typ == protowire.BytesType {
 			s, sn := protowire.ConsumeBytes(b)
 			if sn < 0 {
-				return protowire.ParseError(sn)
+				return kv, protowire.ParseError(sn)
 			}
 			if !utf8.Valid(s) {
-				return fmt.Errorf("map entry: %w", errInvalidUTF8)
+				return kv, fmt.Errorf("map entry: %w", errInvalidUTF8)
 			}
 			kv[num-1] = s
 			b = b[sn:]
@@ -265,16 +286,11 @@ func (e *entries) add(b []byte) error {
 		}
 		vn := protowire.ConsumeFieldValue(num, typ, b)
 		if vn < 0 {
-			return protowire.ParseError(vn)
+			return kv, protowire.ParseError(vn)
 		}
 		b = b[vn:]
 	}
-	if e.kv == nil {
-		e.kv = e.small[:0]
-	}
-	e.kv = append(e.kv, kv)
-	e.bytes += len(kv[0]) + len(kv[1])
-	return nil
+	return kv, nil
 }
 
 // build writes the strings extra[i] (those with bit i of seen set) and then every key and

@@ -147,6 +147,27 @@ func TestUnmarshalCheckRequest_SameAsProtobuf(t *testing.T) {
 	require.NotEmpty(t, got.GetAttributes().GetRequest().GetHttp().GetRawBody())
 }
 
+// A message that repeats an empty HttpRequest every six bytes costs no allocation per
+// repetition (it cost 3 KB each: a 4 MB message allocated 2.5 GB).
+func TestUnmarshalCheckRequest_RepeatedMessagesAllocateLittle(t *testing.T) {
+	unit := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), // attributes
+		protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), // request
+			protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), nil))) // http
+	var b []byte
+	for len(b) < 60_000 {
+		b = append(b, unit...)
+	}
+	c, err := grpccodec.New()
+	require.NoError(t, err)
+	allocs := testing.AllocsPerRun(5, func() {
+		var m authv3.CheckRequest
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &m); err != nil {
+			t.Fatal(err)
+		}
+	})
+	require.Less(t, allocs, float64(100), "%d repetitions", len(b)/len(unit))
+}
+
 func FuzzUnmarshalCheckRequest(f *testing.F) {
 	for _, b := range fixtures(f) {
 		f.Add(b)
