@@ -136,7 +136,7 @@ func (c *Catalog) ProviderForHost(host string) string {
 		return v
 	}
 	id := c.providerForHost(host)
-	c.hosts.put(host, id)
+	c.hosts.put(strings.Clone(host), id) // owned by the cache, not a view of the request
 	return id
 }
 

@@ -27,7 +27,9 @@ func (c *Catalog) Lookup(provider, model string) (*Model, bool) {
 		return m, m != nil
 	}
 	m := c.lookup(provider, model)
-	c.models.put(k, m)
+	// The cache outlives the request: its key must not share memory with the request's
+	// strings (a model cut from the path would keep the whole decoded header block alive).
+	c.models.put(lookupKey{strings.Clone(provider), strings.Clone(model)}, m)
 	return m, m != nil
 }
 

@@ -1,7 +1,9 @@
 package pricing
 
 import (
+	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -112,4 +114,36 @@ func TestModelIndex_FirstMatchWins(t *testing.T) {
 	require.Equal(t, "a", p.index.find("m-1").ID)
 	require.Equal(t, "b", p.index.find("m-2").ID)
 	require.Equal(t, "c", p.index.find("z").ID)
+}
+
+// The lookup caches own their keys: a model or host cut from a large request string must
+// not keep that string alive for as long as it stays cached.
+func TestCaches_OwnTheirKeys(t *testing.T) {
+	t.Parallel()
+	c, err := Embedded() // a catalog of its own: the test reads its caches
+	require.NoError(t, err)
+	big := strings.Repeat("x", 1<<16) + "gpt-4o" + "api.openai.com"
+	model := big[1<<16 : 1<<16+6]
+	host := big[1<<16+6:]
+	_, ok := c.Lookup("openai", model)
+	require.True(t, ok)
+	require.Equal(t, "openai", c.ProviderForHost(host))
+
+	shares := func(a, b string) bool { return unsafe.StringData(a) == unsafe.StringData(b) }
+	seen := 0
+	c.models.m.Range(func(k, _ any) bool {
+		if key := k.(lookupKey); key.model == model {
+			seen++
+			require.False(t, shares(key.model, model), "the model cache keeps a view of the request's string")
+		}
+		return true
+	})
+	c.hosts.m.Range(func(k, _ any) bool {
+		if k.(string) == host {
+			seen++
+			require.False(t, shares(k.(string), host), "the host cache keeps a view of the request's string")
+		}
+		return true
+	})
+	require.Equal(t, 2, seen)
 }
