@@ -59,8 +59,8 @@ type Config struct {
 	// ExternalInputTokens bounds the input of a request that pulls in input its body does not
 	// contain (previous_response_id, conversation, cached content, file references,
 	// server-side tools) when the price catalog knows no context window for its model
-	// (nil: DefaultExternalInputTokens). 0 denies such requests. A context_window for the
-	// model in the price overrides is the tighter bound and takes precedence.
+	// (nil: DefaultExternalInputTokens). 0 denies such requests. A known context window (in
+	// the catalog, or set for the model in the price overrides) takes precedence.
 	ExternalInputTokens *int64
 	// TruncatedBody is BodyEstimate (default) or BodyDeny.
 	TruncatedBody string
@@ -103,14 +103,10 @@ func (c Config) withDefaults() Config {
 	if c.DeadlineMargin <= 0 {
 		c.DeadlineMargin = DefaultDeadlineMargin
 	}
-	if c.StripCredentials == nil {
-		t := true
-		c.StripCredentials = &t
-	}
-	if c.BudgetHeaders == nil {
-		t := true
-		c.BudgetHeaders = &t
-	}
+	// The server keeps copies: a caller changing its values later changes nothing.
+	c.StripCredentials = valueOr(c.StripCredentials, true)
+	c.BudgetHeaders = valueOr(c.BudgetHeaders, true)
+	c.ExternalInputTokens = valueOr(c.ExternalInputTokens, DefaultExternalInputTokens)
 	if c.UnknownModel == "" {
 		c.UnknownModel = UnknownModelDeny
 	}
@@ -119,10 +115,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DefaultOutputCap <= 0 {
 		c.DefaultOutputCap = DefaultOutputCap
-	}
-	if c.ExternalInputTokens == nil {
-		n := DefaultExternalInputTokens
-		c.ExternalInputTokens = &n
 	}
 	if c.TruncatedBody == "" {
 		c.TruncatedBody = BodyEstimate
@@ -137,6 +129,14 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+// valueOr returns a pointer to a copy of *p, or to def when p is nil.
+func valueOr[T any](p *T, def T) *T {
+	if p != nil {
+		def = *p
+	}
+	return &def
 }
 
 // Validate reports every invalid field.

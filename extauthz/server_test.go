@@ -722,6 +722,7 @@ func TestCheck_ExternalInputBound(t *testing.T) {
 
 	zero := int64(0)
 	strict := serve(t, extauthz.Config{ExternalInputTokens: &zero}, nil)
+	zero = 1_000 // the server keeps its own copy of the configuration
 	_, secret = strict.key(t, "team:ml")
 	resp, err := strict.client.Check(ctx, responses(secret, "chatgpt-4o-latest", 1))
 	require.NoError(t, err)
