@@ -442,19 +442,29 @@ func TestNoRouteAndDisabledRoute(t *testing.T) {
 	require.True(t, nr)
 }
 
+// heldSSE is an upstream that sends an event stream's headers and first, then holds the
+// response until release is closed (and sends rest) or the client goes away.
+func heldSSE(first, rest string, release <-chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		w.WriteHeader(200)
+		_, _ = io.WriteString(w, first)
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+			_, _ = io.WriteString(w, rest)
+		}
+	})
+}
+
 // TestSSE_StreamedWithoutBuffering: the client reads the first event while the upstream is
 // still holding the rest; usage comes from the last matching event.
 func TestSSE_StreamedWithoutBuffering(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("content-type", "text/event-stream")
-		w.WriteHeader(200)
-		_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n")
-		w.(http.Flusher).Flush()
-		<-release
-		_, _ = io.WriteString(w, "event: message_delta\r\ndata: {\"type\":\"message_delta\",\r\ndata: \"usage\":{\"output_tokens\":7}}\r\n\r\n: comment\n\ndata: [DONE]\n\n")
-	})
+	up := heldSSE("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+		"event: message_delta\r\ndata: {\"type\":\"message_delta\",\r\ndata: \"usage\":{\"output_tokens\":7}}\r\n\r\n: comment\n\ndata: [DONE]\n\n", release)
 	rg := startRig(t, nil, up)
 	res := post(t, rg.sim.URL()+"/v1/messages", `{"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"messages":[]}`, nil)
 	br := bufio.NewReader(res.Body)
@@ -473,16 +483,7 @@ func TestSSE_StreamedWithoutBuffering(t *testing.T) {
 func TestDownstreamReset_FlagsAndNoFallback(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("content-type", "text/event-stream")
-		w.WriteHeader(200)
-		_, _ = io.WriteString(w, "data: {\"model\":\"gpt-4o-mini\"}\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-r.Context().Done():
-		case <-release:
-		}
-	})
+	up := heldSSE("data: {\"model\":\"gpt-4o-mini\"}\n\n", "", release)
 	defer close(release)
 	rg := startRig(t, nil, up)
 	ctx, cancel := context.WithCancel(context.Background())
