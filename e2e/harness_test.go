@@ -5,7 +5,6 @@ package e2e_test
 // envoy/envoy.yaml, and the official OpenAI and Anthropic SDKs as callers.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -44,24 +43,6 @@ func buildPurser(t *testing.T) string {
 	bin, err := bench.BuildPurser(ctx, t.TempDir())
 	require.NoError(t, err)
 	return bin
-}
-
-// syncBuffer collects a subprocess's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // purserProc is one `purser serve` subprocess (bench.StartPurser) on free ports. Restarting

@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"io/fs"
 	"math/rand/v2"
@@ -90,7 +91,9 @@ func startRealEnvoy(t *testing.T, envoyBin string, st *stack) string {
 		require.NoError(t, err)
 		path := filepath.Join(dir, "envoy.json")
 		require.NoError(t, os.WriteFile(path, cfg, 0o600))
-		log := &syncBuffer{}
+		// One writer for both streams: exec copies into it from one goroutine, and the log
+		// is read only after Wait (done) returned.
+		log := &bytes.Buffer{}
 		cmd := exec.Command(envoyBin, "-c", path, "--concurrency", "2", "--disable-hot-restart",
 			"--base-id", strconv.Itoa(rand.IntN(1<<20)), "--log-level", "warn")
 		cmd.Stdout, cmd.Stderr = log, log
