@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -334,9 +333,10 @@ func (st *stack) verify() {
 	st.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, st.bin, "verify", "-database-url", st.db.ConnString).CombinedOutput()
-	require.NoError(st.t, err, "purser verify:\n%s", out)
-	require.Contains(st.t, string(out), "ledger reconciles")
+	code, out, err := bench.Verify(ctx, st.bin, st.db.ConnString)
+	require.NoError(st.t, err)
+	require.Zero(st.t, code, "purser verify:\n%s", out)
+	require.Contains(st.t, out, "ledger reconciles")
 }
 
 // price is what the fake provider's reported usage costs, priced with the catalog (an
