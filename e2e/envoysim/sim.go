@@ -200,9 +200,6 @@ func (s *Sim) Start() error {
 // URL is the listener's base URL.
 func (s *Sim) URL() string { return s.url }
 
-// Config returns the configuration in force.
-func (s *Sim) Config() *Config { return s.cfg }
-
 // Close stops serving, stops the access loggers without a final flush (as Envoy exits), and
 // closes the gRPC connections.
 func (s *Sim) Close() {
