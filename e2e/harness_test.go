@@ -6,7 +6,6 @@ package e2e_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -429,12 +428,6 @@ func (st *stack) assertSettledAtReportedPrice(requestID string) reservation {
 	require.NotNil(st.t, r.Actual)
 	require.Equal(st.t, st.price(rec), *r.Actual, "actual cost = the fake's reported usage, priced")
 	return r
-}
-
-func errorsAs[T error](err error) (T, bool) {
-	var target T
-	ok := errors.As(err, &target)
-	return target, ok
 }
 
 func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }

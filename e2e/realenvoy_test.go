@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io/fs"
 	"math/rand/v2"
 	"net"
@@ -51,7 +52,7 @@ func scenarioRealEnvoy(t *testing.T, bin string) {
 	r2 := st.assertSettledAtReportedPrice(st.lastRequestID())
 
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, chat(2000))
-	apiErr, ok := errorsAs[*openai.Error](err)
+	apiErr, ok := errors.AsType[*openai.Error](err)
 	require.True(t, ok, "%T %v", err, err)
 	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
 

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -115,7 +116,7 @@ func scenarioRefund(t *testing.T, bin string) {
 	big := chat(500)
 	big.Messages = []openai.ChatCompletionMessageParamUnion{openai.UserMessage(prompt)}
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, big)
-	apiErr, ok := errorsAs[*openai.Error](err)
+	apiErr, ok := errors.AsType[*openai.Error](err)
 	require.True(t, ok, "%T %v", err, err)
 	require.Equal(t, http.StatusRequestEntityTooLarge, apiErr.StatusCode)
 	require.Equal(t, "body_truncated", apiErr.Code)
@@ -188,7 +189,7 @@ func scenarioDeny(t *testing.T, bin string) {
 	// B, identical, does not fit next to A's hold: 429 from purser, in OpenAI's format.
 	before := len(st.served())
 	_, err := st.openai(secret, nil).Chat.Completions.New(ctx, chat(1000))
-	apiErr, ok := errorsAs[*openai.Error](err)
+	apiErr, ok := errors.AsType[*openai.Error](err)
 	require.True(t, ok, "openai SDK error type, got %T %v", err, err)
 	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
 	require.Equal(t, "insufficient_quota", apiErr.Type)
@@ -203,7 +204,7 @@ func scenarioDeny(t *testing.T, bin string) {
 
 	// Anthropic caller, a worst case above the whole limit: rate_limit_error.
 	_, err = st.anthropic(secret, nil).Messages.New(ctx, messages(1024))
-	aErr, ok := errorsAs[*anthropic.Error](err)
+	aErr, ok := errors.AsType[*anthropic.Error](err)
 	require.True(t, ok, "anthropic SDK error type, got %T %v", err, err)
 	require.Equal(t, http.StatusTooManyRequests, aErr.StatusCode)
 	require.EqualValues(t, "rate_limit_error", aErr.Type())
@@ -219,7 +220,7 @@ func scenarioDeny(t *testing.T, bin string) {
 	require.NoError(t, err, "posted %d + one hold fits in 1000", *rA.Actual)
 	rC := st.assertSettledAtReportedPrice(st.lastRequestID())
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, chat(2000))
-	apiErr, ok = errorsAs[*openai.Error](err)
+	apiErr, ok = errors.AsType[*openai.Error](err)
 	require.True(t, ok)
 	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
 
@@ -391,7 +392,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 
 	requireFailClosed := func(err error) {
 		t.Helper()
-		apiErr, ok := errorsAs[*openai.Error](err)
+		apiErr, ok := errors.AsType[*openai.Error](err)
 		require.True(t, ok, "got %T %v", err, err)
 		require.Equal(t, http.StatusServiceUnavailable, apiErr.StatusCode, "status_on_error")
 		require.Equal(t, "budget_service_unavailable", apiErr.Code, "local_reply_config body")
@@ -631,7 +632,7 @@ func scenarioKill(t *testing.T, bin string) {
 					ok.Add(1)
 					continue
 				}
-				if e, isAPI := errorsAs[*openai.Error](err); isAPI && e.StatusCode == http.StatusServiceUnavailable {
+				if e, isAPI := errors.AsType[*openai.Error](err); isAPI && e.StatusCode == http.StatusServiceUnavailable {
 					failed.Add(1)
 					continue
 				}
@@ -755,7 +756,7 @@ func scenarioReplicas(t *testing.T, bin string) {
 		go func() {
 			_, err := st.openai(secret, map[string]string{"x-e2e-gate": "1", fakellm.HeaderInputTokens: "20", fakellm.HeaderOutputTokens: "30"}).
 				Chat.Completions.New(context.Background(), chat(1000))
-			if e, ok := errorsAs[*openai.Error](err); ok {
+			if e, ok := errors.AsType[*openai.Error](err); ok {
 				codes <- e.StatusCode
 				return
 			}
