@@ -538,12 +538,14 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 	}
 
 	// Budgets, by subject and name, on the subjects the file manages.
-	var bv struct {
-		Budgets []budgetView `json:"budgets"`
-	}
 	curBudgets := map[string]defState{}
 	var pruneBudgets []defState
 	for _, subject := range slices.Sorted(maps.Keys(d.managedSubjects)) {
+		// A fresh answer per subject: decoding into the previous one would keep its elements'
+		// fields the API omits (template_id) and merge their route maps.
+		var bv struct {
+			Budgets []budgetView `json:"budgets"`
+		}
 		if _, err := c.do(ctx, "GET", "/v1/budgets", url.Values{"subject": {subject}}, nil, &bv); err != nil {
 			return nil, err
 		}

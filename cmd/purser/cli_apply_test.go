@@ -229,3 +229,21 @@ func lastLine(out string) string {
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	return lines[len(lines)-1] + "\n"
 }
+
+// Budgets are read subject by subject: what one subject's budgets carry (a template, a route)
+// must not rub off on the next subject's.
+func TestCLI_ApplyPrunesAcrossSubjects(t *testing.T) {
+	t.Parallel()
+	h := newCLIHarness(t)
+	ctx := context.Background()
+	_, err := h.svc.CreateTemplate(ctx, "test", budget.Definition{Name: "org default", Kind: "org", Limit: 5, Window: "day", Hard: true})
+	require.NoError(t, err)
+	_, err = h.svc.Reserve(ctx, []budget.ReserveRequest{{Subjects: []budget.Subject{"org:acme"}, Cost: 1}})
+	require.NoError(t, err)
+	_, err = h.svc.CreateBudget(ctx, "test", budget.Definition{Name: "stray", Subject: "team:ml", Limit: 1, Window: "day", Hard: true})
+	require.NoError(t, err)
+
+	p := writeFile(t, "managed_subjects: [org:acme, team:ml]\n")
+	require.Equal(t, "- budget \"stray\" on team:ml (not in the file)\ndry run: 1 change(s), nothing applied\n",
+		h.ok("apply", "-f", p, "-dry-run", "-prune"), "org:acme's template budget is kept, team:ml's stray one goes")
+}
