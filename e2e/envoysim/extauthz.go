@@ -168,7 +168,6 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 	}
 	switch {
 	case ok:
-		st.s.count(func(x *Stats) { x.CheckOK++ })
 		okr := resp.GetOkResponse()
 		for _, o := range okr.GetHeaders() {
 			applyHeaderOption(st.hdr, o)
@@ -191,7 +190,6 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 		st.s.count(func(x *Stats) { x.CheckError++ })
 		return body, st.authzError(az, resp.GetErrorResponse())
 	default:
-		st.s.count(func(x *Stats) { x.CheckDenied++ })
 		dr := resp.GetDeniedResponse()
 		status := int(dr.GetStatus().GetCode())
 		if status == 0 {
@@ -212,7 +210,6 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 // UAEX, details ext_authz_error (reference 1.1, 3.1, 1.5).
 func (st *stream) authzError(az *ExtAuthzConfig, er *authv3.DeniedHttpResponse) bool {
 	if az.FailureModeAllow {
-		st.s.count(func(x *Stats) { x.FailureModeOpen++ })
 		if az.FailureModeAllowHeaderAdd {
 			st.hdr.Set("x-envoy-auth-failure-mode-allowed", "true")
 		}

@@ -113,15 +113,10 @@ type delivery struct {
 
 // Stats counts what the simulated filters did.
 type Stats struct {
-	Requests        int64
-	Checks          int64 // Check calls made
-	CheckOK         int64
-	CheckDenied     int64
-	CheckError      int64 // gRPC errors and timeouts (ext_authz.error)
-	FailureModeOpen int64 // ext_authz.failure_mode_allowed
-	LocalReplies    int64
-	Upstream        int64 // requests forwarded upstream
-	DownstreamReset int64
+	Requests   int64
+	Checks     int64 // Check calls made
+	CheckError int64 // gRPC errors and timeouts (ext_authz.error)
+	Upstream   int64 // requests forwarded upstream
 }
 
 // New builds a Sim; Start serves it.
@@ -702,7 +697,6 @@ func (st *stream) upstreamFailed(timedOut *atomic.Bool) {
 // downstreamGone records the client's reset (DR, downstream_remote_reset).
 func (st *stream) downstreamGone() {
 	st.flags.DownstreamRemoteReset = true
-	st.s.count(func(x *Stats) { x.DownstreamReset++ })
 	if st.code != 0 && st.details == "" {
 		st.details = "via_upstream"
 	}
@@ -740,7 +734,6 @@ func (st *stream) write(b []byte) bool {
 // localReply is sendLocalReply: local_reply_config mappers may rewrite status, headers and
 // body; nothing goes upstream.
 func (st *stream) localReply(code int, body string, headers []*corev3.HeaderValueOption, details string) {
-	st.s.count(func(x *Stats) { x.LocalReplies++ })
 	if st.r.Context().Err() != nil {
 		st.downstreamGone()
 		st.details = details
