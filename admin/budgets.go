@@ -152,7 +152,7 @@ func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	out := make([]budgetJSON, 0, len(bs))
+	out := make([]Budget, 0, len(bs))
 	for _, b := range bs {
 		out = append(out, toBudget(b))
 	}
@@ -160,10 +160,10 @@ func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
 }
 
 // budgetWithWindow returns a live budget with its current window.
-func (s *server) budgetWithWindow(ctx context.Context, id int64) (budgetJSON, error) {
+func (s *server) budgetWithWindow(ctx context.Context, id int64) (Budget, error) {
 	b, err := s.svc.Budget(ctx, id)
 	if err != nil {
-		return budgetJSON{}, err
+		return Budget{}, err
 	}
 	out := toBudget(b)
 	sts, err := s.svc.Status(ctx, b.Subject)
@@ -302,7 +302,7 @@ func (s *server) listTemplates(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	out := make([]budgetJSON, 0, len(ts))
+	out := make([]Budget, 0, len(ts))
 	for _, t := range ts {
 		out = append(out, toTemplate(t))
 	}

@@ -73,7 +73,7 @@ func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
 		return 0, nil, err
 	}
 	now := s.cfg.Now()
-	out := make([]keyJSON, 0, len(keys))
+	out := make([]Key, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, toKey(k, now))
 	}

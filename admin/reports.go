@@ -29,8 +29,8 @@ func (s *server) status(r *http.Request, _ caller) (int, any, error) {
 	return http.StatusOK, map[string]any{"subjects": raw, "budgets": statuses(sts)}, nil
 }
 
-func statuses(sts []budget.Status) []budgetJSON {
-	out := make([]budgetJSON, 0, len(sts))
+func statuses(sts []budget.Status) []Budget {
+	out := make([]Budget, 0, len(sts))
 	for _, st := range sts {
 		b := toBudget(st.Budget)
 		b.Current = toWindow(st)

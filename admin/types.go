@@ -7,9 +7,11 @@ import (
 	"github.com/purser-dev/purser/budget"
 )
 
-// Wire representations. Lists are never null; optional times are null when unset.
+// Wire representations, exported for clients (the purser CLI decodes the answers into them).
+// Lists are never null; optional times are null when unset.
 
-type keyJSON struct {
+// Key is an API key as the admin API shows it.
+type Key struct {
 	ID            string     `json:"id"`
 	Key           string     `json:"key,omitempty"` // the secret: only when created or rotated
 	Prefix        string     `json:"prefix"`
@@ -23,8 +25,8 @@ type keyJSON struct {
 	CreatedAt     time.Time  `json:"created_at"`
 }
 
-func toKey(k budget.Key, now time.Time) keyJSON {
-	out := keyJSON{
+func toKey(k budget.Key, now time.Time) Key {
+	out := Key{
 		ID: k.ID, Prefix: k.Prefix, Name: k.Name, Subjects: []string{}, AllowedModels: []string{},
 		ExpiresAt: optTime(k.ExpiresAt), RevokedAt: optTime(k.RevokedAt), RotatedAt: optTime(k.RotatedAt),
 		CreatedAt: k.CreatedAt.UTC(), State: "active",
@@ -44,7 +46,8 @@ func toKey(k budget.Key, now time.Time) keyJSON {
 	return out
 }
 
-type budgetJSON struct {
+// Budget is a budget, or a template (SubjectKind set, Subject empty), as the admin API shows it.
+type Budget struct {
 	ID          int64             `json:"id"`
 	Name        string            `json:"name"`
 	Subject     string            `json:"subject,omitempty"`
@@ -63,12 +66,12 @@ type budgetJSON struct {
 	ResetAt     *time.Time        `json:"reset_at,omitempty"`
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
-	Current     *windowJSON       `json:"current,omitempty"`
+	Current     *Window           `json:"current,omitempty"`
 }
 
-func toBudget(b budget.Budget) budgetJSON {
+func toBudget(b budget.Budget) Budget {
 	d := b.Definition()
-	out := budgetJSON{
+	out := Budget{
 		ID: b.ID, Name: b.Name, Subject: string(b.Subject), Unit: string(b.Unit), Limit: FormatAmount(b.Unit, b.Limit),
 		Window: d.Window, Timezone: d.TimeZone, AnchorDay: d.AnchorDay, Hard: b.Hard, WarnAt: nonNil(d.WarnAt),
 		Models: nonNil(d.Models), Endpoints: nonNil(d.Endpoints), Route: d.Route, ResetAt: optTime(b.ResetAt),
@@ -87,25 +90,25 @@ func toBudget(b budget.Budget) budgetJSON {
 	return out
 }
 
-func toTemplate(t budget.Template) budgetJSON {
+func toTemplate(t budget.Template) Budget {
 	out := toBudget(t.Budget)
 	out.Subject, out.SubjectKind = "", t.SubjectKind
 	return out
 }
 
-// windowJSON is a budget's current window.
-type windowJSON struct {
+// Window is a budget's current window, as the admin API shows it.
+type Window struct {
 	WindowStart time.Time  `json:"window_start"`
 	WindowEnd   *time.Time `json:"window_end"` // null for lifetime budgets
 	// Limit includes the grants in force; BaseLimit is the budget's own.
-	Limit       string      `json:"limit"`
-	BaseLimit   string      `json:"base_limit"`
-	Grants      []grantJSON `json:"grants"`
-	Posted      string      `json:"posted"`
-	Pending     string      `json:"pending"`
-	Remaining   string      `json:"remaining"`
-	Utilization int         `json:"utilization"`
-	BurnPerDay  string      `json:"burn_per_day"`
+	Limit       string  `json:"limit"`
+	BaseLimit   string  `json:"base_limit"`
+	Grants      []Grant `json:"grants"`
+	Posted      string  `json:"posted"`
+	Pending     string  `json:"pending"`
+	Remaining   string  `json:"remaining"`
+	Utilization int     `json:"utilization"`
+	BurnPerDay  string  `json:"burn_per_day"`
 	// Projected is the spend at the window's end if the burn rate holds.
 	Projected          string     `json:"projected"`
 	ResetsAt           *time.Time `json:"resets_at"`
@@ -114,11 +117,11 @@ type windowJSON struct {
 	RunsOutBeforeReset bool       `json:"runs_out_before_reset"`
 }
 
-func toWindow(st budget.Status) *windowJSON {
+func toWindow(st budget.Status) *Window {
 	u := st.Budget.Unit
-	w := &windowJSON{
+	w := &Window{
 		WindowStart: st.Window.Start.UTC(), Limit: FormatAmount(u, st.Limit), BaseLimit: FormatAmount(u, st.BaseLimit),
-		Grants: []grantJSON{}, Posted: FormatAmount(u, st.Posted), Pending: FormatAmount(u, st.Pending),
+		Grants: []Grant{}, Posted: FormatAmount(u, st.Posted), Pending: FormatAmount(u, st.Pending),
 		Remaining: FormatAmount(u, st.Remaining), Utilization: st.Utilization, BurnPerDay: FormatAmount(u, st.BurnPerDay),
 		Projected: FormatAmount(u, st.Projected), RunsOutBeforeReset: st.RunsOutBeforeReset,
 	}
@@ -145,7 +148,8 @@ func days(d time.Duration) *float64 {
 	return &v
 }
 
-type grantJSON struct {
+// Grant is a temporary raise of a budget's limit, as the admin API shows it.
+type Grant struct {
 	ID        int64     `json:"id"`
 	BudgetID  int64     `json:"budget_id"`
 	Amount    string    `json:"amount"`
@@ -156,8 +160,8 @@ type grantJSON struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-func toGrant(g budget.Grant, unit budget.Unit) grantJSON {
-	return grantJSON{ID: g.ID, BudgetID: g.BudgetID, Amount: FormatAmount(unit, g.Amount), StartsAt: g.StartsAt.UTC(),
+func toGrant(g budget.Grant, unit budget.Unit) Grant {
+	return Grant{ID: g.ID, BudgetID: g.BudgetID, Amount: FormatAmount(unit, g.Amount), StartsAt: g.StartsAt.UTC(),
 		ExpiresAt: g.ExpiresAt.UTC(), Reason: g.Reason, CreatedBy: g.CreatedBy, CreatedAt: g.CreatedAt.UTC()}
 }
 

@@ -386,7 +386,7 @@ func stateOf(d budget.Definition, id int64) defState {
 }
 
 // stateFromView normalises a budget or template as the API shows it.
-func stateFromView(v budgetView, template bool) (defState, error) {
+func stateFromView(v admin.Budget, template bool) (defState, error) {
 	limit, err := admin.ParseAmount(budget.Unit(v.Unit), v.Limit)
 	if err != nil {
 		return defState{}, fmt.Errorf("budget %d from the API: limit %q: %w", v.ID, v.Limit, err)
@@ -506,7 +506,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 
 	// Templates, by name.
 	var tv struct {
-		Templates []budgetView `json:"templates"`
+		Templates []admin.Budget `json:"templates"`
 	}
 	if _, err := c.do(ctx, "GET", "/v1/templates", nil, nil, &tv); err != nil {
 		return nil, err
@@ -544,7 +544,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 		// A fresh answer per subject: decoding into the previous one would keep its elements'
 		// fields the API omits (template_id) and merge their route maps.
 		var bv struct {
-			Budgets []budgetView `json:"budgets"`
+			Budgets []admin.Budget `json:"budgets"`
 		}
 		if _, err := c.do(ctx, "GET", "/v1/budgets", url.Values{"subject": {subject}}, nil, &bv); err != nil {
 			return nil, err
@@ -580,7 +580,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 
 	// Keys, by name among the keys not revoked.
 	var kv struct {
-		Keys []keyView `json:"keys"`
+		Keys []admin.Key `json:"keys"`
 	}
 	if len(d.keys) > 0 {
 		if _, err := c.do(ctx, "GET", "/v1/keys", nil, nil, &kv); err != nil {
@@ -667,7 +667,7 @@ func runApply(ctx context.Context, e env, args []string) error {
 		return nil
 	}
 	for i, ch := range changes {
-		var k keyView
+		var k admin.Key
 		var answer any
 		if ch.key != "" {
 			answer = &k

@@ -8,52 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/purser-dev/purser/admin"
 )
-
-type budgetView struct {
-	ID          int64             `json:"id"`
-	Name        string            `json:"name"`
-	Subject     string            `json:"subject"`
-	SubjectKind string            `json:"subject_kind"`
-	Unit        string            `json:"unit"`
-	Limit       string            `json:"limit"`
-	Window      string            `json:"window"`
-	Timezone    string            `json:"timezone"`
-	AnchorDay   int               `json:"anchor_day"`
-	Hard        bool              `json:"hard"`
-	WarnAt      []int             `json:"warn_at"`
-	Models      []string          `json:"models"`
-	Endpoints   []string          `json:"endpoints"`
-	Route       map[string]string `json:"route"`
-	TemplateID  *int64            `json:"template_id"`
-	ResetAt     *time.Time        `json:"reset_at"`
-	Current     *windowView       `json:"current"`
-}
-
-type windowView struct {
-	WindowStart        time.Time   `json:"window_start"`
-	WindowEnd          *time.Time  `json:"window_end"`
-	Limit              string      `json:"limit"`
-	BaseLimit          string      `json:"base_limit"`
-	Grants             []grantView `json:"grants"`
-	Posted             string      `json:"posted"`
-	Pending            string      `json:"pending"`
-	Remaining          string      `json:"remaining"`
-	Utilization        int         `json:"utilization"`
-	BurnPerDay         string      `json:"burn_per_day"`
-	Projected          string      `json:"projected"`
-	ResetsAt           *time.Time  `json:"resets_at"`
-	DaysUntilReset     *float64    `json:"days_until_reset"`
-	DaysUntilExhausted *float64    `json:"days_until_exhausted"`
-	RunsOutBeforeReset bool        `json:"runs_out_before_reset"`
-}
-
-type grantView struct {
-	ID        int64     `json:"id"`
-	Amount    string    `json:"amount"`
-	ExpiresAt time.Time `json:"expires_at"`
-	Reason    string    `json:"reason"`
-}
 
 func budgetsCommand() command {
 	return command{"manage budgets (list, create, get, update, delete, reset, grant)", subcommands("budgets", map[string]command{
@@ -161,7 +118,7 @@ func runBudgetsList(ctx context.Context, e env, args []string) error {
 		q.Set("subject", *subject)
 	}
 	var out struct {
-		Budgets []budgetView `json:"budgets"`
+		Budgets []admin.Budget `json:"budgets"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/budgets", q, nil, &out); printed || err != nil {
 		return err
@@ -170,11 +127,11 @@ func runBudgetsList(ctx context.Context, e env, args []string) error {
 }
 
 // printDefs tables budgets, or templates (by subject kind).
-func printDefs(w io.Writer, bs []budgetView, templates bool) error {
-	target := func(b budgetView) string { return b.Subject }
+func printDefs(w io.Writer, bs []admin.Budget, templates bool) error {
+	target := func(b admin.Budget) string { return b.Subject }
 	header := "SUBJECT"
 	if templates {
-		target, header = func(b budgetView) string { return b.SubjectKind }, "KIND"
+		target, header = func(b admin.Budget) string { return b.SubjectKind }, "KIND"
 	}
 	tw := newTable(w)
 	fmt.Fprintf(tw, "ID\t%s\tNAME\tLIMIT\tUNIT\tWINDOW\tHARD\tWARN AT\tFILTERS\n", header)
@@ -185,7 +142,7 @@ func printDefs(w io.Writer, bs []budgetView, templates bool) error {
 	return tw.Flush()
 }
 
-func windowLabel(b budgetView) string {
+func windowLabel(b admin.Budget) string {
 	s := b.Window
 	if b.Timezone != "" && b.Timezone != "UTC" {
 		s += " " + b.Timezone
@@ -204,7 +161,7 @@ func intsLabel(v []int) string {
 	return strings.Join(s, ",")
 }
 
-func filtersLabel(b budgetView) string {
+func filtersLabel(b admin.Budget) string {
 	var parts []string
 	if len(b.Models) > 0 {
 		parts = append(parts, "models="+strings.Join(b.Models, ","))
@@ -249,7 +206,7 @@ func runBudgetsUpdate(ctx context.Context, e env, args []string) error {
 }
 
 func budgetCall(ctx context.Context, e env, f *cliFlags, method, path string, body map[string]any, verb string) error {
-	var b budgetView
+	var b admin.Budget
 	if printed, err := f.call(ctx, e, method, path, nil, body, &b); printed || err != nil {
 		return err
 	}
@@ -267,7 +224,7 @@ func runBudgetsGet(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var b budgetView
+	var b admin.Budget
 	if printed, err := f.call(ctx, e, "GET", "/v1/budgets/"+url.PathEscape(pos[0]), nil, nil, &b); printed || err != nil {
 		return err
 	}
@@ -354,7 +311,7 @@ func runBudgetsGrant(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var g grantView
+	var g admin.Grant
 	path := "/v1/budgets/" + url.PathEscape(pos[0]) + "/grants"
 	body := map[string]any{"amount": *amount, "expires_at": t, "reason": *reason}
 	if printed, err := f.call(ctx, e, "POST", path, nil, body, &g); printed || err != nil {
@@ -370,7 +327,7 @@ func runTemplatesList(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	var out struct {
-		Templates []budgetView `json:"templates"`
+		Templates []admin.Budget `json:"templates"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/templates", nil, nil, &out); printed || err != nil {
 		return err

@@ -8,21 +8,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/purser-dev/purser/admin"
 )
-
-// Views of the admin API's answers (see admin/openapi.yaml).
-
-type keyView struct {
-	ID            string     `json:"id"`
-	Key           string     `json:"key"`
-	Prefix        string     `json:"prefix"`
-	Name          string     `json:"name"`
-	Subjects      []string   `json:"subjects"`
-	AllowedModels []string   `json:"allowed_models"`
-	ExpiresAt     *time.Time `json:"expires_at"`
-	State         string     `json:"state"`
-	CreatedAt     time.Time  `json:"created_at"`
-}
 
 func keysCommand() command {
 	return command{"manage API keys (list, create, revoke, rotate)", subcommands("keys", map[string]command{
@@ -55,7 +43,7 @@ func runKeysList(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	var out struct {
-		Keys []keyView `json:"keys"`
+		Keys []admin.Key `json:"keys"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/keys", nil, nil, &out); printed || err != nil {
 		return err
@@ -87,7 +75,7 @@ func runKeysCreate(ctx context.Context, e env, args []string) error {
 		}
 		body["expires_at"] = t
 	}
-	var k keyView
+	var k admin.Key
 	if printed, err := f.call(ctx, e, "POST", "/v1/keys", nil, body, &k); printed || err != nil {
 		return err
 	}
@@ -114,13 +102,13 @@ func runKeysRotate(ctx context.Context, e env, args []string) error {
 }
 
 // keyCall runs `purser <name> KEY_ID`: method on /v1/keys/KEY_ID plus suffix.
-func keyCall(ctx context.Context, e env, name, method, suffix string, args []string) (keyView, bool, error) {
+func keyCall(ctx context.Context, e env, name, method, suffix string, args []string) (admin.Key, bool, error) {
 	f := newCLIFlags(name, e)
 	pos, err := f.parse(args, 1, 1, "KEY_ID")
 	if err != nil {
-		return keyView{}, false, err
+		return admin.Key{}, false, err
 	}
-	var k keyView
+	var k admin.Key
 	printed, err := f.call(ctx, e, method, "/v1/keys/"+url.PathEscape(pos[0])+suffix, nil, nil, &k)
 	return k, printed, err
 }

@@ -31,7 +31,7 @@ func runStatus(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	var out struct {
-		Budgets []budgetView `json:"budgets"`
+		Budgets []admin.Budget `json:"budgets"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/status", url.Values{"subject": subjects}, nil, &out); printed || err != nil {
 		return err
