@@ -805,7 +805,9 @@ func setMetadata(md map[string]*structpb.Struct, ns, key string, v *structpb.Val
 // loggers; then a reset stream is reset for the client.
 func (st *stream) finish() {
 	if st.s.opts.Logf != nil {
-		st.s.opts.Logf("envoysim: %s %s -> %d %s flags=%v request_id=%s", st.method, st.path, st.code, st.details, flagNames(&st.flags), st.requestID)
+		// The path only: a query may carry a credential (?key= for Gemini).
+		path, _, _ := strings.Cut(st.path, "?")
+		st.s.opts.Logf("envoysim: %s %s -> %d %s flags=%v request_id=%s", st.method, path, st.code, st.details, flagNames(&st.flags), st.requestID)
 	}
 	for i, al := range st.s.cfg.AccessLogs {
 		e := st.entry(al)
