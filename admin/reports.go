@@ -48,7 +48,8 @@ func (s *server) me(r *http.Request, c caller) (int, any, error) {
 	return http.StatusOK, map[string]any{"key": toKey(*c.key, s.cfg.Now()), "budgets": statuses(sts)}, nil
 }
 
-type spendRowJSON struct {
+// SpendRow is one group of GET /v1/spend (or its total); amounts are decimal strings.
+type SpendRow struct {
 	Group            string `json:"group"`
 	Cost             string `json:"cost"`
 	Tokens           string `json:"tokens"`
@@ -62,10 +63,10 @@ type spendRowJSON struct {
 	UnreservedTokens string `json:"unreserved_tokens"`
 }
 
-func toSpendRow(x budget.SpendRow) spendRowJSON {
+func toSpendRow(x budget.SpendRow) SpendRow {
 	tok := func(v int64) string { return FormatAmount(budget.Tokens, v) }
 	usd := func(v int64) string { return FormatAmount(budget.USD, v) }
-	return spendRowJSON{
+	return SpendRow{
 		Group: x.Group, Cost: usd(x.Cost), Tokens: tok(x.Tokens), Requests: x.Requests, Expired: x.Expired,
 		Overruns: x.Overruns, OverrunCost: usd(x.OverrunCost), OverrunTokens: tok(x.OverrunTokens),
 		Unreserved: x.Unreserved, UnreservedCost: usd(x.UnreservedCost), UnreservedTokens: tok(x.UnreservedTokens),
@@ -112,7 +113,7 @@ func (s *server) spend(r *http.Request, _ caller) (int, any, error) {
 	if truncated {
 		rows = rows[:limit]
 	}
-	out := make([]spendRowJSON, 0, len(rows))
+	out := make([]SpendRow, 0, len(rows))
 	for _, x := range rows {
 		out = append(out, toSpendRow(x))
 	}
@@ -130,7 +131,8 @@ func (s *server) spend(r *http.Request, _ caller) (int, any, error) {
 	return http.StatusOK, body, nil
 }
 
-type auditJSON struct {
+// AuditEntry is one entry of GET /v1/audit.
+type AuditEntry struct {
 	ID      int64           `json:"id"`
 	At      time.Time       `json:"at"`
 	Actor   string          `json:"actor"`
@@ -157,13 +159,13 @@ func (s *server) audit(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	out := make([]auditJSON, 0, len(entries))
+	out := make([]AuditEntry, 0, len(entries))
 	for _, e := range entries {
 		d := e.Details
 		if len(d) == 0 {
 			d = json.RawMessage("{}")
 		}
-		out = append(out, auditJSON{ID: e.ID, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Target: e.Target, Details: d})
+		out = append(out, AuditEntry{ID: e.ID, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Target: e.Target, Details: d})
 	}
 	body := map[string]any{"entries": out, "next_before": nil}
 	if len(entries) == limit {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -104,22 +103,12 @@ func runSpend(ctx context.Context, e env, args []string) error {
 	if *limit > 0 {
 		q.Set("limit", strconv.Itoa(*limit))
 	}
-	type row struct {
-		Group          string `json:"group"`
-		Cost           string `json:"cost"`
-		Tokens         string `json:"tokens"`
-		Requests       int64  `json:"requests"`
-		Expired        int64  `json:"expired"`
-		Overruns       int64  `json:"overruns"`
-		Unreserved     int64  `json:"unreserved"`
-		UnreservedCost string `json:"unreserved_cost"`
-	}
 	var out struct {
-		From      time.Time `json:"from"`
-		To        time.Time `json:"to"`
-		Rows      []row     `json:"rows"`
-		Total     row       `json:"total"`
-		Truncated bool      `json:"truncated"`
+		From      time.Time        `json:"from"`
+		To        time.Time        `json:"to"`
+		Rows      []admin.SpendRow `json:"rows"`
+		Total     admin.SpendRow   `json:"total"`
+		Truncated bool             `json:"truncated"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/spend", q, nil, &out); printed || err != nil {
 		return err
@@ -127,7 +116,7 @@ func runSpend(ctx context.Context, e env, args []string) error {
 	tw := newTable(e.stdout)
 	fmt.Fprintf(tw, "%s\tCOST USD\tTOKENS\tREQUESTS\tEXPIRED\tOVERRUNS\tUNRESERVED USD\n", map[string]string{
 		"subject": "SUBJECT", "model": "MODEL", "key": "KEY", "day": "DAY (UTC)"}[*groupBy])
-	line := func(r row) {
+	line := func(r admin.SpendRow) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", orDash(r.Group), r.Cost, r.Tokens, r.Requests, r.Expired, r.Overruns, r.UnreservedCost)
 	}
 	for _, r := range out.Rows {
@@ -165,15 +154,8 @@ func runAudit(ctx context.Context, e env, args []string) error {
 		q.Set("before", strconv.FormatInt(*before, 10))
 	}
 	var out struct {
-		Entries []struct {
-			ID      int64           `json:"id"`
-			At      time.Time       `json:"at"`
-			Actor   string          `json:"actor"`
-			Action  string          `json:"action"`
-			Target  string          `json:"target"`
-			Details json.RawMessage `json:"details"`
-		} `json:"entries"`
-		NextBefore *int64 `json:"next_before"`
+		Entries    []admin.AuditEntry `json:"entries"`
+		NextBefore *int64             `json:"next_before"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/audit", q, nil, &out); printed || err != nil {
 		return err
