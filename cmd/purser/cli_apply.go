@@ -274,7 +274,6 @@ func jsonKind(k string) string {
 
 func (k keyDecl) state(path string) (keyState, error) {
 	ks := keyState{Name: k.Name, Subjects: k.Subjects, AllowedModels: k.AllowedModels}
-	spec := budget.KeySpec{Name: k.Name, Subjects: k.Subjects, AllowedModels: k.AllowedModels}
 	if k.ExpiresAt != "" {
 		t, err := time.Parse(time.RFC3339, k.ExpiresAt)
 		if err != nil {
@@ -283,7 +282,6 @@ func (k keyDecl) state(path string) (keyState, error) {
 			}
 		}
 		ks.ExpiresAt = t.UTC()
-		spec.ExpiresAt = t
 	}
 	// The same checks the ledger makes, before anything is sent (expiry is checked by the API).
 	if k.Name == "" {
