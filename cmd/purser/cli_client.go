@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -34,8 +33,8 @@ type cliFlags struct {
 	addr, token, output *string
 }
 
-// tokenEnv holds the admin token when -token is not given. It is read after parsing, not
-// made the flag's default: flag usage (-h, or any flag error) prints defaults.
+// tokenEnv holds the admin token when -token is not given (a Secret flag: never printed as
+// the default in flag usage).
 const tokenEnv = "PURSER_ADMIN_TOKEN"
 
 func newCLIFlags(name string, e env) *cliFlags {
@@ -43,7 +42,7 @@ func newCLIFlags(name string, e env) *cliFlags {
 	return &cliFlags{
 		flags:  f,
 		addr:   f.String("addr", "PURSER_ADDR", defaultAdminAddr, "purser's HTTP address (the admin API)"),
-		token:  f.FlagSet.String("token", "", f.usage(tokenEnv, "admin bearer token")),
+		token:  f.Secret("token", tokenEnv, "", "admin bearer token"),
 		output: f.FlagSet.String("o", "table", "output: table or json"),
 	}
 }
@@ -62,8 +61,8 @@ func (f *cliFlags) parse(args []string, lo, hi int, usage string) ([]string, err
 		pos = append(pos, f.Arg(0))
 		args = f.Args()[1:]
 	}
-	if len(f.errs) > 0 {
-		return nil, f.errs[0]
+	if err := f.finish(); err != nil {
+		return nil, err
 	}
 	if len(pos) < lo || (hi >= 0 && len(pos) > hi) {
 		return nil, exitError{code: 2, msg: "usage: purser " + strings.TrimPrefix(f.Name(), "purser ") + " " + usage}
@@ -76,13 +75,6 @@ func (f *cliFlags) parse(args []string, lo, hi int, usage string) ([]string, err
 
 func (f *cliFlags) json() bool { return *f.output == "json" }
 
-// set reports whether a flag was given on the command line.
-func (f *cliFlags) set(name string) bool {
-	found := false
-	f.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
-	return found
-}
-
 func (f *cliFlags) client() (*apiClient, error) {
 	u, err := url.Parse(*f.addr)
 	if err == nil && u.Scheme == "" { // host:port
@@ -92,9 +84,6 @@ func (f *cliFlags) client() (*apiClient, error) {
 		return nil, fmt.Errorf("-addr %q: want http://host:port", *f.addr)
 	}
 	token := *f.token
-	if token == "" {
-		token = f.env(tokenEnv)
-	}
 	if token == "" {
 		return nil, errors.New("no admin token: set " + tokenEnv + " or pass -token")
 	}

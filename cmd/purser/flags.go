@@ -99,18 +99,32 @@ func (f *flags) Parse(args []string) error {
 	if err := f.FlagSet.Parse(args); err != nil {
 		return err
 	}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if err := f.finish(); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", f.Args())
+	}
+	return nil
+}
+
+// finish runs after the command line is parsed: it fills the secrets not given as flags from
+// the environment and reports the first environment value that did not parse.
+func (f *flags) finish() error {
 	for _, sf := range f.secrets {
-		if v := f.env(sf.envVar); v != "" && !set[sf.name] {
+		if v := f.env(sf.envVar); v != "" && !f.set(sf.name) {
 			*sf.val = v
 		}
 	}
 	if len(f.errs) > 0 {
 		return f.errs[0]
 	}
-	if f.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", f.Args())
-	}
 	return nil
+}
+
+// set reports whether a flag was given on the command line.
+func (f *flags) set(name string) bool {
+	found := false
+	f.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
+	return found
 }
