@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -428,7 +427,7 @@ func orEmpty[T any](s []T) []T {
 
 func routeLabel(m map[string]string) string {
 	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(m)) {
+	for _, k := range sortedKeys(m) {
 		parts = append(parts, k+"="+m[k])
 	}
 	return "{" + strings.Join(parts, ",") + "}"
@@ -538,7 +537,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 	// Budgets, by subject and name, on the subjects the file manages.
 	curBudgets := map[string]defState{}
 	var pruneBudgets []defState
-	for _, subject := range slices.Sorted(maps.Keys(d.managedSubjects)) {
+	for _, subject := range sortedKeys(d.managedSubjects) {
 		// A fresh answer per subject: decoding into the previous one would keep its elements'
 		// fields the API omits (template_id) and merge their route maps.
 		var bv struct {
@@ -570,7 +569,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 				method: "PATCH", path: fmt.Sprintf("/v1/budgets/%d", cur.ID), body: defBody(want, false)})
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(curBudgets)) {
+	for _, id := range sortedKeys(curBudgets) {
 		if st := curBudgets[id]; !declaredBudgets[id] && !st.Template {
 			pruneBudgets = append(pruneBudgets, st)
 		}
@@ -618,7 +617,7 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 				method: "DELETE", path: fmt.Sprintf("/v1/budgets/%d", st.ID)})
 		}
 		if d.manageTemplates {
-			for _, name := range slices.Sorted(maps.Keys(curTemplates)) {
+			for _, name := range sortedKeys(curTemplates) {
 				if !declared[name] {
 					st := curTemplates[name]
 					changes = append(changes, change{line: fmt.Sprintf("- %s (not in the file)", describeDef(st, true)),
