@@ -520,15 +520,16 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 	for _, want := range d.templates {
 		declared[want.Name] = true
 		cur, ok := curTemplates[want.Name]
-		switch {
-		case !ok:
+		if !ok {
 			changes = append(changes, change{line: fmt.Sprintf("+ %s: %s %s per %s", describeDef(want, true),
 				admin.FormatAmount(want.Unit, want.Limit), want.Unit, want.Window), method: "POST", path: "/v1/templates", body: defBody(want, true)})
-		case cur.Target != want.Target || len(diffDef(cur, want)) > 0:
-			diff := diffDef(cur, want)
-			if cur.Target != want.Target {
-				diff = append([]string{fmt.Sprintf("subject_kind %s → %s", cur.Target, want.Target)}, diff...)
-			}
+			continue
+		}
+		diff := diffDef(cur, want)
+		if cur.Target != want.Target {
+			diff = append([]string{fmt.Sprintf("subject_kind %s → %s", cur.Target, want.Target)}, diff...)
+		}
+		if len(diff) > 0 {
 			changes = append(changes, change{line: fmt.Sprintf("~ %s: %s", describeDef(want, true), strings.Join(diff, ", ")),
 				method: "PATCH", path: fmt.Sprintf("/v1/templates/%d", cur.ID), body: defBody(want, true)})
 		}

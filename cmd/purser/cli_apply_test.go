@@ -247,3 +247,16 @@ func TestCLI_ApplyPrunesAcrossSubjects(t *testing.T) {
 	require.Equal(t, "- budget \"stray\" on team:ml (not in the file)\ndry run: 1 change(s), nothing applied\n",
 		h.ok("apply", "-f", p, "-dry-run", "-prune"), "org:acme's template budget is kept, team:ml's stray one goes")
 }
+
+// A template whose subject kind alone changed is updated, the change named.
+func TestCLI_ApplyTemplateKindChange(t *testing.T) {
+	t.Parallel()
+	h := newCLIHarness(t)
+	_, err := h.svc.CreateTemplate(context.Background(), "test", budget.Definition{Name: "t", Kind: "user", Limit: 5, Window: "day", Hard: true})
+	require.NoError(t, err)
+	p := writeFile(t, "templates:\n  - {name: t, subject_kind: team, limit: '0.000005', window: day}\n")
+	require.Equal(t, "~ template \"t\" for every new team: subject_kind user → team\ndry run: 1 change(s), nothing applied\n",
+		h.ok("apply", "-f", p, "-dry-run"))
+	require.Equal(t, "applied 1 change(s)\n", lastLine(h.ok("apply", "-f", p)))
+	require.Equal(t, "no changes\n", h.ok("apply", "-f", p))
+}
