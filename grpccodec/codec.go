@@ -2,7 +2,9 @@
 // methods go-control-plane generates for Envoy's messages (MarshalToSizedBufferVTStrict,
 // SizeVT) when a message has them, and through google.golang.org/protobuf otherwise.
 // go-control-plane generates no vtprotobuf decoder: CheckRequests, the Check path's input,
-// are decoded by unmarshalCheckRequest, every other message by protobuf.
+// are decoded by unmarshalCheckRequest; a receiver that decodes itself (encoding.
+// BinaryUnmarshaler, e.g. the access-log sink's) gets the message's bytes; every other message
+// is decoded by protobuf.
 //
 // Encoding each CheckResponse (its dynamic-metadata Struct, header options) with protobuf's
 // reflection-driven marshaller took about a sixth of the Check path's CPU in the bench
@@ -10,6 +12,7 @@
 package grpccodec
 
 import (
+	stdencoding "encoding"
 	"fmt"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -90,19 +93,27 @@ func marshalInto(m vtMarshaler, buf []byte) error {
 	return nil
 }
 
-// Unmarshal implements encoding.CodecV2: CheckRequests through unmarshalCheckRequest, every
-// other message through protobuf.
+// Unmarshal implements encoding.CodecV2: CheckRequests through unmarshalCheckRequest, a
+// BinaryUnmarshaler through its UnmarshalBinary (the bytes are valid only during the call),
+// every other message through protobuf.
 func (c *Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	m, ok := v.(*authv3.CheckRequest)
-	if !ok {
-		return c.fallback.Unmarshal(data, v)
+	switch m := v.(type) {
+	case *authv3.CheckRequest:
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		if err := unmarshalCheckRequest(buf.ReadOnlyData(), m); err != nil {
+			return fmt.Errorf("grpccodec: unmarshal CheckRequest: %w", err)
+		}
+		return nil
+	case stdencoding.BinaryUnmarshaler:
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		if err := m.UnmarshalBinary(buf.ReadOnlyData()); err != nil {
+			return fmt.Errorf("grpccodec: unmarshal %T: %w", m, err)
+		}
+		return nil
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	if err := unmarshalCheckRequest(buf.ReadOnlyData(), m); err != nil {
-		return fmt.Errorf("grpccodec: unmarshal CheckRequest: %w", err)
-	}
-	return nil
+	return c.fallback.Unmarshal(data, v)
 }
 
 // Generated reports whether v is marshalled by generated code: false for every message when

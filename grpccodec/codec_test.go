@@ -2,6 +2,7 @@ package grpccodec_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -83,6 +85,34 @@ func TestMarshal_RoundTrips(t *testing.T) {
 	}
 	_, err = c.Marshal("not a message")
 	require.Error(t, err)
+}
+
+// selfDecoding records the bytes the codec hands it.
+type selfDecoding struct {
+	got []byte
+	err error
+}
+
+func (s *selfDecoding) UnmarshalBinary(b []byte) error {
+	s.got = append([]byte(nil), b...)
+	return s.err
+}
+
+// A receiver that decodes itself gets the whole message, however gRPC split it into buffers,
+// and its error comes back wrapped.
+func TestUnmarshal_BinaryUnmarshaler(t *testing.T) {
+	t.Parallel()
+	c, err := grpccodec.New()
+	require.NoError(t, err)
+	data := mem.BufferSlice{mem.SliceBuffer("first "), mem.SliceBuffer("second")}
+	var s selfDecoding
+	require.NoError(t, c.Unmarshal(data, &s))
+	require.Equal(t, "first second", string(s.got))
+
+	s.err = errors.New("bad wire data")
+	err = c.Unmarshal(data, &s)
+	require.ErrorIs(t, err, s.err)
+	require.ErrorContains(t, err, "selfDecoding")
 }
 
 type authServer struct {
