@@ -8,12 +8,17 @@
 package accesslog
 
 import (
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	aiv3 "github.com/envoyproxy/go-control-plane/envoy/data/ai/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -40,6 +45,11 @@ type ExtractConfig struct {
 	// UsageHeaders maps a logged response header or trailer (lower-case) to a usage path,
 	// e.g. "x-usage-input-tokens": "usage.prompt_tokens".
 	UsageHeaders map[string]string
+
+	// Set by withDefaults for decodeMessage: the filter_metadata namespaces read (ext_authz's,
+	// the usage namespaces, AI Gateway's), once each, and UsageHeaders' names.
+	wireNamespaces []string
+	headerNames    []string
 }
 
 // AIGatewayKeys names the AIGatewayRoute llmRequestCosts metadata keys.
@@ -70,6 +80,17 @@ func (c *ExtractConfig) withDefaults() ExtractConfig {
 	def(&k.CacheCreation, "llm_cache_creation_input_token")
 	def(&k.Reasoning, "llm_reasoning_token")
 	def(&k.Model, "response_model")
+	out.wireNamespaces = []string{ExtAuthzNamespace}
+	add := func(ns string) {
+		if ns != "-" && !slices.Contains(out.wireNamespaces, ns) {
+			out.wireNamespaces = append(out.wireNamespaces, ns)
+		}
+	}
+	for _, ns := range out.UsageNamespaces {
+		add(ns)
+	}
+	add(out.AIGatewayNamespace)
+	out.headerNames = slices.Sorted(maps.Keys(out.UsageHeaders))
 	return out
 }
 
@@ -119,128 +140,209 @@ type Tokens struct {
 	HasInput, HasOutput, HasCachedInput, HasCacheCreation, HasReasoning, Ok bool
 }
 
-// Extract reads one entry. It is pure and never panics on any input.
+// Extract reads one decoded entry. It is pure and never panics on any input. The sink reads
+// entries straight from the wire instead (decodeMessage), with the same result.
 func Extract(e *alsdata.HTTPAccessLogEntry, cfg *ExtractConfig) Entry {
-	c := e.GetCommonProperties()
-	out := Entry{Type: c.GetAccessLogType()}
-	out.Final = out.Type == alsdata.AccessLogType_NotSet || out.Type == alsdata.AccessLogType_DownstreamEnd
-	if c.GetIntermediateLogEntry() && out.Type == alsdata.AccessLogType_NotSet {
-		out.Final = false // pre-1.27 Envoys mark periodic entries this way
-	}
-	out.RequestID = e.GetRequest().GetRequestId()
-	if st := c.GetStartTime(); st != nil {
-		out.Start = st.AsTime()
-		out.End = out.Start
-		if d := c.GetDuration(); d != nil {
-			out.End = out.Start.Add(d.AsDuration())
-		}
-	}
-	out.Route = c.GetRouteName()
-	if rc := e.GetResponse().GetResponseCode(); rc != nil {
-		out.ResponseCode = int(rc.GetValue())
-	}
-	out.Details = e.GetResponse().GetResponseCodeDetails()
-	out.UpstreamSent = c.GetTimeToFirstUpstreamTxByte() != nil
-	out.UpstreamAnswer = c.GetTimeToFirstUpstreamRxByte() != nil
-	out.ResponseFromExt = out.Details != "" && out.Details != "via_upstream"
-	out.Interrupted = interruption(c.GetResponseFlags())
-
-	md := c.GetMetadata().GetFilterMetadata()
-	if az := md[ExtAuthzNamespace]; az != nil {
-		f := az.GetFields()
-		out.Decision = str(f["purser_decision"])
-		out.ReservationID = str(f["reservation_id"])
-		out.Provider = str(f["provider"])
-		out.Flavor = str(f["api_flavor"])
-		out.Model = str(f["model"])
-		out.KeyID = str(f["key_id"])
-		if s := str(f["subjects"]); s != "" {
-			out.Subjects = strings.Split(s, ",")
-		}
-	}
-
 	conf := cfg.withDefaults()
-	flat := map[string]any{}
+	p := commonOf(e)
+	out := p.entry()
+	md := e.GetCommonProperties().GetMetadata()
+	fm := md.GetFilterMetadata()
+	for k, v := range fm[ExtAuthzNamespace].GetFields() {
+		out.authzField(k, str(v))
+	}
+	var flat map[string]any
 	for _, ns := range conf.UsageNamespaces {
-		for k, v := range md[ns].GetFields() {
-			if k == "usage_status" {
-				out.UsageError = out.UsageError || str(v) == "error"
-				continue
-			}
-			flat[k] = v.AsInterface()
+		for k, v := range fm[ns].GetFields() {
+			flat = out.usageField(flat, k, v.AsInterface())
 		}
 	}
 	hdrs := e.GetResponse().GetResponseHeaders()
 	trls := e.GetResponse().GetResponseTrailers()
-	for h, path := range conf.UsageHeaders {
-		v, ok := trls[h]
-		if !ok {
-			v, ok = hdrs[h]
+	out.finishUsage(flat, &conf, func(h string) (string, bool) {
+		if v, ok := trls[h]; ok {
+			return v, true
 		}
-		if ok && path != "" {
+		v, ok := hdrs[h]
+		return v, ok
+	})
+	if conf.AIGatewayNamespace != "-" {
+		if ns := fm[conf.AIGatewayNamespace]; ns != nil {
+			out.Tokens = aiGatewayTokens(ns, &conf.AIGatewayKeys)
+		}
+	}
+	if conf.TokenUsageNamespace != "-" {
+		if a := md.GetTypedFilterMetadata()[conf.TokenUsageNamespace]; a != nil {
+			out.typedUsage(a)
+		}
+	}
+	return out
+}
+
+// common is what Extract reads outside the metadata and the response headers.
+type common struct {
+	typ                       alsdata.AccessLogType
+	intermediate              bool
+	hasStart, hasDuration     bool
+	startSeconds, durSeconds  int64
+	startNanos, durNanos      int32
+	route, requestID, details string
+	hasCode                   bool
+	code                      uint32
+	sent, answered            bool   // time_to_first_upstream_{tx,rx}_byte present
+	flags                     uint64 // bit n: ResponseFlags field n set (those interruptions names)
+}
+
+func commonOf(e *alsdata.HTTPAccessLogEntry) common {
+	c := e.GetCommonProperties()
+	p := common{
+		typ: c.GetAccessLogType(), intermediate: c.GetIntermediateLogEntry(), route: c.GetRouteName(),
+		requestID: e.GetRequest().GetRequestId(), details: e.GetResponse().GetResponseCodeDetails(),
+		sent: c.GetTimeToFirstUpstreamTxByte() != nil, answered: c.GetTimeToFirstUpstreamRxByte() != nil,
+	}
+	if st := c.GetStartTime(); st != nil {
+		p.hasStart, p.startSeconds, p.startNanos = true, st.GetSeconds(), st.GetNanos()
+	}
+	if d := c.GetDuration(); d != nil {
+		p.hasDuration, p.durSeconds, p.durNanos = true, d.GetSeconds(), d.GetNanos()
+	}
+	if rc := e.GetResponse().GetResponseCode(); rc != nil {
+		p.hasCode, p.code = true, rc.GetValue()
+	}
+	if f := c.GetResponseFlags(); f != nil {
+		r := f.ProtoReflect()
+		fds := r.Descriptor().Fields()
+		for _, in := range interruptions {
+			if r.Get(fds.ByNumber(in.field)).Bool() {
+				p.flags |= 1 << in.field
+			}
+		}
+	}
+	return p
+}
+
+func (p *common) entry() Entry {
+	out := Entry{Type: p.typ}
+	out.Final = out.Type == alsdata.AccessLogType_NotSet || out.Type == alsdata.AccessLogType_DownstreamEnd
+	if p.intermediate && out.Type == alsdata.AccessLogType_NotSet {
+		out.Final = false // pre-1.27 Envoys mark periodic entries this way
+	}
+	out.RequestID = p.requestID
+	if p.hasStart {
+		out.Start = time.Unix(p.startSeconds, int64(p.startNanos)).UTC() // Timestamp.AsTime
+		out.End = out.Start
+		if p.hasDuration {
+			d := durationpb.Duration{Seconds: p.durSeconds, Nanos: p.durNanos}
+			out.End = out.Start.Add(d.AsDuration())
+		}
+	}
+	out.Route = p.route
+	if p.hasCode {
+		out.ResponseCode = int(p.code)
+	}
+	out.Details = p.details
+	out.UpstreamSent = p.sent
+	out.UpstreamAnswer = p.answered
+	out.ResponseFromExt = out.Details != "" && out.Details != "via_upstream"
+	for _, in := range interruptions {
+		if p.flags&(1<<in.field) != 0 {
+			out.Interrupted = in.name
+			break
+		}
+	}
+	return out
+}
+
+// interruptions are the ResponseFlags saying the exchange was cut short, by field number,
+// the first one set naming the interruption.
+var interruptions = [...]struct {
+	field protowire.Number
+	name  string
+}{
+	{28, "downstream_remote_reset"},
+	{15, "downstream_connection_termination"},
+	{17, "stream_idle_timeout"},
+	{3, "upstream_request_timeout"},
+	{5, "upstream_remote_reset"},
+	{7, "upstream_connection_termination"},
+	{4, "local_reset"},
+	{20, "upstream_max_stream_duration"},
+	{23, "duration_timeout"},
+	{24, "upstream_protocol_error"},
+	{19, "downstream_protocol_error"},
+	{26, "overload_manager"},
+}
+
+// authzField reads one key of the ext_authz namespace (a string value; "" for any other).
+func (out *Entry) authzField(key, v string) {
+	switch key {
+	case "purser_decision":
+		out.Decision = v
+	case "reservation_id":
+		out.ReservationID = v
+	case "provider":
+		out.Provider = v
+	case "api_flavor":
+		out.Flavor = v
+	case "model":
+		out.Model = v
+	case "key_id":
+		out.KeyID = v
+	case "subjects":
+		out.Subjects = nil
+		if v != "" {
+			out.Subjects = strings.Split(v, ",")
+		}
+	}
+}
+
+// usageField adds one key of a usage namespace to flat (made on first use) and returns it.
+func (out *Entry) usageField(flat map[string]any, key string, v any) map[string]any {
+	if key == "usage_status" {
+		if s, _ := v.(string); s == "error" {
+			out.UsageError = true
+		}
+		return flat
+	}
+	if flat == nil {
+		flat = make(map[string]any, 8)
+	}
+	flat[key] = v
+	return flat
+}
+
+// finishUsage adds the configured usage headers (header looks a response trailer up, then
+// the header) to flat, and sets Usage when anything was found.
+func (out *Entry) finishUsage(flat map[string]any, conf *ExtractConfig, header func(string) (string, bool)) {
+	for h, path := range conf.UsageHeaders {
+		if v, ok := header(h); ok && path != "" {
+			if flat == nil {
+				flat = make(map[string]any, len(conf.UsageHeaders))
+			}
 			flat[path] = strings.TrimSpace(v)
 		}
 	}
 	if len(flat) > 0 {
 		out.Usage = flat // the caller unflattens with the pricing package
 	}
-	if conf.AIGatewayNamespace != "-" {
-		if ns := md[conf.AIGatewayNamespace]; ns != nil {
-			out.Tokens = aiGatewayTokens(ns, &conf.AIGatewayKeys)
-		}
+}
+
+// typedUsage reads Envoy's typed envoy.data.ai.v3.TokenUsage.
+func (out *Entry) typedUsage(a *anypb.Any) {
+	var tu aiv3.TokenUsage
+	if err := a.UnmarshalTo(&tu); err != nil {
+		return
 	}
-	if conf.TokenUsageNamespace != "-" {
-		if any := c.GetMetadata().GetTypedFilterMetadata()[conf.TokenUsageNamespace]; any != nil {
-			var tu aiv3.TokenUsage
-			if err := any.UnmarshalTo(&tu); err == nil {
-				switch tu.GetExtractionStatus() {
-				case aiv3.TokenUsage_FAILED:
-					out.UsageError = true
-				default:
-					if t := typedTokens(&tu); t != nil {
-						out.Tokens = t
-					}
-				}
-			}
-		}
+	if tu.GetExtractionStatus() == aiv3.TokenUsage_FAILED {
+		out.UsageError = true
+		return
 	}
-	return out
+	if t := typedTokens(&tu); t != nil {
+		out.Tokens = t
+	}
 }
 
 func str(v *structpb.Value) string { return v.GetStringValue() }
-
-// interruption names the first flag saying the exchange was cut short.
-func interruption(f *alsdata.ResponseFlags) string {
-	switch {
-	case f == nil:
-		return ""
-	case f.GetDownstreamRemoteReset():
-		return "downstream_remote_reset"
-	case f.GetDownstreamConnectionTermination():
-		return "downstream_connection_termination"
-	case f.GetStreamIdleTimeout():
-		return "stream_idle_timeout"
-	case f.GetUpstreamRequestTimeout():
-		return "upstream_request_timeout"
-	case f.GetUpstreamRemoteReset():
-		return "upstream_remote_reset"
-	case f.GetUpstreamConnectionTermination():
-		return "upstream_connection_termination"
-	case f.GetLocalReset():
-		return "local_reset"
-	case f.GetUpstreamMaxStreamDurationReached():
-		return "upstream_max_stream_duration"
-	case f.GetDurationTimeout():
-		return "duration_timeout"
-	case f.GetUpstreamProtocolError():
-		return "upstream_protocol_error"
-	case f.GetDownstreamProtocolError():
-		return "downstream_protocol_error"
-	case f.GetOverloadManager():
-		return "overload_manager"
-	}
-	return ""
-}
 
 // count reads a non-negative whole token count from a metadata value (AI Gateway writes
 // doubles; a string of digits is accepted too).

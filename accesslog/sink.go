@@ -111,10 +111,13 @@ func lowerASCII(s string) string {
 	return string(b)
 }
 
-// Sink implements envoy.service.accesslog.v3.AccessLogService.
+// Sink implements envoy.service.accesslog.v3.AccessLogService. It reads messages straight
+// from the wire (decodeMessage): serve it on a gRPC server with purser's codec
+// (grpccodec.ServerOption), which hands it the bytes.
 type Sink struct {
 	alsv3.UnimplementedAccessLogServiceServer
 	cfg     Config
+	extract ExtractConfig // cfg.Extract with its defaults
 	ledger  Ledger
 	catalog func() *pricing.Catalog
 	m       *metrics
@@ -142,7 +145,7 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 		return nil, err
 	}
 	return &Sink{
-		cfg: cfg, ledger: ledger, catalog: catalog, m: m,
+		cfg: cfg, extract: cfg.Extract.withDefaults(), ledger: ledger, catalog: catalog, m: m,
 		queue: make(chan Entry, cfg.QueueSize), progress: make(chan struct{}, 1),
 		draining: make(chan struct{}), stopped: make(chan struct{}), closing: make(chan struct{}),
 	}, nil
@@ -155,7 +158,7 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 	// Recv blocks until Envoy sends; a reader goroutine lets the handler also end the stream
 	// when purser shuts down (Envoy never closes its access-log streams by itself).
 	type received struct {
-		msg *alsv3.StreamAccessLogsMessage
+		msg *wireMessage
 		err error
 	}
 	msgs := make(chan received)
@@ -163,7 +166,8 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 	defer close(done)
 	go func() {
 		for {
-			m, err := stream.Recv()
+			m := &wireMessage{conf: &s.extract}
+			err := stream.RecvMsg(m)
 			select {
 			case msgs <- received{m, err}:
 			case <-done:
@@ -183,23 +187,22 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			// Envoy opens a new stream (to another replica) at its next flush.
 			return status.Error(codes.Unavailable, "purser is shutting down")
 		}
-		msg, err := r.msg, r.err
-		if err == io.EOF {
+		if r.err == io.EOF {
 			return stream.SendAndClose(&alsv3.StreamAccessLogsResponse{})
 		}
-		if err != nil {
-			return err
+		if r.err != nil {
+			return r.err
 		}
-		if id := msg.GetIdentifier(); id != nil { // only on a stream's first message
+		msg := &r.msg.m
+		if id := msg.identifier; id != nil { // only on a stream's first message
 			node, logName = id.GetNode().GetId(), id.GetLogName()
 			s.cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "access-log stream", slog.String("node", node), slog.String("log_name", logName))
 		}
-		if tcp := msg.GetTcpLogs(); tcp != nil {
-			s.m.entry(ctx, "tcp_ignored", int64(len(tcp.GetLogEntry())))
+		if msg.tcp {
+			s.m.entry(ctx, "tcp_ignored", int64(msg.tcpEntries))
 			continue
 		}
-		for _, le := range msg.GetHttpLogs().GetLogEntry() {
-			e := Extract(le, &s.cfg.Extract)
+		for _, e := range msg.http {
 			e.NodeID = node
 			if !e.Final {
 				s.m.entry(ctx, "not_final", 1)
@@ -217,6 +220,22 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			}
 		}
 	}
+}
+
+// wireMessage receives one StreamAccessLogsMessage: the codec hands it the message's bytes.
+type wireMessage struct {
+	conf *ExtractConfig
+	m    message
+}
+
+// UnmarshalBinary implements encoding.BinaryUnmarshaler.
+func (w *wireMessage) UnmarshalBinary(b []byte) error {
+	m, err := decodeMessage(b, w.conf)
+	if err != nil {
+		return fmt.Errorf("access-log message: %w", err)
+	}
+	w.m = m
+	return nil
 }
 
 // CloseStreams ends every open access-log stream (and refuses new ones): call it when the

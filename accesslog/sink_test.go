@@ -31,6 +31,7 @@ import (
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/grpccodec"
 )
 
 var catalogOnce = sync.OnceValues(pricing.Embedded)
@@ -69,7 +70,9 @@ func startSink(t *testing.T, cfg accesslog.Config, cat *pricing.Catalog, run boo
 		t.Cleanup(func() { cancel(); <-done })
 	}
 
-	gs := grpc.NewServer()
+	codec, err := grpccodec.ServerOption()
+	require.NoError(t, err)
+	gs := grpc.NewServer(codec)
 	alsv3.RegisterAccessLogServiceServer(gs, h.sink)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
