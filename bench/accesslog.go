@@ -22,7 +22,11 @@ type ALS struct {
 
 // DialALS connects to addr.
 func DialALS(addr string) (*ALS, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	codec, err := clientCodec()
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), codec)
 	if err != nil {
 		return nil, err
 	}

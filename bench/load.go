@@ -28,9 +28,13 @@ type Target struct {
 
 // Dial opens n connections to addr and waits until they are ready.
 func Dial(ctx context.Context, addr string, n int) (*Target, error) {
+	codec, err := clientCodec()
+	if err != nil {
+		return nil, err
+	}
 	t := &Target{}
 	for range n {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), codec)
 		if err != nil {
 			t.Close()
 			return nil, err

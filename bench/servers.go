@@ -26,12 +26,29 @@ import (
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/extauthz/request"
+	"github.com/purser-dev/purser/grpccodec"
 )
 
 // NewGRPCServer returns a gRPC server with the options `purser serve` uses on its Envoy
-// port (receive limit, stream cap), so the baselines pay the same transport costs.
-func NewGRPCServer() *grpc.Server {
-	return grpc.NewServer(grpc.MaxRecvMsgSize(8<<20+1<<20), grpc.MaxConcurrentStreams(1024))
+// port (receive limit, stream cap, purser's codec), so the baselines pay the same transport
+// and decoding costs as purser.
+func NewGRPCServer() (*grpc.Server, error) {
+	codec, err := grpccodec.ServerOption()
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewServer(grpc.MaxRecvMsgSize(8<<20+1<<20), grpc.MaxConcurrentStreams(1024), codec), nil
+}
+
+// clientCodec makes the load generator encode with purser's codec (go-control-plane's
+// generated marshallers), as cheap as the generator can be: it shares the cores with the
+// server it measures. Envoy, the real client, runs elsewhere.
+func clientCodec() (grpc.DialOption, error) {
+	c, err := grpccodec.New()
+	if err != nil {
+		return nil, err
+	}
+	return grpc.WithDefaultCallOptions(grpc.ForceCodecV2(c)), nil
 }
 
 // Serve registers auth on a new server listening on 127.0.0.1:0 and serves it until stop
@@ -41,7 +58,10 @@ func Serve(auth authv3.AuthorizationServer) (addr string, stop func(), err error
 	if err != nil {
 		return "", nil, err
 	}
-	gs := NewGRPCServer()
+	gs, err := NewGRPCServer()
+	if err != nil {
+		return "", nil, err
+	}
 	authv3.RegisterAuthorizationServer(gs, auth)
 	go func() { _ = gs.Serve(lis) }()
 	return lis.Addr().String(), gs.Stop, nil
