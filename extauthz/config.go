@@ -29,6 +29,11 @@ const (
 	// Body: what to do with a truncated or unusable body.
 	BodyEstimate = "estimate" // truncated: bound from content-length (default for truncated)
 	BodyDeny     = "deny"     // answer 400 with the precise reason (default for invalid)
+	// StreamWithoutUsage: what to do with an OpenAI-style stream (chat or completions, any
+	// provider speaking that API) that does not ask for usage (stream_options.include_usage):
+	// its response carries no token counts, so its reservation can only be charged in full.
+	StreamUsageChargeHold = "charge_hold" // admit; settled at the hold (default)
+	StreamUsageDeny       = "deny"        // 400 telling the client to set include_usage
 	// Unpriced endpoints (images, audio, batches...): priced by nobody.
 	UnpricedDeny  = "deny"  // 403 (default): purser cannot bound what they cost
 	UnpricedAllow = "allow" // pass without a reservation (their spend is not budgeted)
@@ -62,6 +67,8 @@ type Config struct {
 	// (nil: DefaultExternalInputTokens). 0 denies such requests. A known context window (in
 	// the catalog, or set for the model in the price overrides) takes precedence.
 	ExternalInputTokens *int64
+	// StreamWithoutUsage is StreamUsageChargeHold (default) or StreamUsageDeny.
+	StreamWithoutUsage string
 	// TruncatedBody is BodyEstimate (default) or BodyDeny.
 	TruncatedBody string
 	// InvalidBody is BodyDeny (default) or BodyEstimate (bound from the bytes with the
@@ -116,6 +123,9 @@ func (c Config) withDefaults() Config {
 	if c.DefaultOutputCap <= 0 {
 		c.DefaultOutputCap = DefaultOutputCap
 	}
+	if c.StreamWithoutUsage == "" {
+		c.StreamWithoutUsage = StreamUsageChargeHold
+	}
 	if c.TruncatedBody == "" {
 		c.TruncatedBody = BodyEstimate
 	}
@@ -155,6 +165,7 @@ func (c Config) Validate() error {
 	}
 	oneOf("policies.unknown_model", c.UnknownModel, UnknownModelDeny, UnknownModelDefaultPrice)
 	oneOf("policies.missing_output_cap", c.MissingCap, MissingCapDefault, MissingCapDeny)
+	oneOf("policies.stream_without_usage", c.StreamWithoutUsage, StreamUsageChargeHold, StreamUsageDeny)
 	oneOf("policies.truncated_body", c.TruncatedBody, BodyEstimate, BodyDeny)
 	oneOf("policies.invalid_body", c.InvalidBody, BodyEstimate, BodyDeny)
 	oneOf("policies.unpriced_endpoint", c.Unpriced, UnpricedDeny, UnpricedAllow)

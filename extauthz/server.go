@@ -269,6 +269,9 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 	if !r.HasOutputCap && s.cfg.MissingCap == MissingCapDeny && r.Flavor != request.FlavorEmbeddings && r.Flavor != request.FlavorGeminiEmbeddings {
 		return deny(v, 400, "output_cap_required", "set an output-token cap (max_tokens, max_completion_tokens or max_output_tokens): purser reserves the worst case before the request runs"), false
 	}
+	if r.Stream && !r.StreamUsage && s.cfg.StreamWithoutUsage == StreamUsageDeny && (r.Flavor == request.FlavorChat || r.Flavor == request.FlavorCompletions) {
+		return deny(v, 400, "stream_usage_required", `set "stream_options": {"include_usage": true} on streamed requests: without it the response reports no usage and purser would charge the whole reservation`), false
+	}
 	input := r.InputTokens
 	if r.BodyError != nil {
 		// invalid_body: estimate. A token is at least one byte, so the body's size bounds the

@@ -756,3 +756,57 @@ func TestDefaultExternalInputTokens_CoversCatalog(t *testing.T) {
 	require.Positive(t, largest)
 	require.GreaterOrEqual(t, extauthz.DefaultExternalInputTokens, largest)
 }
+
+// policies.stream_without_usage: deny refuses an OpenAI-style stream that does not ask for
+// usage (its settlement could only charge the whole hold), and nothing else.
+func TestCheck_StreamWithoutUsage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	chat := func(secret, body string, n int) *authv3.CheckRequest {
+		req := withKey(fixture(t, "openai_chat_stream"), secret, n)
+		h := req.GetAttributes().GetRequest().GetHttp()
+		h.RawBody = []byte(body)
+		h.Headers["content-length"] = strconv.Itoa(len(body))
+		return req
+	}
+	const (
+		noUsage   = `{"model":"gpt-4o-mini","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}`
+		usageOff  = `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":false},"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}`
+		withUsage = `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}`
+		noStream  = `{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}`
+	)
+
+	lenient := serve(t, extauthz.Config{}, nil)
+	_, secret := lenient.key(t, "team:ml")
+	resp, err := lenient.client.Check(ctx, chat(secret, noUsage, 1))
+	require.NoError(t, err)
+	okResponse(t, resp) // default: admitted, settled at the hold
+
+	strict := serve(t, extauthz.Config{StreamWithoutUsage: extauthz.StreamUsageDeny}, nil)
+	_, secret = strict.key(t, "team:ml")
+	for i, body := range []string{noUsage, usageOff} {
+		resp, err := strict.client.Check(ctx, chat(secret, body, i+1))
+		require.NoError(t, err)
+		d := resp.GetDeniedResponse()
+		require.NotNil(t, d, body)
+		require.Equal(t, 400, int(d.GetStatus().GetCode()))
+		require.Contains(t, d.GetBody(), "stream_usage_required")
+		require.Contains(t, d.GetBody(), "include_usage")
+	}
+	for i, body := range []string{withUsage, noStream} {
+		resp, err := strict.client.Check(ctx, chat(secret, body, i+10))
+		require.NoError(t, err)
+		okResponse(t, resp)
+	}
+	// Anthropic and Gemini streams always report usage: the policy does not apply.
+	for i, name := range []string{"anthropic_messages_stream", "gemini_stream"} {
+		resp, err := strict.client.Check(ctx, withKey(fixture(t, name), secret, i+20))
+		require.NoError(t, err)
+		okResponse(t, resp)
+	}
+	var n int
+	require.NoError(t, strict.schema.Pool.QueryRow(ctx, `SELECT count(*) FROM reservations`).Scan(&n))
+	require.Equal(t, 4, n, "the denied streams reserved nothing")
+
+	require.ErrorContains(t, extauthz.Config{StreamWithoutUsage: "maybe"}.Validate(), "policies.stream_without_usage")
+}

@@ -31,6 +31,7 @@ type fileConfig struct {
 		MissingCap       string `json:"missing_output_cap,omitempty"`
 		DefaultOutputCap int64  `json:"default_output_cap,omitempty"`
 		ExternalInput    *int64 `json:"external_input_tokens,omitempty"`
+		StreamNoUsage    string `json:"stream_without_usage,omitempty"`
 		TruncatedBody    string `json:"truncated_body,omitempty"`
 		InvalidBody      string `json:"invalid_body,omitempty"`
 		Unpriced         string `json:"unpriced_endpoint,omitempty"`
@@ -87,6 +88,7 @@ func (fc fileConfig) extauthzConfig(checkTimeout, ttl time.Duration) extauthz.Co
 		MissingCap:          fc.Policies.MissingCap,
 		DefaultOutputCap:    fc.Policies.DefaultOutputCap,
 		ExternalInputTokens: fc.Policies.ExternalInput,
+		StreamWithoutUsage:  fc.Policies.StreamNoUsage,
 		TruncatedBody:       fc.Policies.TruncatedBody,
 		InvalidBody:         fc.Policies.InvalidBody,
 		Unpriced:            fc.Policies.Unpriced,

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/extauthz"
 )
 
 func testEnv(vars map[string]string) env {
@@ -80,6 +81,28 @@ func TestFileConfig_Strict(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, fc.validate())
 	require.Equal(t, "team:anonymous", fc.extauthzConfig(0, 0).DefaultSubject)
+}
+
+// The configuration example in the README is a valid file, mapped onto every setting it
+// names: a key misspelt or renamed in the docs fails here.
+func TestConfigFile_READMEExample(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(b), "The configuration file (all optional")
+	require.True(t, ok, "README: configuration file section")
+	_, rest, ok = strings.Cut(rest, "```yaml\n")
+	require.True(t, ok, "README: yaml block")
+	example, _, ok := strings.Cut(rest, "```")
+	require.True(t, ok)
+	path := filepath.Join(t.TempDir(), "purser.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(example), 0o600))
+	fc, err := loadFileConfig(path)
+	require.NoError(t, err)
+	require.NoError(t, fc.validate())
+	c := fc.extauthzConfig(0, 0)
+	require.Equal(t, extauthz.StreamUsageChargeHold, c.StreamWithoutUsage)
+	require.Equal(t, extauthz.UnknownModelDeny, c.UnknownModel)
 }
 
 // startServe runs `purser serve` in-process on 127.0.0.1:0 against a fresh schema.
