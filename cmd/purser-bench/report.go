@@ -120,7 +120,7 @@ func (b *benchRun) render() string {
 
 	p("## Notes\n\n")
 	if b.batchOK {
-		p("- Average batch = reservation decisions (`purser_reservations_total`, all outcomes, from purser's /metrics) ÷ calls of `purser_reserve` (`pg_stat_user_functions`; `track_functions = 'pl'` is set on the bench database only). purser exports no batch counter (`Batcher.Stats()` is not on /metrics); a `purser_reservation_batches_total` counter or a batch-size histogram would make this a first-class metric. *SQL per batch* is the mean execution time of one `purser_reserve` call inside Postgres (`pg_stat_user_functions.total_time`; the commit and its WAL flush come after it).\n")
+		p("- Average batch = reservation decisions (`purser_reservations_total`, all outcomes, from purser's /metrics) ÷ calls of `purser_reserve` (`pg_stat_user_functions`; `track_functions = 'pl'` is set on the bench database only). In production the same figure is purser's own histogram `purser_reservation_batch_size` (`_sum` ÷ `_count` on /metrics). *SQL per batch* is the mean execution time of one `purser_reserve` call inside Postgres (`pg_stat_user_functions.total_time`; the commit and its WAL flush come after it).\n")
 	}
 	p("- *not OK* = denied or failed Checks; *> 200 ms* = share of Checks slower than Envoy's default ext_authz timeout, which Envoy would have failed (`status_on_error`).\n")
 	p("- The purser database keeps every reservation the scenarios made (pending until they expire 15 minutes later), so later scenarios run on a larger reservations table; the original's database likewise.\n")
