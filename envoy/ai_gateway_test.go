@@ -165,15 +165,15 @@ func loadAIGateway(t *testing.T) *aiGatewayObjects {
 
 func TestAIGateway_StrictDecodingCatchesMistakes(t *testing.T) {
 	decode := eachDoc(func(d []byte) error { return decodeAIGateway(d, &aiGatewayObjects{}) })
-	for name, tc := range map[string][3]string{
-		"MisspeltCostField":   {"ai-gateway/aigatewayroute.yaml", "metadataKey: llm_input_token", "metadatakey: llm_input_token"},
-		"MisspeltExtAuth":     {"ai-gateway/securitypolicy.yaml", "bodyToExtAuth:", "bodyToExtauth:"},
-		"UnknownPolicyField":  {"ai-gateway/securitypolicy.yaml", "failOpen: false", "failOpen: false\n    allowPartialMessage: true"},
-		"MisspeltALSField":    {"ai-gateway/envoyproxy.yaml", "logName: purser", "log_name: purser"},
-		"WrongQuantityFormat": {"ai-gateway/clienttrafficpolicy.yaml", "bufferLimit: 8Mi", "bufferLimit: eight-megs"},
+	for name, tc := range map[string][4]string{ // file, old, new, what the error must name
+		"MisspeltCostField":   {"ai-gateway/aigatewayroute.yaml", "metadataKey: llm_input_token", "metadatakey: llm_input_token", `unknown field "spec.llmRequestCosts[0].metadatakey"`},
+		"MisspeltExtAuth":     {"ai-gateway/securitypolicy.yaml", "bodyToExtAuth:", "bodyToExtauth:", `unknown field "spec.extAuth.bodyToExtauth"`},
+		"UnknownPolicyField":  {"ai-gateway/securitypolicy.yaml", "failOpen: false", "failOpen: false\n    allowPartialMessage: true", `unknown field "spec.extAuth.allowPartialMessage"`},
+		"MisspeltALSField":    {"ai-gateway/envoyproxy.yaml", "logName: purser", "log_name: purser", `unknown field "spec.telemetry.accessLog.settings[0].sinks[0].als.log_name"`},
+		"WrongQuantityFormat": {"ai-gateway/clienttrafficpolicy.yaml", "bufferLimit: 8Mi", "bufferLimit: eight-megs", "quantities must match"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			require.Error(t, damage(t, tc[0], tc[1], tc[2], decode))
+			require.ErrorContains(t, damage(t, tc[0], tc[1], tc[2], decode), tc[3])
 		})
 	}
 }

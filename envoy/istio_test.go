@@ -116,16 +116,17 @@ func TestIstio_StrictDecodingCatchesMistakes(t *testing.T) {
 	cases := []struct {
 		name, file, old, new string
 		decode               func([]byte) error
+		want                 string // what the error must name
 	}{
-		{"MisspeltSpecField", "istio/authorizationpolicy.yaml", "action: CUSTOM", "actions: CUSTOM", resources},
-		{"InvalidEnum", "istio/authorizationpolicy.yaml", "action: CUSTOM", "action: CUSTOMISED", resources},
-		{"MisspeltMetadata", "istio/telemetry.yaml", "namespace: istio-system", "namespce: istio-system", resources},
-		{"MisspeltMeshField", "istio/meshconfig.yaml", "failOpen: false", "failOpn: false", meshConfig},
-		{"MisspeltEnvoyFilterField", "istio/envoyfilter.yaml", "applyTo: LISTENER", "applyTo: LISTENR", resources},
+		{"MisspeltSpecField", "istio/authorizationpolicy.yaml", "action: CUSTOM", "actions: CUSTOM", resources, `unknown field "actions"`},
+		{"InvalidEnum", "istio/authorizationpolicy.yaml", "action: CUSTOM", "action: CUSTOMISED", resources, `invalid value for enum field action: "CUSTOMISED"`},
+		{"MisspeltMetadata", "istio/telemetry.yaml", "namespace: istio-system", "namespce: istio-system", resources, `unknown field "metadata.namespce"`},
+		{"MisspeltMeshField", "istio/meshconfig.yaml", "failOpen: false", "failOpn: false", meshConfig, `unknown field "failOpn"`},
+		{"MisspeltEnvoyFilterField", "istio/envoyfilter.yaml", "applyTo: LISTENER", "applyTo: LISTENR", resources, `invalid value for enum field applyTo: "LISTENR"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Error(t, damage(t, tc.file, tc.old, tc.new, tc.decode))
+			require.ErrorContains(t, damage(t, tc.file, tc.old, tc.new, tc.decode), tc.want)
 		})
 	}
 }

@@ -114,15 +114,15 @@ func loadK8s(t *testing.T) *k8sObjects {
 
 func TestKubernetes_StrictDecodingCatchesMistakes(t *testing.T) {
 	decode := func(b []byte) error { return decodeK8s(b, &k8sObjects{}) }
-	for name, tc := range map[string][2]string{
-		"MisspeltField":  {"terminationGracePeriodSeconds:", "terminationGracePeriodSecond:"},
-		"WrongValueType": {"replicas: 2", "replicas: two"},
-		"UnknownNested":  {"allowPrivilegeEscalation: false", "allowPrivilegeEscalations: false"},
-		"WrongCase":      {"readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true"},
-		"DuplicateKey":   {"revisionHistoryLimit: 5", "revisionHistoryLimit: 5\n  revisionHistoryLimit: 6"},
+	for name, tc := range map[string][3]string{ // old, new, what the error must name
+		"MisspeltField":  {"terminationGracePeriodSeconds:", "terminationGracePeriodSecond:", `unknown field "spec.template.spec.terminationGracePeriodSecond"`},
+		"WrongValueType": {"replicas: 2", "replicas: two", "DeploymentSpec.spec.replicas of type int32"},
+		"UnknownNested":  {"allowPrivilegeEscalation: false", "allowPrivilegeEscalations: false", `unknown field "spec.template.spec.containers[0].securityContext.allowPrivilegeEscalations"`},
+		"WrongCase":      {"readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true", `unknown field "spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem"`},
+		"DuplicateKey":   {"revisionHistoryLimit: 5", "revisionHistoryLimit: 5\n  revisionHistoryLimit: 6", `"revisionHistoryLimit" already set`},
 	} {
 		t.Run(name, func(t *testing.T) {
-			require.Error(t, damage(t, "kubernetes/deployment.yaml", tc[0], tc[1], decode))
+			require.ErrorContains(t, damage(t, "kubernetes/deployment.yaml", tc[0], tc[1], decode), tc[2])
 		})
 	}
 }
