@@ -82,14 +82,16 @@ func (c *ExtractConfig) withDefaults() ExtractConfig {
 	def(&k.Model, "response_model")
 	out.wireNamespaces = []string{ExtAuthzNamespace}
 	add := func(ns string) {
-		if ns != "-" && !slices.Contains(out.wireNamespaces, ns) {
+		if !slices.Contains(out.wireNamespaces, ns) {
 			out.wireNamespaces = append(out.wireNamespaces, ns)
 		}
 	}
 	for _, ns := range out.UsageNamespaces {
 		add(ns)
 	}
-	add(out.AIGatewayNamespace)
+	if out.AIGatewayNamespace != "-" { // "-" disables it; a usage namespace may be called anything
+		add(out.AIGatewayNamespace)
+	}
 	out.headerNames = slices.Sorted(maps.Keys(out.UsageHeaders))
 	return out
 }
@@ -312,9 +314,10 @@ func (out *Entry) usageField(flat map[string]any, key string, v any) map[string]
 }
 
 // finishUsage adds the configured usage headers (header looks a response trailer up, then
-// the header) to flat, and sets Usage when anything was found.
+// the header) to flat, and sets Usage when anything was found. conf has its defaults.
 func (out *Entry) finishUsage(flat map[string]any, conf *ExtractConfig, header func(string) (string, bool)) {
-	for h, path := range conf.UsageHeaders {
+	for _, h := range conf.headerNames { // sorted: of two headers naming one path, the last wins
+		path := conf.UsageHeaders[h]
 		if v, ok := header(h); ok && path != "" {
 			if flat == nil {
 				flat = make(map[string]any, len(conf.UsageHeaders))

@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,10 @@ func wireConfigs() map[string]*ExtractConfig {
 		"headers": {UsageHeaders: map[string]string{"x-usage-in": "usage.prompt_tokens", "x-usage-out": "usage.completion_tokens", "x-empty": ""}},
 		"namespaces": {UsageNamespaces: []string{"purser.usage", "lua.usage", "envoy.filters.http.ext_authz"},
 			AIGatewayNamespace: "-", TokenUsageNamespace: "custom.tokens"},
-		"ai gateway as usage": {UsageNamespaces: []string{AIGatewayNamespace}, TokenUsageNamespace: "-"},
+		"ai gateway as usage":  {UsageNamespaces: []string{AIGatewayNamespace}, TokenUsageNamespace: "-"},
+		"dash usage namespace": {UsageNamespaces: []string{"-", "purser.usage"}},
+		"ext_authz in every role": {UsageNamespaces: []string{ExtAuthzNamespace, "purser.usage", "purser.usage"},
+			AIGatewayNamespace: ExtAuthzNamespace, UsageHeaders: map[string]string{"x-usage-in": "usage.prompt_tokens", "x-usage-out": "usage.prompt_tokens"}},
 	}
 }
 
@@ -88,6 +92,17 @@ func wireFixtures(t testing.TB) map[string]*alsdata.HTTPAccessLogEntry {
 		}
 	}
 
+	odd.CommonProperties.Metadata.FilterMetadata["-"] = &structpb.Struct{Fields: map[string]*structpb.Value{
+		"usage.completion_tokens": structpb.NewNumberValue(math.Inf(1)), "usage.prompt_tokens": structpb.NewNumberValue(math.NaN()),
+		"usage.total_tokens": structpb.NewNumberValue(math.Inf(-1)), "model": structpb.NewBoolValue(false)}}
+
+	many := proto.Clone(base).(*alsdata.HTTPAccessLogEntry)
+	for i := range 300 { // past structFields' small array
+		many.CommonProperties.Metadata.FilterMetadata["purser.usage"].Fields[fmt.Sprint("usage.k", i)] = structpb.NewNumberValue(float64(i))
+		many.CommonProperties.Metadata.FilterMetadata[ExtAuthzNamespace].Fields[fmt.Sprint("x", i)] = structpb.NewStringValue("y")
+	}
+	out["many keys"] = many
+
 	bare := &alsdata.HTTPAccessLogEntry{CommonProperties: &alsdata.AccessLogCommon{Metadata: &corev3.Metadata{
 		FilterMetadata: map[string]*structpb.Struct{ExtAuthzNamespace: {}, "purser.usage": {}, AIGatewayNamespace: {}}}}}
 	out["bare"] = bare
@@ -95,14 +110,15 @@ func wireFixtures(t testing.TB) map[string]*alsdata.HTTPAccessLogEntry {
 	return out
 }
 
-// show prints an entry for comparison (Tokens by value; fmt sorts map keys; NaN prints).
+// show prints an entry for comparison: Go syntax, so types count ("1" is not 1, "NaN" is not
+// NaN); Tokens by value; fmt sorts map keys.
 func show(e Entry) string {
 	tok := "nil"
 	if e.Tokens != nil {
-		tok = fmt.Sprintf("%+v", *e.Tokens)
+		tok = fmt.Sprintf("%#v", *e.Tokens)
 	}
 	e.Tokens = nil
-	return fmt.Sprintf("%+v tokens=%s", e, tok)
+	return fmt.Sprintf("%#v tokens=%s", e, tok)
 }
 
 // reference is what Extract makes of wire bytes decoded by protobuf.
@@ -139,7 +155,7 @@ func TestDecodeEntry_SameAsExtract(t *testing.T) {
 		for name, e := range fixtures {
 			b, err := proto.Marshal(e)
 			require.NoError(t, err)
-			for _, wire := range [][]byte{append(append([]byte{}, a...), b...), append(append([]byte{}, b...), a...)} {
+			for _, wire := range [][]byte{append(append([]byte{}, a...), b...), append(append([]byte{}, b...), a...), append(append([]byte{}, b...), b...)} {
 				want, ok := reference(t, wire, cfg)
 				require.True(t, ok)
 				require.Equal(t, want, decodeOne(t, wire, cfg), "odd values merged with %s under %s", name, cname)
@@ -173,6 +189,21 @@ func TestDecodeMessage_InvalidUTF8ElsewhereLosesNothing(t *testing.T) {
 	require.Equal(t, show(Extract(good, &conf)), show(m.http[0]))
 	require.Equal(t, show(Extract(bad, &conf)), show(m.http[1]))
 	require.Equal(t, "8c1f0e62-3f0b-4d5e-9a61-1f2e3d4c5b6a", m.http[1].ReservationID)
+
+	// The strings it keeps are made valid UTF-8: they go to Postgres, which rejects invalid
+	// text (and with it a whole batch).
+	kept := proto.Clone(fixtures["unverified_usage"]).(*alsdata.HTTPAccessLogEntry)
+	kept.Request.RequestId = "req-#1"
+	kept.CommonProperties.RouteName = "route-#"
+	kept.CommonProperties.Metadata.FilterMetadata["purser.usage"].Fields["model#"] = structpb.NewStringValue("gpt-#")
+	wire, err = proto.Marshal(kept)
+	require.NoError(t, err)
+	wire = []byte(strings.ReplaceAll(string(wire), "#", "\xff"))
+	e, err := decodeEntry(wire, &conf)
+	require.NoError(t, err)
+	require.Equal(t, "req-\uFFFD1", e.RequestID)
+	require.Equal(t, "route-\uFFFD", e.Route)
+	require.Equal(t, "gpt-\uFFFD", e.Usage["model\uFFFD"])
 }
 
 func TestDecodeMessage_IdentifierAndOneof(t *testing.T) {
