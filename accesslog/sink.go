@@ -191,6 +191,11 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			return stream.SendAndClose(&alsv3.StreamAccessLogsResponse{})
 		}
 		if r.err != nil {
+			if c := status.Code(r.err); c != codes.Canceled && c != codes.DeadlineExceeded {
+				// An undecodable message (or a server without grpccodec: then every one):
+				// its entries are lost and their reservations expire, charged in full.
+				s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log stream failed", slog.String("node", node), slog.String("error", r.err.Error()))
+			}
 			return r.err
 		}
 		msg := &r.msg.m

@@ -2,6 +2,7 @@ package accesslog_test
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -526,4 +527,51 @@ func TestSink_UnknownModelDefaultPrice(t *testing.T) {
 	r := h.reservation(t, id)
 	require.Equal(t, "settled", r.State)
 	require.Equal(t, int64(1000*1+200*2), *r.ActualCost, "1000 × $1/M + 200 × $2/M in micros")
+}
+
+// lockedBuffer is a log destination the test reads while the server writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The sink decodes messages itself and needs purser's codec on its server; served without it,
+// every stream fails, and says why in the log instead of dropping entries silently.
+func TestSink_WithoutCodecFailsLoudly(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	cat, err := catalogOnce()
+	require.NoError(t, err)
+	sink, err := accesslog.New(nil, func() *pricing.Catalog { return cat }, accesslog.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	gs := grpc.NewServer() // the stock protobuf codec
+	alsv3.RegisterAccessLogServiceServer(gs, sink)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+
+	stream, err := alsv3.NewAccessLogServiceClient(conn).StreamAccessLogs(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&alsv3.StreamAccessLogsMessage{LogEntries: &alsv3.StreamAccessLogsMessage_HttpLogs{
+		HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: []*alsdata.HTTPAccessLogEntry{entry(t, "openai_chat_usage", "r1", "q1")}}}}))
+	_, err = stream.CloseAndRecv()
+	require.Equal(t, codes.Internal, status.Code(err))
+	require.Contains(t, logs.String(), "access-log stream failed")
+	require.Contains(t, logs.String(), "want proto.Message")
 }
