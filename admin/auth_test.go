@@ -14,6 +14,7 @@ import (
 
 	"github.com/purser-dev/purser/admin"
 	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/internal/testkit"
 )
 
 func TestAdmin_DisabledWithoutTokens(t *testing.T) {
@@ -172,7 +173,7 @@ func (f fakeLedger) Budgets(context.Context, string) ([]budget.Budget, error) {
 
 func TestAdmin_InternalErrorsAreLoggedNotLeaked(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	internal := errors.New(`list keys: dial tcp 10.1.2.3:5432: password authentication failed for user "purser"`)
 	srv := httptest.NewServer(admin.New(fakeLedger{err: internal}, admin.Config{
 		Tokens: []string{adminToken}, Logger: slog.New(slog.NewJSONHandler(logs, nil)),

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/testkit"
 )
 
 // The ledger satisfies the admin API's interface.
@@ -26,30 +26,12 @@ var _ admin.Ledger = (*budget.Service)(nil)
 
 const adminToken = "test-admin-token-0123456789"
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	t      *testing.T
 	url    string
 	svc    *budget.Service
 	schema *pgtest.Schema
-	logs   *syncBuffer
+	logs   *testkit.SyncBuffer
 }
 
 func newHarness(t *testing.T, tokens ...string) *harness {
@@ -60,7 +42,7 @@ func newHarness(t *testing.T, tokens ...string) *harness {
 	if tokens == nil {
 		tokens = []string{adminToken}
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	srv := httptest.NewServer(admin.New(svc, admin.Config{
 		Tokens: tokens, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}))

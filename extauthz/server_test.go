@@ -1,12 +1,10 @@
 package extauthz_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,7 +21,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -34,6 +31,7 @@ import (
 	"github.com/purser-dev/purser/budget/store/pgtest"
 	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/extauthz/request"
+	"github.com/purser-dev/purser/internal/testkit"
 )
 
 type harness struct {
@@ -80,13 +78,7 @@ func serve(t *testing.T, cfg extauthz.Config, res extauthz.Reserver) *harness {
 	require.NoError(t, err)
 	gs := grpc.NewServer()
 	authv3.RegisterAuthorizationServer(gs, srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
+	conn := testkit.ServeAndDial(t, gs)
 	h.client = authv3.NewAuthorizationClient(conn)
 	return h
 }
@@ -571,7 +563,7 @@ func TestCheck_EveryFixture(t *testing.T) {
 // Secrets, Authorization headers and prompt bodies never reach a log line, at any level.
 func TestCheck_LogsNoSecrets(t *testing.T) {
 	t.Parallel()
-	var buf syncBuffer
+	var buf testkit.SyncBuffer
 	h := serve(t, extauthz.Config{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}, nil)
 	ctx := context.Background()
 	_, secret := h.key(t, "team:ml")
@@ -592,23 +584,6 @@ func TestCheck_LogsNoSecrets(t *testing.T) {
 	for _, leak := range []string{secret, "Bearer", "forged0123456789", "Summarise the plot of Hamlet", "authorization"} {
 		require.NotContains(t, logs, leak)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // With invalid_body: estimate, an unreadable body is bounded by its size (a token is at

@@ -3,7 +3,6 @@ package grpccodec_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 
@@ -13,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
@@ -21,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/purser-dev/purser/grpccodec"
+	"github.com/purser-dev/purser/internal/testkit"
 )
 
 // okResponse is shaped like purser's admission: headers to remove and add, dynamic metadata.
@@ -131,13 +130,7 @@ func TestServer_RealSocket(t *testing.T) {
 	require.NoError(t, err)
 	gs := grpc.NewServer(opt)
 	authv3.RegisterAuthorizationServer(gs, authServer{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
+	conn := testkit.ServeAndDial(t, gs)
 	resp, err := authv3.NewAuthorizationClient(conn).Check(context.Background(), &authv3.CheckRequest{})
 	require.NoError(t, err)
 	require.True(t, proto.Equal(okResponse(), resp))

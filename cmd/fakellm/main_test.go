@@ -1,37 +1,19 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/internal/testkit"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server goroutine and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestRun_ServesAndShutsDown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"-addr", "127.0.0.1:0"}, &logs) }()
 
@@ -59,6 +41,6 @@ func TestRun_ServesAndShutsDown(t *testing.T) {
 }
 
 func TestRun_BadFlag(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	require.Error(t, run(context.Background(), []string{"-nope"}, &logs))
 }

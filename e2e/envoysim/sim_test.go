@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path"
@@ -32,6 +31,7 @@ import (
 	"github.com/purser-dev/purser/e2e/envoysim"
 	"github.com/purser-dev/purser/e2e/fakellm"
 	"github.com/purser-dev/purser/envoy"
+	"github.com/purser-dev/purser/internal/testkit"
 )
 
 // fakePurser is an in-process Authorization + AccessLogService recording what Envoy sent.
@@ -117,14 +117,10 @@ func okResponse(md map[string]any) *authv3.CheckResponse {
 func startFakePurser(t *testing.T) (*fakePurser, string) {
 	t.Helper()
 	f := &fakePurser{received: make(chan struct{}, 1)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 	g := grpc.NewServer()
 	authv3.RegisterAuthorizationServer(g, f)
 	alsv3.RegisterAccessLogServiceServer(g, f)
-	go func() { _ = g.Serve(ln) }()
-	t.Cleanup(g.Stop)
-	return f, ln.Addr().String()
+	return f, testkit.Serve(t, g)
 }
 
 type rig struct {
