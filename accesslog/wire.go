@@ -20,7 +20,7 @@ import (
 // the twenty-odd fields Extract reads. decodeMessage walks the wire to those fields and skips
 // the rest unread, with protobuf's rules where they matter (a repeated message field merges,
 // a map's last entry for a key wins, a field of an unexpected wire type is an unknown field),
-// so that its entries equal Extract's over proto.Unmarshal (TestDecodeMessage_SameAsExtract,
+// so that its entries equal Extract's over proto.Unmarshal (TestDecodeEntry_SameAsExtract,
 // FuzzDecodeEntry).
 //
 // Unlike proto.Unmarshal it does not reject a message for invalid UTF-8 in a string field:
