@@ -545,3 +545,28 @@ func TestSink_WithoutCodecFailsLoudly(t *testing.T) {
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "access-log stream failed") }, 10*time.Second, 5*time.Millisecond)
 	require.Contains(t, logs.String(), "want proto.Message")
 }
+
+// An entry whose reservation id is not one (damaged metadata) is reported unknown and does not
+// cost the other entries of its batch their settlement.
+func TestSink_MalformedReservationIDSettlesTheRest(t *testing.T) {
+	t.Parallel()
+	cat, err := catalogOnce()
+	require.NoError(t, err)
+	// Both entries are queued before the one worker starts, so they settle in one batch.
+	h := startSink(t, accesslog.Config{Workers: 1}, cat, false)
+	id := h.reserve(t, 5_000, 10_000, "req-good")
+	stream, err := h.client.StreamAccessLogs(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&alsv3.StreamAccessLogsMessage{LogEntries: &alsv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{
+		LogEntry: []*alsdata.HTTPAccessLogEntry{entry(t, "openai_chat_usage", "not-a-reservation", "req-bad"), entry(t, "openai_chat_usage", id, "req-good")}}}}))
+	_, err = stream.CloseAndRecv()
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.sink.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	h.flush(t)
+	require.Equal(t, "settled", h.state(id))
+	require.Equal(t, int64(240), *h.reservation(t, id).ActualCost)
+	h.requireClean(t)
+}

@@ -226,6 +226,21 @@ func TestService_Idempotency(t *testing.T) {
 	res, err = e.svc.Settle(ctx, []budget.Settlement{{ReservationID: "018f0000-0000-7000-8000-000000000000", Cost: 1}})
 	require.NoError(t, err)
 	require.Equal(t, budget.OutcomeUnknown, res[0].Outcome)
+
+	// An id that is no UUID names no reservation either: reported unknown (once), and the
+	// rest of its batch still settles.
+	d3 := e.reserveOne(t, req("team:ml"))
+	res, err = e.svc.Settle(ctx, []budget.Settlement{{ReservationID: "not-a-uuid", Cost: 1}, {ReservationID: d3.ReservationID, Cost: 4, Tokens: 5, Cause: "usage"}, {ReservationID: "not-a-uuid", Void: true}})
+	require.NoError(t, err)
+	outcomes := map[string]string{}
+	for _, r := range res {
+		outcomes[r.ReservationID] = r.Outcome
+	}
+	require.Equal(t, map[string]string{"not-a-uuid": budget.OutcomeUnknown, d3.ReservationID: budget.OutcomeSettled}, outcomes)
+	require.Len(t, res, 2)
+	posted, pending = e.window(t, b.ID, d1.Budgets[0].Window.Start)
+	require.Equal(t, int64(7+4), posted)
+	require.Equal(t, int64(0), pending)
 	e.requireClean(t)
 }
 

@@ -57,28 +57,39 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 	if len(batch) == 0 {
 		return nil, nil
 	}
-	rows := make([]store.SettleRow, len(batch))
-	for i, st := range batch {
+	rows := make([]store.SettleRow, 0, len(batch))
+	var res []SettleResult
+	counts := map[string]int64{}
+	unknown := map[string]bool{}
+	for _, st := range batch {
 		if st.Cost < 0 || st.Tokens < 0 {
 			return nil, fmt.Errorf("%w: settlement %s has a negative amount", ErrInvalid, st.ReservationID)
 		}
 		if _, err := parseUUID(st.ReservationID); err != nil {
-			return nil, fmt.Errorf("%w: settlement reservation id: %w", ErrInvalid, err)
+			// No reservation has this id: it is unknown, like an id the ledger does not hold,
+			// and must not cost the rest of the batch its settlement.
+			if !unknown[st.ReservationID] {
+				unknown[st.ReservationID] = true
+				res = append(res, SettleResult{ReservationID: st.ReservationID, Outcome: OutcomeUnknown})
+				counts[OutcomeUnknown]++
+			}
+			continue
 		}
-		rows[i] = store.SettleRow{
+		rows = append(rows, store.SettleRow{
 			ReservationID: st.ReservationID, Void: st.Void, Tentative: st.Tentative, ChargeHold: st.ChargeHold, Cost: st.Cost, Tokens: st.Tokens,
 			Usage: st.Usage, CatalogVersion: st.CatalogVersion, Cause: st.Cause,
+		})
+	}
+	var outs []store.SettleOutcome
+	if len(rows) > 0 {
+		var err error
+		if outs, err = s.hot.Settle(ctx, rows); err != nil {
+			return nil, mapErr(err)
 		}
 	}
-	outs, err := s.hot.Settle(ctx, rows)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	res := make([]SettleResult, len(outs))
-	counts := map[string]int64{}
 	var overruns int64
-	for i, o := range outs {
-		res[i] = SettleResult{ReservationID: o.ReservationID, Outcome: o.Outcome, Overrun: o.Overrun}
+	for _, o := range outs {
+		res = append(res, SettleResult{ReservationID: o.ReservationID, Outcome: o.Outcome, Overrun: o.Overrun})
 		counts[o.Outcome]++
 		if o.Overrun {
 			overruns++
