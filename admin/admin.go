@@ -28,7 +28,7 @@ type Ledger interface {
 	UpdateKey(ctx context.Context, actor, id string, spec budget.KeySpec) (budget.Key, error)
 	RevokeKey(ctx context.Context, actor, id string) (budget.Key, error)
 	RotateKey(ctx context.Context, actor, id string) (budget.Key, string, error)
-	Keys(ctx context.Context) ([]budget.Key, error)
+	Keys(ctx context.Context, q budget.KeyQuery) ([]budget.Key, error)
 	Key(ctx context.Context, id string) (budget.Key, error)
 	Authenticate(ctx context.Context, secret string) (*budget.Key, error)
 
@@ -36,7 +36,7 @@ type Ledger interface {
 	UpdateBudget(ctx context.Context, actor string, id int64, d budget.Definition) (budget.Budget, error)
 	DeleteBudget(ctx context.Context, actor string, id int64) error
 	Budget(ctx context.Context, id int64) (budget.Budget, error)
-	Budgets(ctx context.Context, subject string) ([]budget.Budget, error)
+	Budgets(ctx context.Context, q budget.BudgetQuery) ([]budget.Budget, error)
 	ResetBudget(ctx context.Context, actor string, id int64, reason string) (time.Time, error)
 	AddGrant(ctx context.Context, actor string, budgetID, amount int64, expiresAt time.Time, reason string) (budget.Grant, error)
 

@@ -166,8 +166,8 @@ type fakeLedger struct {
 	err error
 }
 
-func (f fakeLedger) Keys(context.Context) ([]budget.Key, error) { return nil, f.err }
-func (f fakeLedger) Budgets(context.Context, string) ([]budget.Budget, error) {
+func (f fakeLedger) Keys(context.Context, budget.KeyQuery) ([]budget.Key, error) { return nil, f.err }
+func (f fakeLedger) Budgets(context.Context, budget.BudgetQuery) ([]budget.Budget, error) {
 	return nil, f.err
 }
 

@@ -148,15 +148,29 @@ func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
 			return 0, nil, invalid("subject", "%s", err)
 		}
 	}
-	bs, err := s.svc.Budgets(r.Context(), subject)
+	limit, err := pageSize(r)
 	if err != nil {
 		return 0, nil, err
+	}
+	after, err := queryInt(r, "after", 0, 0, 1<<62)
+	if err != nil {
+		return 0, nil, err
+	}
+	bs, err := s.svc.Budgets(r.Context(), budget.BudgetQuery{Subject: subject, AfterID: after, Limit: limit + 1})
+	if err != nil {
+		return 0, nil, err
+	}
+	body := map[string]any{"next_after": nil}
+	if len(bs) > limit {
+		bs = bs[:limit]
+		body["next_after"] = bs[limit-1].ID
 	}
 	out := make([]Budget, 0, len(bs))
 	for _, b := range bs {
 		out = append(out, toBudget(b))
 	}
-	return http.StatusOK, map[string]any{"budgets": out}, nil
+	body["budgets"] = out
+	return http.StatusOK, body, nil
 }
 
 // budgetWithWindow returns a live budget with its current window.

@@ -1,8 +1,11 @@
 package admin
 
 import (
+	"encoding/base64"
 	"errors"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/purser-dev/purser/budget"
@@ -68,16 +71,53 @@ func (s *server) createKey(r *http.Request, c caller) (int, any, error) {
 }
 
 func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
-	keys, err := s.svc.Keys(r.Context())
+	limit, err := pageSize(r)
 	if err != nil {
 		return 0, nil, err
+	}
+	after, err := parseKeyCursor(r.URL.Query().Get("after"))
+	if err != nil {
+		return 0, nil, err
+	}
+	keys, err := s.svc.Keys(r.Context(), budget.KeyQuery{Name: r.URL.Query().Get("name"), After: after, Limit: limit + 1})
+	if err != nil {
+		return 0, nil, err
+	}
+	body := map[string]any{"next_after": nil}
+	if len(keys) > limit {
+		keys = keys[:limit]
+		body["next_after"] = keyCursor(budget.CursorOf(keys[limit-1]))
 	}
 	now := s.cfg.Now()
 	out := make([]Key, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, toKey(k, now))
 	}
-	return http.StatusOK, map[string]any{"keys": out}, nil
+	body["keys"] = out
+	return http.StatusOK, body, nil
+}
+
+// keyCursor encodes a position in the list of keys as the opaque "after" parameter.
+func keyCursor(c budget.KeyCursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.CreatedAt.UnixMicro(), 10) + "/" + c.ID))
+}
+
+// parseKeyCursor decodes an "after" parameter that keyCursor made ("" is the start).
+func parseKeyCursor(s string) (budget.KeyCursor, error) {
+	if s == "" {
+		return budget.KeyCursor{}, nil
+	}
+	bad := invalid("after", "is not a cursor this API returned as next_after")
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return budget.KeyCursor{}, bad
+	}
+	at, id, ok := strings.Cut(string(raw), "/")
+	micros, err := strconv.ParseInt(at, 10, 64)
+	if !ok || err != nil || id == "" {
+		return budget.KeyCursor{}, bad
+	}
+	return budget.KeyCursor{CreatedAt: time.UnixMicro(micros), ID: id}, nil
 }
 
 func (s *server) getKey(r *http.Request, _ caller) (int, any, error) {

@@ -146,8 +146,20 @@ func page(r *http.Request) (before int64, limit int, err error) {
 	if before, err = queryInt(r, "before", 0, 0, 1<<62); err != nil {
 		return 0, 0, err
 	}
-	n, err := queryInt(r, "limit", 100, 1, 1000)
-	return before, int(n), err
+	n, err := pageSize(r)
+	return before, n, err
+}
+
+// Page sizes of the lists: the "limit" parameter.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+// pageSize reads the "limit" parameter of a list.
+func pageSize(r *http.Request) (int, error) {
+	n, err := queryInt(r, "limit", defaultPageSize, 1, maxPageSize)
+	return int(n), err
 }
 
 func (s *server) audit(r *http.Request, _ caller) (int, any, error) {

@@ -209,7 +209,7 @@ func (o *Original) budgetsOf(ctx context.Context, s budget.Subject) ([]budget.Bu
 	if v, ok := o.budgets.Load(s); ok {
 		return v.([]budget.Budget), nil
 	}
-	bs, err := o.Svc.Budgets(ctx, string(s))
+	bs, err := o.Svc.Budgets(ctx, budget.BudgetQuery{Subject: string(s)})
 	if err != nil {
 		return nil, err
 	}

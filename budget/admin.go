@@ -112,9 +112,25 @@ func (s *Service) Key(ctx context.Context, id string) (Key, error) {
 	return keyFromRow(row)
 }
 
-// Keys lists every key, newest first.
-func (s *Service) Keys(ctx context.Context) ([]Key, error) {
-	rows, err := s.db.ListKeys(ctx)
+// KeyQuery selects keys for Keys.
+type KeyQuery struct {
+	Name  string    // only keys of this name; "" for every key
+	After KeyCursor // continue after this key (zero: from the newest)
+	Limit int       // at most this many; 0 for all
+}
+
+// KeyCursor is a position in the newest-first list of keys: the last key of a page.
+type KeyCursor struct {
+	CreatedAt time.Time
+	ID        string
+}
+
+// CursorOf returns the position of k in the list of keys.
+func CursorOf(k Key) KeyCursor { return KeyCursor{CreatedAt: k.CreatedAt, ID: k.ID} }
+
+// Keys lists keys, newest first.
+func (s *Service) Keys(ctx context.Context, q KeyQuery) ([]Key, error) {
+	rows, err := s.db.ListKeys(ctx, store.KeyPage{Name: q.Name, AfterCreatedAt: q.After.CreatedAt, AfterID: q.After.ID, Limit: q.Limit})
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -203,9 +219,16 @@ func (s *Service) Budget(ctx context.Context, id int64) (Budget, error) {
 	return budgetFromRow(row)
 }
 
-// Budgets lists live budgets, all or those of one subject.
-func (s *Service) Budgets(ctx context.Context, subject string) ([]Budget, error) {
-	rows, err := s.db.ListBudgets(ctx, subject)
+// BudgetQuery selects live budgets for Budgets, in id order.
+type BudgetQuery struct {
+	Subject string // only this subject's budgets; "" for every budget
+	AfterID int64  // only budgets with a greater id (0: from the first)
+	Limit   int    // at most this many; 0 for all
+}
+
+// Budgets lists live budgets in id order.
+func (s *Service) Budgets(ctx context.Context, q BudgetQuery) ([]Budget, error) {
+	rows, err := s.db.ListBudgets(ctx, store.BudgetPage{Subject: q.Subject, AfterID: q.AfterID, Limit: q.Limit})
 	if err != nil {
 		return nil, mapErr(err)
 	}

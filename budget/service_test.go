@@ -458,7 +458,7 @@ func TestService_DefaultBudgetRace(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	bs, err := e.svc.Budgets(ctx, "user:newcomer")
+	bs, err := e.svc.Budgets(ctx, budget.BudgetQuery{Subject: "user:newcomer"})
 	require.NoError(t, err)
 	require.Len(t, bs, 1)
 	require.Equal(t, int64(5), admitted.Load(), "50 / 10 = 5 requests fit")

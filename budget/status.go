@@ -35,7 +35,7 @@ type Status struct {
 func (s *Service) Status(ctx context.Context, subjects ...Subject) ([]Status, error) {
 	var budgets []Budget
 	for _, sub := range subjects {
-		bs, err := s.Budgets(ctx, string(sub))
+		bs, err := s.Budgets(ctx, BudgetQuery{Subject: string(sub)})
 		if err != nil {
 			return nil, err
 		}

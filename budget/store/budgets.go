@@ -104,10 +104,18 @@ func (s *Store) BudgetByID(ctx context.Context, id int64) (BudgetRow, error) {
 	return b, nil
 }
 
-// ListBudgets returns live budgets, optionally only those of one subject.
-func (s *Store) ListBudgets(ctx context.Context, subject string) ([]BudgetRow, error) {
+// BudgetPage selects a page of live budgets in id order.
+type BudgetPage struct {
+	Subject string // only this subject's budgets; "" for every budget
+	AfterID int64  // only budgets with a greater id (0: from the first)
+	Limit   int    // at most this many budgets; 0 for all
+}
+
+// ListBudgets returns a page of live budgets.
+func (s *Store) ListBudgets(ctx context.Context, p BudgetPage) ([]BudgetRow, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+budgetCols+` FROM budgets
-		WHERE deleted_at IS NULL AND ($1 = '' OR subject = $1) ORDER BY id`, subject)
+		WHERE deleted_at IS NULL AND ($1 = '' OR subject = $1) AND id > $2 ORDER BY id LIMIT $3`,
+		p.Subject, p.AfterID, limitOrAll(p.Limit))
 	if err != nil {
 		return nil, fmt.Errorf("list budgets: %w", interpret(err))
 	}

@@ -67,9 +67,24 @@ func (s *Store) CreateKey(ctx context.Context, k KeyRow, a Audit) (KeyRow, error
 	return out, nil
 }
 
-// ListKeys returns every key, newest first.
-func (s *Store) ListKeys(ctx context.Context) ([]KeyRow, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+keyCols+` FROM api_keys ORDER BY created_at DESC, id`)
+// KeyPage selects a page of keys, newest first (created_at, then id, both descending).
+type KeyPage struct {
+	Name string // only keys of this name; "" for every key
+	// After continues a list: only keys that come after this one (zero: from the newest).
+	AfterCreatedAt time.Time
+	AfterID        string
+	Limit          int // at most this many keys; 0 for all
+}
+
+// ListKeys returns a page of keys, newest first.
+func (s *Store) ListKeys(ctx context.Context, p KeyPage) ([]KeyRow, error) {
+	var after *time.Time
+	if p.AfterID != "" {
+		after = &p.AfterCreatedAt
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+keyCols+` FROM api_keys
+		WHERE ($1 = '' OR name = $1) AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+		ORDER BY created_at DESC, id DESC LIMIT $4`, p.Name, after, p.AfterID, limitOrAll(p.Limit))
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", interpret(err))
 	}
@@ -78,6 +93,14 @@ func (s *Store) ListKeys(ctx context.Context) ([]KeyRow, error) {
 		return nil, fmt.Errorf("list keys: %w", interpret(err))
 	}
 	return out, nil
+}
+
+// limitOrAll is a LIMIT argument: NULL (no limit) for n <= 0.
+func limitOrAll(n int) *int {
+	if n <= 0 {
+		return nil
+	}
+	return &n
 }
 
 // UpdateKey changes a key's name, subjects, allowed models and expiry.

@@ -539,15 +539,13 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 	curBudgets := map[string]defState{}
 	var pruneBudgets []defState
 	for _, subject := range sortedKeys(d.managedSubjects) {
-		// A fresh answer per subject: decoding into the previous one would keep its elements'
+		// A fresh slice per subject: decoding into the previous one would keep its elements'
 		// fields the API omits (template_id) and merge their route maps.
-		var bv struct {
-			Budgets []admin.Budget `json:"budgets"`
-		}
-		if _, err := c.do(ctx, "GET", "/v1/budgets", url.Values{"subject": {subject}}, nil, &bv); err != nil {
+		var budgets []admin.Budget
+		if err := c.listInto(ctx, "/v1/budgets", url.Values{"subject": {subject}}, "budgets", &budgets); err != nil {
 			return nil, err
 		}
-		for _, v := range bv.Budgets {
+		for _, v := range budgets {
 			st, err := stateFromView(v, false)
 			if err != nil {
 				return nil, err
@@ -577,16 +575,14 @@ func plan(ctx context.Context, c *apiClient, d desired, prune bool) ([]change, e
 	}
 
 	// Keys, by name among the keys not revoked.
-	var kv struct {
-		Keys []admin.Key `json:"keys"`
-	}
+	var keys []admin.Key
 	if len(d.keys) > 0 {
-		if _, err := c.do(ctx, "GET", "/v1/keys", nil, nil, &kv); err != nil {
+		if err := c.listInto(ctx, "/v1/keys", nil, "keys", &keys); err != nil {
 			return nil, err
 		}
 	}
 	curKeys := map[string]keyState{}
-	for _, k := range kv.Keys {
+	for _, k := range keys {
 		if k.State == "revoked" {
 			continue
 		}

@@ -117,13 +117,11 @@ func runBudgetsList(ctx context.Context, e env, args []string) error {
 	if *subject != "" {
 		q.Set("subject", *subject)
 	}
-	var out struct {
-		Budgets []admin.Budget `json:"budgets"`
-	}
-	if printed, err := f.call(ctx, e, "GET", "/v1/budgets", q, nil, &out); printed || err != nil {
+	var budgets []admin.Budget
+	if printed, err := f.list(ctx, e, "/v1/budgets", q, "budgets", &budgets); printed || err != nil {
 		return err
 	}
-	return printDefs(e.stdout, out.Budgets, false)
+	return printDefs(e.stdout, budgets, false)
 }
 
 // printDefs tables budgets, or templates (by subject kind).

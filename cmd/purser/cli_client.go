@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -105,6 +106,89 @@ func (f *cliFlags) call(ctx context.Context, e env, method, path string, query u
 		return true, printJSON(e.stdout, raw)
 	}
 	return false, nil
+}
+
+// list fetches every page of a paged list (GET path, field naming the array in each page)
+// and decodes the items into out, a pointer to a slice. With -o json it prints them as one
+// object, {field: [...]}, and reports printed.
+func (f *cliFlags) list(ctx context.Context, e env, path string, query url.Values, field string, out any) (printed bool, err error) {
+	c, err := f.client()
+	if err != nil {
+		return false, err
+	}
+	items, err := c.listAll(ctx, path, query, field)
+	if err != nil {
+		return false, err
+	}
+	if err := decodeItems(path, field, items, out); err != nil {
+		return false, err
+	}
+	if f.json() {
+		raw, err := json.Marshal(map[string]json.RawMessage{field: items})
+		if err != nil {
+			return false, err
+		}
+		return true, printJSON(e.stdout, raw)
+	}
+	return false, nil
+}
+
+// listInto fetches every page of a paged list and decodes the items into out.
+func (c *apiClient) listInto(ctx context.Context, path string, query url.Values, field string, out any) error {
+	items, err := c.listAll(ctx, path, query, field)
+	if err != nil {
+		return err
+	}
+	return decodeItems(path, field, items, out)
+}
+
+func decodeItems(path, field string, items json.RawMessage, out any) error {
+	if err := json.Unmarshal(items, out); err != nil {
+		return fmt.Errorf("GET %s: %s: %w", path, field, err)
+	}
+	return nil
+}
+
+// listPageSize is the page size the CLI asks for: the admin API's largest.
+const listPageSize = 1000
+
+// listAll follows a paged list from its first page to its last (next_after null) and returns
+// the items of every page as one JSON array.
+func (c *apiClient) listAll(ctx context.Context, path string, query url.Values, field string) (json.RawMessage, error) {
+	q := url.Values{}
+	for k, v := range query {
+		q[k] = slices.Clone(v)
+	}
+	q.Set("limit", strconv.Itoa(listPageSize))
+	var items []json.RawMessage
+	for {
+		var page map[string]json.RawMessage
+		if _, err := c.do(ctx, "GET", path, q, nil, &page); err != nil {
+			return nil, err
+		}
+		var these []json.RawMessage
+		if err := json.Unmarshal(page[field], &these); err != nil || these == nil {
+			return nil, fmt.Errorf("GET %s: the answer has no %q array", path, field)
+		}
+		items = append(items, these...)
+		next := page["next_after"]
+		if len(next) == 0 || string(next) == "null" {
+			break
+		}
+		after := string(next) // a budget id
+		var s string
+		if json.Unmarshal(next, &s) == nil { // a key cursor
+			after = s
+		}
+		if after == q.Get("after") || len(these) == 0 {
+			return nil, fmt.Errorf("GET %s: next_after %s does not advance the list", path, next)
+		}
+		q.Set("after", after)
+	}
+	if items == nil {
+		items = []json.RawMessage{}
+	}
+	return json.Marshal(items)
 }
 
 // apiError is an error answer of the admin API.

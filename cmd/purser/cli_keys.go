@@ -42,15 +42,13 @@ func runKeysList(ctx context.Context, e env, args []string) error {
 	if _, err := f.parse(args, 0, 0, "[-o json]"); err != nil {
 		return err
 	}
-	var out struct {
-		Keys []admin.Key `json:"keys"`
-	}
-	if printed, err := f.call(ctx, e, "GET", "/v1/keys", nil, nil, &out); printed || err != nil {
+	var keys []admin.Key
+	if printed, err := f.list(ctx, e, "/v1/keys", nil, "keys", &keys); printed || err != nil {
 		return err
 	}
 	tw := newTable(e.stdout)
 	fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tSTATE\tSUBJECTS\tMODELS\tEXPIRES\tCREATED")
-	for _, k := range out.Keys {
+	for _, k := range keys {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, k.State, orDash(strings.Join(k.Subjects, ",")),
 			orDash(strings.Join(k.AllowedModels, ",")), when(k.ExpiresAt), k.CreatedAt.UTC().Format(time.RFC3339))
 	}

@@ -252,3 +252,55 @@ func TestCLI_AuditCutsWholeCharacters(t *testing.T) {
 		require.Contains(t, out, "ééé...\n")
 	}
 }
+
+// TestCLI_ListsFollowEveryPage: the lists and apply read past the API's first page (1,000 at
+// most): a deployment with more keys or budgets than that is listed and planned in full.
+func TestCLI_ListsFollowEveryPage(t *testing.T) {
+	t.Parallel()
+	h := newCLIHarness(t)
+	ctx := context.Background()
+	_, err := h.schema.Pool.Exec(ctx, `
+		INSERT INTO budgets (name, subject, unit, limit_amount, window_kind)
+		SELECT 'b' || i, CASE WHEN i % 10 = 0 THEN 'team:small' ELSE 'team:big' END, 'usd', 1000000, 'month'
+		  FROM generate_series(1, 2300) AS i;
+		INSERT INTO api_keys (id, name, secret_hash, prefix, subjects)
+		SELECT 'key_' || lpad(i::text, 16, '0'), 'k' || i, sha256(i::text::bytea), 'pk_x', '{team:big}'
+		  FROM generate_series(1, 1001) AS i;`)
+	require.NoError(t, err)
+
+	var budgets struct {
+		Budgets []struct {
+			ID      int64  `json:"id"`
+			Subject string `json:"subject"`
+		} `json:"budgets"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(h.ok("budgets", "list", "-o", "json")), &budgets))
+	require.Equal(t, 2300, len(budgets.Budgets))
+	for i := 1; i < len(budgets.Budgets); i++ {
+		require.Less(t, budgets.Budgets[i-1].ID, budgets.Budgets[i].ID, "id order, each budget once")
+	}
+	table := strings.Split(strings.TrimSpace(h.ok("budgets", "list", "-subject", "team:big")), "\n")
+	require.Len(t, table, 1+2070, "a header and team:big's budgets")
+
+	var keys struct {
+		Keys []struct {
+			ID string `json:"id"`
+		} `json:"keys"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(h.ok("keys", "list", "-o", "json")), &keys))
+	require.Equal(t, 1001, len(keys.Keys))
+	seen := map[string]bool{}
+	for _, k := range keys.Keys {
+		seen[k.ID] = true
+	}
+	require.Equal(t, 1001, len(seen), "each key once")
+
+	// apply finds what is on the last pages (the oldest key, the last budget): both unchanged.
+	p := writeFile(t, `
+keys:
+  - {name: k1, subjects: [team:big]}
+budgets:
+  - {name: b2299, subject: team:big, limit: "1", window: month}
+`)
+	require.Equal(t, "no changes\n", h.ok("apply", "-f", p, "-dry-run"))
+}

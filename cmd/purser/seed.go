@@ -28,14 +28,14 @@ func runSeed(ctx context.Context, e env, args []string) error {
 	defer closeLedger()
 	const actor = "seed"
 
-	keys, err := svc.Keys(ctx)
+	keys, err := svc.Keys(ctx, budget.KeyQuery{Name: demoKeyName})
 	if err != nil {
 		return err
 	}
 	var key budget.Key
 	var secret string
 	for _, k := range keys {
-		if k.Name == demoKeyName && k.RevokedAt.IsZero() {
+		if k.RevokedAt.IsZero() {
 			key = k
 			break
 		}
@@ -54,7 +54,7 @@ func runSeed(ctx context.Context, e env, args []string) error {
 		{Name: "demo key daily", Subject: string(budget.KeySubject(key.ID)), Unit: "usd", Limit: 1_000_000, Window: "day", Hard: true},
 	}
 	for _, d := range samples {
-		existing, err := svc.Budgets(ctx, d.Subject)
+		existing, err := svc.Budgets(ctx, budget.BudgetQuery{Subject: d.Subject})
 		if err != nil {
 			return err
 		}
