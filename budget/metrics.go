@@ -15,6 +15,7 @@ type Metrics struct {
 	settlements metric.Int64Counter
 	expired     metric.Int64Counter
 	overruns    metric.Int64Counter
+	pruned      metric.Int64Counter
 	batchSize   metric.Int64Histogram
 }
 
@@ -41,6 +42,10 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 	if m.overruns, err = meter.Int64Counter("purser.overruns",
 		metric.WithDescription("Settlements whose actual cost exceeded the reserved upper bound")); err != nil {
 		return nil, fmt.Errorf("metric purser.overruns: %w", err)
+	}
+	if m.pruned, err = meter.Int64Counter("purser.reservations.pruned",
+		metric.WithDescription("Resolved reservations removed by retention (their spend kept as daily rollups)")); err != nil {
+		return nil, fmt.Errorf("metric purser.reservations.pruned: %w", err)
 	}
 	if m.batchSize, err = meter.Int64Histogram("purser.reservation.batch_size",
 		metric.WithDescription("Reservations admitted per database round trip by the batcher"),
@@ -91,6 +96,13 @@ func (m *Metrics) expiredN(ctx context.Context, n int) {
 		return
 	}
 	m.expired.Add(ctx, int64(n))
+}
+
+func (m *Metrics) prunedN(ctx context.Context, n int64) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.pruned.Add(ctx, n)
 }
 
 func (m *Metrics) overrun(ctx context.Context, n int64) {

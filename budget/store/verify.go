@@ -29,7 +29,7 @@ func (s *Store) Verify(ctx context.Context) ([]Mismatch, error) {
 	var out []Mismatch
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
-WITH h AS (
+WITH live AS (
     SELECT h.budget_id, h.window_start,
            sum(CASE WHEN r.state IN ('settled', 'expired') THEN h.charged ELSE 0 END)::bigint AS posted,
            sum(CASE WHEN r.state = 'pending' THEN h.amount ELSE 0 END)::bigint AS pending,
@@ -38,7 +38,15 @@ WITH h AS (
            count(*) FILTER (WHERE r.id IS NULL) AS orphan
       FROM reservation_holds h
       LEFT JOIN reservations r ON r.id = h.reservation_id
-     GROUP BY h.budget_id, h.window_start)
+     GROUP BY h.budget_id, h.window_start),
+-- Pruned holds count as they did when they were live (window_archive, written by Prune).
+h AS (
+    SELECT x.budget_id, x.window_start, sum(x.posted)::bigint AS posted, sum(x.pending)::bigint AS pending,
+           sum(x.bad)::bigint AS bad, sum(x.orphan)::bigint AS orphan
+      FROM (SELECT * FROM live
+            UNION ALL
+            SELECT a.budget_id, a.window_start, a.posted, 0, a.bad, 0 FROM window_archive a) AS x
+     GROUP BY x.budget_id, x.window_start)
 SELECT coalesce(w.budget_id, h.budget_id), coalesce(w.window_start, h.window_start),
        coalesce(w.posted, 0), coalesce(w.pending, 0), coalesce(h.posted, 0), coalesce(h.pending, 0),
        coalesce(h.bad, 0), coalesce(h.orphan, 0), w.budget_id IS NULL
@@ -91,12 +99,17 @@ WITH over AS (
                           WHERE budget_id = b.id AND starts_at < w.window_end AND expires_at > w.window_start) g ON true
      WHERE w.posted + w.pending > b.limit_amount + coalesce(g.total, 0)),
 excess AS (
-    SELECT h.budget_id, h.window_start,
-           sum(CASE WHEN r.unreserved THEN h.charged ELSE greatest(h.charged - h.amount, 0) END)::bigint AS total
-      FROM reservation_holds h
-      JOIN reservations r ON r.id = h.reservation_id
-      JOIN over o ON o.budget_id = h.budget_id AND o.window_start = h.window_start
-     GROUP BY h.budget_id, h.window_start)
+    SELECT x.budget_id, x.window_start, sum(x.total)::bigint AS total FROM (
+        SELECT h.budget_id, h.window_start,
+               CASE WHEN r.unreserved THEN h.charged ELSE greatest(h.charged - h.amount, 0) END AS total
+          FROM reservation_holds h
+          JOIN reservations r ON r.id = h.reservation_id
+          JOIN over o ON o.budget_id = h.budget_id AND o.window_start = h.window_start
+        UNION ALL
+        SELECT a.budget_id, a.window_start, a.excess
+          FROM window_archive a
+          JOIN over o ON o.budget_id = a.budget_id AND o.window_start = a.window_start) AS x
+     GROUP BY x.budget_id, x.window_start)
 SELECT o.budget_id, o.window_start, o.lim, o.posted, o.pending, coalesce(e.total, 0)
   FROM over o LEFT JOIN excess e ON e.budget_id = o.budget_id AND e.window_start = o.window_start
  ORDER BY 1, 2`)

@@ -75,6 +75,7 @@ func commands() map[string]command {
 		"migrate":      {"create the database if needed and apply schema migrations", runMigrate},
 		"seed":         {"load a small sample (a key, budgets) and print how to use it", runSeed},
 		"verify":       {"reconcile the ledger (exit 1 on any mismatch)", runVerify},
+		"prune":        {"remove resolved reservations older than -older-than, keeping daily spend rollups", runPrune},
 		"cost":         {"price provider responses read as JSON lines on stdin", runCost},
 		"check-config": {"validate a configuration file and price overrides offline", runCheckConfig},
 		"keys":         keysCommand(),

@@ -69,6 +69,8 @@ type serveConfig struct {
 	alertWebhooks   []alerts.Webhook
 	alertInterval   time.Duration
 	gaugeTop        int
+	retention       time.Duration
+	pruneInterval   time.Duration
 }
 
 func parseServeConfig(e env, args []string) (serveConfig, error) {
@@ -95,6 +97,8 @@ func parseServeConfig(e env, args []string) (serveConfig, error) {
 	hooks := f.Secret("alert-webhooks", "PURSER_ALERT_WEBHOOKS", "", "budget alert webhooks, comma separated: [json=|slack=]URL")
 	hookSecret := f.Secret("alert-webhook-secret", "PURSER_ALERT_WEBHOOK_SECRET", "", "HMAC secret signing JSON alert webhooks (X-Purser-Signature)")
 	alertInterval := f.Duration("alert-interval", "PURSER_ALERT_INTERVAL", alerts.DefaultEvaluateEvery, "how often budgets are evaluated for alerts")
+	retention := f.Duration("retention", "PURSER_RETENTION", 0, "prune resolved reservations older than this, keeping their spend as daily rollups (e.g. 2160h; 0: keep them all)")
+	pruneInterval := f.Duration("prune-interval", "PURSER_PRUNE_INTERVAL", time.Hour, "how often -retention prunes")
 	gaugeTop := f.Int("metrics-top-budgets", "PURSER_METRICS_TOP_BUDGETS", budget.DefaultGaugeTopBudgets, "how many of the most utilised budgets export a utilisation gauge")
 	if err := f.Parse(args); err != nil {
 		return c, err
@@ -109,6 +113,7 @@ func parseServeConfig(e env, args []string) (serveConfig, error) {
 		checkTimeout: *checkTimeout, reservationTTL: *ttl, sweepInterval: *sweep, shutdownDelay: *delay,
 		shutdownTimeout: *timeout, maxBodyBytes: *maxBody, maxStreams: *maxStreams, streamWorkers: *workers,
 		alertWebhooks: webhooks, alertInterval: *alertInterval, gaugeTop: *gaugeTop,
+		retention: *retention, pruneInterval: *pruneInterval,
 	}
 	for _, t := range strings.Split(*tokens, ",") {
 		if t = strings.TrimSpace(t); t != "" {
@@ -142,6 +147,12 @@ func (c serveConfig) validate() error {
 	}
 	if c.sweepInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("-sweep-interval %s: want at least 100ms", c.sweepInterval))
+	}
+	if c.retention != 0 && c.retention < budget.MinRetention {
+		errs = append(errs, fmt.Errorf("-retention %s: want 0 (keep everything) or at least %s", c.retention, budget.MinRetention))
+	}
+	if c.pruneInterval < time.Minute {
+		errs = append(errs, fmt.Errorf("-prune-interval %s: want at least 1m", c.pruneInterval))
 	}
 	if c.maxBodyBytes < 64<<10 || c.maxBodyBytes > 256<<20 {
 		errs = append(errs, fmt.Errorf("-max-body-bytes %d: want 64KiB-256MiB", c.maxBodyBytes))
@@ -437,6 +448,9 @@ func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 	listening := make(chan struct{})
 	goRun(func(c context.Context) { s.svc.Listen(c, listening) })
 	goRun(func(c context.Context) { s.svc.RunSweeper(c, s.cfg.sweepInterval, 1000) })
+	if s.cfg.retention > 0 {
+		goRun(func(c context.Context) { s.svc.RunPruner(c, s.cfg.retention, s.cfg.pruneInterval, pruneBatch) })
+	}
 	if s.prices != nil {
 		goRun(func(c context.Context) { _ = s.prices.Run(c) })
 	}

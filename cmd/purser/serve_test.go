@@ -45,6 +45,8 @@ func TestParseServeConfig_Errors(t *testing.T) {
 		"CheckTimeout":   {[]string{"-check-timeout", "5ms"}, nil, "-check-timeout 5ms: want 10ms-1m"},
 		"LogLevel":       {[]string{"-log-level", "loud"}, nil, `-log-level "loud"`},
 		"HotPool":        {[]string{"-hot-pool-size", "0"}, nil, "-hot-pool-size 0: want 1-64"},
+		"Retention":      {nil, map[string]string{"PURSER_RETENTION": "12h"}, "-retention 12h0m0s: want 0 (keep everything) or at least 24h0m0s"},
+		"PruneInterval":  {[]string{"-retention", "720h", "-prune-interval", "1s"}, nil, "-prune-interval 1s: want at least 1m"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -218,6 +220,41 @@ func TestVerify_ExitCode(t *testing.T) {
 	require.ErrorAs(t, err, &ex)
 	require.Equal(t, 1, ex.code)
 	require.Contains(t, out.String(), "MISMATCH")
+}
+
+// purser prune removes resolved history older than -older-than and leaves the ledger
+// reconciling; it refuses a retention under a day.
+func TestPrune_Command(t *testing.T) {
+	t.Parallel()
+	schema := pgtest.New(t)
+	ctx := context.Background()
+	e := testEnv(nil)
+	var out bytes.Buffer
+	db := []string{"-database-url", schema.ConnString}
+	require.NoError(t, run(ctx, append([]string{"seed"}, db...), e.getenv, e.stdin, io.Discard, io.Discard))
+	// Two reservations resolved 40 days ago (one settled, one voided), one pending.
+	_, err := schema.Pool.Exec(ctx, `
+		INSERT INTO reservations (id, expires_at, hold_cost, hold_tokens, state, resolved_at, actual_cost, actual_tokens, model, subjects)
+		VALUES (gen_random_uuid(), now(), 10, 1, 'settled', now() - interval '40 days', 7, 1, 'gpt-4o', '{team:demo}'),
+		       (gen_random_uuid(), now(), 10, 1, 'voided', now() - interval '40 days', NULL, NULL, 'gpt-4o', '{team:demo}'),
+		       (gen_random_uuid(), now() + interval '1 hour', 10, 1, 'pending', NULL, NULL, NULL, 'gpt-4o', '{team:demo}')`)
+	require.NoError(t, err)
+
+	err = run(ctx, append([]string{"prune", "-older-than", "1h"}, db...), e.getenv, e.stdin, &out, io.Discard)
+	var ex exitError
+	require.ErrorAs(t, err, &ex)
+	require.Equal(t, 2, ex.code)
+	require.Contains(t, ex.msg, "-older-than 1h0m0s: want at least 24h0m0s")
+
+	require.NoError(t, run(ctx, append([]string{"prune", "-older-than", "720h"}, db...), e.getenv, e.stdin, &out, io.Discard))
+	require.Contains(t, out.String(), "pruned 2 reservations and 0 holds resolved before ")
+	var left int
+	require.NoError(t, schema.Pool.QueryRow(ctx, `SELECT count(*) FROM reservations`).Scan(&left))
+	require.Equal(t, 1, left, "the pending reservation stays")
+	var rolled int64
+	require.NoError(t, schema.Pool.QueryRow(ctx, `SELECT sum(cost)::bigint FROM spend_rollups WHERE subjects = '{team:demo}'`).Scan(&rolled))
+	require.Equal(t, int64(7), rolled, "the settled one's spend is rolled up; the voided one spent nothing")
+	require.NoError(t, run(ctx, append([]string{"verify"}, db...), e.getenv, e.stdin, io.Discard, io.Discard))
 }
 
 // Secrets given through the environment never show in -h or in a flag error.

@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PruneResult counts what one Prune call removed from the ledger.
+type PruneResult struct {
+	Reservations int64 // reservation rows deleted
+	Holds        int64 // hold rows deleted
+	Busy         bool  // another process was pruning: nothing was done
+}
+
+// pruneLock keys the transaction-level advisory lock that lets one process prune at a time
+// (two pruners would upsert the same window_archive rows in different orders).
+const pruneLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('purser-prune:' || current_schema(), 0))`
+
+// Prune deletes up to limit resolved reservations (settled, voided, expired) resolved before
+// before, with their holds, in one transaction. What reports and reconciliation need of them
+// stays behind: their spend in spend_rollups (per UTC day, key, model and subject set) and
+// their holds' sums in window_archive (per budget window). Pending reservations are never
+// pruned. Rows locked by a concurrent settlement are skipped (the next call takes them).
+func (s *Store) Prune(ctx context.Context, before time.Time, limit int) (PruneResult, error) {
+	var res PruneResult
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var got bool
+		if err := tx.QueryRow(ctx, pruneLock).Scan(&got); err != nil {
+			return err
+		}
+		if !got {
+			res.Busy = true
+			return nil
+		}
+		// Every data-modifying WITH runs exactly once, to completion, on one snapshot, read or
+		// not; the inserts read the deletes' RETURNING rows. The sums mirror Spend's and
+		// Verify's exactly.
+		return tx.QueryRow(ctx, `
+WITH victims AS (
+    SELECT id FROM reservations
+     WHERE state IN ('settled', 'voided', 'expired') AND resolved_at < $1
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED),
+gone AS (
+    DELETE FROM reservations r USING victims v WHERE r.id = v.id
+    RETURNING r.id, r.state, r.resolved_at, r.key_id, r.model, r.subjects, r.actual_cost, r.actual_tokens,
+              r.overrun_cost, r.overrun_tokens, r.unreserved),
+held AS (
+    DELETE FROM reservation_holds h USING victims v WHERE h.reservation_id = v.id
+    RETURNING h.reservation_id, h.budget_id, h.window_start, h.amount, h.charged),
+archived AS (
+    INSERT INTO window_archive AS a (budget_id, window_start, posted, excess, holds, bad)
+    SELECT h.budget_id, h.window_start,
+           sum(CASE WHEN g.state IN ('settled', 'expired') THEN h.charged ELSE 0 END),
+           sum(CASE WHEN g.unreserved THEN h.charged ELSE greatest(h.charged - h.amount, 0) END),
+           count(*),
+           count(*) FILTER (WHERE (g.state = 'voided' AND h.charged <> 0) OR (g.state = 'expired' AND h.charged <> h.amount))
+      FROM held h JOIN gone g ON g.id = h.reservation_id
+     GROUP BY h.budget_id, h.window_start
+     ORDER BY h.budget_id, h.window_start
+    ON CONFLICT (budget_id, window_start) DO UPDATE
+       SET posted = a.posted + excluded.posted, excess = a.excess + excluded.excess,
+           holds = a.holds + excluded.holds, bad = a.bad + excluded.bad),
+rolled AS (
+    INSERT INTO spend_rollups (day, key_id, model, subjects, requests, expired, overruns, cost, tokens,
+                               overrun_cost, overrun_tokens, unreserved, unreserved_cost, unreserved_tokens)
+    SELECT (g.resolved_at AT TIME ZONE 'UTC')::date, g.key_id, g.model, g.subjects,
+           count(*),
+           count(*) FILTER (WHERE g.state = 'expired'),
+           count(*) FILTER (WHERE g.overrun_cost > 0 OR g.overrun_tokens > 0),
+           coalesce(sum(g.actual_cost), 0), coalesce(sum(g.actual_tokens), 0),
+           sum(g.overrun_cost), sum(g.overrun_tokens),
+           count(*) FILTER (WHERE g.unreserved),
+           coalesce(sum(g.actual_cost) FILTER (WHERE g.unreserved), 0),
+           coalesce(sum(g.actual_tokens) FILTER (WHERE g.unreserved), 0)
+      FROM gone g
+     WHERE g.state IN ('settled', 'expired')
+     GROUP BY 1, 2, 3, 4)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held)`, before, limit).Scan(&res.Reservations, &res.Holds)
+	})
+	if err != nil {
+		return PruneResult{}, fmt.Errorf("prune: %w", interpret(err))
+	}
+	return res, nil
+}
