@@ -6,28 +6,56 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // A CheckRequest spends most of its decoding time in two string maps, the request headers
 // and the route's context_extensions, which protobuf decodes entry by entry through
-// reflection with two allocations each. unmarshalCheckRequest walks the path to them itself
-// (CheckRequest.attributes → AttributeContext.request → Request.http → HttpRequest, and
-// AttributeContext.context_extensions): it decodes HttpRequest's fields directly, with one
-// allocation for all of its short strings and header keys and values, copies raw_body once,
-// and hands every other field, unchanged and in order, to protobuf (a message may be decoded
-// in parts and merged: that is protobuf's own encoding rule). The result equals
+// reflection with two allocations each, and in the peers' addresses, whose oneofs protobuf
+// sets through reflection too. unmarshalCheckRequest walks the path to them itself
+// (CheckRequest.attributes → AttributeContext.request → Request.http → HttpRequest and
+// Request.time; AttributeContext.context_extensions; AttributeContext.source and
+// destination → Peer → Address → SocketAddress): it decodes HttpRequest's fields directly,
+// with one allocation for all of its short strings and header keys and values, copies
+// raw_body once, decodes the peers' socket addresses, principals and the request time, and
+// hands every other field, unchanged and in order, to protobuf (a message may be decoded in
+// parts and merged: that is protobuf's own encoding rule; an Address with a member of its
+// oneof other than socket_address goes to protobuf whole, since the last member wins). The result equals
 // proto.Unmarshal's, and it fails where proto.Unmarshal fails (TestUnmarshalCheckRequest_
 // SameAsProtobuf, FuzzUnmarshalCheckRequest).
 
-// Field numbers (envoy/service/auth/v3/{external_auth,attribute_context}.proto).
+// Field numbers (envoy/service/auth/v3/{external_auth,attribute_context}.proto,
+// envoy/config/core/v3/address.proto, google/protobuf/timestamp.proto).
 const (
 	fieldCheckAttributes       protowire.Number = 1  // CheckRequest.attributes
+	fieldAttrSource            protowire.Number = 1  // AttributeContext.source
+	fieldAttrDestination       protowire.Number = 2  // AttributeContext.destination
 	fieldAttrRequest           protowire.Number = 4  // AttributeContext.request
 	fieldAttrContextExtensions protowire.Number = 10 // AttributeContext.context_extensions
+	fieldRequestTime           protowire.Number = 1  // AttributeContext.Request.time
 	fieldRequestHTTP           protowire.Number = 2  // AttributeContext.Request.http
+	// AttributeContext.Peer
+	fieldPeerAddress     protowire.Number = 1
+	fieldPeerService     protowire.Number = 2
+	fieldPeerPrincipal   protowire.Number = 4
+	fieldPeerCertificate protowire.Number = 5
+	// core.v3.Address: a oneof of socket_address (1), pipe (2), envoy_internal_address (3)
+	fieldAddressSocket protowire.Number = 1
+	// core.v3.SocketAddress; port_value and named_port are a oneof
+	fieldSocketProtocol     protowire.Number = 1
+	fieldSocketAddress      protowire.Number = 2
+	fieldSocketPortValue    protowire.Number = 3
+	fieldSocketNamedPort    protowire.Number = 4
+	fieldSocketResolverName protowire.Number = 5
+	fieldSocketIPv4Compat   protowire.Number = 6
+	fieldSocketNetNSPath    protowire.Number = 7
+	// google.protobuf.Timestamp
+	fieldTimestampSeconds protowire.Number = 1
+	fieldTimestampNanos   protowire.Number = 2
 	// AttributeContext.HttpRequest
 	fieldHTTPID       protowire.Number = 1
 	fieldHTTPMethod   protowire.Number = 2
@@ -77,6 +105,16 @@ func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
 			return false, nil
 		}
 		switch num {
+		case fieldAttrSource:
+			if m.Source == nil {
+				m.Source = &authv3.AttributeContext_Peer{}
+			}
+			return true, decodePeer(v, m.Source)
+		case fieldAttrDestination:
+			if m.Destination == nil {
+				m.Destination = &authv3.AttributeContext_Peer{}
+			}
+			return true, decodePeer(v, m.Destination)
 		case fieldAttrRequest:
 			if m.Request == nil {
 				m.Request = &authv3.AttributeContext_Request{}
@@ -100,15 +138,160 @@ func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
 
 func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
-		if num != fieldRequestHTTP || typ != protowire.BytesType {
+		if typ != protowire.BytesType {
 			return false, nil
 		}
-		if m.Http == nil {
-			m.Http = &authv3.AttributeContext_HttpRequest{}
+		switch num {
+		case fieldRequestHTTP:
+			if m.Http == nil {
+				m.Http = &authv3.AttributeContext_HttpRequest{}
+			}
+			return true, decodeHTTP(v, m.Http)
+		case fieldRequestTime:
+			if m.Time == nil {
+				m.Time = &timestamppb.Timestamp{}
+			}
+			return true, decodeTimestamp(v, m.Time)
 		}
-		return true, decodeHTTP(v, m.Http)
+		return false, nil
 	})
 	return finish(rest, err, m, 2)
+}
+
+func decodeTimestamp(b []byte, m *timestamppb.Timestamp) error {
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, _ []byte, x uint64) (bool, error) {
+		if typ != protowire.VarintType {
+			return false, nil
+		}
+		switch num {
+		case fieldTimestampSeconds:
+			m.Seconds = int64(x)
+		case fieldTimestampNanos:
+			m.Nanos = int32(x) // protobuf truncates an int32 varint the same way
+		default:
+			return false, nil
+		}
+		return true, nil
+	})
+	return finish(rest, err, m, 3)
+}
+
+// decodePeer decodes a Peer's address and short strings; its labels, and anything
+// unexpected, go to protobuf.
+func decodePeer(b []byte, m *authv3.AttributeContext_Peer) error {
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
+		if typ != protowire.BytesType {
+			return false, nil
+		}
+		var dst *string
+		switch num {
+		case fieldPeerAddress:
+			if m.Address == nil {
+				m.Address = &corev3.Address{}
+			}
+			return true, decodeAddress(v, m.Address)
+		case fieldPeerService:
+			dst = &m.Service
+		case fieldPeerPrincipal:
+			dst = &m.Principal
+		case fieldPeerCertificate:
+			dst = &m.Certificate
+		default:
+			return false, nil
+		}
+		return true, setString(dst, v)
+	})
+	return finish(rest, err, m, 2)
+}
+
+// decodeAddress decodes an Address holding a socket address. The order of a oneof's members
+// on the wire decides which one stays, so an Address with any other member (or a member of
+// the wrong wire type) goes to protobuf whole.
+func decodeAddress(b []byte, m *corev3.Address) error {
+	if !onlySocket(b) {
+		return proto.UnmarshalOptions{Merge: true, RecursionLimit: protowire.DefaultRecursionLimit - 3}.Unmarshal(b, m)
+	}
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
+		if num != fieldAddressSocket {
+			return false, nil // unknown fields, kept by protobuf
+		}
+		sa, ok := m.Address.(*corev3.Address_SocketAddress)
+		if !ok || sa.SocketAddress == nil {
+			sa = &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{}}
+			m.Address = sa
+		}
+		return true, decodeSocketAddress(v, sa.SocketAddress)
+	})
+	return finish(rest, err, m, 3)
+}
+
+// decodeSocketAddress decodes a SocketAddress. Both members of its port oneof are decoded
+// here, in wire order, so the last one stays as with protobuf.
+func decodeSocketAddress(b []byte, m *corev3.SocketAddress) error {
+	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) (bool, error) {
+		if typ == protowire.VarintType {
+			switch num {
+			case fieldSocketProtocol:
+				m.Protocol = corev3.SocketAddress_Protocol(int32(x))
+			case fieldSocketPortValue:
+				m.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(x)}
+			case fieldSocketIPv4Compat:
+				m.Ipv4Compat = x != 0
+			default:
+				return false, nil
+			}
+			return true, nil
+		}
+		var dst *string
+		switch num {
+		case fieldSocketAddress:
+			dst = &m.Address
+		case fieldSocketResolverName:
+			dst = &m.ResolverName
+		case fieldSocketNetNSPath:
+			dst = &m.NetworkNamespaceFilepath
+		case fieldSocketNamedPort:
+			np, ok := m.PortSpecifier.(*corev3.SocketAddress_NamedPort)
+			if !ok {
+				np = &corev3.SocketAddress_NamedPort{}
+				m.PortSpecifier = np
+			}
+			dst = &np.NamedPort
+		default:
+			return false, nil
+		}
+		return true, setString(dst, v)
+	})
+	return finish(rest, err, m, 4)
+}
+
+// setString stores a string field's value, which protobuf requires to be valid UTF-8.
+func setString(dst *string, v []byte) error {
+	if !utf8.Valid(v) {
+		return errInvalidUTF8
+	}
+	*dst = string(v)
+	return nil
+}
+
+// onlySocket reports whether the only member of an Address's oneof (fields 1 to 3) in b is a
+// well-typed socket_address, however often; a malformed b answers false.
+func onlySocket(b []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		vn := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if vn < 0 {
+			return false
+		}
+		if num >= 1 && num <= 3 && (num != fieldAddressSocket || typ != protowire.BytesType) {
+			return false
+		}
+		b = b[n+vn:]
+	}
+	return true
 }
 
 // decodeHTTP decodes an HttpRequest entirely, bar unknown fields and fields of an

@@ -79,7 +79,56 @@ func oddities(t testing.TB) map[string][]byte {
 	}
 	require.NoError(t, proto.Unmarshal(nested(4995), &authv3.CheckRequest{}), "protobuf's recursion limit moved: move the MetadataDepth cases")
 	require.Error(t, proto.Unmarshal(nested(4998), &authv3.CheckRequest{}), "protobuf's recursion limit moved: move the MetadataDepth cases")
-	return map[string][]byte{
+	vint := func(num protowire.Number, x uint64) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), x)
+	}
+	peer := func(num protowire.Number, parts ...[]byte) []byte { // CheckRequest{attributes{source or destination{parts}}}
+		return field(1, field(num, cat(parts...)))
+	}
+	sock := func(parts ...[]byte) []byte { return field(1, field(1, cat(parts...))) } // Peer.address{socket_address{parts}}
+	pipe := field(1, field(2, field(1, []byte("/run/envoy.sock"))))                   // Peer.address{pipe{path}}
+	// Peer.address{both members of the oneof, in this order}
+	sockMember, pipeMember := field(1, field(2, []byte("10.0.0.4"))), field(2, field(1, []byte("/run/envoy.sock")))
+	internalMember := field(3, field(1, []byte("listener")))
+	reqTime := func(parts ...[]byte) []byte { return field(1, field(4, field(1, cat(parts...)))) }
+	peers := map[string][]byte{
+		"PeerEveryField": peer(1, sock(vint(1, 1), field(2, []byte("10.0.0.1")), vint(3, 8443), field(5, []byte("r")), vint(6, 1), field(7, []byte("/ns"))),
+			field(2, []byte("svc")), field(3, entry("app", "web")), field(4, []byte("spiffe://td/ns/a/sa/b")), field(5, []byte("cert")), field(9, []byte("unknown"))),
+		"PeerPipeThenSocket":        peer(2, pipe, sock(field(2, []byte("10.0.0.2")))),
+		"PeerSocketThenPipe":        peer(2, sock(field(2, []byte("10.0.0.2"))), pipe),
+		"AddressPipeThenSocket":     peer(1, field(1, cat(pipeMember, sockMember))),
+		"AddressSocketThenPipe":     peer(1, field(1, cat(sockMember, pipeMember))),
+		"AddressSocketThenInternal": peer(1, field(1, cat(sockMember, internalMember))),
+		"AddressInternalThenSocket": peer(1, field(1, cat(internalMember, sockMember, sockMember))),
+		"PeerSocketTwice":           peer(1, sock(field(2, []byte("10.0.0.3")), vint(3, 1)), sock(vint(3, 2), field(5, []byte("x")))),
+		"PeerSplit":                 cat(peer(1, field(4, []byte("p1")), sock(vint(3, 5))), peer(1, field(2, []byte("s")), sock(field(2, []byte("h"))))),
+		"PortValueThenNamed":        peer(1, sock(vint(3, 80), field(4, []byte("http")))),
+		"NamedThenPortValue":        peer(1, sock(field(4, []byte("http")), vint(3, 80))),
+		"NamedPortTwice":            peer(1, sock(field(4, []byte("http")), field(4, []byte("https")))),
+		"PortValueWrongWireType":    peer(1, sock(field(3, []byte("80")))),
+		"PortValueOverflow":         peer(1, sock(vint(3, 1<<40|443))),
+		"ProtocolNegative":          peer(1, sock(vint(1, ^uint64(0)))),
+		"ProtocolUnknownValue":      peer(1, sock(vint(1, 1<<33|7))),
+		"SocketWrongWireType":       peer(1, field(1, vint(1, 3))),
+		"AddressUnknownField":       peer(1, field(1, cat(field(1, field(2, []byte("a"))), field(9, []byte("z"))))),
+		"PeerWrongWireType":         field(1, cat(vint(1, 3), peer(2, field(4, []byte("p"))))),
+		"PeerServiceWrongWireType":  peer(1, vint(2, 1)),
+		"InvalidUTF8Principal":      peer(1, field(4, []byte("\xff"))),
+		"InvalidUTF8Certificate":    peer(2, field(5, []byte("\xc3"))),
+		"InvalidUTF8SocketAddress":  peer(1, sock(field(2, []byte("\xff")))),
+		"InvalidUTF8NamedPort":      peer(1, sock(field(4, []byte("\xff")))),
+		"InvalidUTF8Resolver":       peer(1, sock(field(5, []byte("\xff")))),
+		"SocketTruncated":           peer(1, field(1, field(1, []byte{0x12, 0x05, 'a'}))),
+		"AddressTruncated":          peer(1, field(1, []byte{0x0a, 0x05})),
+		"TimeEveryField":            reqTime(vint(1, 1764288000), vint(2, 123456789)),
+		"TimeNegativeAndOverflow":   reqTime(vint(1, ^uint64(0)), vint(2, 1<<40|5)),
+		"TimeTwice":                 cat(reqTime(vint(1, 1)), reqTime(vint(2, 2))),
+		"TimeWrongWireType":         reqTime(field(1, []byte("x")), vint(2, 3)),
+		"TimeUnknownField":          reqTime(vint(1, 9), field(7, []byte("x"))),
+		"TimeThenHTTP":              cat(reqTime(vint(1, 9)), http(field(4, []byte("/p")))),
+		"TimeTruncated":             field(1, field(4, field(1, []byte{0x08}))),
+	}
+	out := map[string][]byte{
 		"Empty":                {},
 		"DuplicateHeaderKeys":  http(field(3, entry("a", "1")), field(3, entry("a", "2"))),
 		"EntryFieldsReordered": http(field(3, cat(field(2, []byte("v")), field(1, []byte("k"))))),
@@ -109,6 +158,10 @@ func oddities(t testing.TB) map[string][]byte {
 		"MetadataDepth4997":    nested(4997),
 		"MetadataDepth4998":    nested(4998),
 	}
+	for k, v := range peers {
+		out[k] = v
+	}
+	return out
 }
 
 func decodeBoth(t testing.TB, c encoding.CodecV2, b []byte) {
