@@ -79,7 +79,13 @@ func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	keys, err := s.svc.Keys(r.Context(), budget.KeyQuery{Name: r.URL.Query().Get("name"), After: after, Limit: limit + 1})
+	subject := r.URL.Query().Get("subject")
+	if subject != "" {
+		if _, err := budget.ParseSubject(subject); err != nil {
+			return 0, nil, invalid("subject", "%s", err)
+		}
+	}
+	keys, err := s.svc.Keys(r.Context(), budget.KeyQuery{Name: r.URL.Query().Get("name"), Subject: subject, After: after, Limit: limit + 1})
 	if err != nil {
 		return 0, nil, err
 	}

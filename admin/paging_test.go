@@ -51,7 +51,11 @@ func TestAdmin_KeyPages(t *testing.T) {
 		if i%3 == 0 {
 			name = "ci"
 		}
-		r := h.admin("POST", "/v1/keys", map[string]any{"name": name, "subjects": []string{"team:ml"}}, http.StatusCreated)
+		subjects := []string{"team:ml"}
+		if i%2 == 1 {
+			subjects = []string{"team:web", "user:carol"}
+		}
+		r := h.admin("POST", "/v1/keys", map[string]any{"name": name, "subjects": subjects}, http.StatusCreated)
 		created = append(created, str(r.body["id"]))
 	}
 	// Keys 2-5 share one creation time; newest first is then by id, descending.
@@ -86,6 +90,11 @@ func TestAdmin_KeyPages(t *testing.T) {
 	require.Equal(t, []string{created[6], created[3], created[0]}, ci)
 	none, _ := h.pageThrough("/v1/keys", "keys", url.Values{"name": {"nobody"}})
 	require.Empty(t, none)
+	web, _ := h.pageThrough("/v1/keys", "keys", url.Values{"subject": {"user:carol"}, "limit": {"2"}})
+	require.Equal(t, []string{created[5], created[3], created[1]}, web)
+	webCI, _ := h.pageThrough("/v1/keys", "keys", url.Values{"subject": {"team:web"}, "name": {"ci"}})
+	require.Equal(t, []string{created[3]}, webCI)
+	h.invalid("GET", "/v1/keys?subject=nope", nil, "subject", `subject: subject "nope": want kind:id (kinds: key, user, team, org, workload, namespace, tag, route) or global`)
 
 	h.invalid("GET", "/v1/keys?after=not-a-cursor", nil, "after", "after: is not a cursor this API returned as next_after")
 	h.invalid("GET", "/v1/keys?after=MTIz", nil, "after", "after: is not a cursor this API returned as next_after") // "123": no id

@@ -114,9 +114,10 @@ func (s *Service) Key(ctx context.Context, id string) (Key, error) {
 
 // KeyQuery selects keys for Keys.
 type KeyQuery struct {
-	Name  string    // only keys of this name; "" for every key
-	After KeyCursor // continue after this key (zero: from the newest)
-	Limit int       // at most this many; 0 for all
+	Name    string    // only keys of this name; "" for every key
+	Subject string    // only keys owning this subject (their key: subject is not one); "" for all
+	After   KeyCursor // continue after this key (zero: from the newest)
+	Limit   int       // at most this many; 0 for all
 }
 
 // KeyCursor is a position in the newest-first list of keys: the last key of a page.
@@ -130,7 +131,7 @@ func CursorOf(k Key) KeyCursor { return KeyCursor{CreatedAt: k.CreatedAt, ID: k.
 
 // Keys lists keys, newest first.
 func (s *Service) Keys(ctx context.Context, q KeyQuery) ([]Key, error) {
-	rows, err := s.db.ListKeys(ctx, store.KeyPage{Name: q.Name, AfterCreatedAt: q.After.CreatedAt, AfterID: q.After.ID, Limit: q.Limit})
+	rows, err := s.db.ListKeys(ctx, store.KeyPage{Name: q.Name, Subject: q.Subject, AfterCreatedAt: q.After.CreatedAt, AfterID: q.After.ID, Limit: q.Limit})
 	if err != nil {
 		return nil, mapErr(err)
 	}

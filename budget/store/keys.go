@@ -69,7 +69,8 @@ func (s *Store) CreateKey(ctx context.Context, k KeyRow, a Audit) (KeyRow, error
 
 // KeyPage selects a page of keys, newest first (created_at, then id, both descending).
 type KeyPage struct {
-	Name string // only keys of this name; "" for every key
+	Name    string // only keys of this name; "" for every key
+	Subject string // only keys owning this subject; "" for every key
 	// After continues a list: only keys that come after this one (zero: from the newest).
 	AfterCreatedAt time.Time
 	AfterID        string
@@ -83,8 +84,9 @@ func (s *Store) ListKeys(ctx context.Context, p KeyPage) ([]KeyRow, error) {
 		after = &p.AfterCreatedAt
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+keyCols+` FROM api_keys
-		WHERE ($1 = '' OR name = $1) AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-		ORDER BY created_at DESC, id DESC LIMIT $4`, p.Name, after, p.AfterID, limitOrAll(p.Limit))
+		WHERE ($1 = '' OR name = $1) AND ($5 = '' OR subjects @> ARRAY[$5]::text[])
+		  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+		ORDER BY created_at DESC, id DESC LIMIT $4`, p.Name, after, p.AfterID, limitOrAll(p.Limit), p.Subject)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", interpret(err))
 	}

@@ -39,11 +39,20 @@ func when(t *time.Time) string {
 
 func runKeysList(ctx context.Context, e env, args []string) error {
 	f := newCLIFlags("keys list", e)
-	if _, err := f.parse(args, 0, 0, "[-o json]"); err != nil {
+	subject := f.FlagSet.String("subject", "", "only the keys owning this subject")
+	name := f.FlagSet.String("name", "", "only the keys of this name")
+	if _, err := f.parse(args, 0, 0, "[-subject S] [-name NAME] [-o json]"); err != nil {
 		return err
 	}
+	q := url.Values{}
+	if *subject != "" {
+		q.Set("subject", *subject)
+	}
+	if *name != "" {
+		q.Set("name", *name)
+	}
 	var keys []admin.Key
-	if printed, err := f.list(ctx, e, "/v1/keys", nil, "keys", &keys); printed || err != nil {
+	if printed, err := f.list(ctx, e, "/v1/keys", q, "keys", &keys); printed || err != nil {
 		return err
 	}
 	tw := newTable(e.stdout)

@@ -102,6 +102,10 @@ func TestCLI_Keys(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &list))
 	require.Len(t, list.Keys, 1)
 	require.NotContains(t, list.Keys[0], "key")
+	h.ok("keys", "create", "-name", "web", "-subject", "team:web")
+	require.Len(t, strings.Split(strings.TrimSpace(h.ok("keys", "list", "-subject", "user:alice")), "\n"), 2, "a header and ci-bot")
+	require.Contains(t, h.ok("keys", "list", "-name", "web"), " web ")
+	require.NotContains(t, h.ok("keys", "list", "-name", "web"), "ci-bot")
 
 	out = h.ok("keys", "rotate", id)
 	require.Equal(t, "rotated key key_ID (ci-bot); the old secret no longer works\nnew secret (shown once, store it now): pk_SECRET\n", normalise(out))
