@@ -90,24 +90,32 @@ type Check struct {
 	Req        *authv3.CheckRequest
 	headers    map[string]string
 	http       *authv3.AttributeContext_HttpRequest
+	time       *timestamppb.Timestamp
 	credHeader string
 }
 
 // New returns a private copy of the fixture.
 func (t *CheckTemplate) New() *Check {
 	req := proto.Clone(t.req).(*authv3.CheckRequest)
-	h := req.GetAttributes().GetRequest().GetHttp()
-	return &Check{Req: req, headers: h.Headers, http: h, credHeader: t.credHeader}
+	r := req.GetAttributes().GetRequest()
+	if r.Time == nil {
+		r.Time = &timestamppb.Timestamp{}
+	}
+	h := r.GetHttp()
+	return &Check{Req: req, headers: h.Headers, http: h, time: r.Time, credHeader: t.credHeader}
 }
 
 // SetCredential sets the key header to a value from CheckTemplate.Credential.
 func (c *Check) SetCredential(v string) { c.headers[c.credHeader] = v }
 
 // SetIDs sets x-request-id and Envoy's stream id: together with the key they form purser's
-// idempotency key, so every request must have its own.
+// idempotency key, so every request must have its own. It also stamps the request time as
+// Envoy does (when the downstream request arrived: now), which leads that key.
 func (c *Check) SetIDs(requestID, streamID string) {
 	c.headers["x-request-id"] = requestID
 	c.http.Id = streamID
+	now := time.Now()
+	c.time.Seconds, c.time.Nanos = now.Unix(), int32(now.Nanosecond())
 }
 
 // EntryTemplate builds access-log entries from an accesslog/testdata fixture, cheaply: only

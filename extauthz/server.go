@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -316,9 +317,19 @@ func (s *Server) ttl(r *request.Request) time.Duration {
 // idempotencyKey identifies one downstream request: the same Check retried (Envoy
 // grpc_service.retry_policy) reserves once. It includes Envoy's stream id, so a client that
 // reuses an x-request-id for a new request gets a new reservation, not a free ride.
+//
+// When the Check carries the time Envoy received the request (the same in every retry), the
+// key starts with it, big-endian, before the SHA-256: keys then arrive in nearly ascending
+// order and land on the few rightmost pages of the reservations' unique index, which stay
+// cached, instead of on a random page of an index larger than shared_buffers each (a
+// measured fifth of purser_reserve's time on a ledger of a million reservations).
 func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request) []byte {
 	if r.RequestID == "" || r.StreamID == "" {
 		return nil
+	}
+	var key []byte
+	if r.ReceivedAt > 0 {
+		key = binary.BigEndian.AppendUint64(make([]byte, 0, 8+sha256.Size), uint64(r.ReceivedAt))
 	}
 	h := sha256.New()
 	h.Write([]byte("purser/v1\x00"))
@@ -334,7 +345,7 @@ func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request)
 	h.Write([]byte(r.RequestID))
 	h.Write([]byte{0})
 	h.Write([]byte(r.StreamID))
-	return h.Sum(nil)
+	return h.Sum(key)
 }
 
 // cannotDecide turns a failure to reserve into a gRPC error (Envoy's failure mode applies),

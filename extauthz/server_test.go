@@ -1,7 +1,10 @@
 package extauthz_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -23,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/purser-dev/purser/budget"
@@ -229,6 +233,51 @@ func TestCheck_AllowThenDenyAtTheLimit(t *testing.T) {
 	rep, err := h.svc.Verify(ctx)
 	require.NoError(t, err)
 	require.True(t, rep.Clean())
+}
+
+// A retried Check (same x-request-id, stream id and request time) gets its first reservation
+// back; a new request reusing both ids is told apart by Envoy's request time. The stored key
+// starts with that time, so keys arrive in ascending order (index locality).
+func TestCheck_IdempotencyKeyStartsWithRequestTime(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	ctx := context.Background()
+	_, secret := h.key(t, "team:ml")
+	h.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 10_000_000, Window: "month", Hard: true})
+	check := func(req *authv3.CheckRequest) string {
+		t.Helper()
+		resp, err := h.client.Check(ctx, req)
+		require.NoError(t, err)
+		okResponse(t, resp)
+		return meta(resp, extauthz.MetaReservationID)
+	}
+	keyOf := func(id string) []byte {
+		t.Helper()
+		var k []byte
+		require.NoError(t, h.schema.Pool.QueryRow(ctx, `SELECT idempotency_key FROM reservations WHERE id = $1`, id).Scan(&k))
+		return k
+	}
+	req := withKey(fixture(t, "openai_chat"), secret, 7)
+	at := req.GetAttributes().GetRequest().GetTime().GetSeconds()
+	require.Positive(t, at, "the fixture carries Envoy's request time")
+	first := check(req)
+	require.Equal(t, first, check(proto.Clone(req).(*authv3.CheckRequest)), "a retry reserves once")
+
+	later := proto.Clone(req).(*authv3.CheckRequest)
+	later.GetAttributes().GetRequest().GetTime().Seconds = at + 1
+	second := check(later)
+	require.NotEqual(t, first, second, "another downstream request with the same ids")
+
+	k1, k2 := keyOf(first), keyOf(second)
+	require.Len(t, k1, 8+sha256.Size)
+	require.Equal(t, uint64(at), binary.BigEndian.Uint64(k1))
+	require.Equal(t, uint64(at+1), binary.BigEndian.Uint64(k2))
+	require.Equal(t, k1[8:], k2[8:], "the same hash after the time")
+	require.Negative(t, bytes.Compare(k1, k2))
+
+	untimed := withKey(fixture(t, "openai_chat"), secret, 8)
+	untimed.GetAttributes().GetRequest().Time = nil
+	require.Len(t, keyOf(check(untimed)), sha256.Size, "no request time: the hash alone")
 }
 
 func TestCheck_SeveralBudgetsAtOnce(t *testing.T) {

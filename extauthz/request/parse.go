@@ -27,6 +27,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 		ContentLength: -1,
 		Choices:       1,
 		StreamID:      h.GetId(),
+		ReceivedAt:    a.GetRequest().GetTime().GetSeconds(),
 		Principal:     a.GetSource().GetPrincipal(),
 		Method:        firstNonEmpty(h.GetMethod(), hd.get(":method")),
 		Host:          lower(firstNonEmpty(h.GetHost(), hd.get(":authority"), hd.get("host"))),

@@ -109,6 +109,9 @@ type Request struct {
 	RequestID string
 	// StreamID is attributes.request.http.id: Envoy's numeric stream id, not x-request-id.
 	StreamID string
+	// ReceivedAt is attributes.request.time in Unix seconds (0 when absent): when Envoy
+	// received the downstream request, the same in every retry of its Check.
+	ReceivedAt int64
 	// Path is the request path without query string; Host is lower-cased; Method is as sent.
 	Path, Host, Method string
 }
