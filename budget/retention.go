@@ -33,8 +33,9 @@ func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize 
 		return st, fmt.Errorf("%w: prune batch size %d: want at least 1", ErrInvalid, batchSize)
 	}
 	before := s.cfg.Now().Add(-retention)
+	after := ""
 	for ctx.Err() == nil {
-		res, err := s.db.Prune(ctx, before, batchSize)
+		res, err := s.db.Prune(ctx, before, after, batchSize)
 		if err != nil {
 			return st, mapErr(err)
 		}
@@ -45,9 +46,10 @@ func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize 
 		st.Reservations += res.Reservations
 		st.Holds += res.Holds
 		s.cfg.Metrics.prunedN(ctx, res.Reservations)
-		if res.Reservations < int64(batchSize) {
+		if res.Reservations < int64(batchSize) { // the walk reached the horizon
 			break
 		}
+		after = res.LastID
 	}
 	return st, ctx.Err()
 }

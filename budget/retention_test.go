@@ -79,7 +79,9 @@ func TestPrune_KeepsSpendAndReconciliation(t *testing.T) {
 	_, err = e.svc.Prune(ctx, time.Hour, 100)
 	require.ErrorIs(t, err, budget.ErrInvalid, "a retention shorter than a day is refused")
 
-	// Everything was resolved in March 2026, long before now - 24h; batches of 2 take three rounds.
+	// Everything was resolved in March 2026; with the clock two days ahead the reservations
+	// were also created (their UUIDv7 ids) before now - 24h. Batches of 2 take three rounds.
+	e.clock.Set(time.Now().Add(48 * time.Hour))
 	st, err := e.svc.Prune(ctx, budget.MinRetention, 2)
 	require.NoError(t, err)
 	require.Equal(t, int64(5), st.Reservations)

@@ -5,14 +5,16 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
 // PruneResult counts what one Prune call removed from the ledger.
 type PruneResult struct {
-	Reservations int64 // reservation rows deleted
-	Holds        int64 // hold rows deleted
-	Busy         bool  // another process was pruning: nothing was done
+	Reservations int64  // reservation rows deleted
+	Holds        int64  // hold rows deleted
+	LastID       string // the greatest id deleted: the next call continues after it ("" if none)
+	Busy         bool   // another process was pruning: nothing was done
 }
 
 // pruneLock keys the transaction-level advisory lock that lets one process prune at a time
@@ -23,8 +25,20 @@ const pruneLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('purser-pru
 // before, with their holds, in one transaction. What reports and reconciliation need of them
 // stays behind: their spend in spend_rollups (per UTC day, key, model and subject set) and
 // their holds' sums in window_archive (per budget window). Pending reservations are never
-// pruned. Rows locked by a concurrent settlement are skipped (the next call takes them).
-func (s *Store) Prune(ctx context.Context, before time.Time, limit int) (PruneResult, error) {
+// pruned. Rows locked by a concurrent settlement are skipped (a later run takes them).
+//
+// Reservation ids are UUIDv7, time-ordered: Prune walks the primary key in order from after
+// (an id; "" for the start) up to the first id of before's millisecond, so a run over a
+// large backlog reads each row once instead of rescanning what earlier batches deleted.
+func (s *Store) Prune(ctx context.Context, before time.Time, after string, limit int) (PruneResult, error) {
+	if after == "" {
+		after = "00000000-0000-0000-0000-000000000000"
+	}
+	var bound [16]byte // the smallest UUIDv7 of before's millisecond
+	ms := uint64(before.UnixMilli())
+	for i := range 6 {
+		bound[i] = byte(ms >> (8 * (5 - i)))
+	}
 	var res PruneResult
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var got bool
@@ -41,7 +55,9 @@ func (s *Store) Prune(ctx context.Context, before time.Time, limit int) (PruneRe
 		return tx.QueryRow(ctx, `
 WITH victims AS (
     SELECT id FROM reservations
-     WHERE state IN ('settled', 'voided', 'expired') AND resolved_at < $1
+     WHERE id > $3::uuid AND id < $4::uuid
+       AND state IN ('settled', 'voided', 'expired') AND resolved_at < $1
+     ORDER BY id
      LIMIT $2
        FOR UPDATE SKIP LOCKED),
 gone AS (
@@ -79,7 +95,9 @@ rolled AS (
       FROM gone g
      WHERE g.state IN ('settled', 'expired')
      GROUP BY 1, 2, 3, 4)
-SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held)`, before, limit).Scan(&res.Reservations, &res.Holds)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held),
+       coalesce((SELECT id::text FROM victims ORDER BY id DESC LIMIT 1), '')`,
+			before, limit, after, uuid.UUID(bound)).Scan(&res.Reservations, &res.Holds, &res.LastID)
 	})
 	if err != nil {
 		return PruneResult{}, fmt.Errorf("prune: %w", interpret(err))

@@ -232,12 +232,15 @@ func TestPrune_Command(t *testing.T) {
 	var out bytes.Buffer
 	db := []string{"-database-url", schema.ConnString}
 	require.NoError(t, run(ctx, append([]string{"seed"}, db...), e.getenv, e.stdin, io.Discard, io.Discard))
-	// Two reservations resolved 40 days ago (one settled, one voided), one pending.
+	// Two reservations made and resolved 40 days ago (one settled, one voided; UUIDv7 ids of
+	// that time, as purser makes them), one pending.
 	_, err := schema.Pool.Exec(ctx, `
+		CREATE FUNCTION pg_temp.v7(at timestamptz, n int) RETURNS uuid LANGUAGE sql AS
+		  $$ SELECT (lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0') || '7' || lpad(to_hex(n), 19, '0'))::uuid $$;
 		INSERT INTO reservations (id, expires_at, hold_cost, hold_tokens, state, resolved_at, actual_cost, actual_tokens, model, subjects)
-		VALUES (gen_random_uuid(), now(), 10, 1, 'settled', now() - interval '40 days', 7, 1, 'gpt-4o', '{team:demo}'),
-		       (gen_random_uuid(), now(), 10, 1, 'voided', now() - interval '40 days', NULL, NULL, 'gpt-4o', '{team:demo}'),
-		       (gen_random_uuid(), now() + interval '1 hour', 10, 1, 'pending', NULL, NULL, NULL, 'gpt-4o', '{team:demo}')`)
+		VALUES (pg_temp.v7(now() - interval '40 days', 1), now(), 10, 1, 'settled', now() - interval '40 days', 7, 1, 'gpt-4o', '{team:demo}'),
+		       (pg_temp.v7(now() - interval '40 days', 2), now(), 10, 1, 'voided', now() - interval '40 days', NULL, NULL, 'gpt-4o', '{team:demo}'),
+		       (pg_temp.v7(now(), 3), now() + interval '1 hour', 10, 1, 'pending', NULL, NULL, NULL, 'gpt-4o', '{team:demo}')`)
 	require.NoError(t, err)
 
 	err = run(ctx, append([]string{"prune", "-older-than", "1h"}, db...), e.getenv, e.stdin, &out, io.Discard)
