@@ -218,6 +218,9 @@ func TestPrune_ConcurrentWithTraffic(t *testing.T) {
 	require.Equal(t, charged.Load(), posted, "each settlement charged once")
 	require.Zero(t, pending)
 	require.Equal(t, admitted.Load(), e.count(t, `SELECT sum(holds)::bigint FROM window_archive`))
+	// Dozens of batches added to one rollup row per day, key, model and subject set.
+	require.Equal(t, int64(0), e.count(t, `SELECT count(*) FILTER (WHERE n > 1) FROM (SELECT count(*) AS n FROM spend_rollups GROUP BY day, model) x`))
+	require.LessOrEqual(t, e.count(t, `SELECT count(*) FROM spend_rollups`), 3*e.count(t, `SELECT count(DISTINCT day) FROM spend_rollups`))
 	rows, err := e.svc.Spend(ctx, budget.SpendQuery{From: time.Now().AddDate(0, 0, -2), To: time.Now().AddDate(0, 0, 2)})
 	require.NoError(t, err)
 	require.Len(t, rows, 1)

@@ -2,11 +2,12 @@
 -- purser serve -retention), and what reports and reconciliation need of them stays behind in
 -- two small tables, written in the same transaction as the delete.
 
--- Spend of pruned reservations, per UTC day of resolution, key, model and subject set: the
--- same sums a spend report takes of live reservations (settled and expired ones only).
+-- Spend of pruned reservations, per UTC day of resolution, key ('' for none), model and
+-- subject set: the same sums a spend report takes of live reservations (settled and expired
+-- ones only). Each prune batch adds its sums to the group's one row.
 CREATE TABLE spend_rollups (
     day               date NOT NULL,
-    key_id            text,
+    key_id            text NOT NULL,
     model             text NOT NULL,
     subjects          text[] NOT NULL,
     requests          bigint NOT NULL,
@@ -18,9 +19,9 @@ CREATE TABLE spend_rollups (
     overrun_tokens    bigint NOT NULL,
     unreserved        bigint NOT NULL,
     unreserved_cost   bigint NOT NULL,
-    unreserved_tokens bigint NOT NULL
+    unreserved_tokens bigint NOT NULL,
+    PRIMARY KEY (day, key_id, model, subjects)
 );
-CREATE INDEX spend_rollups_day ON spend_rollups (day);
 
 -- Per budget window, what the pruned holds had posted, how much of it recorded overruns and
 -- unreserved spend explain, and how many contradicted their reservation's state (a bug verify

@@ -23,9 +23,10 @@ const pruneLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('purser-pru
 
 // Prune deletes up to limit resolved reservations (settled, voided, expired) resolved before
 // before, with their holds, in one transaction. What reports and reconciliation need of them
-// stays behind: their spend in spend_rollups (per UTC day, key, model and subject set) and
-// their holds' sums in window_archive (per budget window). Pending reservations are never
-// pruned. Rows locked by a concurrent settlement are skipped (a later run takes them).
+// stays behind: their spend in spend_rollups (one row per UTC day, key, model and subject
+// set, each batch adding to it) and their holds' sums in window_archive (per budget window).
+// Pending reservations are never pruned. Rows locked by a concurrent settlement are skipped
+// (a later run takes them).
 //
 // Reservation ids are UUIDv7, time-ordered: Prune walks the primary key in order from after
 // (an id; "" for the start) up to the first id of before's millisecond, so a run over a
@@ -81,9 +82,9 @@ archived AS (
        SET posted = a.posted + excluded.posted, excess = a.excess + excluded.excess,
            holds = a.holds + excluded.holds, bad = a.bad + excluded.bad),
 rolled AS (
-    INSERT INTO spend_rollups (day, key_id, model, subjects, requests, expired, overruns, cost, tokens,
-                               overrun_cost, overrun_tokens, unreserved, unreserved_cost, unreserved_tokens)
-    SELECT (g.resolved_at AT TIME ZONE 'UTC')::date, g.key_id, g.model, g.subjects,
+    INSERT INTO spend_rollups AS u (day, key_id, model, subjects, requests, expired, overruns, cost, tokens,
+                                    overrun_cost, overrun_tokens, unreserved, unreserved_cost, unreserved_tokens)
+    SELECT (g.resolved_at AT TIME ZONE 'UTC')::date, coalesce(g.key_id, ''), g.model, g.subjects,
            count(*),
            count(*) FILTER (WHERE g.state = 'expired'),
            count(*) FILTER (WHERE g.overrun_cost > 0 OR g.overrun_tokens > 0),
@@ -94,7 +95,15 @@ rolled AS (
            coalesce(sum(g.actual_tokens) FILTER (WHERE g.unreserved), 0)
       FROM gone g
      WHERE g.state IN ('settled', 'expired')
-     GROUP BY 1, 2, 3, 4)
+     GROUP BY 1, 2, 3, 4
+     ORDER BY 1, 2, 3, 4
+    ON CONFLICT (day, key_id, model, subjects) DO UPDATE
+       SET requests = u.requests + excluded.requests, expired = u.expired + excluded.expired,
+           overruns = u.overruns + excluded.overruns, cost = u.cost + excluded.cost,
+           tokens = u.tokens + excluded.tokens, overrun_cost = u.overrun_cost + excluded.overrun_cost,
+           overrun_tokens = u.overrun_tokens + excluded.overrun_tokens, unreserved = u.unreserved + excluded.unreserved,
+           unreserved_cost = u.unreserved_cost + excluded.unreserved_cost,
+           unreserved_tokens = u.unreserved_tokens + excluded.unreserved_tokens)
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held),
        coalesce((SELECT id::text FROM victims ORDER BY id DESC LIMIT 1), '')`,
 			before, limit, after, uuid.UUID(bound)).Scan(&res.Reservations, &res.Holds, &res.LastID)
