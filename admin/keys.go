@@ -85,7 +85,8 @@ func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
 			return 0, nil, invalid("subject", "%s", err)
 		}
 	}
-	keys, err := s.svc.Keys(r.Context(), budget.KeyQuery{Name: r.URL.Query().Get("name"), Subject: subject, After: after, Limit: limit + 1})
+	q := budget.KeyQuery{Name: r.URL.Query().Get("name"), Subject: subject, After: after, Limit: limit + 1}
+	keys, err := s.svc.Keys(r.Context(), q)
 	if err != nil {
 		return 0, nil, err
 	}

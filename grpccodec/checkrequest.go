@@ -24,9 +24,9 @@ import (
 // raw_body once, decodes the peers' socket addresses, principals and the request time, and
 // hands every other field, unchanged and in order, to protobuf (a message may be decoded in
 // parts and merged: that is protobuf's own encoding rule; an Address with a member of its
-// oneof other than socket_address goes to protobuf whole, since the last member wins). The result equals
-// proto.Unmarshal's, and it fails where proto.Unmarshal fails (TestUnmarshalCheckRequest_
-// SameAsProtobuf, FuzzUnmarshalCheckRequest).
+// oneof other than socket_address goes to protobuf whole, since the last member wins). The
+// result equals proto.Unmarshal's, and it fails where proto.Unmarshal fails
+// (TestUnmarshalCheckRequest_SameAsProtobuf, FuzzUnmarshalCheckRequest).
 
 // Field numbers (envoy/service/auth/v3/{external_auth,attribute_context}.proto,
 // envoy/config/core/v3/address.proto, google/protobuf/timestamp.proto).
