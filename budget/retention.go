@@ -17,12 +17,14 @@ type PruneStats struct {
 	Reservations int64
 	Holds        int64
 	Batches      int
+	AlertEvents  int64 // alert events of windows that ended before the horizon, all delivered
 }
 
 // Prune removes resolved reservations (settled, voided, expired) resolved more than retention
 // ago, batchSize at a time, until none is left or ctx ends. Their spend stays in daily rollups
 // (spend reports keep day resolution for pruned history) and their holds' sums in a per-window
 // archive (verify reconciles pruned windows exactly); pending reservations are never pruned.
+// Alert events of windows that ended before the horizon go too, once every delivery is done.
 // One process prunes at a time: on a replica that finds another pruning, Prune does nothing.
 func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize int) (PruneStats, error) {
 	var st PruneStats
@@ -51,6 +53,16 @@ func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize 
 		}
 		after = res.LastID
 	}
+	for st.Batches > 0 && ctx.Err() == nil {
+		n, err := s.db.PruneAlerts(ctx, before, batchSize)
+		if err != nil {
+			return st, mapErr(err)
+		}
+		st.AlertEvents += n
+		if n < int64(batchSize) {
+			break
+		}
+	}
 	return st, ctx.Err()
 }
 
@@ -63,9 +75,10 @@ func (s *Service) RunPruner(ctx context.Context, retention, interval time.Durati
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.log.LogAttrs(ctx, slog.LevelError, "prune reservations", slog.String("error", err.Error()))
-		case st.Reservations > 0:
+		case st.Reservations > 0 || st.AlertEvents > 0:
 			s.log.LogAttrs(ctx, slog.LevelInfo, "pruned resolved reservations",
-				slog.Int64("reservations", st.Reservations), slog.Int64("holds", st.Holds), slog.Duration("retention", retention))
+				slog.Int64("reservations", st.Reservations), slog.Int64("holds", st.Holds),
+				slog.Int64("alert_events", st.AlertEvents), slog.Duration("retention", retention))
 		}
 		select {
 		case <-ctx.Done():

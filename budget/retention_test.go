@@ -227,3 +227,47 @@ func TestPrune_ConcurrentWithTraffic(t *testing.T) {
 	require.Equal(t, charged.Load(), rows[0].Cost)
 	e.requireClean(t)
 }
+
+// TestPrune_AlertEvents: alert events of windows that ended before the horizon are pruned once
+// every delivery is done; one still pending, or of a current window, stays.
+func TestPrune_AlertEvents(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	b := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true, WarnAt: []int{50, 80}})
+	now := time.Now().UTC()
+	ev := func(kind string, threshold int, end time.Time) budget.AlertEvent {
+		start := end.AddDate(0, -1, 0)
+		return budget.AlertEvent{IdempotencyKey: budget.AlertKey(b.ID, start, kind, threshold), BudgetID: b.ID, Kind: kind,
+			Threshold: threshold, WindowStart: start, WindowEnd: end, Payload: []byte(`{}`), CreatedAt: end.AddDate(0, 0, -3)}
+	}
+	old, current := now.AddDate(0, 0, -40), now.AddDate(0, 0, 20)
+	delivered, pending := ev(budget.AlertThreshold, 50, old), ev(budget.AlertThreshold, 80, old)
+	noWebhook, live := ev(budget.AlertProjected, 100, old), ev(budget.AlertThreshold, 50, current)
+	_, err := e.svc.RecordAlerts(ctx, []budget.AlertEvent{delivered, pending}, []string{"hook"}, now)
+	require.NoError(t, err)
+	_, err = e.svc.RecordAlerts(ctx, []budget.AlertEvent{noWebhook, live}, nil, now)
+	require.NoError(t, err)
+	_, err = e.schema.Pool.Exec(ctx, `UPDATE alert_deliveries d SET state = 'delivered', delivered_at = now()
+		FROM alert_events e WHERE e.id = d.event_id AND e.idempotency_key = $1`, delivered.IdempotencyKey)
+	require.NoError(t, err)
+
+	st, err := e.svc.Prune(ctx, budget.MinRetention, 100)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), st.AlertEvents)
+	var left []string
+	rows, err := e.schema.Pool.Query(ctx, `SELECT idempotency_key FROM alert_events ORDER BY id`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var k string
+		require.NoError(t, rows.Scan(&k))
+		left = append(left, k)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{pending.IdempotencyKey, live.IdempotencyKey}, left)
+	require.Equal(t, int64(1), e.count(t, `SELECT count(*) FROM alert_deliveries`), "the pending delivery only")
+
+	st, err = e.svc.Prune(ctx, budget.MinRetention, 100)
+	require.NoError(t, err)
+	require.Zero(t, st.AlertEvents)
+}

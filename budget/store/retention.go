@@ -113,3 +113,27 @@ SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held),
 	}
 	return res, nil
 }
+
+// PruneAlerts deletes up to limit alert events whose window ended before before, with their
+// deliveries, unless a delivery is still pending (a receiver that is down still gets it).
+// Alerts are raised for current windows only, so an event this old is never raised again.
+func (s *Store) PruneAlerts(ctx context.Context, before time.Time, limit int) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `
+WITH old AS (
+    SELECT e.id FROM alert_events e
+     WHERE e.window_end < $1
+       AND NOT EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
+     ORDER BY e.id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED),
+deliveries AS (
+    DELETE FROM alert_deliveries d USING old WHERE d.event_id = old.id),
+events AS (
+    DELETE FROM alert_events e USING old WHERE e.id = old.id RETURNING 1)
+SELECT count(*) FROM events`, before, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("prune alerts: %w", interpret(err))
+	}
+	return n, nil
+}

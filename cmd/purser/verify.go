@@ -68,8 +68,8 @@ func runPrune(ctx context.Context, e env, args []string) error {
 	if st.Batches == 0 {
 		return exitError{code: 1, msg: "another process is pruning this ledger; try again later"}
 	}
-	fmt.Fprintf(e.stdout, "pruned %d reservations and %d holds resolved before %s; their spend is kept as daily rollups\n",
-		st.Reservations, st.Holds, time.Now().Add(-*olderThan).UTC().Format(time.RFC3339))
+	fmt.Fprintf(e.stdout, "pruned %d reservations and %d holds resolved before %s (their spend is kept as daily rollups) and %d delivered alert events of windows that ended before then\n",
+		st.Reservations, st.Holds, time.Now().Add(-*olderThan).UTC().Format(time.RFC3339), st.AlertEvents)
 	return nil
 }
 
