@@ -66,6 +66,15 @@ func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize 
 	return st, ctx.Err()
 }
 
+// Prunable counts the resolved reservations Prune would remove for retention, removing none.
+func (s *Service) Prunable(ctx context.Context, retention time.Duration) (int64, error) {
+	if retention < MinRetention {
+		return 0, fmt.Errorf("%w: retention %s: want at least %s", ErrInvalid, retention, MinRetention)
+	}
+	n, err := s.db.Prunable(ctx, s.cfg.Now().Add(-retention))
+	return n, mapErr(err)
+}
+
 // RunPruner prunes history older than retention every interval until ctx ends.
 func (s *Service) RunPruner(ctx context.Context, retention, interval time.Duration, batchSize int) {
 	t := time.NewTicker(interval)

@@ -35,11 +35,7 @@ func (s *Store) Prune(ctx context.Context, before time.Time, after string, limit
 	if after == "" {
 		after = "00000000-0000-0000-0000-000000000000"
 	}
-	var bound [16]byte // the smallest UUIDv7 of before's millisecond
-	ms := uint64(before.UnixMilli())
-	for i := range 6 {
-		bound[i] = byte(ms >> (8 * (5 - i)))
-	}
+	bound := firstIDAt(before)
 	var res PruneResult
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var got bool
@@ -106,12 +102,34 @@ rolled AS (
            unreserved_tokens = u.unreserved_tokens + excluded.unreserved_tokens)
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held),
        coalesce((SELECT id::text FROM victims ORDER BY id DESC LIMIT 1), '')`,
-			before, limit, after, uuid.UUID(bound)).Scan(&res.Reservations, &res.Holds, &res.LastID)
+			before, limit, after, bound).Scan(&res.Reservations, &res.Holds, &res.LastID)
 	})
 	if err != nil {
 		return PruneResult{}, fmt.Errorf("prune: %w", interpret(err))
 	}
 	return res, nil
+}
+
+// firstIDAt returns the smallest UUIDv7 of t's millisecond: every reservation created before
+// t has a smaller id.
+func firstIDAt(t time.Time) uuid.UUID {
+	var id uuid.UUID
+	ms := uint64(t.UnixMilli())
+	for i := range 6 {
+		id[i] = byte(ms >> (8 * (5 - i)))
+	}
+	return id
+}
+
+// Prunable counts the reservations Prune would delete for before (locked rows included).
+func (s *Store) Prunable(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM reservations
+		WHERE id < $2 AND state IN ('settled', 'voided', 'expired') AND resolved_at < $1`, before, firstIDAt(before)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count prunable: %w", interpret(err))
+	}
+	return n, nil
 }
 
 // PruneAlerts deletes up to limit alert events whose window ended before before, with their

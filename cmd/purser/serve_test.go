@@ -249,6 +249,9 @@ func TestPrune_Command(t *testing.T) {
 	require.Equal(t, 2, ex.code)
 	require.Contains(t, ex.msg, "-older-than 1h0m0s: want at least 24h0m0s")
 
+	require.NoError(t, run(ctx, append([]string{"prune", "-older-than", "720h", "-dry-run"}, db...), e.getenv, e.stdin, &out, io.Discard))
+	require.Contains(t, out.String(), "would prune 2 reservations resolved before ")
+	out.Reset()
 	require.NoError(t, run(ctx, append([]string{"prune", "-older-than", "720h"}, db...), e.getenv, e.stdin, &out, io.Discard))
 	require.Contains(t, out.String(), "pruned 2 reservations and 0 holds resolved before ")
 	var left int

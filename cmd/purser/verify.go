@@ -50,6 +50,7 @@ func runPrune(ctx context.Context, e env, args []string) error {
 	f := newFlags("prune", e)
 	dsn := databaseFlag(f)
 	olderThan := f.Duration("older-than", "PURSER_RETENTION", 0, "prune resolved reservations resolved longer ago than this (at least 24h; e.g. 2160h)")
+	dryRun := f.FlagSet.Bool("dry-run", false, "only count the reservations that would be pruned")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
@@ -61,6 +62,15 @@ func runPrune(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer closeLedger()
+	horizon := time.Now().Add(-*olderThan).UTC().Format(time.RFC3339)
+	if *dryRun {
+		n, err := svc.Prunable(ctx, *olderThan)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "would prune %d reservations resolved before %s\n", n, horizon)
+		return nil
+	}
 	st, err := svc.Prune(ctx, *olderThan, pruneBatch)
 	if err != nil {
 		return err
@@ -69,7 +79,7 @@ func runPrune(ctx context.Context, e env, args []string) error {
 		return exitError{code: 1, msg: "another process is pruning this ledger; try again later"}
 	}
 	fmt.Fprintf(e.stdout, "pruned %d reservations and %d holds resolved before %s (their spend is kept as daily rollups) and %d delivered alert events of windows that ended before then\n",
-		st.Reservations, st.Holds, time.Now().Add(-*olderThan).UTC().Format(time.RFC3339), st.AlertEvents)
+		st.Reservations, st.Holds, horizon, st.AlertEvents)
 	return nil
 }
 
