@@ -97,23 +97,21 @@ func marshalInto(m vtMarshaler, buf []byte) error {
 // BinaryUnmarshaler through its UnmarshalBinary (the bytes are valid only during the call),
 // every other message through protobuf.
 func (c *Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	var decode func([]byte) error
 	switch m := v.(type) {
 	case *authv3.CheckRequest:
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		if err := unmarshalCheckRequest(buf.ReadOnlyData(), m); err != nil {
-			return fmt.Errorf("grpccodec: unmarshal CheckRequest: %w", err)
-		}
-		return nil
+		decode = func(b []byte) error { return unmarshalCheckRequest(b, m) }
 	case stdencoding.BinaryUnmarshaler:
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		if err := m.UnmarshalBinary(buf.ReadOnlyData()); err != nil {
-			return fmt.Errorf("grpccodec: unmarshal %T: %w", m, err)
-		}
-		return nil
+		decode = m.UnmarshalBinary
+	default:
+		return c.fallback.Unmarshal(data, v)
 	}
-	return c.fallback.Unmarshal(data, v)
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	if err := decode(buf.ReadOnlyData()); err != nil {
+		return fmt.Errorf("grpccodec: unmarshal %T: %w", v, err)
+	}
+	return nil
 }
 
 // Generated reports whether v is marshalled by generated code: false for every message when
