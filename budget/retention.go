@@ -12,6 +12,13 @@ import (
 // every replay its idempotency key must recognise; a day is far beyond Envoy's buffering.
 const MinRetention = 24 * time.Hour
 
+func checkRetention(retention time.Duration) error {
+	if retention < MinRetention {
+		return fmt.Errorf("%w: retention %s: want at least %s", ErrInvalid, retention, MinRetention)
+	}
+	return nil
+}
+
 // PruneStats is what a Prune run removed.
 type PruneStats struct {
 	Reservations int64
@@ -28,8 +35,8 @@ type PruneStats struct {
 // One process prunes at a time: on a replica that finds another pruning, Prune does nothing.
 func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize int) (PruneStats, error) {
 	var st PruneStats
-	if retention < MinRetention {
-		return st, fmt.Errorf("%w: retention %s: want at least %s", ErrInvalid, retention, MinRetention)
+	if err := checkRetention(retention); err != nil {
+		return st, err
 	}
 	if batchSize <= 0 {
 		return st, fmt.Errorf("%w: prune batch size %d: want at least 1", ErrInvalid, batchSize)
@@ -68,8 +75,8 @@ func (s *Service) Prune(ctx context.Context, retention time.Duration, batchSize 
 
 // Prunable counts the resolved reservations Prune would remove for retention, removing none.
 func (s *Service) Prunable(ctx context.Context, retention time.Duration) (int64, error) {
-	if retention < MinRetention {
-		return 0, fmt.Errorf("%w: retention %s: want at least %s", ErrInvalid, retention, MinRetention)
+	if err := checkRetention(retention); err != nil {
+		return 0, err
 	}
 	n, err := s.db.Prunable(ctx, s.cfg.Now().Add(-retention))
 	return n, mapErr(err)

@@ -17,6 +17,10 @@ type PruneResult struct {
 	Busy         bool   // another process was pruning: nothing was done
 }
 
+// prunable selects the reservations Prune deletes: resolved before $1 and created before it
+// ($2, the first UUIDv7 of its millisecond).
+const prunable = `id < $2::uuid AND state IN ('settled', 'voided', 'expired') AND resolved_at < $1::timestamptz`
+
 // pruneLock keys the transaction-level advisory lock that lets one process prune at a time
 // (two pruners would upsert the same window_archive rows in different orders).
 const pruneLock = `SELECT pg_try_advisory_xact_lock(hashtextextended('purser-prune:' || current_schema(), 0))`
@@ -52,10 +56,9 @@ func (s *Store) Prune(ctx context.Context, before time.Time, after string, limit
 		return tx.QueryRow(ctx, `
 WITH victims AS (
     SELECT id FROM reservations
-     WHERE id > $3::uuid AND id < $4::uuid
-       AND state IN ('settled', 'voided', 'expired') AND resolved_at < $1
+     WHERE id > $4::uuid AND `+prunable+`
      ORDER BY id
-     LIMIT $2
+     LIMIT $3
        FOR UPDATE SKIP LOCKED),
 gone AS (
     DELETE FROM reservations r USING victims v WHERE r.id = v.id
@@ -102,7 +105,7 @@ rolled AS (
            unreserved_tokens = u.unreserved_tokens + excluded.unreserved_tokens)
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM held),
        coalesce((SELECT id::text FROM victims ORDER BY id DESC LIMIT 1), '')`,
-			before, limit, after, bound).Scan(&res.Reservations, &res.Holds, &res.LastID)
+			before, bound, limit, after).Scan(&res.Reservations, &res.Holds, &res.LastID)
 	})
 	if err != nil {
 		return PruneResult{}, fmt.Errorf("prune: %w", interpret(err))
@@ -124,8 +127,7 @@ func firstIDAt(t time.Time) uuid.UUID {
 // Prunable counts the reservations Prune would delete for before (locked rows included).
 func (s *Store) Prunable(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM reservations
-		WHERE id < $2 AND state IN ('settled', 'voided', 'expired') AND resolved_at < $1`, before, firstIDAt(before)).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM reservations WHERE `+prunable, before, firstIDAt(before)).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("count prunable: %w", interpret(err))
 	}
