@@ -142,11 +142,9 @@ func (s *server) createBudget(r *http.Request, c caller) (int, any, error) {
 }
 
 func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
-	subject := r.URL.Query().Get("subject")
-	if subject != "" {
-		if _, err := budget.ParseSubject(subject); err != nil {
-			return 0, nil, invalid("subject", "%s", err)
-		}
+	subject, err := querySubject(r)
+	if err != nil {
+		return 0, nil, err
 	}
 	limit, err := pageSize(r)
 	if err != nil {
@@ -160,17 +158,12 @@ func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	body := map[string]any{"next_after": nil}
-	if len(bs) > limit {
-		bs = bs[:limit]
-		body["next_after"] = bs[limit-1].ID
-	}
+	bs, next := nextPage(bs, limit, func(b budget.Budget) any { return b.ID })
 	out := make([]Budget, 0, len(bs))
 	for _, b := range bs {
 		out = append(out, toBudget(b))
 	}
-	body["budgets"] = out
-	return http.StatusOK, body, nil
+	return http.StatusOK, map[string]any{"budgets": out, "next_after": next}, nil
 }
 
 // budgetWithWindow returns a live budget with its current window.

@@ -156,6 +156,27 @@ func queryInt(r *http.Request, name string, def, lo, hi int64) (int64, error) {
 	return v, nil
 }
 
+// querySubject reads an optional "subject" filter, which must be a valid subject.
+func querySubject(r *http.Request) (string, error) {
+	subject := r.URL.Query().Get("subject")
+	if subject != "" {
+		if _, err := budget.ParseSubject(subject); err != nil {
+			return "", invalid("subject", "%s", err)
+		}
+	}
+	return subject, nil
+}
+
+// nextPage trims a list fetched with limit+1 rows to limit and returns the cursor of the
+// next page: cursor(last row kept), or nil when there is none.
+func nextPage[T any](items []T, limit int, cursor func(T) any) ([]T, any) {
+	if len(items) <= limit {
+		return items, nil
+	}
+	items = items[:limit]
+	return items, cursor(items[limit-1])
+}
+
 func pathID(r *http.Request) (int64, error) {
 	s := r.PathValue("id")
 	v, err := strconv.ParseInt(s, 10, 64)

@@ -79,29 +79,22 @@ func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	subject := r.URL.Query().Get("subject")
-	if subject != "" {
-		if _, err := budget.ParseSubject(subject); err != nil {
-			return 0, nil, invalid("subject", "%s", err)
-		}
+	subject, err := querySubject(r)
+	if err != nil {
+		return 0, nil, err
 	}
 	q := budget.KeyQuery{Name: r.URL.Query().Get("name"), Subject: subject, After: after, Limit: limit + 1}
 	keys, err := s.svc.Keys(r.Context(), q)
 	if err != nil {
 		return 0, nil, err
 	}
-	body := map[string]any{"next_after": nil}
-	if len(keys) > limit {
-		keys = keys[:limit]
-		body["next_after"] = keyCursor(budget.CursorOf(keys[limit-1]))
-	}
+	keys, next := nextPage(keys, limit, func(k budget.Key) any { return keyCursor(budget.CursorOf(k)) })
 	now := s.cfg.Now()
 	out := make([]Key, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, toKey(k, now))
 	}
-	body["keys"] = out
-	return http.StatusOK, body, nil
+	return http.StatusOK, map[string]any{"keys": out, "next_after": next}, nil
 }
 
 // keyCursor encodes a position in the list of keys as the opaque "after" parameter.

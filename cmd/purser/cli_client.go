@@ -155,9 +155,9 @@ const listPageSize = 1000
 // listAll follows a paged list from its first page to its last (next_after null) and returns
 // the items of every page as one JSON array.
 func (c *apiClient) listAll(ctx context.Context, path string, query url.Values, field string) (json.RawMessage, error) {
-	q := url.Values{}
-	for k, v := range query {
-		q[k] = slices.Clone(v)
+	q := maps.Clone(query) // Set replaces a key's slice: the caller's values are not touched
+	if q == nil {
+		q = url.Values{}
 	}
 	q.Set("limit", strconv.Itoa(listPageSize))
 	var items []json.RawMessage
