@@ -63,15 +63,7 @@ func TestAdmin_KeyPages(t *testing.T) {
 		`UPDATE api_keys SET created_at = (SELECT created_at FROM api_keys WHERE id = $1) WHERE id = ANY($2)`,
 		created[2], created[2:6])
 	require.NoError(t, err)
-	var want []string
-	rows, err := h.schema.Pool.Query(context.Background(), `SELECT id FROM api_keys ORDER BY created_at DESC, id DESC`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var id string
-		require.NoError(t, rows.Scan(&id))
-		want = append(want, id)
-	}
-	require.NoError(t, rows.Err())
+	want := h.schema.Strings(t, `SELECT id FROM api_keys ORDER BY created_at DESC, id DESC`)
 	require.Equal(t, created[6], want[0], "the newest key comes first")
 
 	all, pages := h.pageThrough("/v1/keys", "keys", nil)

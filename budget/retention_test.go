@@ -65,18 +65,10 @@ func TestPrune_KeepsSpendAndReconciliation(t *testing.T) {
 	windowsBefore := windows()
 	require.Contains(t, windowsBefore, team.ID)
 	require.Contains(t, windowsBefore, bob.ID)
-	var ids []string
-	rows, err := e.schema.Pool.Query(ctx, `SELECT id::text FROM reservations WHERE state <> 'pending'`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var id string
-		require.NoError(t, rows.Scan(&id))
-		ids = append(ids, id)
-	}
-	require.NoError(t, rows.Err())
+	ids := e.schema.Strings(t, `SELECT id::text FROM reservations WHERE state <> 'pending'`)
 	require.Len(t, ids, 5, "r1-r4 and the unreserved r6")
 
-	_, err = e.svc.Prune(ctx, time.Hour, 100)
+	_, err := e.svc.Prune(ctx, time.Hour, 100)
 	require.ErrorIs(t, err, budget.ErrInvalid, "a retention shorter than a day is refused")
 
 	// Everything was resolved in March 2026; with the clock two days ahead the reservations
@@ -255,16 +247,8 @@ func TestPrune_AlertEvents(t *testing.T) {
 	st, err := e.svc.Prune(ctx, budget.MinRetention, 100)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), st.AlertEvents)
-	var left []string
-	rows, err := e.schema.Pool.Query(ctx, `SELECT idempotency_key FROM alert_events ORDER BY id`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var k string
-		require.NoError(t, rows.Scan(&k))
-		left = append(left, k)
-	}
-	require.NoError(t, rows.Err())
-	require.Equal(t, []string{pending.IdempotencyKey, live.IdempotencyKey}, left)
+	require.Equal(t, []string{pending.IdempotencyKey, live.IdempotencyKey},
+		e.schema.Strings(t, `SELECT idempotency_key FROM alert_events ORDER BY id`))
 	require.Equal(t, int64(1), e.count(t, `SELECT count(*) FROM alert_deliveries`), "the pending delivery only")
 
 	st, err = e.svc.Prune(ctx, budget.MinRetention, 100)

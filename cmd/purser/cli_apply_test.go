@@ -151,16 +151,8 @@ func TestCLI_Apply(t *testing.T) {
 	require.Equal(t, "applied 6 change(s)\n", lastLine(h.ok("apply", "-f", v2, "-prune")))
 	require.Equal(t, "no changes\n", h.ok("apply", "-f", v2, "-prune"))
 
-	var names []string
-	rows, err := h.schema.Pool.Query(ctx, `SELECT subject || '/' || name FROM budgets WHERE deleted_at IS NULL ORDER BY 1`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var n string
-		require.NoError(t, rows.Scan(&n))
-		names = append(names, n)
-	}
-	require.NoError(t, rows.Err())
-	require.Equal(t, []string{"global/everything", "team:ml/ml monthly", "team:ml/team default old", "user:alice/alice"}, names)
+	require.Equal(t, []string{"global/everything", "team:ml/ml monthly", "team:ml/team default old", "user:alice/alice"},
+		h.schema.Strings(t, `SELECT subject || '/' || name FROM budgets WHERE deleted_at IS NULL ORDER BY 1`))
 	stored, err := h.svc.Key(ctx, k.ID)
 	require.NoError(t, err)
 	require.Len(t, stored.AllowedModels, 2, "the key was updated in place: same id, same secret")

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/purser-dev/purser/migrations"
@@ -113,4 +114,18 @@ func redact(u string) string {
 		return "(unparsable url)"
 	}
 	return cfg.ConnConfig.User + "@" + cfg.ConnConfig.Host + "/" + cfg.ConnConfig.Database
+}
+
+// Strings runs a query of one text column and returns its rows, failing the test on error.
+func (s *Schema) Strings(t testing.TB, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := s.Pool.Query(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
+	return out
 }
