@@ -13,6 +13,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/budget"
 )
 
 func TestParse_Recognition(t *testing.T) {
@@ -333,9 +335,9 @@ func TestParse_Subjects(t *testing.T) {
 		req.Attributes.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 			"jwt": {Fields: map[string]*structpb.Value{"https://idp": structpb.NewStructValue(payload), "other": structpb.NewStringValue("x")}}}}
 		cfg := &Config{JWT: JWTConfig{Namespace: "jwt", PayloadKey: "https://idp", Claims: []ClaimMapping{
-			{Claim: "realm_access.roles", Subject: "role"}, {Claim: "sub", Subject: "user"}}}}
+			{Claim: "realm_access.roles", Subject: "team"}, {Claim: "sub", Subject: "user"}}}}
 		r := Parse(req, cfg)
-		require.Equal(t, []string{"role:admin"}, r.Subjects)
+		require.Equal(t, []string{"team:admin"}, r.Subjects)
 		require.Len(t, r.SubjectErrors, 2) // empty role, non-integer sub
 	})
 	t.Run("InvalidBudgetSubject", func(t *testing.T) {
@@ -351,29 +353,39 @@ func TestParse_Subjects(t *testing.T) {
 	})
 }
 
-func TestValidateSubject(t *testing.T) {
+// TestParse_SubjectsUseTheOneValidator: every request-side source (trusted header, JWT
+// claim, route context) is held to budget.ParseSubject, the rules of the admin API.
+func TestParse_SubjectsUseTheOneValidator(t *testing.T) {
 	t.Parallel()
-	for s, want := range map[string]string{
-		"team:ml":                            "",
-		"user:Jörg Müller":                   "",
-		"workload:spiffe://td/ns/a":          "",
-		"ml":                                 `subject "ml": missing "kind:" prefix`,
-		"Team:ml":                            `subject "Team:ml": kind "Team" must start with a-z`,
-		"team:":                              `subject "team:": empty id`,
-		"team: ml":                           `subject "team: ml": id has leading or trailing white space`,
-		"team:a,b":                           `subject "team:a,b": id contains ','`,
-		"team:a\u202eb":                      `subject "team:a\u202eb": id contains control character U+202E`,
-		"team:\xff":                          `subject "team:\xff": invalid UTF-8`,
-		"t" + strings.Repeat("x", 40) + ":a": `subject "t` + strings.Repeat("x", 40) + `:a": kind must be 1-32 characters`,
+	for value, valid := range map[string]bool{
+		"acme":                   true,
+		"alice@example.com":      true,
+		"Jörg":                   true,
+		"a,b":                    false, // subjects are joined with commas in metadata
+		"a‮b":                    false, // bidi override
+		"a‍b":                    false, // zero-width joiner
+		"Jörg Müller":            false, // white space
+		"a b":                    false,
+		strings.Repeat("a", 600): false, // over the 512-byte cap
 	} {
-		err := ValidateSubject(s, 0)
-		if want == "" {
-			require.NoError(t, err, s)
+		req := checkRequest("GET", "h", "/", "", map[string]string{"x-tenant": value})
+		req.Attributes.ContextExtensions = map[string]string{"budget_subject": "team:" + value}
+		payload, err := structpb.NewStruct(map[string]any{"sub": value})
+		require.NoError(t, err)
+		req.Attributes.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			DefaultJWTNamespace: {Fields: map[string]*structpb.Value{"idp": structpb.NewStructValue(payload)}}}}
+		r := Parse(req, &Config{TrustedHeaders: []HeaderMapping{{Header: "x-tenant", Subject: "org"}},
+			JWT: JWTConfig{Claims: []ClaimMapping{{Claim: "sub", Subject: "user"}}}})
+		_, err = budget.ParseSubject("team:" + value)
+		require.Equal(t, valid, err == nil, "budget.ParseSubject agrees with the table for %q", value)
+		if valid {
+			require.ElementsMatch(t, []string{"org:" + value, "user:" + value, "team:" + value}, r.Subjects, "%q", value)
+			require.Empty(t, r.SubjectErrors)
 		} else {
-			require.EqualError(t, err, want, s)
+			require.Empty(t, r.Subjects, "%q", value)
+			require.Len(t, r.SubjectErrors, 3, "header, claim and route each rejected %q", value)
 		}
 	}
-	require.ErrorContains(t, ValidateSubject("team:"+strings.Repeat("a", 600), 0), "longer than 512 bytes")
 }
 
 func TestConfig_Validate(t *testing.T) {
@@ -383,12 +395,11 @@ func TestConfig_Validate(t *testing.T) {
 	require.NoError(t, fullConfig.Validate())
 	err := (&Config{
 		CredentialSources:  []string{"", "query:", "X-Api-Key", "api-key", "api-key"},
-		JWT:                JWTConfig{Claims: []ClaimMapping{{Claim: "", Subject: "Team"}}},
+		JWT:                JWTConfig{Claims: []ClaimMapping{{Claim: "", Subject: "role"}}},
 		TrustedHeaders:     []HeaderMapping{{Header: "api-key", Subject: "team"}, {Header: ":path", Subject: "x"}},
 		ModelHeader:        "X-Model",
 		ImageTokens:        -1,
 		MediaBytesPerToken: -1,
-		MaxSubjectLength:   5000,
 	}).Validate()
 	require.EqualError(t, err, strings.Join([]string{
 		`credential_sources[0]: empty`,
@@ -396,13 +407,13 @@ func TestConfig_Validate(t *testing.T) {
 		`credential_sources[2]: "X-Api-Key": not a lower-case header name`,
 		`credential_sources[4]: "api-key" listed twice`,
 		`jwt.claims[0].claim: must be 1-4096 bytes`,
-		`jwt.claims[0].subject: kind "Team" must start with a-z`,
+		`jwt.claims[0].subject: unknown kind "role" (kinds: key, user, team, org, workload, namespace, tag, route, or the subject global)`,
 		`trusted_headers[0].header: "api-key" carries credentials and cannot name a subject`,
 		`trusted_headers[1].header: ":path": not a lower-case header name`,
+		`trusted_headers[1].subject: unknown kind "x" (kinds: key, user, team, org, workload, namespace, tag, route, or the subject global)`,
 		`model_header: "X-Model": not a lower-case header name`,
 		`image_tokens: -1: must be between 0 (default 4000) and 1000000`,
 		`media_bytes_per_token: -1: must be between 0 (default 16) and 1048576`,
-		`max_subject_length: 5000: must be between 0 (default 512) and 4096`,
 	}, "\n"))
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/purser-dev/purser/budget"
 )
 
 // Defaults applied for zero values of Config fields.
@@ -17,10 +19,8 @@ const (
 	DefaultJWTNamespace       = "envoy.filters.http.jwt_authn"
 	DefaultImageTokens        = 4000
 	DefaultMediaBytesPerToken = 16
-	DefaultMaxSubjectLength   = 512
 
-	maxSubjectKindLength = 32
-	maxConfiguredLength  = 4096
+	maxConfiguredLength = 4096
 )
 
 // defaultCredentialSources is the order used when Config.CredentialSources is nil. It is a
@@ -51,9 +51,6 @@ type Config struct {
 	// part costs max(ImageTokens, decoded bytes / MediaBytesPerToken). Other documents (text,
 	// PDF, ...) are counted as text. 0 means DefaultMediaBytesPerToken.
 	MediaBytesPerToken int64 `json:"media_bytes_per_token,omitempty"`
-	// MaxSubjectLength bounds a whole subject ("kind:id") in bytes; longer values are
-	// rejected, not truncated. 0 means DefaultMaxSubjectLength.
-	MaxSubjectLength int `json:"max_subject_length,omitempty"`
 }
 
 // JWTConfig says where Envoy's jwt_authn filter put the verified payload and which claims
@@ -117,7 +114,7 @@ func (c *Config) Validate() error {
 		if m.Claim == "" || len(m.Claim) > maxConfiguredLength {
 			errs = append(errs, fmt.Errorf("%s.claim: must be 1-%d bytes", field, maxConfiguredLength))
 		}
-		if err := validKind(m.Subject); err != nil {
+		if err := budget.CheckKind(m.Subject); err != nil {
 			errs = append(errs, fmt.Errorf("%s.subject: %w", field, err))
 		}
 	}
@@ -129,7 +126,7 @@ func (c *Config) Validate() error {
 		case isCredentialHeader(c, m.Header):
 			errs = append(errs, fmt.Errorf("%s.header: %q carries credentials and cannot name a subject", field, m.Header))
 		}
-		if err := validKind(m.Subject); err != nil {
+		if err := budget.CheckKind(m.Subject); err != nil {
 			errs = append(errs, fmt.Errorf("%s.subject: %w", field, err))
 		}
 	}
@@ -142,9 +139,6 @@ func (c *Config) Validate() error {
 	if c.MediaBytesPerToken < 0 || c.MediaBytesPerToken > 1<<20 {
 		errs = append(errs, fmt.Errorf("media_bytes_per_token: %d: must be between 0 (default %d) and 1048576", c.MediaBytesPerToken, DefaultMediaBytesPerToken))
 	}
-	if c.MaxSubjectLength < 0 || c.MaxSubjectLength > maxConfiguredLength {
-		errs = append(errs, fmt.Errorf("max_subject_length: %d: must be between 0 (default %d) and %d", c.MaxSubjectLength, DefaultMaxSubjectLength, maxConfiguredLength))
-	}
 	return errors.Join(errs...)
 }
 
@@ -153,11 +147,10 @@ type settings struct {
 	cfg                *Config
 	imageTokens        int64
 	mediaBytesPerToken int64
-	maxSubjectLength   int
 }
 
 func resolve(c *Config) settings {
-	s := settings{cfg: c, imageTokens: DefaultImageTokens, mediaBytesPerToken: DefaultMediaBytesPerToken, maxSubjectLength: DefaultMaxSubjectLength}
+	s := settings{cfg: c, imageTokens: DefaultImageTokens, mediaBytesPerToken: DefaultMediaBytesPerToken}
 	if c == nil {
 		return s
 	}
@@ -166,9 +159,6 @@ func resolve(c *Config) settings {
 	}
 	if c.MediaBytesPerToken > 0 {
 		s.mediaBytesPerToken = c.MediaBytesPerToken
-	}
-	if c.MaxSubjectLength > 0 && c.MaxSubjectLength <= maxConfiguredLength {
-		s.maxSubjectLength = c.MaxSubjectLength
 	}
 	return s
 }

@@ -86,7 +86,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 	}
 
 	r.Credentials = credentials(&hd, query, set.credentialSources())
-	r.Subjects, r.SubjectErrors = deriveSubjects(&r, a, &hd, cfg, set.maxSubjectLength)
+	r.Subjects, r.SubjectErrors = deriveSubjects(&r, a, &hd, cfg)
 	return r
 }
 
@@ -124,8 +124,8 @@ func (r *Request) readBody(body []byte, d dialect, set settings, encoding string
 
 // deriveSubjects builds the database-free subjects: SPIFFE workload and namespace, JWT
 // claims, trusted headers, route, tags, budget_subject.
-func deriveSubjects(r *Request, a *authv3.AttributeContext, hd *headers, cfg *Config, maxLen int) ([]string, []error) {
-	s := subjects{maxLen: maxLen}
+func deriveSubjects(r *Request, a *authv3.AttributeContext, hd *headers, cfg *Config) ([]string, []error) {
+	var s subjects
 	if r.Principal != "" {
 		if ns, ok := spiffeNamespace(r.Principal); ok {
 			s.add("workload", r.Principal, "source.principal")

@@ -97,7 +97,7 @@ type Request struct {
 	// Subjects are the subjects derived without a database, deduplicated, in this order:
 	// SPIFFE workload and namespace, JWT claims, trusted headers, route, tags, budget_subject.
 	Subjects []string
-	// SubjectErrors lists rejected subject values (see ValidateSubject).
+	// SubjectErrors lists rejected subject values (see budget.ParseSubject).
 	SubjectErrors []error
 
 	// Route is the merged route context.
