@@ -155,7 +155,7 @@ func TestParse_Body(t *testing.T) {
 		t.Parallel()
 		r := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", "\x1f\x8b\x08", map[string]string{"content-encoding": "gzip"}), nil)
 		require.EqualError(t, r.BodyError, `unsupported content-encoding "gzip"`)
-		require.Positive(t, r.InputTokens)
+		require.True(t, r.ExternalInput, "a compressed body bounds nothing")
 	})
 	t.Run("TrailingData", func(t *testing.T) {
 		t.Parallel()
@@ -174,7 +174,8 @@ func TestParse_Body(t *testing.T) {
 		require.NoError(t, r.BodyError)
 		require.False(t, r.HasOutputCap) // 12 might be 1200
 		require.Equal(t, "m", r.Model)
-		require.GreaterOrEqual(t, r.InputTokens, int64(5000/3))
+		require.GreaterOrEqual(t, r.InputTokens, int64(5000-r.BodyBytes)*maxWeightPerByte)
+		require.True(t, r.ExternalInput)
 	})
 	t.Run("InvalidUTF8Counted", func(t *testing.T) {
 		t.Parallel()
@@ -186,20 +187,22 @@ func TestParse_Body(t *testing.T) {
 		t.Parallel()
 		long := "data:image/png;base64," + strings.Repeat("QUJD", 5000)
 		r := chat(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"` + long + `"}]}]}`)
-		require.Greater(t, r.InputTokens, int64(DefaultImageTokens), "counted as text, not as one image")
+		require.Zero(t, r.Images, "text, not an image")
+		require.GreaterOrEqual(t, r.InputTokens, int64(len(long)), "counted as text")
 	})
-	t.Run("InlineAudioSizedByBytes", func(t *testing.T) {
+	t.Run("InlineAudioIsUnbounded", func(t *testing.T) {
 		t.Parallel()
-		audio := strings.Repeat("UklGRiQA", 200000) // 1.6 MB of base64, 1.2 MB decoded
+		// Compressed audio of silence is tiny for its duration: its size bounds nothing.
+		audio := strings.Repeat("UklGRiQA", 2000)
 		r := chat(`{"model":"gpt-4o-audio-preview","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"` + audio + `","format":"wav"}}]}]}`)
-		require.Greater(t, r.InputTokens, int64(1_200_000/DefaultMediaBytesPerToken))
-		require.Less(t, r.InputTokens, int64(1_200_000/DefaultMediaBytesPerToken+100))
+		require.True(t, r.ExternalInput)
+		require.Less(t, r.InputTokens, int64(200), "the base64 is not counted as text")
 	})
-	t.Run("DocumentsCountAsText", func(t *testing.T) {
+	t.Run("DocumentsByKind", func(t *testing.T) {
 		t.Parallel()
-		// Text, PDFs and other documents sent inline are not audio or video: their size in
-		// bytes says little about their tokens, so they are counted as the text they are sent
-		// as (base64 counts more than the text it encodes), whichever member comes first.
+		// Text documents are bounded by their decoded size (base64: maxWeightPerByte per
+		// decoded byte); PDFs and other binary documents are not bounded by their size at
+		// all (compressed streams): ExternalInput, whichever member comes first.
 		prose := strings.Repeat("The harbour town woke slowly that autumn, and the baker pulled the first loaves from the oven. ", 1200)
 		b64 := base64.StdEncoding.EncodeToString([]byte(prose))
 		word := strings.Repeat("Lorem", 20000) // text without spaces passes for base64
@@ -211,23 +214,29 @@ func TestParse_Body(t *testing.T) {
 			"AnthropicTextSource": {"/v1/messages",
 				`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"` + word + `"}}]}]}`, word},
 			"AnthropicPDF": {"/v1/messages",
-				`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"` + b64 + `"}}]}]}`, b64},
+				`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"` + b64 + `"}}]}]}`, ""},
 			"OpenAIFileDataURL": {"/v1/chat/completions",
 				`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"filename":"notes.txt","file_data":"data:text/plain;base64,` + b64 + `"}}]}]}`, prose},
 			"OpenAIPDFDataURL": {"/v1/responses",
-				`{"model":"m","input":[{"role":"user","content":[{"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,` + b64 + `"}]}]}`, b64},
+				`{"model":"m","input":[{"role":"user","content":[{"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,` + b64 + `"}]}]}`, ""},
 			"DataURLWithoutType": {"/v1/chat/completions", // RFC 2397: text/plain
 				`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:;base64,` + b64 + `"}}]}]}`, prose},
 		} {
 			r := Parse(checkRequest("POST", "h", c.path, c.body, nil), nil)
 			require.NoError(t, r.BodyError, name)
-			require.GreaterOrEqual(t, r.InputTokens, EstimateText(c.text), name)
+			if c.text == "" {
+				require.True(t, r.ExternalInput, name)
+				continue
+			}
+			require.False(t, r.ExternalInput, name)
+			require.GreaterOrEqual(t, r.InputTokens, TextBound(c.text), name)
 		}
 	})
 	t.Run("ImageURLReference", func(t *testing.T) {
 		t.Parallel()
-		r := chat(`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`)
-		require.Greater(t, r.InputTokens, int64(DefaultImageTokens))
+		r := chat(`{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`)
+		require.Equal(t, int64(1), r.Images)
+		require.Greater(t, r.InputTokens, int64(imageTokensOpenAI))
 		require.False(t, r.ExternalInput)
 	})
 	t.Run("FileReferenceIsExternal", func(t *testing.T) {
@@ -249,8 +258,10 @@ func TestParse_Body(t *testing.T) {
 	t.Run("ConfigAllowances", func(t *testing.T) {
 		t.Parallel()
 		body := `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`
-		r := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", body, nil), &Config{ImageTokens: 100})
-		require.Less(t, r.InputTokens, int64(200))
+		asserted := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", body, nil), &Config{ImageTokens: 100})
+		documented := Parse(checkRequest("POST", "api.openai.com", "/v1/chat/completions", body, nil), nil)
+		require.Equal(t, documented.InputTokens-imageTokensGPT4oMini+100, asserted.InputTokens,
+			"an unknown model on api.openai.com costs OpenAI's largest per-image maximum unless the operator asserts less")
 	})
 }
 
@@ -394,12 +405,11 @@ func TestConfig_Validate(t *testing.T) {
 	require.NoError(t, (&Config{}).Validate())
 	require.NoError(t, fullConfig.Validate())
 	err := (&Config{
-		CredentialSources:  []string{"", "query:", "X-Api-Key", "api-key", "api-key"},
-		JWT:                JWTConfig{Claims: []ClaimMapping{{Claim: "", Subject: "role"}}},
-		TrustedHeaders:     []HeaderMapping{{Header: "api-key", Subject: "team"}, {Header: ":path", Subject: "x"}},
-		ModelHeader:        "X-Model",
-		ImageTokens:        -1,
-		MediaBytesPerToken: -1,
+		CredentialSources: []string{"", "query:", "X-Api-Key", "api-key", "api-key"},
+		JWT:               JWTConfig{Claims: []ClaimMapping{{Claim: "", Subject: "role"}}},
+		TrustedHeaders:    []HeaderMapping{{Header: "api-key", Subject: "team"}, {Header: ":path", Subject: "x"}},
+		ModelHeader:       "X-Model",
+		ImageTokens:       -1,
 	}).Validate()
 	require.EqualError(t, err, strings.Join([]string{
 		`credential_sources[0]: empty`,
@@ -412,8 +422,7 @@ func TestConfig_Validate(t *testing.T) {
 		`trusted_headers[1].header: ":path": not a lower-case header name`,
 		`trusted_headers[1].subject: unknown kind "x" (kinds: key, user, team, org, workload, namespace, tag, route, or the subject global)`,
 		`model_header: "X-Model": not a lower-case header name`,
-		`image_tokens: -1: must be between 0 (default 4000) and 1000000`,
-		`media_bytes_per_token: -1: must be between 0 (default 16) and 1048576`,
+		`image_tokens: -1: must be between 0 (the model's documented maximum) and 1000000`,
 	}, "\n"))
 }
 

@@ -16,9 +16,7 @@ const (
 	// "query:key" for Gemini's ?key=.
 	QuerySourcePrefix = "query:"
 
-	DefaultJWTNamespace       = "envoy.filters.http.jwt_authn"
-	DefaultImageTokens        = 4000
-	DefaultMediaBytesPerToken = 16
+	DefaultJWTNamespace = "envoy.filters.http.jwt_authn"
 
 	maxConfiguredLength = 4096
 )
@@ -44,13 +42,10 @@ type Config struct {
 	// ModelHeader, if set, names a header read for the model when neither body nor path
 	// gives one (for example "x-ai-eg-model").
 	ModelHeader string `json:"model_header,omitempty"`
-	// ImageTokens is the allowance charged per image part (and per media reference whose
-	// size is unknown). 0 means DefaultImageTokens.
+	// ImageTokens, when set, is charged per image instead of the model's documented maximum
+	// (ImageTokensFor). It is the operator's assertion, not a bound: an image may cost more.
+	// 0 (the default) means the documented maximum.
 	ImageTokens int64 `json:"image_tokens,omitempty"`
-	// MediaBytesPerToken sizes inline audio and video (and payloads without a media type): a
-	// part costs max(ImageTokens, decoded bytes / MediaBytesPerToken). Other documents (text,
-	// PDF, ...) are counted as text. 0 means DefaultMediaBytesPerToken.
-	MediaBytesPerToken int64 `json:"media_bytes_per_token,omitempty"`
 }
 
 // JWTConfig says where Envoy's jwt_authn filter put the verified payload and which claims
@@ -134,34 +129,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("model_header: %q: not a lower-case header name", c.ModelHeader))
 	}
 	if c.ImageTokens < 0 || c.ImageTokens > 1_000_000 {
-		errs = append(errs, fmt.Errorf("image_tokens: %d: must be between 0 (default %d) and 1000000", c.ImageTokens, DefaultImageTokens))
-	}
-	if c.MediaBytesPerToken < 0 || c.MediaBytesPerToken > 1<<20 {
-		errs = append(errs, fmt.Errorf("media_bytes_per_token: %d: must be between 0 (default %d) and 1048576", c.MediaBytesPerToken, DefaultMediaBytesPerToken))
+		errs = append(errs, fmt.Errorf("image_tokens: %d: must be between 0 (the model's documented maximum) and 1000000", c.ImageTokens))
 	}
 	return errors.Join(errs...)
 }
 
 // settings are the effective values of a Config, defaults applied.
 type settings struct {
-	cfg                *Config
-	imageTokens        int64
-	mediaBytesPerToken int64
+	cfg *Config
 }
 
-func resolve(c *Config) settings {
-	s := settings{cfg: c, imageTokens: DefaultImageTokens, mediaBytesPerToken: DefaultMediaBytesPerToken}
-	if c == nil {
-		return s
-	}
-	if c.ImageTokens > 0 {
-		s.imageTokens = c.ImageTokens
-	}
-	if c.MediaBytesPerToken > 0 {
-		s.mediaBytesPerToken = c.MediaBytesPerToken
-	}
-	return s
-}
+func resolve(c *Config) settings { return settings{cfg: c} }
 
 // credentialSources returns the configured sources, or the defaults.
 func (s *settings) credentialSources() []string {
