@@ -208,7 +208,8 @@ func FuzzLoadOverrides(f *testing.F) {
 		`aliases: {a: openai/gpt-4o, b: "openrouter/anthropic/claude-sonnet-4.5"}`,
 		`default_price: {input_mtok: {base: 1, tiers: [{start: 0, price: 2}, {start: 10, price: 3}]}}`,
 		"models: [{provider: openai, id: z, match: {or: [{regex: '^z'}, {and: [{contains: a}]}]}, prices: {requests_kcount: 1}}]",
-		"&a [*a]", "models: !!binary aGVsbG8=", "? [a]\n: b"} {
+		"&a [*a]", "models: !!binary aGVsbG8=", "? [a]\n: b",
+		"models: [{provider: openai, id: o3, max_output_tokens: 50000}, {provider: x, id: y, max_output_tokens: 1e3, prices: {output_mtok: 1}}]"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
