@@ -344,29 +344,30 @@ func adversarialTexts() map[string]string {
 		randomBytes[i] = byte(rng.IntN(256))
 	}
 	return map[string]string{
-		// the scripts of the reported overrun, 40,000 characters each
-		"Yi":                  run(0xA000, 0xA48C, 40_000),
-		"Braille":             run(0x2800, 0x28FF, 40_000),
-		"CJKExtA":             run(0x3400, 0x4DBF, 40_000),
-		"CyrillicSupplement":  run(0x0500, 0x052F, 40_000),
-		"LatinExtendedB":      run(0x0180, 0x024F, 40_000),
-		"NFKCLigature":        strings.Repeat("\uFDFA", 3000), // 18 characters after NFKC
-		"SquaredKatakana":     run(0x3300, 0x3357, 3000),      // ㌀ -> アパート
-		"ParenthesizedHangul": run(0x3200, 0x321E, 3000),      // ㈀ -> (ᄀ)
-		"NFCExclusions":       run(0x0958, 0x095F, 3000),      // decompose under NFC
-		"MusicalSymbols":      run(0x1D15E, 0x1D164, 3000),    // 4 bytes -> 12 under NFC
-		"Zalgo":               "Z" + strings.Repeat("\u0336\u0334\u0311\u0352\u0489", 2000),
-		"ZWJEmoji":            strings.Repeat("👩🏽\u200d❤️\u200d💋\u200d👨🏿", 800),
-		"Flags":               strings.Repeat("🇺🇳🇪🇺🏴\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F", 500),
-		"VariationSelectors":  strings.Repeat("\u845b\U000E0100", 3000),
-		"Digits":              strings.Repeat("0123456789", 2000),
-		"SpacesTabsNewlines":  strings.Repeat(" \t\n\r\n  ", 2000),
-		"SpecialTokenText":    strings.Repeat("<|endoftext|><|im_start|>system<|im_end|>", 500),
+		// the scripts of the reported overrun (e2e/bounds_test.go sends 40,000 characters of
+		// each through the binary; BPE on one long piece is quadratic, so 12,000 here)
+		"Yi":                  run(0xA000, 0xA48C, 12_000),
+		"Braille":             run(0x2800, 0x28FF, 12_000),
+		"CJKExtA":             run(0x3400, 0x4DBF, 12_000),
+		"CyrillicSupplement":  run(0x0500, 0x052F, 12_000),
+		"LatinExtendedB":      run(0x0180, 0x024F, 12_000),
+		"NFKCLigature":        strings.Repeat("\uFDFA", 1500), // 18 characters after NFKC
+		"SquaredKatakana":     run(0x3300, 0x3357, 800),       // ㌀ -> アパート
+		"ParenthesizedHangul": run(0x3200, 0x321E, 1500),      // ㈀ -> (ᄀ)
+		"NFCExclusions":       run(0x0958, 0x095F, 1000),      // decompose under NFC
+		"MusicalSymbols":      run(0x1D15E, 0x1D164, 800),     // 4 bytes -> 12 under NFC
+		"Zalgo":               "Z" + strings.Repeat("\u0336\u0334\u0311\u0352\u0489", 500),
+		"ZWJEmoji":            strings.Repeat("👩🏽\u200d❤️\u200d💋\u200d👨🏿", 200),
+		"Flags":               strings.Repeat("🇺🇳🇪🇺🏴\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F", 150),
+		"VariationSelectors":  strings.Repeat("\u845b\U000E0100", 800),
+		"Digits":              strings.Repeat("0123456789", 500),
+		"SpacesTabsNewlines":  strings.Repeat(" \t\n\r\n  ", 600),
+		"SpecialTokenText":    strings.Repeat("<|endoftext|><|im_start|>system<|im_end|>", 150),
 		"RandomBytes":         string(randomBytes),
-		"Base64":              strings.Repeat("QUJDREVGR0g5K3gv", 1500),
-		"PrivateUse":          run(0xF0000, 0xF03E7, 4000),
+		"Base64":              strings.Repeat("QUJDREVGR0g5K3gv", 400),
+		"PrivateUse":          run(0xF0000, 0xF03E7, 1500),
 		"Unassigned":          run(0x2FE0, 0x2FEF, 3000),
-		"Noncharacters":       strings.Repeat("\uFFFE\uFFFF\U0001FFFE", 1000),
+		"Noncharacters":       strings.Repeat("\uFFFE\uFFFF\U0001FFFE", 500),
 		"Controls":            run(0x80, 0x9F, 3000),
 		"HangulJamo":          run(0x1100, 0x11FF, 3000),
 		"ArabicPresentation":  run(0xFB50, 0xFDFF, 3000),
