@@ -222,6 +222,10 @@ func (s *server) wrap(rt route) http.Handler {
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 		}
+		if err := checkRequestText(r); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 		status, body, err := rt.handle(s, r, c)
 		if err != nil {
 			s.fail(w, r, err)

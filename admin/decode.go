@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -61,6 +62,9 @@ func decodeBody(r *http.Request, optional bool, fields ...field) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return requireBody(optional)
 	}
+	if err := strictJSON(data); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	var members map[string]json.RawMessage
 	if err := dec.Decode(&members); err != nil || members == nil {
@@ -98,6 +102,124 @@ func decodeBody(r *http.Request, optional bool, fields ...field) error {
 		}
 		if !f.nullable && bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
 			return invalid(f.name, "must not be null")
+		}
+	}
+	return nil
+}
+
+// strictJSON rejects what encoding/json lets through: an object key given twice (encoding/json
+// keeps the last, so two readers of one body could disagree) and a control character (U+0000
+// to U+001F, U+007F to U+009F; in JSON they arrive as \u escapes) in any key or string value,
+// which no admin field needs and Postgres refuses in text (NUL). The error names the member
+// ("name", "warn_at[1]", "filter.models[0]"). A syntax error is left to the decoder, which
+// reports its offset.
+func strictJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	err := strictValue(dec, "", 0)
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return nil
+}
+
+// maxStrictDepth bounds the nesting strictValue follows (admin bodies are two levels deep).
+const maxStrictDepth = 64
+
+func strictValue(dec *json.Decoder, path string, depth int) error {
+	if depth > maxStrictDepth {
+		return invalid(rootField(path), "nested deeper than %d levels", maxStrictDepth)
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch v := tok.(type) {
+	case string:
+		if r, ok := controlChar(v); ok {
+			return invalid(path, "contains the control character %U", r)
+		}
+	case json.Delim:
+		switch v {
+		case '{':
+			seen := make(map[string]bool)
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				key, _ := kt.(string)
+				at := key
+				if path != "" {
+					at = path + "." + key
+				}
+				if r, ok := controlChar(key); ok {
+					return invalid(path, "a member name contains the control character %U", r)
+				}
+				if seen[key] {
+					return invalid(at, "duplicate key %q", key)
+				}
+				seen[key] = true
+				if err := strictValue(dec, at, depth+1); err != nil {
+					return err
+				}
+			}
+		case '[':
+			for i := 0; dec.More(); i++ {
+				if err := strictValue(dec, fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+					return err
+				}
+			}
+		}
+		if v == '{' || v == '[' {
+			if _, err := dec.Token(); err != nil { // the closing delimiter
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// rootField is the top-level member of a path ("filter" for "filter.models[0]").
+func rootField(path string) string {
+	if i := strings.IndexAny(path, ".["); i >= 0 {
+		return path[:i]
+	}
+	return path
+}
+
+// controlChar returns the first control character (Unicode Cc) in s.
+func controlChar(s string) (rune, bool) {
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return r, true
+		}
+	}
+	return 0, false
+}
+
+// checkRequestText refuses control characters in the path value "id" and in query
+// parameters (decoded), as strictJSON does in bodies: they name nothing purser stores, and
+// would otherwise reach Postgres (which refuses NUL in text) as a 500.
+func checkRequestText(r *http.Request) error {
+	if ch, ok := controlChar(r.PathValue("id")); ok {
+		return invalid("id", "contains the control character %U", ch)
+	}
+	q := r.URL.Query()
+	names := make([]string, 0, len(q))
+	for name := range q {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if ch, ok := controlChar(name); ok {
+			return invalid("", "a query parameter name contains the control character %U", ch)
+		}
+		for _, v := range q[name] {
+			if ch, ok := controlChar(v); ok {
+				return invalid(name, "contains the control character %U", ch)
+			}
 		}
 	}
 	return nil

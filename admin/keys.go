@@ -114,7 +114,7 @@ func parseKeyCursor(s string) (budget.KeyCursor, error) {
 	}
 	at, id, ok := strings.Cut(string(raw), "/")
 	micros, err := strconv.ParseInt(at, 10, 64)
-	if !ok || err != nil || id == "" {
+	if _, ctl := controlChar(id); !ok || err != nil || id == "" || ctl {
 		return budget.KeyCursor{}, bad
 	}
 	return budget.KeyCursor{CreatedAt: time.UnixMicro(micros), ID: id}, nil

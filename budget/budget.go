@@ -125,7 +125,7 @@ func (d Definition) Build() (Budget, error) {
 		return Budget{}, fieldErr("name", "is longer than 200 bytes")
 	}
 	if d.Kind != "" {
-		if d.Kind != KindGlobal && !subjectKinds[d.Kind] {
+		if d.Kind != KindGlobal && CheckKind(d.Kind) != nil {
 			return Budget{}, fieldErr("subject_kind", "unknown kind %q", d.Kind)
 		}
 	} else {

@@ -3,6 +3,7 @@ package budget
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/purser-dev/purser/budget/store"
@@ -38,9 +39,16 @@ func budgetFromRow(r store.BudgetRow) (Budget, error) {
 	for _, w := range r.WarnAt {
 		d.WarnAt = append(d.WarnAt, int(w))
 	}
+	legacy := ""
+	if _, err := ParseSubject(r.Subject); d.Kind == "" && err != nil && r.Subject != "" {
+		legacy, d.Subject = r.Subject, KindGlobal // validated as written: see storedSubjects
+	}
 	b, err := d.Build()
 	if err != nil {
 		return Budget{}, fmt.Errorf("stored budget %d is invalid: %w", r.ID, err)
+	}
+	if legacy != "" {
+		b.Subject = Subject(legacy)
 	}
 	b.ID = r.ID
 	b.CreatedAt, b.UpdatedAt = r.CreatedAt, r.UpdatedAt
@@ -82,12 +90,28 @@ func budgetToRow(b Budget, kind string) store.BudgetRow {
 	return r
 }
 
+// storedSubjects returns the subjects of a row read back from the database. A subject stored
+// before ParseSubject's rules tightened (',' and format characters such as U+202E were once
+// accepted by the admin API) is returned as stored: refusing it would lock its key out of
+// every request and break every list that holds it, while no request-side subject can equal
+// it any more. Writes always go through ParseSubject.
+func storedSubjects(ss []string) []Subject {
+	out := make([]Subject, 0, len(ss))
+	for _, s := range ss {
+		if s == "" {
+			continue
+		}
+		sub := Subject(s)
+		if !slices.Contains(out, sub) {
+			out = append(out, sub)
+		}
+	}
+	return out
+}
+
 func keyFromRow(r store.KeyRow) (Key, error) {
 	k := Key{ID: r.ID, Name: r.Name, Prefix: r.Prefix, CreatedAt: r.CreatedAt}
-	var err error
-	if k.Subjects, err = ParseSubjects(r.Subjects); err != nil {
-		return Key{}, fmt.Errorf("stored key %s: %w", r.ID, err)
-	}
+	k.Subjects = storedSubjects(r.Subjects)
 	for _, m := range r.AllowedModels {
 		g, err := ParseGlob(m)
 		if err != nil {

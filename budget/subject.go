@@ -47,8 +47,23 @@ var subjectKinds = map[string]bool{
 	KindNamespace: true, KindTag: true, KindRoute: true,
 }
 
-// ParseSubject validates s and returns it as a Subject. The id part is any printable text
-// without whitespace or control characters; workload ids must be SPIFFE ids.
+const kindList = "key, user, team, org, workload, namespace, tag, route"
+
+// ParseSubject is purser's one subject validator: the admin API, `purser apply`, API-key
+// owners and every request-side source (trusted headers, JWT claims, route context, SPIFFE
+// principals) accept exactly the subjects it accepts. The rules:
+//
+//   - "global", or kind:id with kind one of key, user, team, org, workload, namespace, tag,
+//     route;
+//   - at most MaxSubjectLen bytes in all;
+//   - id: one or more characters of valid UTF-8, each printable (Unicode letters, marks,
+//     numbers, punctuation and symbols: no white space of any kind, no control characters,
+//     no format characters such as the bidi override U+202E or zero-width joiners, no private
+//     use or unassigned code points) and none a ',' (subjects travel joined with commas in
+//     Envoy metadata);
+//   - a workload id is a SPIFFE id (spiffe://...).
+//
+// A subject that breaks a rule is rejected, never repaired or truncated.
 func ParseSubject(s string) (Subject, error) {
 	if s == "" {
 		return "", fmt.Errorf("subject is empty")
@@ -57,30 +72,60 @@ func ParseSubject(s string) (Subject, error) {
 		return Global, nil
 	}
 	if len(s) > MaxSubjectLen {
-		return "", fmt.Errorf("subject is longer than %d bytes", MaxSubjectLen)
+		return "", fmt.Errorf("subject %q...: longer than %d bytes", truncateValid(s, 40), MaxSubjectLen)
 	}
 	kind, id, ok := strings.Cut(s, ":")
 	if !ok {
-		return "", fmt.Errorf("subject %q: want kind:id (kinds: key, user, team, org, workload, namespace, tag, route) or global", s)
+		return "", fmt.Errorf("subject %q: want kind:id (kinds: %s) or global", s, kindList)
 	}
-	if !subjectKinds[kind] {
-		return "", fmt.Errorf("subject %q: unknown kind %q (kinds: key, user, team, org, workload, namespace, tag, route, global)", s, kind)
+	if err := CheckKind(kind); err != nil {
+		return "", fmt.Errorf("subject %q: %w", s, err)
 	}
 	if id == "" {
 		return "", fmt.Errorf("subject %q: empty id", s)
 	}
-	if !utf8.ValidString(id) {
-		return "", fmt.Errorf("subject %q: id is not valid UTF-8", s)
-	}
-	for _, r := range id {
-		if unicode.IsSpace(r) || unicode.IsControl(r) {
-			return "", fmt.Errorf("subject %q: id contains whitespace or control characters", s)
+	for i := 0; i < len(id); {
+		r, size := utf8.DecodeRuneInString(id[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			return "", fmt.Errorf("subject %q: id is not valid UTF-8", s)
+		case r == ',':
+			return "", fmt.Errorf("subject %q: id contains ','", s)
+		case unicode.IsSpace(r):
+			return "", fmt.Errorf("subject %q: id contains whitespace (%U)", s, r)
+		case unicode.IsControl(r):
+			return "", fmt.Errorf("subject %q: id contains a control character (%U)", s, r)
+		case unicode.Is(unicode.Cf, r):
+			return "", fmt.Errorf("subject %q: id contains a format character (%U)", s, r)
+		case !unicode.IsPrint(r):
+			return "", fmt.Errorf("subject %q: id contains %U, which is not a printable character", s, r)
 		}
+		i += size
 	}
 	if kind == KindWorkload && !strings.HasPrefix(id, "spiffe://") {
 		return "", fmt.Errorf("subject %q: workload id must be a SPIFFE id (spiffe://...)", s)
 	}
 	return Subject(s), nil
+}
+
+// CheckKind reports whether kind can start a kind:id subject (configuration that maps claims
+// or headers to subjects names a kind).
+func CheckKind(kind string) error {
+	if !subjectKinds[kind] {
+		return fmt.Errorf("unknown kind %q (kinds: %s, or the subject global)", kind, kindList)
+	}
+	return nil
+}
+
+// truncateValid returns at most n bytes of s, cut at a character boundary.
+func truncateValid(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // Kind returns the part before the colon ("global" for Global).

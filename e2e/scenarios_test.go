@@ -202,13 +202,14 @@ func scenarioDeny(t *testing.T, bin string) {
 	require.NoError(t, err, "retry-after present")
 	require.Positive(t, ra)
 
-	// Anthropic caller, a worst case above the whole limit: rate_limit_error.
+	// Anthropic caller, a worst case above the whole limit: it can never fit, so not a 429
+	// but 400 request_exceeds_budget, without Retry-After (e2e/bounds_test.go has more).
 	_, err = st.anthropic(secret, nil).Messages.New(ctx, messages(1024))
 	aErr, ok := errors.AsType[*anthropic.Error](err)
 	require.True(t, ok, "anthropic SDK error type, got %T %v", err, err)
-	require.Equal(t, http.StatusTooManyRequests, aErr.StatusCode)
-	require.EqualValues(t, "rate_limit_error", aErr.Type())
-	require.NotEmpty(t, aErr.Response.Header.Get("retry-after"))
+	require.Equal(t, http.StatusBadRequest, aErr.StatusCode)
+	require.EqualValues(t, "invalid_request_error", aErr.Type())
+	require.Empty(t, aErr.Response.Header.Get("retry-after"))
 	require.Equal(t, before, len(st.served()), "denied requests never reach the provider")
 
 	// A finishes and settles; C fits beside A's real cost; D (worst case above the limit) never fits.
@@ -222,7 +223,8 @@ func scenarioDeny(t *testing.T, bin string) {
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, chat(2000))
 	apiErr, ok = errors.AsType[*openai.Error](err)
 	require.True(t, ok)
-	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
+	require.Equal(t, http.StatusBadRequest, apiErr.StatusCode)
+	require.Equal(t, "request_exceeds_budget", apiErr.Code)
 
 	posted, pending := st.window(b)
 	require.Equal(t, *rA.Actual+*rC.Actual, posted)

@@ -24,8 +24,9 @@ const (
 	UnknownModelDeny         = "deny"          // 400 naming the model (default)
 	UnknownModelDefaultPrice = "default_price" // bound the cost with the catalog's default price
 	// MissingCap: what to do when a request sets no output-token cap.
-	MissingCapDefault = "default" // assume DefaultOutputCap (default); excess is an overrun
-	MissingCapDeny    = "deny"    // 400 "output cap required"
+	MissingCapModelMax = "model_max" // hold the model's maximum output (default): a bound
+	MissingCapDeny     = "deny"      // 400 "output cap required"
+	MissingCapDefault  = "default"   // hold DefaultOutputCap: the operator's assertion, not a bound (excess is an overrun)
 	// Body: what to do with a truncated or unusable body.
 	BodyEstimate = "estimate" // truncated: bound from content-length (default for truncated)
 	BodyDeny     = "deny"     // answer 400 with the precise reason (default for invalid)
@@ -57,15 +58,17 @@ type Config struct {
 	DefaultSubject string
 	// UnknownModel is UnknownModelDeny (default) or UnknownModelDefaultPrice.
 	UnknownModel string
-	// MissingCap is MissingCapDefault (default) or MissingCapDeny.
+	// MissingCap is MissingCapModelMax (default), MissingCapDeny or MissingCapDefault.
 	MissingCap string
-	// DefaultOutputCap bounds the output of requests without a cap (default 4096 tokens).
+	// DefaultOutputCap is what MissingCapDefault holds for the output of a request without a
+	// cap (default 4096 tokens): the operator's assertion, not a bound. Unused otherwise.
 	DefaultOutputCap int64
-	// ExternalInputTokens bounds the input of a request that pulls in input its body does not
-	// contain (previous_response_id, conversation, cached content, file references,
-	// server-side tools) when the price catalog knows no context window for its model
-	// (nil: DefaultExternalInputTokens). 0 denies such requests. A known context window (in
-	// the catalog, or set for the model in the price overrides) takes precedence.
+	// ExternalInputTokens is held as the input of a request whose body does not bound its
+	// input (request.Request.ExternalInput: previous_response_id, conversation, cached
+	// content, file references, server-side tools, audio, video, documents, truncated bodies)
+	// when the price catalog knows no context window for its model (nil:
+	// DefaultExternalInputTokens; 0 denies such requests). It is the operator's assertion; a
+	// known context window (in the catalog, or set in the price overrides) takes precedence.
 	ExternalInputTokens *int64
 	// StreamWithoutUsage is StreamUsageChargeHold (default) or StreamUsageDeny.
 	StreamWithoutUsage string
@@ -118,7 +121,7 @@ func (c Config) withDefaults() Config {
 		c.UnknownModel = UnknownModelDeny
 	}
 	if c.MissingCap == "" {
-		c.MissingCap = MissingCapDefault
+		c.MissingCap = MissingCapModelMax
 	}
 	if c.DefaultOutputCap <= 0 {
 		c.DefaultOutputCap = DefaultOutputCap
@@ -164,7 +167,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%s: %q: want one of %v", field, v, allowed))
 	}
 	oneOf("policies.unknown_model", c.UnknownModel, UnknownModelDeny, UnknownModelDefaultPrice)
-	oneOf("policies.missing_output_cap", c.MissingCap, MissingCapDefault, MissingCapDeny)
+	oneOf("policies.missing_output_cap", c.MissingCap, MissingCapModelMax, MissingCapDeny, MissingCapDefault)
 	oneOf("policies.stream_without_usage", c.StreamWithoutUsage, StreamUsageChargeHold, StreamUsageDeny)
 	oneOf("policies.truncated_body", c.TruncatedBody, BodyEstimate, BodyDeny)
 	oneOf("policies.invalid_body", c.InvalidBody, BodyEstimate, BodyDeny)

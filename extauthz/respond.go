@@ -177,6 +177,11 @@ func (s *Server) denied(r *request.Request, v verdict) *authv3.CheckResponse {
 		header("content-type", "application/json"),
 		header(HeaderReason, v.reason),
 	}
+	if v.reason == ReasonExceedsBudget {
+		// Both official SDKs honour x-should-retry before their status rules
+		// (openai-go and anthropic-sdk-go internal/requestconfig: shouldRetry).
+		hs = append(hs, header("x-should-retry", "false"))
+	}
 	if v.status == 429 && v.decision != nil && v.decision.DeniedBy != nil {
 		b := v.decision.DeniedBy
 		if b.Budget.Window.Kind != budget.Lifetime {

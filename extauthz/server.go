@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -146,9 +147,42 @@ func (s *Server) decide(ctx context.Context, r *request.Request) verdict {
 	}
 	v.decision = &d
 	if d.Outcome == budget.Denied {
+		if b := neverFits(&d); b != nil {
+			// Waiting cannot help: 400 (not retried by the OpenAI and Anthropic SDKs, which
+			// retry 408, 409, 429 and 5xx), no Retry-After, x-should-retry: false.
+			return deny(v, 400, ReasonExceedsBudget, s.neverFitsMessage(b))
+		}
 		return deny(v, 429, "budget_exceeded", s.exhaustedMessage(d.DeniedBy, v.cost, v.tokens))
 	}
 	return v
+}
+
+// ReasonExceedsBudget is the reason of a request whose worst case is larger than a hard
+// budget's whole effective limit: it cannot be admitted even in an empty window.
+const ReasonExceedsBudget = "request_exceeds_budget"
+
+// neverFits returns a hard budget whose whole effective limit (grants included) is smaller
+// than what the request must hold on it, or nil.
+func neverFits(d *budget.Decision) *budget.BudgetState {
+	for i := range d.Budgets {
+		if b := &d.Budgets[i]; b.Budget.Hard && b.Enforced && b.Amount > b.Limit {
+			return b
+		}
+	}
+	return nil
+}
+
+func (s *Server) neverFitsMessage(b *budget.BudgetState) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "this request's worst case is larger than the whole limit of budget %q (%s)", b.Budget.Name, b.Budget.Subject)
+	if b.Budget.Window.Kind != budget.Lifetime {
+		fmt.Fprintf(&sb, " for a %s", b.Budget.Window.Kind)
+	}
+	sb.WriteString(", so it can never be admitted: set a lower max_tokens (or set one: without it purser holds the model's maximum output) or send less input")
+	if s.cfg.ShowAmounts {
+		fmt.Fprintf(&sb, " (limit %s, this request may cost up to %s)", formatAmount(b.Budget.Unit, b.Limit), formatAmount(b.Budget.Unit, b.Amount))
+	}
+	return sb.String()
 }
 
 // identify resolves the caller's subjects: the API key and its owners, the mTLS workload, JWT
@@ -274,28 +308,23 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 		return deny(v, 400, "stream_usage_required", `set "stream_options": {"include_usage": true} on streamed requests: without it the response reports no usage and purser would charge the whole reservation`), false
 	}
 	input := r.InputTokens
-	if r.BodyError != nil {
-		// invalid_body: estimate. A token is at least one byte, so the body's size bounds the
-		// prompt whatever the parser could not read.
-		input = max(input, int64(r.BodyBytes), r.ContentLength)
-	}
 	if r.ExternalInput {
-		// Input pulled from elsewhere: only the context window bounds it.
+		// Input the body does not bound: only the context window does.
 		switch {
 		case m.ContextWindow > 0:
 			input = m.ContextWindow
 		case *s.cfg.ExternalInputTokens > 0:
-			input = max(input, *s.cfg.ExternalInputTokens)
+			input = max(input, *s.cfg.ExternalInputTokens) // the operator's assertion
 		default:
-			return deny(v, 400, "external_input_unbounded", fmt.Sprintf("purser cannot bound the input model %q would read from outside this request (previous_response_id, conversation, cached content, file references or server-side tools); an operator can set the model's context_window in the price overrides", r.Model)), false
+			return deny(v, 400, "external_input_unbounded", fmt.Sprintf("purser cannot bound the input of this request to model %q from its body (previous_response_id, conversation, cached content, file references, server-side tools, audio, video or documents, images without a documented per-image maximum, or a body purser could not read whole) and knows no context window for the model; an operator can set the model's context_window in the price overrides", r.Model)), false
 		}
 	}
 	if m.ContextWindow > 0 && input > m.ContextWindow {
 		input = m.ContextWindow // the provider rejects longer inputs
 	}
-	out := r.OutputBound(0)
-	if !r.HasOutputCap {
-		out = r.OutputBound(s.cfg.DefaultOutputCap)
+	out, ok := s.outputBound(r, m)
+	if !ok {
+		return deny(v, 400, "output_unbounded", fmt.Sprintf("purser knows neither the maximum output nor the context window of model %q, so it cannot bound this request's output: set max_tokens (or an operator can set the model's max_output_tokens in the price overrides)", r.Model)), false
 	}
 	cost, err := m.UpperBound(input, out)
 	if err != nil || cost > budget.MaxLimit || input+out > budget.MaxLimit || input+out < 0 {
@@ -303,6 +332,52 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 	}
 	v.cost, v.tokens = cost, input+out
 	return v, true
+}
+
+// outputBound is the most output tokens the request can produce, all its choices (n,
+// best_of, candidateCount) together; false when nothing bounds it.
+//
+// The model's limit is its maximum output (catalog), else its context window: no response is
+// longer than the window. A request's own cap counts up to that limit (the provider refuses a
+// larger one). Reasoning is inside the cap on OpenAI (max_completion_tokens,
+// max_output_tokens) and Anthropic (thinking.budget_tokens < max_tokens); Google documents
+// Gemini's thinking as separate from maxOutputTokens, so a thinking Gemini's cap is
+// maxOutputTokens + thinkingBudget, or the model's limit when the request sets no budget.
+// Without a cap, policies.missing_output_cap decides: model_max (the default) holds the
+// model's limit, default holds DefaultOutputCap (the operator's assertion, not a bound).
+func (s *Server) outputBound(r *request.Request, m *pricing.Model) (int64, bool) {
+	if r.Flavor == request.FlavorEmbeddings || r.Flavor == request.FlavorGeminiEmbeddings {
+		return 0, true
+	}
+	limit := m.MaxOutputTokens
+	if limit <= 0 {
+		limit = m.ContextWindow
+	}
+	var out int64
+	switch {
+	case r.HasOutputCap:
+		out = r.OutputCap
+		if r.Flavor == request.FlavorGemini && request.IsGeminiThinking(r.Model) && (!r.HasThinkingBudget || r.ThinkingBudget != 0) {
+			switch {
+			case r.HasThinkingBudget && r.ThinkingBudget > 0:
+				out = addSat(out, r.ThinkingBudget)
+			case limit > 0:
+				out = limit // dynamic or default thinking: up to the model's limit
+			default:
+				return 0, false
+			}
+		}
+	case s.cfg.MissingCap == MissingCapDefault:
+		out = s.cfg.DefaultOutputCap
+	case limit > 0:
+		out = limit
+	default:
+		return 0, false
+	}
+	if limit > 0 {
+		out = min(out, limit)
+	}
+	return mulSat(out, max(r.Choices, 1)), true
 }
 
 func (s *Server) ttl(r *request.Request) time.Duration {
@@ -380,6 +455,23 @@ func (s *Server) exhaustedMessage(b *budget.BudgetState, cost, tokens int64) str
 			formatAmount(b.Budget.Unit, b.Limit), formatAmount(b.Budget.Unit, b.Used), formatAmount(b.Budget.Unit, b.Amount))
 	}
 	return sb.String()
+}
+
+func addSat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+func mulSat(a, b int64) int64 {
+	if a <= 0 || b <= 0 {
+		return 0
+	}
+	if a > math.MaxInt64/b {
+		return math.MaxInt64
+	}
+	return a * b
 }
 
 // formatAmount writes an amount in its unit: USD with a dollar sign, tokens as an integer.

@@ -53,10 +53,18 @@ type provider struct {
 
 type lookupKey struct{ provider, model string }
 
-// Embedded parses the price catalog compiled into the binary (genai-prices, MIT licence).
-// Call it once at start and share the result: each call parses the data again.
+// Embedded parses the price catalog compiled into the binary (genai-prices, MIT licence) with
+// purser's table of maximum output tokens (data/max_output_tokens.json). Call it once at
+// start and share the result: each call parses the data again.
 func Embedded() (*Catalog, error) {
-	return ParseCatalog(embeddedData, embeddedSource)
+	c, err := ParseCatalog(embeddedData, embeddedSource)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.applyLimits(embeddedLimits); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // ParseCatalog parses a catalog in the genai-prices "slim" JSON format. source names the

@@ -279,6 +279,9 @@ type Model struct {
 	Provider string
 	// ContextWindow is the model's maximum input size in tokens (0: unknown).
 	ContextWindow int64
+	// MaxOutputTokens is the most output tokens one response of the model can have, reasoning
+	// included (0: unknown): data/max_output_tokens.json, or the price overrides.
+	MaxOutputTokens int64
 	// Deprecated marks models the provider deprecated but still serves.
 	Deprecated bool
 

@@ -15,6 +15,11 @@
 // match clauses) plus provider-prefixed names, "models/" prefixes and snapshot date suffixes;
 // results are cached. ProviderForHost detects the provider from the API host.
 //
+// Embedded also sets each model's MaxOutputTokens from data/max_output_tokens.json, purser's
+// table of the most output tokens one response can have, each figure with the provider
+// documentation page it comes from; the overrides file can set it for any model
+// (max_output_tokens). A reservation holds it when a request sets no output cap.
+//
 // # Money
 //
 // Amounts are int64 micro-USD ("micros"). Prices are decimals in USD per million tokens

@@ -26,7 +26,9 @@ const maxOverridesSize = 16 << 20
 //	    id: gpt-4o               # an existing id of that provider keeps its match rule and position
 //	    match: {starts_with: gpt-4o-}   # optional genai-prices clause; default {equals: <id>}
 //	    context_window: 128000   # optional
-//	    prices:                  # genai-prices price fields, USD per million tokens
+//	    max_output_tokens: 16384 # optional: the most output tokens one response can have
+//	    prices:                  # genai-prices price fields, USD per million tokens; optional
+//	                             # for an existing model (its prices are kept)
 //	      input_mtok: 2.5        # numbers or decimal strings, at most 9 decimal places
 //	      cache_read_mtok: 1.25
 //	      output_mtok: {base: 10, tiers: [{start: 200000, price: 15}]}
@@ -57,6 +59,7 @@ type overrideModel struct {
 	ID            string          `json:"id"`
 	Match         json.RawMessage `json:"match"`
 	ContextWindow json.RawMessage `json:"context_window"`
+	MaxOutput     json.RawMessage `json:"max_output_tokens"`
 	Prices        json.RawMessage `json:"prices"`
 }
 
@@ -96,7 +99,7 @@ func applyOverrides(base *Catalog, data []byte) (*Catalog, error) {
 		for i, it := range items {
 			at := fmt.Sprintf("models[%d]", i)
 			var fields map[string]json.RawMessage
-			if err := decodeFields(it, &fields, "provider", "id", "match", "context_window", "prices"); err != nil {
+			if err := decodeFields(it, &fields, "provider", "id", "match", "context_window", "max_output_tokens", "prices"); err != nil {
 				return nil, atPath(at, err)
 			}
 			var om overrideModel
@@ -174,9 +177,6 @@ func (c *Catalog) applyModel(om overrideModel, added map[*provider][]*modelEntry
 	if id == "" {
 		return atPath("id", errors.New("missing"))
 	}
-	if !isPresent(om.Prices) {
-		return atPath("prices", errors.New("missing"))
-	}
 	p := c.providerByID(pname)
 	if p == nil {
 		if strings.ContainsAny(pname, "/ \t") {
@@ -190,39 +190,53 @@ func (c *Catalog) applyModel(om overrideModel, added map[*provider][]*modelEntry
 		return atPath("id", fmt.Errorf("duplicate model %s/%s", p.id, id))
 	}
 	seen[key] = true
-
-	prices, err := parseModelPrice(om.Prices)
-	if err != nil {
-		return atPath("prices", err)
+	existing := -1
+	for i, e := range p.entries {
+		if e.id == key[1] {
+			existing = i
+			break
+		}
 	}
-	m := &Model{ID: id, Provider: p.id, prices: []conditionalPrices{{prices: prices}}}
+	m := &Model{ID: id, Provider: p.id}
+	switch {
+	case isPresent(om.Prices):
+		prices, err := parseModelPrice(om.Prices)
+		if err != nil {
+			return atPath("prices", err)
+		}
+		m.prices = []conditionalPrices{{prices: prices}}
+	case existing >= 0:
+		m.prices = p.entries[existing].model.prices // a limit-only override keeps the prices
+	default:
+		return atPath("prices", errors.New("missing (required for a model the catalog does not have)"))
+	}
 	var match *clause
 	if isPresent(om.Match) {
+		var err error
 		if match, err = parseClause(om.Match); err != nil {
 			return atPath("match", err)
 		}
 	}
-	if isPresent(om.ContextWindow) {
-		var n json.Number
-		if err := strictUnmarshal(om.ContextWindow, &n); err != nil {
-			return atPath("context_window", errors.New("must be an integer"))
-		}
-		if m.ContextWindow, err = parseCount(string(n)); err != nil {
-			return atPath("context_window", err)
-		}
+	var err error
+	if m.ContextWindow, err = overrideCount(om.ContextWindow); err != nil {
+		return atPath("context_window", err)
 	}
-	for i, e := range p.entries {
-		if e.id != key[1] {
-			continue
-		}
+	if m.MaxOutputTokens, err = overrideCount(om.MaxOutput); err != nil {
+		return atPath("max_output_tokens", err)
+	}
+	if existing >= 0 {
+		e := p.entries[existing]
 		if match == nil {
 			match = e.match
 		}
 		if m.ContextWindow == 0 {
 			m.ContextWindow = e.model.ContextWindow
 		}
-		m.ID = e.model.ID
-		p.entries[i] = &modelEntry{model: m, match: match, id: e.id}
+		if m.MaxOutputTokens == 0 {
+			m.MaxOutputTokens = e.model.MaxOutputTokens
+		}
+		m.ID, m.Deprecated = e.model.ID, e.model.Deprecated
+		p.entries[existing] = &modelEntry{model: m, match: match, id: e.id}
 		return nil
 	}
 	if match == nil {
@@ -230,6 +244,22 @@ func (c *Catalog) applyModel(om overrideModel, added map[*provider][]*modelEntry
 	}
 	added[p] = append(added[p], &modelEntry{model: m, match: match, id: key[1]})
 	return nil
+}
+
+// overrideCount reads an optional token count of the overrides file (0 when absent).
+func overrideCount(raw json.RawMessage) (int64, error) {
+	if !isPresent(raw) {
+		return 0, nil
+	}
+	var n json.Number
+	if err := strictUnmarshal(raw, &n); err != nil {
+		return 0, errors.New("must be an integer")
+	}
+	v, err := parseCount(string(n))
+	if err == nil && v == 0 {
+		err = errors.New("must be positive")
+	}
+	return v, err
 }
 
 // resolveTarget resolves an alias target "provider/model".

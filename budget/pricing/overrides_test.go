@@ -149,10 +149,10 @@ func TestLoad_Errors(t *testing.T) {
 		{"DuplicateKey", "aliases: {}\naliases: {}", `yaml: unmarshal errors:` + "\n" + `  line 2: key "aliases" already set in map`},
 		{"ModelsNotList", `models: {}`, `models: must be a list`},
 		{"UnknownModelField", `models: [{provider: openai, id: x, prices: {input_mtok: 1}, price: 2}]`,
-			`models[0]: unknown field "price" (allowed: provider, id, match, context_window, prices)`},
+			`models[0]: unknown field "price" (allowed: provider, id, match, context_window, max_output_tokens, prices)`},
 		{"MissingProvider", `models: [{id: x, prices: {input_mtok: 1}}]`, `models[0].provider: missing`},
 		{"MissingID", `models: [{provider: openai, prices: {input_mtok: 1}}]`, `models[0].id: missing`},
-		{"MissingPrices", `models: [{provider: openai, id: x}]`, `models[0].prices: missing`},
+		{"MissingPrices", `models: [{provider: openai, id: x}]`, `models[0].prices: missing (required for a model the catalog does not have)`},
 		{"NegativePrice", `models: [{provider: openai, id: a, prices: {input_mtok: 1}}, {provider: openai, id: b, prices: {input_mtok: 1}}, {provider: openai, id: x, prices: {input_mtok: -1}}]`,
 			`models[2].prices.input_mtok: must be >= 0`},
 		{"TooPrecise", `models: [{provider: openai, id: x, prices: {output_mtok: "0.0000000001"}}]`,
@@ -208,7 +208,8 @@ func FuzzLoadOverrides(f *testing.F) {
 		`aliases: {a: openai/gpt-4o, b: "openrouter/anthropic/claude-sonnet-4.5"}`,
 		`default_price: {input_mtok: {base: 1, tiers: [{start: 0, price: 2}, {start: 10, price: 3}]}}`,
 		"models: [{provider: openai, id: z, match: {or: [{regex: '^z'}, {and: [{contains: a}]}]}, prices: {requests_kcount: 1}}]",
-		"&a [*a]", "models: !!binary aGVsbG8=", "? [a]\n: b"} {
+		"&a [*a]", "models: !!binary aGVsbG8=", "? [a]\n: b",
+		"models: [{provider: openai, id: o3, max_output_tokens: 50000}, {provider: x, id: y, max_output_tokens: 1e3, prices: {output_mtok: 1}}]"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {

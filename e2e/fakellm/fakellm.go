@@ -11,7 +11,9 @@
 //
 // Request headers that steer a response (all optional):
 //
-//	x-fake-input-tokens           input tokens to report (default: request body bytes / 4, at least 1)
+//	x-fake-input-tokens           input tokens to report (default: the real o200k_base count of an
+//	                              OpenAI-flavoured prompt, see tokens.go; otherwise request body
+//	                              bytes / 4, at least 1)
 //	x-fake-output-tokens          output tokens to report, used as is even above the request's cap
 //	                              (default: min(cap, Server.DefaultOutputTokens); cap = max_tokens,
 //	                              max_completion_tokens, max_output_tokens or maxOutputTokens)
@@ -277,8 +279,7 @@ func (c *call) prepare() error {
 			out = max(*cap, 0)
 		}
 	}
-	in := max(int64(len(c.body))/4, 1)
-	u := Usage{InputTokens: in, OutputTokens: out}
+	u := Usage{InputTokens: c.promptTokens(), OutputTokens: out}
 	if v, ok := headerValue(c.r, HeaderInputTokens); ok {
 		u.InputTokens = v
 	}

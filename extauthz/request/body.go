@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -13,37 +14,52 @@ import (
 // parser must (1) match keys exactly and case-sensitively, as the providers do (encoding/json
 // matches case-insensitively, so {"max_tokens":9000,"MAX_TOKENS":1} would read as 1), after
 // decoding escapes ("max_tok\u0065ns" is max_tokens), and reject duplicates of the keys that
-// set the price; (2) keep going over a truncated body and use what it saw; (3) estimate the
+// set the price; (2) keep going over a truncated body and use what it saw; (3) bound the
 // tokens of every string without allocating; and (4) bound nesting depth.
 //
-// What counts as input: every string, key, number and literal of the body (tool
-// definitions, response schemas and unknown fields included), each string costing its text
-// estimate plus one token, each object or array one token; plus messageOverhead per element
-// of messages / contents / input arrays and requestOverhead per request. Embeddings count only
-// "input", with token arrays counted exactly. Media parts are recognised by the member names
-// the APIs use and charged by their media type instead of their base64 text:
+// What the input bound counts (docs/bounds.md): the body as compact JSON, every byte outside
+// strings (braces, brackets, colons, commas, numbers, literals) as one token and every string
+// as its two quotes plus the weights of its decoded characters (bound.go) — tool definitions,
+// response schemas and unknown fields included, because providers render them into the
+// prompt — plus messageOverhead per element of messages / contents / input arrays,
+// requestOverhead per request, toolOverhead per tool, toolNewline per line break inside a
+// tool definition, and Anthropic's tool-use system prompt. Embeddings count only "input",
+// with token arrays counted exactly. Media are not counted as their base64 text:
 //
-//   - a data URL ("data:<mime>;base64,...") under url, image_url, data or file_data:
-//     image/* costs Config.ImageTokens, audio/* and video/* max(ImageTokens,
-//     bytes/MediaBytesPerToken), any other type (text, JSON, PDF and other documents, whose
-//     tokens their size in bytes does not bound) is counted as text, characters as sent;
-//   - a base64 string of 64+ characters under data (Anthropic source.data, Gemini
-//     inlineData.data, OpenAI input_audio.data) is charged the same way at the end of its
-//     object, by the type a sibling media_type / mimeType / mime_type gives; without one it
-//     is sized as audio (OpenAI input_audio names only a format);
-//   - an image reference (image_url string, url inside image_url) costs ImageTokens;
-//   - a file reference (file_id, file_url, fileUri, file_uri, video_url, audio_url, url inside
-//     an Anthropic source) costs ImageTokens and sets ExternalInput.
+//   - an image (a data URL or base64 payload whose media type is image/*, an image_url, an
+//     image or input_image block, a Gemini part whose mimeType is image/*) is counted in
+//     Images, for the caller to charge the per-image maximum of the model (ImageTokensFor);
+//   - text sent as base64 (text/* payloads and data URLs) costs maxWeightPerByte per decoded
+//     byte;
+//   - anything else (audio, video, PDFs and other documents, a base64 payload without a
+//     media type, a file id or URL that is not an image) sets ExternalInput: its tokens are
+//     not bounded by its size in the body, only by the model's context window.
 //
 // Text under any other member name is always counted as text, so a prompt cannot be
 // disguised as a cheap image.
 const (
-	maxDepth         = 256
-	requestOverhead  = 8   // chat templates, reply priming
-	messageOverhead  = 4   // per message / content / input item
-	anthropicToolsOH = 400 // Anthropic's tool-use system prompt (313-346 tokens documented)
-	maxModelLength   = 256
-	maxReferenceLen  = 4096 // longer "references" are counted as text
+	maxDepth = 256
+	// requestOverhead covers what a chat template adds once per request: BOS, reply priming
+	// (OpenAI documents 3 tokens), Llama 3's and Gemma's assistant headers.
+	requestOverhead = 16
+	// messageOverhead covers what a chat template adds per message: OpenAI documents 3 plus 1
+	// for a name; Gemma's and Llama 3's turn markers are 5.
+	messageOverhead = 8
+	// toolOverhead covers OpenAI's per-function framing (documented func_init 10 plus
+	// func_end 12 tokens on top of names, descriptions and properties).
+	toolOverhead = 24
+	// toolNewline covers the prefix a provider may put on each line of a tool's description
+	// when it renders the schema ("// " in OpenAI's rendering).
+	toolNewline = 3
+	// anthropicToolsOH is Anthropic's tool-use system prompt: at most 530 tokens documented
+	// (Claude 3 Opus, tool_choice auto); 346 on current models.
+	anthropicToolsOH = 600
+	// anthropicTypedTool covers one Anthropic-defined client tool ({"type": "bash_...",
+	// "text_editor_...", "computer_...", ...}): documented 245 (bash), 700 (text editor), 735
+	// plus a 499-token system prompt (computer use).
+	anthropicTypedTool = 1250
+	maxModelLength     = 256
+	maxReferenceLen    = 4096 // longer "references" are counted as text
 )
 
 var (
@@ -179,15 +195,18 @@ type bodyParser struct {
 	depth   int
 	err     error
 	cnt     counter
-	set     settings
 	dialect dialect
 	// captured length and overflow flag of the last str call
 	capLen   int
 	overflow bool
 
-	tokens   int64
-	external bool
-	tools    bool
+	tokens    int64
+	images    int64
+	refs      int64 // media references not yet classified (see objectLoop)
+	external  bool
+	tools     bool
+	nlExtra   int64 // toolNewline inside tool definitions, else 0
+	toolDepth int
 
 	model       string
 	stream      bool
@@ -197,12 +216,15 @@ type bodyParser struct {
 	capErr      error
 	choices     int64
 	prompts     int64
+	thinking    int64
+	hasThinking bool
 	seen        uint32
 }
 
 // bodyResult is what the body says.
 type bodyResult struct {
 	tokens      int64
+	images      int64
 	external    bool
 	model       string
 	stream      bool
@@ -211,17 +233,32 @@ type bodyResult struct {
 	hasCap      bool
 	capErr      error
 	choices     int64
+	thinking    int64
+	hasThinking bool
 	err         error // syntax or shape error (includes errJSONEOF)
 }
 
-func parseBody(data []byte, d dialect, set settings) bodyResult {
-	p := bodyParser{data: data, set: set, dialect: d, choices: 1}
+// counter sums the weights of the characters of one string (bound.go).
+type counter struct{ units int64 }
+
+// take returns the sum since the last take and resets it.
+func (c *counter) take() int64 {
+	n := c.units
+	c.units = 0
+	return n
+}
+
+func parseBody(data []byte, d dialect) bodyResult {
+	p := bodyParser{data: data, dialect: d, choices: 1}
 	p.top()
 	if p.err == nil {
 		p.ws()
 		if p.pos < len(p.data) {
 			p.fail("data after the JSON object")
 		}
+	}
+	if p.refs > 0 {
+		p.external = true // references no enclosing block said were images
 	}
 	if d != dialectEmbeddings && d != dialectCompletions {
 		p.tokens = addSat(p.tokens, requestOverhead)
@@ -233,8 +270,9 @@ func parseBody(data []byte, d dialect, set settings) bodyResult {
 	if d == dialectCompletions && p.prompts > 1 {
 		choices = mulSat(choices, p.prompts)
 	}
-	return bodyResult{tokens: p.tokens, external: p.external, model: p.model, stream: p.stream,
-		streamUsage: p.streamUsage, cap: p.cap, hasCap: p.hasCap, capErr: p.capErr, choices: choices, err: p.err}
+	return bodyResult{tokens: p.tokens, images: p.images, external: p.external, model: p.model, stream: p.stream,
+		streamUsage: p.streamUsage, cap: p.cap, hasCap: p.hasCap, capErr: p.capErr, choices: choices,
+		thinking: p.thinking, hasThinking: p.hasThinking, err: p.err}
 }
 
 func (p *bodyParser) fail(msg string) {
@@ -303,15 +341,15 @@ func (p *bodyParser) top() {
 //		// read the value
 //	}
 
-// openObject enters the object on its '{', counting it as a token when count. It is false
-// when the object is nested too deeply.
+// openObject enters the object on its '{', counting its braces when count. It is false when
+// the object is nested too deeply.
 func (p *bodyParser) openObject(count bool) bool {
 	if !p.enter() {
 		return false
 	}
 	p.pos++
 	if count {
-		p.addTokens(1)
+		p.addTokens(2)
 	}
 	return true
 }
@@ -345,9 +383,9 @@ func (p *bodyParser) nextMember() bool {
 	return false
 }
 
-// memberKey reads a member's key and the ':' after it, counting the key as text when count.
-// The key is decoded into buf; it is nil when longer than buf (so it matches no known name).
-// ok is false on a syntax error.
+// memberKey reads a member's key and the ':' after it, counting the key as text (and the
+// colon and comma) when count. The key is decoded into buf; it is nil when longer than buf
+// (so it matches no known name). ok is false on a syntax error.
 func (p *bodyParser) memberKey(buf []byte, count bool) (key []byte, ok bool) {
 	if p.peek() != '"' {
 		p.fail("object key expected")
@@ -358,7 +396,7 @@ func (p *bodyParser) memberKey(buf []byte, count bool) (key []byte, ok bool) {
 		key = buf[:p.capLen]
 	}
 	if count {
-		p.addTokens(p.cnt.take() + 1)
+		p.addTokens(p.cnt.take() + 2 + 2) // quotes, colon, comma
 	}
 	if p.peek() != ':' {
 		p.fail("':' expected")
@@ -367,6 +405,9 @@ func (p *bodyParser) memberKey(buf []byte, count bool) (key []byte, ok bool) {
 	p.pos++
 	return key, true
 }
+
+// textDone counts the string just read as text: its characters' weights and its quotes.
+func (p *bodyParser) textDone() { p.addTokens(p.cnt.take() + 2) }
 
 // member reads the value of a top-level member.
 func (p *bodyParser) member(f topField, key []byte) {
@@ -388,7 +429,7 @@ func (p *bodyParser) member(f topField, key []byte) {
 		p.str(count, mbuf[:], nil)
 		m := mbuf[:p.capLen]
 		if count {
-			p.addTokens(p.cnt.take() + 1)
+			p.textDone()
 		}
 		if p.overflow {
 			if p.err == nil {
@@ -473,7 +514,7 @@ func (p *bodyParser) positiveInt() (v int64, ok bool, err error) {
 			return 0, false, nil
 		}
 		raw := p.data[start:p.pos]
-		p.addTokens(1)
+		p.addTokens(int64(len(raw)))
 		shown := raw[:min(len(raw), 32)] // formatted only for an error: no allocation per cap
 		if raw[0] == '-' {
 			return 0, false, fmt.Errorf("%s: must be a positive integer", shown)
@@ -523,8 +564,8 @@ func (p *bodyParser) streamOptions() {
 	}
 }
 
-// generationConfig reads Gemini's caps, rejecting repeated ones; every other member counts
-// as text. A non-object is read as a plain value.
+// generationConfig reads Gemini's caps and thinking budget, rejecting repeated ones; every
+// other member counts as text. A non-object is read as a plain value.
 func (p *bodyParser) generationConfig() {
 	if p.peek() != '{' {
 		p.value(mkNone, mkNone)
@@ -551,6 +592,16 @@ func (p *bodyParser) generationConfig() {
 			bit, choice = 4, true
 		case "candidate_count":
 			bit, choice = 8, true
+		case "thinkingConfig", "thinking_config":
+			if seen&16 != 0 {
+				if p.err == nil {
+					p.err = fmt.Errorf("duplicate key %q in generationConfig", string(key))
+				}
+				return
+			}
+			seen |= 16
+			p.thinkingConfig()
+			continue
 		default:
 			p.value(mkNone, mkNone)
 			continue
@@ -563,6 +614,54 @@ func (p *bodyParser) generationConfig() {
 		}
 		seen |= bit
 		p.capMember(key, choice)
+	}
+}
+
+// thinkingConfig reads Gemini's thinkingBudget (-1: dynamic, 0: off, else a token budget).
+func (p *bodyParser) thinkingConfig() {
+	if p.peek() != '{' {
+		p.value(mkNone, mkNone)
+		return
+	}
+	if !p.openObject(true) {
+		return
+	}
+	var kbuf [64]byte
+	for more := p.firstMember(); more; more = p.nextMember() {
+		key, ok := p.memberKey(kbuf[:], true)
+		if !ok {
+			return
+		}
+		k := string(key)
+		if k != "thinkingBudget" && k != "thinking_budget" {
+			p.value(mkNone, mkNone)
+			continue
+		}
+		if p.hasThinking {
+			if p.err == nil {
+				p.err = fmt.Errorf("duplicate key %q in thinkingConfig", k)
+			}
+			return
+		}
+		p.hasThinking = true
+		if c := p.peek(); c == '-' || c >= '0' && c <= '9' {
+			start := p.pos
+			p.number()
+			if p.err != nil {
+				return
+			}
+			raw := p.data[start:p.pos]
+			p.addTokens(int64(len(raw)))
+			if v, err := strconv.ParseInt(string(raw), 10, 64); err == nil && v >= -1 {
+				p.thinking = v
+				continue
+			}
+		} else {
+			p.value(mkNone, mkNone)
+		}
+		if p.capErr == nil {
+			p.capErr = fmt.Errorf("invalid %s: must be an integer >= -1", k)
+		}
 	}
 }
 
@@ -581,27 +680,32 @@ func (p *bodyParser) items() {
 		p.value(mkNone, mkNone)
 		return
 	}
-	p.addTokens(1)
+	p.addTokens(2)
 	p.elements(func() {
-		p.addTokens(messageOverhead)
+		p.addTokens(messageOverhead + 1)
 		p.value(mkNone, mkNone)
 	})
 }
 
-// toolList reads tools / functions, noting server-side tools.
+// toolList reads tools / functions, noting server-side tools and charging each tool's
+// framing; line breaks inside tool definitions cost toolNewline more.
 func (p *bodyParser) toolList() {
 	if p.peek() != '[' {
 		p.value(mkNone, mkNone)
 		return
 	}
+	p.addTokens(2)
+	p.nlExtra = toolNewline
 	p.elements(func() {
 		p.tools = true
+		p.addTokens(toolOverhead + 1)
 		if p.peek() == '{' {
 			p.object(mkNone, true)
 			return
 		}
 		p.value(mkNone, mkNone)
 	})
+	p.nlExtra = 0
 }
 
 // elements reads an array, calling fn positioned at each element.
@@ -633,12 +737,12 @@ func (p *bodyParser) elements(fn func()) {
 
 // tokenInput reads an embeddings input or a legacy completions prompt: a string, an array
 // of strings, a token array or an array of token arrays. Token ids count one token each,
-// exactly; text is estimated. It returns the number of prompts.
+// exactly; text is bounded. It returns the number of prompts.
 func (p *bodyParser) tokenInput() (prompts int64) {
 	switch p.peek() {
 	case '"':
 		p.str(true, nil, nil)
-		p.addTokens(p.cnt.take())
+		p.textDone()
 		return 1
 	case '[':
 	default:
@@ -650,7 +754,7 @@ func (p *bodyParser) tokenInput() (prompts int64) {
 		switch c := p.peek(); {
 		case c == '"':
 			p.str(true, nil, nil)
-			p.addTokens(p.cnt.take())
+			p.textDone()
 			prompts++
 		case c == '-' || c >= '0' && c <= '9':
 			p.number()
@@ -678,20 +782,23 @@ func (p *bodyParser) tokenInput() (prompts int64) {
 
 // objState collects media evidence inside one object.
 type objState struct {
-	payload int64     // decoded bytes of base64 payloads under "data"
-	first   int       // offset of the first payload's string, to count it as text
-	more    int64     // characters of any further payload (a repeated "data")
-	media   mediaKind // the most expensive kind a sibling media type names
+	payload   int64     // decoded bytes of base64 payloads under "data"
+	first     int       // offset of the first payload's string, to count it as text
+	more      int64     // characters of any further payload (a repeated "data")
+	media     mediaKind // the most expensive kind a sibling media type names
+	block     blockKind // what the object's "type" says it is
+	plainText bool      // "type": "text": a "data" payload is the text itself, not base64
+	refs      int64     // p.refs when the object opened
 }
 
 // mediaKind is what a declared media type makes of a payload, cheapest first.
 type mediaKind uint8
 
 const (
-	mediaUntyped mediaKind = iota // no media type: sized like audio
-	mediaImage                    // image/*: ImageTokens
-	mediaAV                       // audio/*, video/*: sized by bytes
-	mediaText                     // anything else: counted as the text it is sent as
+	mediaNone  mediaKind = iota // no media type given
+	mediaImage                  // image/*: one image
+	mediaText                   // text/*, JSON, XML: text, sent as base64 or plain
+	mediaOther                  // audio, video, PDF, any other document: unbounded
 )
 
 // mediaKindOf classifies a media type ("image/png", "text/plain; charset=utf-8").
@@ -699,10 +806,30 @@ func mediaKindOf(mime []byte) mediaKind {
 	switch {
 	case hasPrefixFoldBytes(mime, "image/"):
 		return mediaImage
-	case hasPrefixFoldBytes(mime, "audio/"), hasPrefixFoldBytes(mime, "video/"):
-		return mediaAV
+	case hasPrefixFoldBytes(mime, "text/"), hasPrefixFoldBytes(mime, "application/json"),
+		hasPrefixFoldBytes(mime, "application/xml"):
+		return mediaText
 	}
-	return mediaText
+	return mediaOther
+}
+
+// blockKind is what a content block's "type" says about the references inside it.
+type blockKind uint8
+
+const (
+	blockUnknown blockKind = iota // no type, or a source kind (url, base64, file, text): ask the parent
+	blockImage                    // image, input_image, image_url: references are images
+	blockMedia                    // document, input_file, input_audio, audio, video, ...: unbounded
+)
+
+func blockKindOf(t []byte) blockKind {
+	switch string(t) {
+	case "image", "input_image", "image_url":
+		return blockImage
+	case "document", "input_file", "input_audio", "audio", "video", "input_video", "container_upload":
+		return blockMedia
+	}
+	return blockUnknown
 }
 
 // value reads any value, counting its tokens. k is the member name it sits under (arrays
@@ -716,26 +843,26 @@ func (p *bodyParser) value(k, parent mkind) {
 	case c == '{':
 		p.object(k, false)
 	case c == '[':
-		p.addTokens(1)
-		p.elements(func() { p.value(k, parent) })
+		p.addTokens(2)
+		p.elements(func() {
+			p.addTokens(1)
+			p.value(k, parent)
+		})
 	case c == '"':
 		p.stringValue(k, parent, false)
 	case c == '-' || c >= '0' && c <= '9':
 		start := p.pos
 		p.number()
-		for _, b := range p.data[start:p.pos] {
-			p.cnt.ascii(b)
-		}
-		p.addTokens(p.cnt.take())
+		p.addTokens(int64(p.pos - start))
 	case c == 't':
 		p.literal("true")
-		p.addTokens(1)
+		p.addTokens(4)
 	case c == 'f':
 		p.literal("false")
-		p.addTokens(1)
+		p.addTokens(5)
 	case c == 'n':
 		p.literal("null")
-		p.addTokens(1)
+		p.addTokens(4)
 	default:
 		p.fail("value expected")
 	}
@@ -746,16 +873,32 @@ func (p *bodyParser) object(self mkind, toolLevel bool) {
 	if !p.openObject(true) {
 		return
 	}
-	var st objState
+	st := objState{refs: p.refs}
 	p.objectLoop(self, toolLevel, &st)
 	// charged also when the body ended inside the object
 	switch {
 	case st.payload == 0:
-	case st.media == mediaText:
+	case st.media == mediaImage:
+		p.images++
+	case st.media == mediaText && st.plainText:
 		p.textAt(st.first)
-		p.addTokens(st.more) // a token per character bounds any text
+		p.addTokens(mulSat(st.more, maxWeightPerByte))
+	case st.media == mediaText:
+		p.addTokens(mulSat(st.payload, maxWeightPerByte)) // base64 text: any character, any weight
 	default:
-		p.chargeMedia(st.media == mediaImage, st.payload)
+		p.external = true // audio, video, documents, untyped payloads
+	}
+	// References inside: an image block's are images, a document's unbounded; otherwise a
+	// media type of this object decides; otherwise the enclosing object does.
+	if refs := p.refs - st.refs; refs > 0 {
+		switch {
+		case st.block == blockImage, st.block == blockUnknown && st.media == mediaImage:
+			p.images = addSat(p.images, refs)
+			p.refs = st.refs
+		case st.block == blockMedia, st.media != mediaNone:
+			p.external = true
+			p.refs = st.refs
+		}
 	}
 }
 
@@ -764,7 +907,7 @@ func (p *bodyParser) textAt(off int) {
 	pos, err := p.pos, p.err
 	p.pos = off
 	p.str(true, nil, nil)
-	p.addTokens(p.cnt.take() + 1)
+	p.textDone()
 	p.pos, p.err = pos, err
 }
 
@@ -784,12 +927,17 @@ func (p *bodyParser) objectLoop(self mkind, toolLevel bool, st *objState) {
 			var vbuf [64]byte
 			p.str(true, vbuf[:], nil)
 			v := vbuf[:p.capLen]
-			p.addTokens(p.cnt.take() + 1)
+			p.textDone()
 			if k == mkMime {
 				st.media = max(st.media, mediaKindOf(v))
+				continue
 			}
-			if k == mkType && toolLevel && isServerToolType(v) {
+			st.block = max(st.block, blockKindOf(v))
+			st.plainText = st.plainText || string(v) == "text"
+			if toolLevel && isServerToolType(v) {
 				p.external = true
+			} else if toolLevel && p.dialect == dialectAnthropic && string(v) != "custom" && string(v) != "function" {
+				p.addTokens(anthropicTypedTool)
 			}
 		} else if k == mkData && p.peek() == '"' {
 			at := p.pos
@@ -805,14 +953,6 @@ func (p *bodyParser) objectLoop(self mkind, toolLevel bool, st *objState) {
 			p.value(k, self)
 		}
 	}
-}
-
-func (p *bodyParser) chargeMedia(image bool, bytes int64) {
-	t := p.set.imageTokens
-	if !image {
-		t = max(t, (bytes+p.set.mediaBytesPerToken-1)/p.set.mediaBytesPerToken)
-	}
-	p.addTokens(t)
 }
 
 // stringValue reads a string value, as media when its member name says it may be one. A
@@ -847,9 +987,10 @@ func (p *bodyParser) stringValue(k, parent mkind, payloadOK bool) (payload int64
 		if n > maxReferenceLen || p.err != nil && p.err != errJSONEOF {
 			break
 		}
-		p.addTokens(p.set.imageTokens)
-		if k != mkImageURL && parent != mkImageURL {
-			p.external = true
+		if k == mkImageURL || parent == mkImageURL {
+			p.images++ // OpenAI's image_url: an image by definition
+		} else {
+			p.refs++ // a file or a source: the enclosing block says what it is
 		}
 		return 0
 	}
@@ -863,7 +1004,7 @@ func (p *bodyParser) stringValue(k, parent mkind, payloadOK bool) (payload int64
 		}
 	}
 	p.str(true, nil, nil)
-	p.addTokens(p.cnt.take() + 1)
+	p.textDone()
 	return 0
 }
 
@@ -888,59 +1029,52 @@ func (p *bodyParser) dataURL() bool {
 		return false
 	}
 	mime, params, _ := bytes.Cut(head[5:comma], []byte{';'})
-	kind := mediaKindOf(mime) // "data:;base64,..." is text/plain (RFC 2397)
-	if kind == mediaText {
-		p.str(true, nil, nil)
-		p.addTokens(p.cnt.take() + 1)
-		return true
-	}
 	n := p.str(false, nil, nil) - int64(comma+1)
-	if hasSuffixFoldBytes(params, "base64") {
-		n = n * 3 / 4
+	switch kind := mediaKindOf(mime); {
+	case kind == mediaImage:
+		p.images++
+	case kind == mediaText || len(mime) == 0: // "data:;base64,..." is text/plain (RFC 2397)
+		if hasSuffixFoldBytes(params, "base64") {
+			n = n * 3 / 4
+		}
+		p.addTokens(2 + mulSat(max(n, 0), maxWeightPerByte)) // percent-decoding only shortens
+	default:
+		p.external = true
 	}
-	p.chargeMedia(kind == mediaImage, max(n, 0))
 	return true
 }
 
 // str reads the string at p.pos (on its opening quote) and returns its decoded length in
-// bytes. With text it feeds the characters to p.cnt; with capture it copies the decoded
-// bytes into capture while they fit (p.capLen bytes; p.overflow reports the rest); with b64 it
-// clears *b64 unless every character is in the base64 alphabets (standard, URL-safe, line
-// breaks).
+// bytes. With text it adds the characters' weights to p.cnt; with capture it copies the
+// decoded bytes into capture while they fit (p.capLen bytes; p.overflow reports the rest);
+// with b64 it clears *b64 unless every character is in the base64 alphabets (standard,
+// URL-safe, line breaks).
 func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
 	p.overflow, p.capLen = false, 0
 	p.pos++ // opening quote
 	var n int64
 	data := p.data
-	plain := capture == nil && b64 == nil
 	for p.pos < len(data) {
-		c := data[p.pos]
-		switch {
-		case text && (c|0x20) >= 'a' && (c|0x20) <= 'z':
-			// a run of letters (base64 characters all) is counted in one go
-			k := p.cnt.letters(data[p.pos:])
+		if k := plainRun(data[p.pos:]); k > 0 {
+			// a run of plain ASCII (no quote, backslash, control or non-ASCII byte): one
+			// token per byte at most
+			seg := data[p.pos : p.pos+k]
+			if text {
+				p.cnt.units += int64(k)
+			}
 			if capture != nil {
-				p.keep(capture, data[p.pos:p.pos+k])
+				p.keep(capture, seg)
+			}
+			if b64 != nil && *b64 && base64Run(seg) < k {
+				*b64 = false
 			}
 			p.pos += k
 			n += int64(k)
 			continue
-		case plain && !text:
-			if k := plainRun(data[p.pos:]); k > 0 {
-				p.pos += k
-				n += int64(k)
-				continue
-			}
-		case b64 != nil && *b64 && capture == nil && !text:
-			if k := base64Run(data[p.pos:]); k > 0 {
-				p.pos += k
-				n += int64(k)
-				continue
-			}
 		}
 		var r rune
-		size := 1
-		switch {
+		var size int
+		switch c := data[p.pos]; {
 		case c == '"':
 			p.pos++
 			return n
@@ -953,24 +1087,6 @@ func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
 		case c < 0x20:
 			p.fail("control character in string")
 			return n
-		case c < utf8.RuneSelf:
-			p.pos++
-			n++
-			if text {
-				p.cnt.ascii(c)
-			}
-			if capture != nil {
-				if p.capLen < len(capture) {
-					capture[p.capLen] = c
-					p.capLen++
-				} else {
-					p.overflow = true
-				}
-			}
-			if b64 != nil && *b64 && !isBase64Char(c) {
-				*b64 = false
-			}
-			continue
 		default:
 			r, size = utf8.DecodeRune(data[p.pos:])
 			p.pos += size
@@ -979,7 +1095,10 @@ func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
 		if r < utf8.RuneSelf {
 			n++
 			if text {
-				p.cnt.ascii(byte(r))
+				p.cnt.units++
+				if r == '\n' {
+					p.cnt.units += p.nlExtra
+				}
 			}
 			if b64 != nil && *b64 && !isBase64Char(byte(r)) {
 				*b64 = false
@@ -987,7 +1106,7 @@ func (p *bodyParser) str(text bool, capture []byte, b64 *bool) int64 {
 		} else {
 			n += int64(size)
 			if text {
-				p.cnt.rune(r, size)
+				p.cnt.units += runeWeight(r, size)
 			}
 			if b64 != nil {
 				*b64 = false

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/purser-dev/purser/budget"
 )
 
 // Defaults applied for zero values of Config fields.
@@ -14,13 +16,9 @@ const (
 	// "query:key" for Gemini's ?key=.
 	QuerySourcePrefix = "query:"
 
-	DefaultJWTNamespace       = "envoy.filters.http.jwt_authn"
-	DefaultImageTokens        = 4000
-	DefaultMediaBytesPerToken = 16
-	DefaultMaxSubjectLength   = 512
+	DefaultJWTNamespace = "envoy.filters.http.jwt_authn"
 
-	maxSubjectKindLength = 32
-	maxConfiguredLength  = 4096
+	maxConfiguredLength = 4096
 )
 
 // defaultCredentialSources is the order used when Config.CredentialSources is nil. It is a
@@ -44,16 +42,10 @@ type Config struct {
 	// ModelHeader, if set, names a header read for the model when neither body nor path
 	// gives one (for example "x-ai-eg-model").
 	ModelHeader string `json:"model_header,omitempty"`
-	// ImageTokens is the allowance charged per image part (and per media reference whose
-	// size is unknown). 0 means DefaultImageTokens.
+	// ImageTokens, when set, is charged per image instead of the model's documented maximum
+	// (ImageTokensFor). It is the operator's assertion, not a bound: an image may cost more.
+	// 0 (the default) means the documented maximum.
 	ImageTokens int64 `json:"image_tokens,omitempty"`
-	// MediaBytesPerToken sizes inline audio and video (and payloads without a media type): a
-	// part costs max(ImageTokens, decoded bytes / MediaBytesPerToken). Other documents (text,
-	// PDF, ...) are counted as text. 0 means DefaultMediaBytesPerToken.
-	MediaBytesPerToken int64 `json:"media_bytes_per_token,omitempty"`
-	// MaxSubjectLength bounds a whole subject ("kind:id") in bytes; longer values are
-	// rejected, not truncated. 0 means DefaultMaxSubjectLength.
-	MaxSubjectLength int `json:"max_subject_length,omitempty"`
 }
 
 // JWTConfig says where Envoy's jwt_authn filter put the verified payload and which claims
@@ -117,7 +109,7 @@ func (c *Config) Validate() error {
 		if m.Claim == "" || len(m.Claim) > maxConfiguredLength {
 			errs = append(errs, fmt.Errorf("%s.claim: must be 1-%d bytes", field, maxConfiguredLength))
 		}
-		if err := validKind(m.Subject); err != nil {
+		if err := budget.CheckKind(m.Subject); err != nil {
 			errs = append(errs, fmt.Errorf("%s.subject: %w", field, err))
 		}
 	}
@@ -129,7 +121,7 @@ func (c *Config) Validate() error {
 		case isCredentialHeader(c, m.Header):
 			errs = append(errs, fmt.Errorf("%s.header: %q carries credentials and cannot name a subject", field, m.Header))
 		}
-		if err := validKind(m.Subject); err != nil {
+		if err := budget.CheckKind(m.Subject); err != nil {
 			errs = append(errs, fmt.Errorf("%s.subject: %w", field, err))
 		}
 	}
@@ -137,41 +129,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("model_header: %q: not a lower-case header name", c.ModelHeader))
 	}
 	if c.ImageTokens < 0 || c.ImageTokens > 1_000_000 {
-		errs = append(errs, fmt.Errorf("image_tokens: %d: must be between 0 (default %d) and 1000000", c.ImageTokens, DefaultImageTokens))
-	}
-	if c.MediaBytesPerToken < 0 || c.MediaBytesPerToken > 1<<20 {
-		errs = append(errs, fmt.Errorf("media_bytes_per_token: %d: must be between 0 (default %d) and 1048576", c.MediaBytesPerToken, DefaultMediaBytesPerToken))
-	}
-	if c.MaxSubjectLength < 0 || c.MaxSubjectLength > maxConfiguredLength {
-		errs = append(errs, fmt.Errorf("max_subject_length: %d: must be between 0 (default %d) and %d", c.MaxSubjectLength, DefaultMaxSubjectLength, maxConfiguredLength))
+		errs = append(errs, fmt.Errorf("image_tokens: %d: must be between 0 (the model's documented maximum) and 1000000", c.ImageTokens))
 	}
 	return errors.Join(errs...)
 }
 
 // settings are the effective values of a Config, defaults applied.
 type settings struct {
-	cfg                *Config
-	imageTokens        int64
-	mediaBytesPerToken int64
-	maxSubjectLength   int
+	cfg *Config
 }
 
-func resolve(c *Config) settings {
-	s := settings{cfg: c, imageTokens: DefaultImageTokens, mediaBytesPerToken: DefaultMediaBytesPerToken, maxSubjectLength: DefaultMaxSubjectLength}
-	if c == nil {
-		return s
-	}
-	if c.ImageTokens > 0 {
-		s.imageTokens = c.ImageTokens
-	}
-	if c.MediaBytesPerToken > 0 {
-		s.mediaBytesPerToken = c.MediaBytesPerToken
-	}
-	if c.MaxSubjectLength > 0 && c.MaxSubjectLength <= maxConfiguredLength {
-		s.maxSubjectLength = c.MaxSubjectLength
-	}
-	return s
-}
+func resolve(c *Config) settings { return settings{cfg: c} }
 
 // credentialSources returns the configured sources, or the defaults.
 func (s *settings) credentialSources() []string {

@@ -1,7 +1,7 @@
 // Package request turns an Envoy ext_authz CheckRequest into what purser needs to reserve a
 // budget: is it billable, which provider, API flavour and model, streaming or not, the output
-// cap, a conservative input-token estimate, the API-key candidates and the subjects that can
-// be derived without a database.
+// cap, an upper bound of the input tokens (docs/bounds.md), the API-key candidates and the
+// subjects that can be derived without a database.
 //
 // Parse is a pure function (no I/O, no globals with state), so it can be table-tested and
 // fuzzed; the extauthz server applies policy to its result. It follows Envoy's CheckRequest
@@ -31,11 +31,12 @@
 //     flavour honours two caps (max_tokens and max_completion_tokens) the larger wins.
 //   - Keys that set the price (model, stream, caps, n, best_of, generationConfig) must not be
 //     repeated: a duplicate is a BodyError, because providers disagree on which one wins.
-//   - A truncated body is parsed as far as it goes; the estimate is then the larger of
-//     (estimate of what arrived + missing bytes / 3) and (content-length / 3). Without a
-//     content-length the missing part cannot be bounded: Truncated is set and ContentLength
-//     is -1, for the caller to decide.
-//   - The estimate is an upper bound for OpenAI's tokenizers on a measured sample (see
-//     estimate.go and estimate_test.go); other providers' tokenizers were not measurable
-//     offline. Callers should clamp InputTokens to the model's context window.
+//   - A truncated body is parsed as far as it goes; InputTokens then adds maxWeightPerByte
+//     per missing byte of its content-length, and ExternalInput is set because the missing
+//     part may hold media. Without a content-length the missing part cannot be bounded:
+//     Truncated is set and ContentLength is -1, for the caller to decide.
+//   - InputTokens is an upper bound for every supported tokenizer (bound.go, body.go;
+//     proved against o200k_base and cl100k_base in bound_test.go); images are charged their
+//     model's documented maximum (media.go). When ExternalInput is set only the model's
+//     context window bounds the input. Callers should clamp InputTokens to the window.
 package request

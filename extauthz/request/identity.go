@@ -1,98 +1,26 @@
 package request
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"net/url"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/budget"
 )
 
-// Subject grammar. A subject names who or what a budget applies to:
-//
-//	subject = kind ":" id
-//	kind    = a-z followed by at most 31 of a-z 0-9 "_" "-"
-//	id      = one or more bytes of valid UTF-8 without control characters (Unicode Cc),
-//	          format characters (Cf, e.g. bidi overrides), line or paragraph separators,
-//	          and without ","; no leading or trailing white space
-//
-// and the whole subject is at most Config.MaxSubjectLength bytes. Values that do not fit are
-// rejected (recorded in Request.SubjectErrors), never truncated or repaired. Kinds produced
-// here: workload (a SPIFFE id), namespace, route, tag, and the kinds named in the Config
-// mappings and budget_subject values (user, team, org, ...).
-
-// ValidateSubject checks s against the subject grammar with a length limit of maxLen bytes
-// (DefaultMaxSubjectLength when maxLen <= 0).
-func ValidateSubject(s string, maxLen int) error {
-	if maxLen <= 0 {
-		maxLen = DefaultMaxSubjectLength
-	}
-	kind, id, ok := strings.Cut(s, ":")
-	if !ok {
-		return fmt.Errorf("subject %q: missing \"kind:\" prefix", s)
-	}
-	if err := validKind(kind); err != nil {
-		return fmt.Errorf("subject %q: %w", s, err)
-	}
-	if len(s) > maxLen {
-		return fmt.Errorf("subject %q...: longer than %d bytes", s[:min(len(s), 32)], maxLen)
-	}
-	if err := validID(id); err != nil {
-		return fmt.Errorf("subject %q: %w", s, err)
-	}
-	return nil
-}
-
-func validKind(kind string) error {
-	if kind == "" || len(kind) > maxSubjectKindLength {
-		return fmt.Errorf("kind must be 1-%d characters", maxSubjectKindLength)
-	}
-	if kind[0] < 'a' || kind[0] > 'z' {
-		return fmt.Errorf("kind %q must start with a-z", kind)
-	}
-	for i := 1; i < len(kind); i++ {
-		b := kind[i]
-		if !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '_' || b == '-') {
-			return fmt.Errorf("kind %q: only a-z, 0-9, _ and - are allowed", kind)
-		}
-	}
-	return nil
-}
-
-func validID(id string) error {
-	if id == "" {
-		return errors.New("empty id")
-	}
-	for i := 0; i < len(id); {
-		r, size := utf8.DecodeRuneInString(id[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			return errors.New("invalid UTF-8")
-		case r == ',':
-			return errors.New("id contains ','")
-		case unicode.IsControl(r), unicode.Is(unicode.Cf, r), r == '\u2028', r == '\u2029':
-			return fmt.Errorf("id contains control character %U", r)
-		}
-		i += size
-	}
-	first, _ := utf8.DecodeRuneInString(id)
-	last, _ := utf8.DecodeLastRuneInString(id)
-	if unicode.IsSpace(first) || unicode.IsSpace(last) {
-		return errors.New("id has leading or trailing white space")
-	}
-	return nil
-}
+// Subjects derived here (workload, namespace, route, tag, and the kinds named in the Config
+// mappings and budget_subject values) must pass budget.ParseSubject, purser's one subject
+// validator; values that do not are recorded in Request.SubjectErrors, never truncated or
+// repaired.
 
 // subjects collects validated, deduplicated subjects and the rejections.
 type subjects struct {
-	maxLen int
-	list   []string
-	errs   []error
+	list []string
+	errs []error
 }
 
 // add validates kind:id built from a source described by from (for error messages).
@@ -101,7 +29,7 @@ func (s *subjects) add(kind, id, from string) {
 }
 
 func (s *subjects) addSubject(subj, from string) {
-	if err := ValidateSubject(subj, s.maxLen); err != nil {
+	if _, err := budget.ParseSubject(subj); err != nil {
 		s.errs = append(s.errs, fmt.Errorf("%s: %w", from, err))
 		return
 	}

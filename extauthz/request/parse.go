@@ -9,10 +9,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
 
-// truncatedBytesPerToken sizes the part of a body that was not received: a missing byte is
-// assumed to cost 1/3 token, the ratio of the text estimate on prose and code.
-const truncatedBytesPerToken = 3
-
 // Parse reads an ext_authz CheckRequest. It is pure (no I/O) and never panics; it never
 // yields a "free" answer for a problem: problems are recorded in Request (BodyError,
 // CapError, RouteError, SubjectErrors, Truncated, ExternalInput, Unpriced) for the caller's
@@ -72,7 +68,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 	}
 
 	if r.Billable {
-		r.readBody(body, d, set, hd.get("content-encoding"))
+		images := r.readBody(body, d, hd.get("content-encoding"))
 		switch {
 		case ep.pathModel && ep.model != "":
 			r.Model = ep.model
@@ -83,29 +79,33 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 			r.Model = strings.TrimSpace(hd.get(cfg.ModelHeader))
 		}
 		r.Stream = r.Stream || ep.stream || strings.EqualFold(queryParam(query, "alt"), "sse")
+		r.chargeImages(images, cfg)
 	}
 
 	r.Credentials = credentials(&hd, query, set.credentialSources())
-	r.Subjects, r.SubjectErrors = deriveSubjects(&r, a, &hd, cfg, set.maxSubjectLength)
+	r.Subjects, r.SubjectErrors = deriveSubjects(&r, a, &hd, cfg)
 	return r
 }
 
-// readBody fills the body-derived fields of a billable request.
-func (r *Request) readBody(body []byte, d dialect, set settings, encoding string) {
-	bytesBound := ceilDiv(max(r.ContentLength, int64(len(body))), truncatedBytesPerToken)
+// readBody fills the body-derived fields of a billable request and returns the number of
+// images, which cost the model's per-image maximum (chargeImages, once the model is known).
+func (r *Request) readBody(body []byte, d dialect, encoding string) (images int64) {
+	// Any text in n bytes of body: at most maxWeightPerByte tokens per byte.
+	sizeBound := mulSat(max(r.ContentLength, int64(len(body))), maxWeightPerByte)
 	switch {
 	case len(body) == 0 && !r.Truncated:
 		r.BodyError = errEmptyBody
-		return
+		return 0
 	case encoding != "" && !strings.EqualFold(strings.TrimSpace(encoding), "identity"):
 		r.BodyError = fmt.Errorf("unsupported content-encoding %q", encoding)
-		r.InputTokens = bytesBound
-		return
+		r.InputTokens, r.ExternalInput = sizeBound, true // compressed: its size bounds nothing
+		return 0
 	}
-	res := parseBody(body, d, set)
+	res := parseBody(body, d)
 	r.Model, r.Stream, r.StreamUsage = res.model, res.stream, res.streamUsage
 	r.OutputCap, r.HasOutputCap, r.CapError = res.cap, res.hasCap, res.capErr
 	r.Choices = max(res.choices, 1)
+	r.ThinkingBudget, r.HasThinkingBudget = res.thinking, res.hasThinking
 	r.ExternalInput = res.external
 	r.InputTokens = res.tokens
 	switch {
@@ -113,19 +113,39 @@ func (r *Request) readBody(body []byte, d dialect, set settings, encoding string
 	case errors.Is(res.err, errJSONEOF) && r.Truncated:
 		// expected: the body was cut
 	default:
+		// What the parser could not read may hold anything, media included.
 		r.BodyError = res.err
-		r.InputTokens = max(r.InputTokens, bytesBound)
+		r.InputTokens, r.ExternalInput = max(r.InputTokens, sizeBound), true
 	}
-	if r.Truncated && r.ContentLength > int64(len(body)) {
-		missing := ceilDiv(r.ContentLength-int64(len(body)), truncatedBytesPerToken)
-		r.InputTokens = max(addSat(r.InputTokens, missing), bytesBound)
+	if r.Truncated {
+		// The missing part may hold any text (bounded by its size) and any media (bounded
+		// by nothing but the context window).
+		missing := max(r.ContentLength-int64(len(body)), 0)
+		r.InputTokens = addSat(r.InputTokens, mulSat(missing, maxWeightPerByte))
+		r.ExternalInput = true
 	}
+	return res.images
+}
+
+// chargeImages adds the images' documented maximum for the request's model; without one the
+// input is bounded only by the context window (ExternalInput).
+func (r *Request) chargeImages(images int64, cfg *Config) {
+	r.Images = images
+	if images == 0 {
+		return
+	}
+	per, ok := ImageTokensFor(r.Provider, r.Model, cfg)
+	if !ok {
+		r.ExternalInput = true
+		return
+	}
+	r.InputTokens = addSat(r.InputTokens, mulSat(images, per))
 }
 
 // deriveSubjects builds the database-free subjects: SPIFFE workload and namespace, JWT
 // claims, trusted headers, route, tags, budget_subject.
-func deriveSubjects(r *Request, a *authv3.AttributeContext, hd *headers, cfg *Config, maxLen int) ([]string, []error) {
-	s := subjects{maxLen: maxLen}
+func deriveSubjects(r *Request, a *authv3.AttributeContext, hd *headers, cfg *Config) ([]string, []error) {
+	var s subjects
 	if r.Principal != "" {
 		if ns, ok := spiffeNamespace(r.Principal); ok {
 			s.add("workload", r.Principal, "source.principal")

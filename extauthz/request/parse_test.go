@@ -59,7 +59,8 @@ func TestParse(t *testing.T) {
 			require.Equal(t, "2995731597869652434", r.StreamID)
 			require.Equal(t, "0b9d2c1e-7c55-4f3a-9a8e-fa04256f19d2", r.RequestID)
 			require.Equal(t, int64(256), r.OutputBound(16384))
-			require.InDelta(t, 60, r.InputTokens, 40)
+			require.Equal(t, compactBound(t, fixtureBody(t, "openai_chat"))+requestOverhead+2*messageOverhead, r.InputTokens,
+				"the body as compact JSON with weighted strings, plus the chat-format overheads")
 		}},
 		{"openai_chat_stream", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
@@ -70,8 +71,9 @@ func TestParse(t *testing.T) {
 			require.Equal(t, int64(1024), r.OutputCap)
 			require.Equal(t, int64(2), r.Choices)
 			require.Equal(t, int64(2048), r.OutputBound(32768))
-			require.GreaterOrEqual(t, r.InputTokens, int64(DefaultImageTokens)) // one image part
-			require.Less(t, r.InputTokens, int64(DefaultImageTokens+400))
+			require.Equal(t, int64(1), r.Images)
+			require.GreaterOrEqual(t, r.InputTokens, int64(imageTokensOpenAI)) // one image at OpenAI's maximum
+			require.Less(t, r.InputTokens, int64(imageTokensOpenAI+600))
 			require.Equal(t, "sk-test-openai-0002", r.Credentials[0].Secret) // lower-case scheme
 			require.Equal(t, []string{"route:openai-chat"}, r.Subjects)
 		}},
@@ -99,8 +101,9 @@ func TestParse(t *testing.T) {
 			require.Equal(t, "claude-sonnet-4-5", r.Model)
 			require.Equal(t, int64(2048), r.OutputCap)
 			require.Equal(t, []Credential{{Source: "x-api-key", Header: "x-api-key", Secret: "sk-ant-test-0001"}}, r.Credentials)
-			// image allowance + tool-use system prompt + text
-			require.GreaterOrEqual(t, r.InputTokens, int64(DefaultImageTokens+anthropicToolsOH))
+			// image maximum + tool-use system prompt + text
+			require.Equal(t, int64(1), r.Images)
+			require.GreaterOrEqual(t, r.InputTokens, int64(imageTokensAnthropic+anthropicToolsOH))
 			require.False(t, r.ExternalInput)
 		}},
 		{"anthropic_messages_stream", func(t *testing.T, r Request) {
@@ -120,7 +123,8 @@ func TestParse(t *testing.T) {
 			require.Equal(t, "gemini-2.5-flash", r.Model)
 			require.False(t, r.Stream)
 			require.Equal(t, int64(800), r.OutputCap)
-			require.GreaterOrEqual(t, r.InputTokens, int64(DefaultImageTokens))
+			require.Equal(t, int64(1), r.Images)
+			require.True(t, r.ExternalInput, "Gemini 2.x documents no per-image maximum")
 			require.Equal(t, "x-goog-api-key", r.Credentials[0].Source)
 		}},
 		{"gemini_stream", func(t *testing.T, r Request) {
@@ -156,7 +160,8 @@ func TestParse(t *testing.T) {
 			require.Equal(t, "gpt-4o", r.Model)
 			require.Equal(t, int64(500), r.OutputCap)
 			require.Equal(t, int64(3<<20), r.ContentLength)
-			require.GreaterOrEqual(t, r.InputTokens, int64(3<<20)/3)
+			require.GreaterOrEqual(t, r.InputTokens, (int64(3<<20)-int64(r.BodyBytes))*maxWeightPerByte)
+			require.True(t, r.ExternalInput, "the missing part may hold media")
 		}},
 		{"mtls_principal", func(t *testing.T, r Request) {
 			require.Equal(t, "spiffe://cluster.local/ns/app/sa/web", r.Principal)

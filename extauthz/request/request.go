@@ -71,13 +71,25 @@ type Request struct {
 	// CapError is set when a cap or choice count is present but invalid (not a positive
 	// integer that fits in int64); the caller should answer 400 rather than guess.
 	CapError error
+	// ThinkingBudget is Gemini's generationConfig.thinkingConfig.thinkingBudget (-1: dynamic,
+	// 0: off) when HasThinkingBudget; Google documents thinking as separate from
+	// maxOutputTokens.
+	ThinkingBudget    int64
+	HasThinkingBudget bool
 
-	// InputTokens is a conservative (upper-bound) estimate of the prompt tokens, including
-	// fixed allowances for media parts and, for a truncated body, the bytes not received.
+	// InputTokens is an upper bound of the prompt tokens any supported tokenizer counts for
+	// what the body holds (bound.go, docs/bounds.md): text and structure, chat-format and
+	// tool overheads, each image at its model's documented maximum, and, for a truncated
+	// body, any text the missing bytes could hold.
 	InputTokens int64
-	// ExternalInput is set when the request pulls in input the body does not contain
-	// (previous_response_id, conversation, cached content, file references, server-side
-	// tools such as web search): InputTokens does not bound those.
+	// Images is the number of images in the body (charged in InputTokens).
+	Images int64
+	// ExternalInput is set when the request's input is not bounded by its body: input pulled
+	// from elsewhere (previous_response_id, conversation, cached content, file references,
+	// server-side tools such as web search), media whose tokens their size does not bound
+	// (audio, video, PDFs and other documents, images of a model without a documented
+	// per-image maximum), and bodies purser could not read whole (truncated, compressed or
+	// invalid). Only the model's context window bounds such input.
 	ExternalInput bool
 	// Truncated is set when the body is incomplete: x-envoy-auth-partial-body: true, or
 	// content-length larger than the body received.
@@ -97,7 +109,7 @@ type Request struct {
 	// Subjects are the subjects derived without a database, deduplicated, in this order:
 	// SPIFFE workload and namespace, JWT claims, trusted headers, route, tags, budget_subject.
 	Subjects []string
-	// SubjectErrors lists rejected subject values (see ValidateSubject).
+	// SubjectErrors lists rejected subject values (see budget.ParseSubject).
 	SubjectErrors []error
 
 	// Route is the merged route context.
