@@ -35,7 +35,7 @@ func (in *defInput) fields(template bool) []field {
 	}
 	return append(fs,
 		field{"limit", &in.Limit, wantAmount, false},
-		field{"unit", &in.Unit, `"usd" or "tokens"`, false},
+		field{"unit", &in.Unit, `"usd", "tokens" or "requests"`, false},
 		field{"window", &in.Window, wantString, false},
 		field{"timezone", &in.Timezone, wantString, true},
 		field{"anchor_day", &in.AnchorDay, wantInt, true},

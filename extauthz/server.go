@@ -382,10 +382,14 @@ func (s *Server) exhaustedMessage(b *budget.BudgetState, cost, tokens int64) str
 	return sb.String()
 }
 
-// formatAmount writes an amount in its unit: USD with a dollar sign, tokens as an integer.
+// formatAmount writes an amount in its unit: USD with a dollar sign, tokens and requests as
+// integers.
 func formatAmount(u budget.Unit, n int64) string {
-	if u == budget.Tokens {
+	switch u {
+	case budget.Tokens:
 		return fmt.Sprintf("%d tokens", n)
+	case budget.Requests:
+		return fmt.Sprintf("%d requests", n)
 	}
 	return "$" + pricing.FormatMicros(n)
 }
