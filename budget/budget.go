@@ -69,6 +69,8 @@ type Budget struct {
 	TemplateID int64 // 0 unless made from a default-budget template
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// SetBy is the role that last created or changed the budget: RoleAdmin or RoleManager.
+	SetBy Role
 }
 
 // Definition is the user-editable part of a budget or template, as strings from an API or a
