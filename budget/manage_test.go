@@ -157,11 +157,11 @@ func TestService_Tokens(t *testing.T) {
 	_, err = e.svc.AuthenticateToken(ctx, "pt_nope")
 	require.ErrorIs(t, err, budget.ErrTokenUnknown)
 	for spec, msg := range map[*budget.TokenSpec]string{
-		{Name: "x", Role: "manager"}:                              "scope: a manager needs at least one subject",
-		{Name: "x", Role: "viewer", Scope: []string{"team:ml"}}:  "scope: only a manager has a scope",
-		{Name: "x", Role: "root"}:                                 `role: must be admin, manager or viewer, got "root"`,
-		{Name: "", Role: "viewer"}:                                "name: is required",
-		{Name: "x", Role: "manager", Scope: []string{"global"}}:  "not global or key: subjects",
+		{Name: "x", Role: "manager"}:                            "scope: a manager needs at least one subject",
+		{Name: "x", Role: "viewer", Scope: []string{"team:ml"}}: "scope: only a manager has a scope",
+		{Name: "x", Role: "root"}:                               `role: must be admin, manager or viewer, got "root"`,
+		{Name: "", Role: "viewer"}:                              "name: is required",
+		{Name: "x", Role: "manager", Scope: []string{"global"}}: "not global or key: subjects",
 		{Name: "x", Role: "viewer", ExpiresAt: time.Unix(1, 0)}: "expires_at: is in the past",
 	} {
 		_, _, err := e.svc.CreateToken(ctx, admin, *spec)
