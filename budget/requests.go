@@ -146,7 +146,9 @@ func (s *Service) BudgetStatus(ctx context.Context, id int64) (Status, error) {
 
 // StatusOf returns the current windows of the given budgets (two queries, whatever their
 // number: a page of a list).
-func (s *Service) StatusOf(ctx context.Context, bs []Budget) ([]Status, error) { return s.statusOf(ctx, bs) }
+func (s *Service) StatusOf(ctx context.Context, bs []Budget) ([]Status, error) {
+	return s.statusOf(ctx, bs)
+}
 
 // History is a budget's spend over its current window, for a chart.
 type History struct {

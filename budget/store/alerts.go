@@ -306,8 +306,8 @@ WITH rb AS (
            ceil(b.rolling_seconds / 24.0)::bigint AS bucket
       FROM budgets b WHERE b.deleted_at IS NULL AND b.rolling_seconds IS NOT NULL),
 rs AS (
-    SELECT rb.*, (floor((extract(epoch FROM $1::timestamptz) + `+fmt.Sprint(zeroTimeOffset)+`) / rb.bucket) * rb.bucket
-                  - `+fmt.Sprint(zeroTimeOffset)+` - ceil(rb.rolling_seconds::numeric / rb.bucket) * rb.bucket) AS roll_from_epoch
+    SELECT rb.*, (floor((extract(epoch FROM $1::timestamptz) + ` + fmt.Sprint(zeroTimeOffset) + `) / rb.bucket) * rb.bucket
+                  - ` + fmt.Sprint(zeroTimeOffset) + ` - ceil(rb.rolling_seconds::numeric / rb.bucket) * rb.bucket) AS roll_from_epoch
       FROM rb),
 cur AS (
     SELECT w.budget_id, w.posted + w.pending AS used
@@ -327,7 +327,7 @@ lim AS (
            b.limit_amount + coalesce((SELECT sum(g.amount) FROM budget_grants g
                                        WHERE g.budget_id = b.id AND g.starts_at <= now() AND g.expires_at > now()), 0)::bigint AS lim
       FROM used u JOIN budgets b ON b.id = u.budget_id
-     WHERE `+coveredSubject("b.subject", scope, 3)+`)
+     WHERE ` + coveredSubject("b.subject", scope, 3) + `)
 SELECT id, name, subject, unit, lim, used FROM lim
  ORDER BY used::numeric / nullif(lim, 0) DESC NULLS FIRST, id
  LIMIT $2`
