@@ -31,7 +31,7 @@ func TestAdmin_Budgets(t *testing.T) {
 		"id": float64(id), "name": "ml monthly", "subject": "team:ml", "unit": "usd", "limit": "12.500000", "window": "month",
 		"timezone": "Europe/Paris", "anchor_day": float64(0), "hard": true, "warn_at": []any{float64(50), float64(80)},
 		"models": []any{"gpt-4o*"}, "endpoints": []any{"/v1/chat/*"}, "route": map[string]any{"route": "openai"},
-		"created_at": r.body["created_at"], "updated_at": r.body["updated_at"],
+		"created_at": r.body["created_at"], "updated_at": r.body["updated_at"], "set_by": "admin",
 	}, r.body)
 
 	tok := h.admin("POST", "/v1/budgets", map[string]any{

@@ -27,11 +27,11 @@ type RequestQuery struct {
 	From, To                     time.Time // created_at in [From, To); zero: unbounded
 	Scope                        Scope     // only records that carried a subject in it (nil: all)
 	BeforeID                     string    // continue after this record ("": from the newest)
-	Limit                        int       // at most this many (1-1000)
+	Limit                        int       // at most this many (1-MaxRequestPage)
 }
 
-// MaxRequestPage bounds one page of Requests.
-const MaxRequestPage = 1000
+// MaxRequestPage bounds one page of Requests (what one query may hold in memory).
+const MaxRequestPage = 10_000
 
 func (q RequestQuery) filter() (store.RequestFilter, error) {
 	f := store.RequestFilter{Subject: q.Subject, KeyID: q.KeyID, Model: q.Model, State: q.State, From: q.From, To: q.To,

@@ -110,7 +110,7 @@ func TestService_Requests(t *testing.T) {
 		{State: "done", Limit: 1}:     `state: must be pending, settled, voided or expired, got "done"`,
 		{Subject: "nobody", Limit: 1}: "subject:",
 		{BeforeID: "x", Limit: 1}:     "before: is not a reservation id",
-		{Limit: 1001}:                 "limit: must be 1-1000",
+		{Limit: 10_001}:               "limit: must be 1-10000",
 		{From: time.Now(), To: time.Now().Add(-time.Second), Limit: 1}: "to: must be after from",
 	} {
 		_, err := e.svc.Requests(ctx, *q)
