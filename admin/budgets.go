@@ -206,7 +206,14 @@ func (s *API) listBudgets(r *http.Request, c caller) (int, any, error) {
 			bs = bs[1:]
 			prev = bs[0].ID
 		}
-		if len(bs) > 0 {
+		// The page holds every budget up to before: a next page exists when one is at or
+		// after it.
+		after, err := s.svc.Budgets(r.Context(), budget.BudgetQuery{Subject: subject, Search: search, Scope: c.scope(),
+			AfterID: before - 1, Limit: 1})
+		if err != nil {
+			return 0, nil, err
+		}
+		if len(bs) > 0 && len(after) > 0 {
 			next = bs[len(bs)-1].ID
 		}
 	} else {

@@ -157,6 +157,8 @@ func TestAdmin_BudgetListsAndHistory(t *testing.T) {
 	require.Equal(t, float64(10), back.body["next_after"])
 	last := h.admin("GET", "/v1/budgets?limit=10&before=26", nil, http.StatusOK)
 	require.Equal(t, []int64{16, 17, 18, 19, 20, 21, 22, 23, 24, 25}, ids(last))
+	end := h.admin("GET", "/v1/budgets?limit=10&before=4611686018427387904", nil, http.StatusOK)
+	require.Equal(t, ids(last), ids(end), "the largest cursor reads the last page (a bigint, not an int4)")
 
 	s := h.admin("GET", "/v1/budgets?q=TEAM:T1", nil, http.StatusOK)
 	require.Len(t, ids(s), 10, "subject prefix, case-insensitive")

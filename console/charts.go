@@ -70,18 +70,22 @@ func trimFloat(f float64, prec int) string {
 	return s
 }
 
-// niceMax rounds a maximum up to 1, 2 or 5 times a power of ten.
+// niceMax rounds a maximum up to four ticks of a round step (1, 2 or 5 times a power of
+// ten): 190 becomes 200 (ticks of 50).
 func niceMax(v float64) float64 {
 	if v <= 0 {
-		return 1
+		return 4
 	}
-	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 2.5, 5, 10} {
-		if m*p >= v {
-			return m * p
+	raw := v / 4
+	p := math.Pow(10, math.Floor(math.Log10(raw)))
+	step := 10 * p
+	for _, m := range []float64{1, 2, 2.5, 5} {
+		if m*p >= raw {
+			step = m * p
+			break
 		}
 	}
-	return 10 * p
+	return step * 4
 }
 
 type svg struct{ b strings.Builder }

@@ -162,11 +162,13 @@ func (s *session) Scope() []string { return s.p.Actor.Scope }
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	// Everything is served from here: no inline script, no inline style, no framing.
-	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "+
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "+
 		"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin: our own form posts carry their Origin (no-referrer would make it "null");
+	// nothing leaks to other sites, and no URL holds a secret anyway.
+	h.Set("Referrer-Policy", "same-origin")
 	if r.URL.Path == "/ui" {
 		http.Redirect(w, r, Path, http.StatusMovedPermanently)
 		return
@@ -245,15 +247,20 @@ func csrfToken(sessionSecret string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// sameOrigin refuses cross-site form posts: a browser names the origin of a POST (Origin,
-// or Sec-Fetch-Site); when it does, it must be this host.
+// sameOrigin refuses cross-site form posts. A browser says where a request comes from in
+// Sec-Fetch-Site (same-origin for our own forms); an older one in Origin, which must then be
+// this host. A request with neither is no browser's cross-site form (those carry Origin).
 func sameOrigin(r *http.Request) bool {
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin":
+		return true
+	case "":
+	default:
 		return false
 	}
 	origin := r.Header.Get("Origin")
-	if origin == "" || origin == "null" {
-		return origin == ""
+	if origin == "" {
+		return true
 	}
 	u, err := url.Parse(origin)
 	return err == nil && u.Host == r.Host

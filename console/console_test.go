@@ -297,3 +297,14 @@ func anyContains(headers []string, parts ...string) bool {
 }
 
 var _ = time.Second
+
+func TestDisplayAmount(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[[2]string]string{
+		{"usd", "220.399794"}: "$220.40", {"usd", "1234567.995000"}: "$1,234,568.00", {"usd", "0.000150"}: "$0.00015",
+		{"usd", "12.500000"}: "$12.50", {"usd", "-3.004999"}: "−$3.00", {"tokens", "1500000"}: "1,500,000 tokens",
+		{"requests", "600"}: "600 requests", {"usd", "0.000000"}: "$0.00",
+	} {
+		require.Equal(t, want, console.DisplayAmount(in[0], in[1]), "%v", in)
+	}
+}

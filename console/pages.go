@@ -160,7 +160,11 @@ type budgetsData struct {
 	First      bool
 	PrevBefore string
 	NextAfter  string
+	End        string // a "before" past every id: the last page
 }
+
+// endOfList is a budget id cursor after every budget (the API's largest "before").
+const endOfList = "4611686018427387904"
 
 const listPage = "50"
 
@@ -181,7 +185,7 @@ func (c *Console) budgets(w http.ResponseWriter, r *http.Request, s *session) {
 		c.fail(w, r, s, err)
 		return
 	}
-	d.Q = in.Get("q")
+	d.Q, d.End = in.Get("q"), endOfList
 	d.First = in.Get("after") == "" && in.Get("before") == ""
 	if d.List.PrevBefore != nil {
 		d.PrevBefore = strconv.FormatInt(*d.List.PrevBefore, 10)

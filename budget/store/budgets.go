@@ -131,7 +131,7 @@ func (s *Store) ListBudgets(ctx context.Context, p BudgetPage) ([]BudgetRow, err
 		order = `ORDER BY id DESC`
 	}
 	q := `SELECT ` + budgetCols + ` FROM budgets b
-		WHERE deleted_at IS NULL AND ($1 = '' OR subject = $1) AND id > $2 AND ($4 = 0 OR id < $4)
+		WHERE deleted_at IS NULL AND ($1 = '' OR subject = $1) AND id > $2 AND ($4::bigint = 0 OR id < $4::bigint)
 		  AND ($5::text[] IS NULL OR subject = ANY ($5))
 		  AND ($6 = '' OR starts_with(lower(subject), lower($6)) OR strpos(lower(name), lower($6)) > 0)
 		  AND ` + coveredSubject(`b.subject`, p.Scope, 7) + `

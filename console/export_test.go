@@ -1,0 +1,4 @@
+package console
+
+// DisplayAmount is displayAmount, for the external tests.
+var DisplayAmount = displayAmount
