@@ -141,7 +141,7 @@ func displayAmount(unit, v string) string {
 	if whole != "0" && whole != "" && len(frac) > 2 {
 		// A dollar or more reads in cents, rounded half up (display only: the API, CSV and
 		// the tables behind the charts keep every micro-dollar).
-		micros, err := strconv.ParseInt(whole+(frac+"000000")[:6], 10, 64)
+		micros, err := strconv.ParseInt(whole+(frac + "000000")[:6], 10, 64)
 		if err == nil {
 			cents := (micros + 5_000) / 10_000
 			whole, frac = strconv.FormatInt(cents/100, 10), fmt.Sprintf("%02d", cents%100)

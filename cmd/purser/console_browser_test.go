@@ -110,7 +110,9 @@ func newBrowser(t *testing.T, base string) *tab {
 }
 
 // step bounds one browser step: a minute, generous on a busy machine.
-func (b *tab) step() (context.Context, context.CancelFunc) { return context.WithTimeout(b.ctx, time.Minute) }
+func (b *tab) step() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(b.ctx, time.Minute)
+}
 
 func (b *tab) do(actions ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()

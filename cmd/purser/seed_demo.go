@@ -188,7 +188,7 @@ func demoHistory(ctx context.Context, pool *pgxpool.Pool, svc *budget.Service, k
 			// As extauthz identifies them: the key, its owners and global.
 			batch = append(batch, budget.ReserveRequest{Subjects: append(k.AllSubjects(), budget.Global), KeyID: k.ID, Provider: "openai", Flavor: "chat",
 				Target: budget.Target{Model: t.models[rng.IntN(len(t.models))], Path: "/v1/chat/completions"},
-				Cost: cost + cost/5, Tokens: cost/4 + 100})
+				Cost:   cost + cost/5, Tokens: cost/4 + 100})
 			costs = append(costs, cost)
 			if len(batch) == 20 {
 				if err := flush(); err != nil {
