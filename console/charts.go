@@ -70,11 +70,12 @@ func trimFloat(f float64, prec int) string {
 	return s
 }
 
-// niceMax rounds a maximum up to four ticks of a round step (1, 2 or 5 times a power of
-// ten): 190 becomes 200 (ticks of 50).
-func niceMax(v float64) float64 {
+// niceAxis picks a y axis for values up to v: a round step (1, 2, 2.5 or 5 times a power
+// of ten) giving about four ticks, and the top, a whole number of steps (190 → 200 in steps
+// of 50; 1083 → 1500 in steps of 500).
+func niceAxis(v float64) (top float64, ticks int) {
 	if v <= 0 {
-		return 4
+		return 4, 4
 	}
 	raw := v / 4
 	p := math.Pow(10, math.Floor(math.Log10(raw)))
@@ -85,7 +86,8 @@ func niceMax(v float64) float64 {
 			break
 		}
 	}
-	return step * 4
+	ticks = int(math.Ceil(v/step - 1e-9))
+	return step * float64(ticks), ticks
 }
 
 type svg struct{ b strings.Builder }
@@ -101,11 +103,11 @@ func (s *svg) open(id, title, desc string) {
 	s.f(`<title id="%s-t">%s</title><desc id="%s-d">%s</desc>`, id, html.EscapeString(title), id, html.EscapeString(desc))
 }
 
-// yAxis draws horizontal grid lines and labels up to top.
-func (s *svg) yAxis(unit string, top float64) {
-	for i := 0; i <= 4; i++ {
-		v := top * float64(i) / 4
-		y := padT + plotH - plotH*float64(i)/4
+// yAxis draws horizontal grid lines and labels up to top, at ticks steps.
+func (s *svg) yAxis(unit string, top float64, ticks int) {
+	for i := 0; i <= ticks; i++ {
+		v := top * float64(i) / float64(ticks)
+		y := padT + plotH - plotH*float64(i)/float64(ticks)
 		s.f(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" class="grid"/>`, padL, y, chartW-padR, y)
 		s.text(padL-8, y+4, "end", "axis", shortAmount(unit, int64(v)))
 	}
@@ -154,7 +156,7 @@ func budgetChart(h admin.History, now time.Time) template.HTML {
 	if showProjection {
 		top = max(top, float64(projected))
 	}
-	top = niceMax(top * 1.05)
+	top, ticks := niceAxis(top * 1.05)
 	x := func(t time.Time) float64 {
 		return padL + plotW*float64(t.Sub(start))/float64(end.Sub(start))
 	}
@@ -167,7 +169,7 @@ func budgetChart(h admin.History, now time.Time) template.HTML {
 	}
 	var s svg
 	s.open("budget-chart", "Spend over the current window of "+b.Name, desc)
-	s.yAxis(b.Unit, top)
+	s.yAxis(b.Unit, top, ticks)
 	// X axis: start, middle, end.
 	layout := "Jan 2"
 	if end.Sub(start) <= 48*time.Hour {
@@ -218,7 +220,7 @@ func barChart(id, title, unit string, bars []bar, horizontal bool) template.HTML
 	for _, b := range bars {
 		peak = max(peak, b.Value)
 	}
-	top := niceMax(float64(peak) * 1.05)
+	top, ticks := niceAxis(float64(peak) * 1.05)
 	var s svg
 	desc := fmt.Sprintf("%d bars; the largest is %s.", len(bars), shortAmount(unit, peak))
 	if horizontal {
@@ -243,7 +245,7 @@ func barChart(id, title, unit string, bars []bar, horizontal bool) template.HTML
 		return template.HTML(s.b.String())
 	}
 	s.open(id, title, desc)
-	s.yAxis(unit, top)
+	s.yAxis(unit, top, ticks)
 	slot := float64(plotW) / float64(len(bars))
 	every := max(1, len(bars)/8)
 	for i, b := range bars {

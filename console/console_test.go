@@ -308,3 +308,12 @@ func TestDisplayAmount(t *testing.T) {
 		require.Equal(t, want, console.DisplayAmount(in[0], in[1]), "%v", in)
 	}
 }
+
+func TestNiceAxis(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[float64][2]float64{190: {200, 4}, 1083: {1500, 3}, 0: {4, 4}, 1: {1, 4}, 7_000_000: {8_000_000, 4}, 99: {100, 4}} {
+		top, ticks := console.NiceAxis(v)
+		require.Equal(t, want, [2]float64{top, float64(ticks)}, "niceAxis(%v)", v)
+		require.GreaterOrEqual(t, top, v)
+	}
+}

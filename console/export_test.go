@@ -2,3 +2,4 @@ package console
 
 // DisplayAmount is displayAmount, for the external tests.
 var DisplayAmount = displayAmount
+var NiceAxis = niceAxis

@@ -306,9 +306,14 @@ func TestConsole_Browser(t *testing.T) {
 		require.NoError(t, err)
 		require.Greater(t, strings.Count(d, "H"), 3, "the spend line has several steps: %s", d)
 		require.Contains(t, b.text(), "ml-bot team monthly")
-		png := b.screenshot("budget.png")
+		b.screenshot("budget.png")
 		if p := os.Getenv("PURSER_README_SCREENSHOT"); p != "" {
+			// The README's picture: the top of this page in a smaller window.
+			b.do(chromedp.EmulateViewport(1040, 760))
+			png, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot())
+			require.NoError(t, err)
 			require.NoError(t, os.WriteFile(p, png, 0o644))
+			b.do(chromedp.EmulateViewport(1280, 900))
 		}
 		b.open("/ui/spend?group_by=model")
 		require.Greater(t, b.count("svg.chart rect.bar"), 2, "a bar per model")
