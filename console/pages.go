@@ -242,7 +242,8 @@ func (c *Console) budget(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	d.Requests = reqs.Requests
-	d.CanChange = s.CanChange()
+	// A manager may change only budgets a manager set (the API refuses the others anyway).
+	d.CanChange = s.IsAdmin() || (s.CanChange() && d.Budget.SetBy == "manager")
 	c.render(w, r, http.StatusOK, "budget", &page{Title: d.Budget.Name, Nav: "budgets", S: s, Message: notice(r), Data: d})
 }
 

@@ -194,6 +194,21 @@ func (b *tab) screenshot(name string) []byte {
 	return png
 }
 
+// accessible checks what a page must offer keyboard and screen-reader users: every control
+// has a label, every table header a scope or a caption, every chart a title and a description,
+// and the first Tab lands on the skip link.
+func (b *tab) accessible() {
+	b.t.Helper()
+	unlabelled := b.eval(`Array.from(document.querySelectorAll("input:not([type=hidden]), select, textarea"))
+		.filter(el => el.labels.length === 0 && !el.getAttribute("aria-label")).map(el => el.name || el.id).join(",")`)
+	require.Empty(b.t, unlabelled, "controls without a label on %s", b.url())
+	untitled := b.count(`svg.chart:not([aria-labelledby])`) + b.count(`svg.chart:not(:has(title))`) + b.count(`svg.chart:not(:has(desc))`)
+	require.Zero(b.t, untitled, "charts without a title and a description on %s", b.url())
+	require.Zero(b.t, b.count(`thead th:not([scope])`), "column headers without scope on %s", b.url())
+	b.do(chromedp.KeyEvent("\t"))
+	require.Equal(b.t, "skip", b.eval(`document.activeElement.className`), "the first Tab reaches the skip link")
+}
+
 // noSecrets checks that none of the secrets is in the page, its URL or its readable cookies.
 func (b *tab) noSecrets(secrets ...string) {
 	b.t.Helper()
@@ -253,6 +268,7 @@ func TestConsole_Browser(t *testing.T) {
 		require.Contains(t, b.text(), "bootstrap token")
 		b.noSecrets(secrets...)
 		b.open("/ui/")
+		b.accessible()
 		require.GreaterOrEqual(t, b.count("table.budgets tbody tr"), 3, "nearest exhaustion lists the demo teams")
 		require.Contains(t, b.text(), "web-app team monthly")
 		require.Positive(t, b.count("svg.chart rect.bar"), "the spend-per-day chart is drawn")
@@ -306,6 +322,7 @@ func TestConsole_Browser(t *testing.T) {
 		require.NoError(t, err)
 		require.Greater(t, strings.Count(d, "H"), 3, "the spend line has several steps: %s", d)
 		require.Contains(t, b.text(), "ml-bot team monthly")
+		b.accessible()
 		b.screenshot("budget.png")
 		if p := os.Getenv("PURSER_README_SCREENSHOT"); p != "" {
 			// The README's picture: the top of this page in a smaller window.
@@ -316,10 +333,16 @@ func TestConsole_Browser(t *testing.T) {
 			b.do(chromedp.EmulateViewport(1280, 900))
 		}
 		b.open("/ui/spend?group_by=model")
+		b.accessible()
 		require.Greater(t, b.count("svg.chart rect.bar"), 2, "a bar per model")
 		b.screenshot("spend.png")
 		b.open("/ui/requests")
+		b.accessible()
 		require.Equal(t, 50, b.count("table.requests tbody tr"))
+		for _, page := range []string{"/ui/keys", "/ui/tokens", "/ui/audit", "/ui/budgets/new"} {
+			b.open(page)
+			b.accessible()
+		}
 		b.screenshot("requests.png")
 	})
 
