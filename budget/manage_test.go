@@ -225,7 +225,8 @@ func TestService_Sessions(t *testing.T) {
 	_, _, err = e.svc.CreateSession(ctx, "key:key_b", "key:key_b")
 	require.NoError(t, err)
 	require.Equal(t, []string{"key:key_b"}, e.schema.Strings(t, `SELECT principal FROM console_sessions`))
-	require.Equal(t, []string{"console.sign_in"}, e.schema.Strings(t, `SELECT DISTINCT action FROM audit_log`))
+	require.Equal(t, []string{"console.sign_in key:key_a", "console.sign_in key:key_b", "console.sign_in token:tok_a"},
+		e.schema.Strings(t, `SELECT action || ' ' || target FROM audit_log ORDER BY target`))
 }
 
 // The store's SQL scope filter agrees with Scope.Covers on every budget and key of a random

@@ -156,6 +156,9 @@ func TestConsole_PagesAndSessions(t *testing.T) {
 	cookie := p.header.Values("Set-Cookie")
 	require.True(t, anyContains(cookie, "purser_session=", "HttpOnly", "SameSite=Strict", "Path=/ui/"), "%v", cookie)
 	require.NotContains(t, sc.Value, bootToken)
+	// The audit log names the sign-in by the token's short actor, never its whole hash.
+	require.Equal(t, []string{"console.sign_in " + admin.Actor(bootToken)},
+		e.db.Strings(t, `SELECT action || ' ' || target FROM audit_log WHERE action = 'console.sign_in'`))
 
 	pages := []string{"/ui/", "/ui/budgets", "/ui/budgets?q=ml", fmt.Sprintf("/ui/budgets/%d", b1.ID), fmt.Sprintf("/ui/budgets/%d/edit", b1.ID),
 		"/ui/budgets/new", "/ui/spend", "/ui/spend?group_by=model", "/ui/spend?group_by=subject", "/ui/requests",

@@ -108,10 +108,11 @@ func (s *Store) RevokeToken(ctx context.Context, id string, a Audit) (TokenRow, 
 	return t, nil
 }
 
-// CreateSession stores a console session (the SHA-256 of its secret) and audits the sign-in;
-// expired sessions are removed in the same transaction.
+// CreateSession stores a console session (the SHA-256 of its secret) and audits the sign-in
+// (target: who signed in, a.Actor; never the principal reference, which for a bootstrap token
+// holds its whole SHA-256); expired sessions are removed in the same transaction.
 func (s *Store) CreateSession(ctx context.Context, hash []byte, principal string, expiresAt time.Time, a Audit) error {
-	a.Target = principal
+	a.Target = a.Actor
 	err := s.mutate(ctx, &a, func(q querier) error {
 		if _, err := q.Exec(ctx, `DELETE FROM console_sessions WHERE expires_at <= now()`); err != nil {
 			return err
