@@ -12,7 +12,7 @@ FUZZTIME ?= 20s
 GOFLAGS := $(strip $(GOFLAGS) -tags=vtprotobuf)
 export DATABASE_URL TEST_DATABASE_URL GOFLAGS
 
-.PHONY: help build run test e2e fuzz bench lint depcheck db-up migrate seed verify clean
+.PHONY: help build run test e2e fuzz bench lint depcheck db-up chromium migrate seed verify clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,17 +29,24 @@ db-up: ## start the machine's PostgreSQL if it is not answering
 		pg_isready -h 127.0.0.1 -p 5432; \
 	else echo "postgres is not running and pg_ctlcluster is not installed: start PostgreSQL or set DATABASE_URL"; exit 1; fi
 
+chromium: ## install Debian's chromium for the console's browser tests when it is missing (root or sudo)
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then echo "chromium: present"; \
+	elif command -v apt-get >/dev/null; then \
+		sudo=$$(if [ "$$(id -u)" -ne 0 ]; then echo sudo; fi); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null && echo "chromium: installed"; \
+	else echo "chromium is missing and apt-get is not available: install Chromium for the console's browser tests"; exit 1; fi
+
 migrate: build db-up ## create the database if needed and migrate it
 	$(BIN)/purser migrate
 
-seed: migrate ## load the sample key and budgets
-	$(BIN)/purser seed
+seed: migrate ## load the sample key and budgets, and the console's demo data (teams, keys, spend history)
+	$(BIN)/purser seed -demo
 
-run: seed ## run purser locally with a sample key and budgets (Ctrl-C to stop)
-	@echo "admin API token for this demo: $(PURSER_ADMIN_TOKEN)"
+run: seed ## run purser locally with demo data; the console is at http://127.0.0.1:9090/ui/ (Ctrl-C to stop)
+	@echo "admin API token for this demo (sign in to http://127.0.0.1:9090/ui/ with it): $(PURSER_ADMIN_TOKEN)"
 	PURSER_ADMIN_TOKEN=$(PURSER_ADMIN_TOKEN) $(BIN)/purser serve
 
-test: db-up ## run every test with -race against the local Postgres
+test: db-up chromium ## run every test with -race against the local Postgres (and headless Chromium)
 	CI=true $(GO) test -race -count=1 -timeout 30m ./...
 
 e2e: db-up ## run the end-to-end suite (real binary, real Postgres; a real Envoy when ENVOY_BIN is set)

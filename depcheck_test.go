@@ -26,6 +26,7 @@ func TestImportDirection(t *testing.T) {
 		{module + "/accesslog", []string{"github.com/jackc/pgx", module + "/budget/store", module + "/cmd", module + "/e2e"}, "the sink settles through budget, never through Postgres"},
 		{module + "/admin", []string{"github.com/jackc/pgx", module + "/budget/store", module + "/cmd", module + "/e2e"}, "the admin API works through budget"},
 		{module + "/alerts", []string{"github.com/jackc/pgx", module + "/budget/store", module + "/cmd", module + "/e2e"}, "alerts work through budget"},
+		{module + "/console", []string{"github.com/jackc/pgx", module + "/budget/store", module + "/cmd", module + "/e2e", module + "/extauthz", module + "/accesslog"}, "the console is a client of the admin API"},
 		{module + "/budget", []string{"google.golang.org/grpc", "github.com/envoyproxy", module + "/extauthz", module + "/accesslog", module + "/admin", module + "/alerts", module + "/cmd", module + "/e2e"}, "the domain knows nothing of Envoy or gRPC"},
 		{module + "/budget/store", []string{module + "/budget\x00", module + "/extauthz", module + "/accesslog", module + "/admin"}, "the store imports nothing of purser's"},
 		{module + "/budget/pricing", []string{module + "/"}, "the price catalog is self-contained"},

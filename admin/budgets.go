@@ -2,7 +2,9 @@ package admin
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/purser-dev/purser/budget"
@@ -35,7 +37,7 @@ func (in *defInput) fields(template bool) []field {
 	}
 	return append(fs,
 		field{"limit", &in.Limit, wantAmount, false},
-		field{"unit", &in.Unit, `"usd" or "tokens"`, false},
+		field{"unit", &in.Unit, `"usd", "tokens" or "requests"`, false},
 		field{"window", &in.Window, wantString, false},
 		field{"timezone", &in.Timezone, wantString, true},
 		field{"anchor_day", &in.AnchorDay, wantInt, true},
@@ -129,19 +131,23 @@ func newDefinition(r *http.Request, template bool) (budget.Definition, error) {
 	return d, nil
 }
 
-func (s *server) createBudget(r *http.Request, c caller) (int, any, error) {
+func (s *API) createBudget(r *http.Request, c caller) (int, any, error) {
 	d, err := newDefinition(r, false)
 	if err != nil {
 		return 0, nil, err
 	}
-	b, err := s.svc.CreateBudget(r.Context(), c.actor, d)
+	b, err := s.svc.CreateBudgetAs(r.Context(), c.actor(), d)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusCreated, toBudget(b), nil
 }
 
-func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
+// maxTopBudgets bounds GET /v1/budgets?sort=utilization.
+const maxTopBudgets = 100
+
+func (s *API) listBudgets(r *http.Request, c caller) (int, any, error) {
+	q := r.URL.Query()
 	subject, err := querySubject(r)
 	if err != nil {
 		return 0, nil, err
@@ -150,54 +156,190 @@ func (s *server) listBudgets(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	withCurrent := false
+	switch v := q.Get("current"); v {
+	case "", "false":
+	case "true":
+		withCurrent = true
+	default:
+		return 0, nil, invalid("current", "must be true or false, got %q", v)
+	}
+	switch sort := q.Get("sort"); sort {
+	case "", "id":
+	case "utilization":
+		// The most utilised budgets of their current window, one page, with their windows.
+		if limit > maxTopBudgets {
+			return 0, nil, invalid("limit", "must be at most %d with sort=utilization", maxTopBudgets)
+		}
+		sts, err := s.svc.TopBudgets(r.Context(), c.scope(), limit)
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusOK, map[string]any{"budgets": statuses(sts), "next_after": nil, "prev_before": nil}, nil
+	default:
+		return 0, nil, invalid("sort", "must be id or utilization, got %q", sort)
+	}
 	after, err := queryInt(r, "after", 0, 0, 1<<62)
 	if err != nil {
 		return 0, nil, err
 	}
-	bs, err := s.svc.Budgets(r.Context(), budget.BudgetQuery{Subject: subject, AfterID: after, Limit: limit + 1})
+	before, err := queryInt(r, "before", 0, 0, 1<<62)
 	if err != nil {
 		return 0, nil, err
 	}
-	bs, next := nextPage(bs, limit, func(b budget.Budget) any { return b.ID })
-	out := make([]Budget, 0, len(bs))
-	for _, b := range bs {
-		out = append(out, toBudget(b))
+	if after > 0 && before > 0 {
+		return 0, nil, invalid("before", "cannot be combined with after")
 	}
-	return http.StatusOK, map[string]any{"budgets": out, "next_after": next}, nil
+	search := q.Get("q")
+	if len(search) > budget.MaxSubjectLen {
+		return 0, nil, invalid("q", "is longer than %d bytes", budget.MaxSubjectLen)
+	}
+	bs, err := s.svc.Budgets(r.Context(), budget.BudgetQuery{Subject: subject, Search: search, Scope: c.scope(),
+		AfterID: after, BeforeID: before, Limit: limit + 1})
+	if err != nil {
+		return 0, nil, err
+	}
+	// A page read backwards has its extra row first; forwards, last.
+	var next, prev any
+	if before > 0 {
+		if len(bs) > limit {
+			bs = bs[1:]
+			prev = bs[0].ID
+		}
+		// The page holds every budget up to before: a next page exists when one is at or
+		// after it.
+		after, err := s.svc.Budgets(r.Context(), budget.BudgetQuery{Subject: subject, Search: search, Scope: c.scope(),
+			AfterID: before - 1, Limit: 1})
+		if err != nil {
+			return 0, nil, err
+		}
+		if len(bs) > 0 && len(after) > 0 {
+			next = bs[len(bs)-1].ID
+		}
+	} else {
+		bs, next = nextPage(bs, limit, func(b budget.Budget) any { return b.ID })
+		if after > 0 && len(bs) > 0 {
+			prev = bs[0].ID
+		}
+	}
+	out := make([]Budget, 0, len(bs))
+	if withCurrent {
+		sts, err := s.svc.StatusOf(r.Context(), bs)
+		if err != nil {
+			return 0, nil, err
+		}
+		out = statuses(sts)
+	} else {
+		for _, b := range bs {
+			out = append(out, toBudget(b))
+		}
+	}
+	return http.StatusOK, map[string]any{"budgets": out, "next_after": next, "prev_before": prev}, nil
+}
+
+// visibleBudget returns a live budget the caller may see: a manager only within its scope.
+func (s *API) visibleBudget(ctx context.Context, c caller, id int64) (budget.Budget, error) {
+	b, err := s.svc.Budget(ctx, id)
+	if err != nil {
+		return budget.Budget{}, err
+	}
+	if c.manager() {
+		ok, err := s.svc.Covers(ctx, c.scope(), b.Subject)
+		if err != nil {
+			return budget.Budget{}, err
+		}
+		if !ok {
+			return budget.Budget{}, outOfScope(c, fmt.Sprintf("budget %d (%s)", b.ID, b.Subject))
+		}
+	}
+	return b, nil
 }
 
 // budgetWithWindow returns a live budget with its current window.
-func (s *server) budgetWithWindow(ctx context.Context, id int64) (Budget, error) {
-	b, err := s.svc.Budget(ctx, id)
+func (s *API) budgetWithWindow(ctx context.Context, b budget.Budget) (Budget, error) {
+	sts, err := s.svc.StatusOf(ctx, []budget.Budget{b})
 	if err != nil {
 		return Budget{}, err
 	}
 	out := toBudget(b)
-	sts, err := s.svc.Status(ctx, b.Subject)
-	if err != nil {
-		return out, err
-	}
-	for _, st := range sts {
-		if st.Budget.ID == b.ID {
-			out.Current = toWindow(st)
-		}
-	}
+	out.Current = toWindow(sts[0])
 	return out, nil
 }
 
-func (s *server) getBudget(r *http.Request, _ caller) (int, any, error) {
+func (s *API) getBudget(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	out, err := s.budgetWithWindow(r.Context(), id)
+	b, err := s.visibleBudget(r.Context(), c, id)
+	if err != nil {
+		return 0, nil, err
+	}
+	out, err := s.budgetWithWindow(r.Context(), b)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, out, nil
 }
 
-func (s *server) updateBudget(r *http.Request, c caller) (int, any, error) {
+func (s *API) budgetHistory(r *http.Request, c caller) (int, any, error) {
+	id, err := pathID(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if _, err := s.visibleBudget(r.Context(), c, id); err != nil {
+		return 0, nil, err
+	}
+	return s.history(r, id)
+}
+
+// myBudgetHistory is a key holder's view of the history of one of its own budgets.
+func (s *API) myBudgetHistory(r *http.Request, c caller) (int, any, error) {
+	id, err := pathID(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	b, err := s.svc.Budget(r.Context(), id)
+	if err != nil {
+		return 0, nil, err
+	}
+	if !slices.Contains(c.key().AllSubjects(), b.Subject) {
+		// Not the key's: indistinguishable from a budget that does not exist.
+		return 0, nil, &apiError{status: http.StatusNotFound, code: codeNotFound, msg: fmt.Sprintf("budget %d not found", id)}
+	}
+	return s.history(r, id)
+}
+
+// History is GET /v1/budgets/{id}/history: a budget's current window and its settled spend
+// over it, per bucket, in the budget's unit.
+type History struct {
+	Budget        Budget         `json:"budget"`
+	BucketSeconds int64          `json:"bucket_seconds"`
+	Points        []HistoryPoint `json:"points"`
+	Approximate   bool           `json:"approximate"`
+}
+
+// HistoryPoint is the settled spend of one bucket starting At.
+type HistoryPoint struct {
+	At     time.Time `json:"at"`
+	Amount string    `json:"amount"`
+}
+
+func (s *API) history(r *http.Request, id int64) (int, any, error) {
+	h, err := s.svc.BudgetHistory(r.Context(), id)
+	if err != nil {
+		return 0, nil, err
+	}
+	b := toBudget(h.Status.Budget)
+	b.Current = toWindow(h.Status)
+	out := History{Budget: b, BucketSeconds: int64(h.Bucket / time.Second), Points: []HistoryPoint{}, Approximate: h.Approximate}
+	for _, p := range h.Points {
+		out.Points = append(out.Points, HistoryPoint{At: p.At.UTC(), Amount: FormatAmount(h.Status.Budget.Unit, p.Amount)})
+	}
+	return http.StatusOK, out, nil
+}
+
+func (s *API) updateBudget(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
@@ -214,25 +356,25 @@ func (s *server) updateBudget(r *http.Request, c caller) (int, any, error) {
 	if err := in.apply(&d, false); err != nil {
 		return 0, nil, err
 	}
-	b, err := s.svc.UpdateBudget(r.Context(), c.actor, id, d)
+	b, err := s.svc.UpdateBudgetAs(r.Context(), c.actor(), id, d)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, toBudget(b), nil
 }
 
-func (s *server) deleteBudget(r *http.Request, c caller) (int, any, error) {
+func (s *API) deleteBudget(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := s.svc.DeleteBudget(r.Context(), c.actor, id); err != nil {
+	if err := s.svc.DeleteBudgetAs(r.Context(), c.actor(), id); err != nil {
 		return 0, nil, err
 	}
 	return http.StatusNoContent, nil, nil
 }
 
-func (s *server) addGrant(r *http.Request, c caller) (int, any, error) {
+func (s *API) addGrant(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
@@ -263,14 +405,14 @@ func (s *server) addGrant(r *http.Request, c caller) (int, any, error) {
 	if !in.ExpiresAt.Set {
 		return 0, nil, invalid("expires_at", "is required")
 	}
-	g, err := s.svc.AddGrant(r.Context(), c.actor, id, amount, in.ExpiresAt.V, in.Reason.V)
+	g, err := s.svc.AddGrantAs(r.Context(), c.actor(), id, amount, in.ExpiresAt.V, in.Reason.V)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusCreated, toGrant(g, b.Unit), nil
 }
 
-func (s *server) resetBudget(r *http.Request, c caller) (int, any, error) {
+func (s *API) resetBudget(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
@@ -279,11 +421,15 @@ func (s *server) resetBudget(r *http.Request, c caller) (int, any, error) {
 	if err := decodeBody(r, true, field{"reason", &reason, wantString, true}); err != nil {
 		return 0, nil, err
 	}
-	at, err := s.svc.ResetBudget(r.Context(), c.actor, id, reason.V)
+	at, err := s.svc.ResetBudgetAs(r.Context(), c.actor(), id, reason.V)
 	if err != nil {
 		return 0, nil, err
 	}
-	out, err := s.budgetWithWindow(r.Context(), id)
+	b, err := s.svc.Budget(r.Context(), id)
+	if err != nil {
+		return 0, nil, err
+	}
+	out, err := s.budgetWithWindow(r.Context(), b)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -292,19 +438,19 @@ func (s *server) resetBudget(r *http.Request, c caller) (int, any, error) {
 
 // Templates.
 
-func (s *server) createTemplate(r *http.Request, c caller) (int, any, error) {
+func (s *API) createTemplate(r *http.Request, c caller) (int, any, error) {
 	d, err := newDefinition(r, true)
 	if err != nil {
 		return 0, nil, err
 	}
-	b, err := s.svc.CreateTemplate(r.Context(), c.actor, d)
+	b, err := s.svc.CreateTemplate(r.Context(), c.actor().Name, d)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusCreated, toTemplate(budget.Template{Budget: b, SubjectKind: d.Kind}), nil
 }
 
-func (s *server) listTemplates(r *http.Request, _ caller) (int, any, error) {
+func (s *API) listTemplates(r *http.Request, _ caller) (int, any, error) {
 	ts, err := s.svc.Templates(r.Context())
 	if err != nil {
 		return 0, nil, err
@@ -316,7 +462,7 @@ func (s *server) listTemplates(r *http.Request, _ caller) (int, any, error) {
 	return http.StatusOK, map[string]any{"templates": out}, nil
 }
 
-func (s *server) template(ctx context.Context, id int64) (budget.Template, error) {
+func (s *API) template(ctx context.Context, id int64) (budget.Template, error) {
 	ts, err := s.svc.Templates(ctx)
 	if err != nil {
 		return budget.Template{}, err
@@ -329,7 +475,7 @@ func (s *server) template(ctx context.Context, id int64) (budget.Template, error
 	return budget.Template{}, budget.ErrNotFound
 }
 
-func (s *server) getTemplate(r *http.Request, _ caller) (int, any, error) {
+func (s *API) getTemplate(r *http.Request, _ caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
@@ -341,7 +487,7 @@ func (s *server) getTemplate(r *http.Request, _ caller) (int, any, error) {
 	return http.StatusOK, toTemplate(t), nil
 }
 
-func (s *server) updateTemplate(r *http.Request, c caller) (int, any, error) {
+func (s *API) updateTemplate(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
@@ -359,19 +505,19 @@ func (s *server) updateTemplate(r *http.Request, c caller) (int, any, error) {
 	if err := in.apply(&d, false); err != nil {
 		return 0, nil, err
 	}
-	b, err := s.svc.UpdateTemplate(r.Context(), c.actor, id, d)
+	b, err := s.svc.UpdateTemplate(r.Context(), c.actor().Name, id, d)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, toTemplate(budget.Template{Budget: b, SubjectKind: d.Kind}), nil
 }
 
-func (s *server) deleteTemplate(r *http.Request, c caller) (int, any, error) {
+func (s *API) deleteTemplate(r *http.Request, c caller) (int, any, error) {
 	id, err := pathID(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := s.svc.DeleteTemplate(r.Context(), c.actor, id); err != nil {
+	if err := s.svc.DeleteTemplate(r.Context(), c.actor().Name, id); err != nil {
 		return 0, nil, err
 	}
 	return http.StatusNoContent, nil, nil

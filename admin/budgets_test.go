@@ -31,7 +31,7 @@ func TestAdmin_Budgets(t *testing.T) {
 		"id": float64(id), "name": "ml monthly", "subject": "team:ml", "unit": "usd", "limit": "12.500000", "window": "month",
 		"timezone": "Europe/Paris", "anchor_day": float64(0), "hard": true, "warn_at": []any{float64(50), float64(80)},
 		"models": []any{"gpt-4o*"}, "endpoints": []any{"/v1/chat/*"}, "route": map[string]any{"route": "openai"},
-		"created_at": r.body["created_at"], "updated_at": r.body["updated_at"],
+		"created_at": r.body["created_at"], "updated_at": r.body["updated_at"], "set_by": "admin",
 	}, r.body)
 
 	tok := h.admin("POST", "/v1/budgets", map[string]any{
@@ -168,12 +168,12 @@ func TestAdmin_BudgetValidation(t *testing.T) {
 		"NoLimit":        {base("limit", nil), "limit", "limit: is required"},
 		"TooLarge":       {base("limit", "9999999999"), "limit", "limit: is too large"},
 		"FractionTokens": {base("unit", "tokens", "limit", "12.5"), "limit", `limit: want a whole number of tokens such as "150000", got "12.5"`},
-		"Unit":           {base("unit", "eur"), "unit", `unit: must be usd or tokens, got "eur"`},
+		"Unit":           {base("unit", "eur"), "unit", `unit: must be usd, tokens or requests, got "eur"`},
 		"NoName":         {base("name", nil), "name", "name: is required"},
 		"NoSubject":      {base("subject", nil), "subject", "subject: subject is empty"},
 		"Subject":        {base("subject", "team"), "subject", `subject: subject "team": want kind:id (kinds: key, user, team, org, workload, namespace, tag, route) or global`},
 		"NoWindow":       {base("window", nil), "window", "window: is required"},
-		"Window":         {base("window", "fortnight"), "window", `window: window "fortnight": want day, week, month, quarter, year, lifetime or a duration such as 72h`},
+		"Window":         {base("window", "fortnight"), "window", `window: window "fortnight": want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h`},
 		"ShortRolling":   {base("window", "10s"), "window", "window: rolling window must be between 1m0s and 9600h0m0s, got 10s"},
 		"Timezone":       {base("timezone", "Mars/Olympus"), "timezone", `timezone: timezone "Mars/Olympus": not a known IANA time zone`},
 		"AnchorDay":      {base("window", "week", "anchor_day", 5), "anchor_day", `anchor_day: anchor day applies to month, quarter and year windows, not "week"`},

@@ -240,9 +240,9 @@ func FormatAmount(unit budget.Unit, v int64) string { return unit.Format(v) }
 
 // ParseAmount reads an amount as the admin API takes it: a decimal string in unit.
 func ParseAmount(unit budget.Unit, s string) (int64, error) {
-	if unit == budget.Tokens {
+	if unit == budget.Tokens || unit == budget.Requests {
 		if s == "" || strings.TrimLeft(s, "0123456789") != "" {
-			return 0, fmt.Errorf("want a whole number of tokens such as \"150000\", got %q", s)
+			return 0, fmt.Errorf("want a whole number of %s such as \"150000\", got %q", unit, s)
 		}
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -255,13 +255,11 @@ func ParseAmount(unit budget.Unit, s string) (int64, error) {
 
 // parseUnit validates a unit name ("" is usd).
 func parseUnit(s string) (budget.Unit, error) {
-	switch budget.Unit(strings.ToLower(s)) {
-	case budget.USD, "":
-		return budget.USD, nil
-	case budget.Tokens:
-		return budget.Tokens, nil
+	u, err := budget.ParseUnit(s)
+	if err != nil {
+		return "", invalid("unit", "%s", err)
 	}
-	return "", invalid("unit", "must be usd or tokens, got %q", s)
+	return u, nil
 }
 
 // Query parameters.

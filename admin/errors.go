@@ -42,6 +42,12 @@ func invalid(field, format string, args ...any) *apiError {
 	return &apiError{status: http.StatusBadRequest, code: codeInvalid, msg: msg, field: field}
 }
 
+// outOfScope refuses a manager a resource outside its scope.
+func outOfScope(c caller, what string) *apiError {
+	return &apiError{status: http.StatusForbidden, code: codeForbidden,
+		msg: fmt.Sprintf("%s is outside your scope (%s)", what, strings.Join(c.scope(), ", "))}
+}
+
 func conflict(format string, args ...any) *apiError {
 	return &apiError{status: http.StatusConflict, code: codeConflict, msg: fmt.Sprintf(format, args...)}
 }
@@ -58,7 +64,7 @@ type errorDetail struct {
 
 // fail is the one place errors become HTTP answers. Internal errors are logged (they never
 // carry secrets: the ledger does not put them in errors) and answered without detail.
-func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (s *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	ae := s.classify(r, err)
 	if ae.status >= 500 {
 		s.log.LogAttrs(r.Context(), slog.LevelError, "admin request failed",
@@ -71,7 +77,7 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, ae)
 }
 
-func (s *server) classify(r *http.Request, err error) *apiError {
+func (s *API) classify(r *http.Request, err error) *apiError {
 	var ae *apiError
 	var fe *budget.FieldError
 	var maxErr *http.MaxBytesError
@@ -87,6 +93,8 @@ func (s *server) classify(r *http.Request, err error) *apiError {
 		return &apiError{status: http.StatusNotFound, code: codeNotFound, msg: notFoundMessage(r)}
 	case errors.Is(err, budget.ErrConflict):
 		return &apiError{status: http.StatusConflict, code: codeConflict, msg: conflictMessage(err)}
+	case errors.Is(err, budget.ErrForbidden):
+		return &apiError{status: http.StatusForbidden, code: codeForbidden, msg: strings.TrimPrefix(err.Error(), "forbidden: ")}
 	case errors.Is(err, budget.ErrInvalid):
 		return &apiError{status: http.StatusBadRequest, code: codeInvalid, msg: strings.TrimPrefix(err.Error(), "invalid: ")}
 	case errors.Is(err, budget.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):

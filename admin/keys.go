@@ -54,14 +54,14 @@ func (in *keyInput) apply(spec *budget.KeySpec) {
 	}
 }
 
-func (s *server) createKey(r *http.Request, c caller) (int, any, error) {
+func (s *API) createKey(r *http.Request, c caller) (int, any, error) {
 	var in keyInput
 	if err := decodeBody(r, false, in.fields()...); err != nil {
 		return 0, nil, err
 	}
 	var spec budget.KeySpec
 	in.apply(&spec)
-	k, secret, err := s.svc.CreateKey(r.Context(), c.actor, spec)
+	k, secret, err := s.svc.CreateKeyAs(r.Context(), c.actor(), spec)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -70,7 +70,7 @@ func (s *server) createKey(r *http.Request, c caller) (int, any, error) {
 	return http.StatusCreated, out, nil
 }
 
-func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
+func (s *API) listKeys(r *http.Request, c caller) (int, any, error) {
 	limit, err := pageSize(r)
 	if err != nil {
 		return 0, nil, err
@@ -83,7 +83,7 @@ func (s *server) listKeys(r *http.Request, _ caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	q := budget.KeyQuery{Name: r.URL.Query().Get("name"), Subject: subject, After: after, Limit: limit + 1}
+	q := budget.KeyQuery{Name: r.URL.Query().Get("name"), Subject: subject, After: after, Limit: limit + 1, Scope: c.scope()}
 	keys, err := s.svc.Keys(r.Context(), q)
 	if err != nil {
 		return 0, nil, err
@@ -120,15 +120,18 @@ func parseKeyCursor(s string) (budget.KeyCursor, error) {
 	return budget.KeyCursor{CreatedAt: time.UnixMicro(micros), ID: id}, nil
 }
 
-func (s *server) getKey(r *http.Request, _ caller) (int, any, error) {
+func (s *API) getKey(r *http.Request, c caller) (int, any, error) {
 	k, err := s.svc.Key(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return 0, nil, err
 	}
+	if c.manager() && !c.scope().CoversKey(k) {
+		return 0, nil, outOfScope(c, "key "+k.ID)
+	}
 	return http.StatusOK, toKey(k, s.cfg.Now()), nil
 }
 
-func (s *server) updateKey(r *http.Request, c caller) (int, any, error) {
+func (s *API) updateKey(r *http.Request, c caller) (int, any, error) {
 	var in keyInput
 	if err := decodeBody(r, false, in.fields()...); err != nil {
 		return 0, nil, err
@@ -146,27 +149,27 @@ func (s *server) updateKey(r *http.Request, c caller) (int, any, error) {
 		spec.AllowedModels = append(spec.AllowedModels, string(m))
 	}
 	in.apply(&spec)
-	k, err := s.svc.UpdateKey(r.Context(), c.actor, id, spec)
+	k, err := s.svc.UpdateKeyAs(r.Context(), c.actor(), id, spec)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, toKey(k, s.cfg.Now()), nil
 }
 
-func (s *server) revokeKey(r *http.Request, c caller) (int, any, error) {
-	k, err := s.svc.RevokeKey(r.Context(), c.actor, r.PathValue("id"))
+func (s *API) revokeKey(r *http.Request, c caller) (int, any, error) {
+	k, err := s.svc.RevokeKeyAs(r.Context(), c.actor(), r.PathValue("id"))
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, toKey(k, s.cfg.Now()), nil
 }
 
-func (s *server) rotateKey(r *http.Request, c caller) (int, any, error) {
+func (s *API) rotateKey(r *http.Request, c caller) (int, any, error) {
 	if err := decodeBody(r, true); err != nil {
 		return 0, nil, err
 	}
 	id := r.PathValue("id")
-	k, secret, err := s.svc.RotateKey(r.Context(), c.actor, id)
+	k, secret, err := s.svc.RotateKeyAs(r.Context(), c.actor(), id)
 	if errors.Is(err, budget.ErrNotFound) {
 		// The ledger does not rotate revoked keys: tell that apart from an unknown id.
 		cur, kerr := s.svc.Key(r.Context(), id)

@@ -75,11 +75,11 @@ func TestOpenAPI_MatchesRoutes(t *testing.T) {
 			if rt.method != method || rt.path != p {
 				continue
 			}
-			if rt.auth != authNone {
+			if !rt.rule.public {
 				require.Contains(t, resp, "401", key)
 				require.Contains(t, resp, "500", key)
 			}
-			if rt.auth == authAdmin {
+			if len(rt.rule.roles) > 0 {
 				require.Contains(t, resp, "403", key)
 			}
 			if _, hasBody := op["requestBody"]; hasBody {

@@ -1,6 +1,9 @@
 package admin
 
 import (
+	"bufio"
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -13,7 +16,7 @@ import (
 // maxSpendRows bounds a spend report (the "limit" parameter).
 const maxSpendRows = 10_000
 
-func (s *server) status(r *http.Request, _ caller) (int, any, error) {
+func (s *API) status(r *http.Request, c caller) (int, any, error) {
 	raw := r.URL.Query()["subject"]
 	if len(raw) == 0 {
 		return 0, nil, invalid("subject", "is required (e.g. ?subject=team:ml; repeat it for several)")
@@ -21,6 +24,11 @@ func (s *server) status(r *http.Request, _ caller) (int, any, error) {
 	subjects, err := budget.ParseSubjects(raw)
 	if err != nil {
 		return 0, nil, invalid("subject", "%s", err)
+	}
+	for _, sub := range subjects {
+		if err := s.visibleSubject(r.Context(), c, sub); err != nil {
+			return 0, nil, err
+		}
 	}
 	sts, err := s.svc.Status(r.Context(), subjects...)
 	if err != nil {
@@ -40,12 +48,27 @@ func statuses(sts []budget.Status) []Budget {
 }
 
 // me shows a key holder their key (never its secret) and the budgets of its own subjects.
-func (s *server) me(r *http.Request, c caller) (int, any, error) {
-	sts, err := s.svc.Status(r.Context(), c.key.AllSubjects()...)
+func (s *API) me(r *http.Request, c caller) (int, any, error) {
+	sts, err := s.svc.Status(r.Context(), c.key().AllSubjects()...)
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, map[string]any{"key": toKey(*c.key, s.cfg.Now()), "budgets": statuses(sts)}, nil
+	return http.StatusOK, map[string]any{"key": toKey(*c.key(), s.cfg.Now()), "budgets": statuses(sts)}, nil
+}
+
+// visibleSubject refuses a manager a subject outside its scope.
+func (s *API) visibleSubject(ctx context.Context, c caller, sub budget.Subject) error {
+	if !c.manager() {
+		return nil
+	}
+	ok, err := s.svc.Covers(ctx, c.scope(), sub)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return outOfScope(c, "subject "+string(sub))
+	}
+	return nil
 }
 
 // SpendRow is one group of GET /v1/spend (or its total); amounts are decimal strings.
@@ -73,12 +96,29 @@ func toSpendRow(x budget.SpendRow) SpendRow {
 	}
 }
 
-func (s *server) spend(r *http.Request, _ caller) (int, any, error) {
+func (s *API) spend(r *http.Request, c caller) (int, any, error) {
 	q := r.URL.Query()
+	format, err := queryFormat(r, formatCSV)
+	if err != nil {
+		return 0, nil, err
+	}
+	if c.manager() {
+		// A spend report's groups span every subject of the requests it sums: a manager asks
+		// for one of its own subjects.
+		if q.Get("subject") == "" {
+			return 0, nil, outOfScope(c, "spend across every subject")
+		}
+		sub, err := querySubject(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		if err := s.visibleSubject(r.Context(), c, budget.Subject(sub)); err != nil {
+			return 0, nil, err
+		}
+	}
 	now := s.cfg.Now().UTC()
 	from := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	to := from.AddDate(0, 1, 0)
-	var err error
 	if v := q.Get("from"); v != "" {
 		if from, err = parseTimeParam("from", v, false); err != nil {
 			return 0, nil, err
@@ -112,6 +152,9 @@ func (s *server) spend(r *http.Request, _ caller) (int, any, error) {
 	truncated := len(rows) > int(limit)
 	if truncated {
 		rows = rows[:limit]
+	}
+	if format == formatCSV {
+		return http.StatusOK, spendCSV(rows, groupBy, from, to, truncated), nil
 	}
 	out := make([]SpendRow, 0, len(rows))
 	for _, x := range rows {
@@ -162,7 +205,33 @@ func pageSize(r *http.Request) (int, error) {
 	return int(n), err
 }
 
-func (s *server) audit(r *http.Request, _ caller) (int, any, error) {
+// spendCSV is a spend report's rows as CSV: the same groups and amounts as the JSON rows
+// (the total is not a row: add the rows, or ask group_by= for it).
+// A report cut at its limit says so in the X-Purser-Truncated header (as "truncated" does in
+// JSON).
+func spendCSV(rows []budget.SpendRow, groupBy string, from, to time.Time, truncated bool) *stream {
+	name := "spend-" + cmp.Or(groupBy, "total") + "-" + from.UTC().Format("20060102") + "-" + to.UTC().Format("20060102") + ".csv"
+	return &stream{contentType: "text/csv; charset=utf-8", filename: name, truncated: truncated, write: func(w *bufio.Writer) error {
+		cw, err := newCSV(w, cmp.Or(groupBy, "group"), "cost", "tokens", "requests", "expired", "overruns", "overrun_cost",
+			"overrun_tokens", "unreserved", "unreserved_cost", "unreserved_tokens")
+		if err != nil {
+			return err
+		}
+		for _, x := range rows {
+			r := toSpendRow(x)
+			if err := cw.Write([]string{csvCell(r.Group), r.Cost, r.Tokens, itoa(r.Requests), itoa(r.Expired), itoa(r.Overruns),
+				r.OverrunCost, r.OverrunTokens, itoa(r.Unreserved), r.UnreservedCost, r.UnreservedTokens}); err != nil {
+				return err
+			}
+		}
+		cw.Flush()
+		return cw.Error()
+	}}
+}
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+func (s *API) audit(r *http.Request, _ caller) (int, any, error) {
 	before, limit, err := page(r)
 	if err != nil {
 		return 0, nil, err
@@ -209,10 +278,18 @@ type deliveryJSON struct {
 	LastError     *string    `json:"last_error"`
 }
 
-func (s *server) alerts(r *http.Request, _ caller) (int, any, error) {
+func (s *API) alerts(r *http.Request, c caller) (int, any, error) {
 	budgetID, err := queryInt(r, "budget_id", 0, 0, 1<<62)
 	if err != nil {
 		return 0, nil, err
+	}
+	if c.manager() {
+		if budgetID == 0 {
+			return 0, nil, outOfScope(c, "the alerts of every budget")
+		}
+		if _, err := s.visibleBudget(r.Context(), c, budgetID); err != nil {
+			return 0, nil, err
+		}
 	}
 	before, limit, err := page(r)
 	if err != nil {
@@ -243,7 +320,7 @@ func (s *server) alerts(r *http.Request, _ caller) (int, any, error) {
 	return http.StatusOK, body, nil
 }
 
-func (s *server) verify(r *http.Request, _ caller) (int, any, error) {
+func (s *API) verify(r *http.Request, _ caller) (int, any, error) {
 	if err := decodeBody(r, true); err != nil {
 		return 0, nil, err
 	}

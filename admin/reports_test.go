@@ -177,7 +177,7 @@ func TestAdmin_RemainingValidation(t *testing.T) {
 	h.invalid("DELETE", "/v1/templates/0", nil, "id", `id: must be a positive integer, got "0"`)
 	h.invalid("POST", bp+"/reset", map[string]any{"why": "x"}, "why", "why: unknown field")
 	h.invalid("POST", bp+"/reset", map[string]any{"reason": 5}, "reason", "reason: must be a string")
-	h.invalid("PATCH", bp, map[string]any{"window": "fortnight"}, "window", `window: window "fortnight": want day, week, month, quarter, year, lifetime or a duration such as 72h`)
+	h.invalid("PATCH", bp, map[string]any{"window": "fortnight"}, "window", `window: window "fortnight": want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h`)
 	h.invalid("PATCH", bp, "", "", "request body must be a JSON object")
 	h.invalid("POST", kp+"/rotate", map[string]any{"name": "x"}, "name", "name: unknown field")
 	h.invalid("PATCH", kp, map[string]any{"expires_at": "2020-01-01T00:00:00Z"}, "expires_at", "expires_at: is in the past")

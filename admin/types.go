@@ -63,6 +63,7 @@ type Budget struct {
 	Endpoints   []string          `json:"endpoints"`
 	Route       map[string]string `json:"route"`
 	TemplateID  *int64            `json:"template_id,omitempty"`
+	SetBy       string            `json:"set_by,omitempty"` // admin | manager (budgets only)
 	ResetAt     *time.Time        `json:"reset_at,omitempty"`
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
@@ -75,7 +76,7 @@ func toBudget(b budget.Budget) Budget {
 		ID: b.ID, Name: b.Name, Subject: string(b.Subject), Unit: string(b.Unit), Limit: FormatAmount(b.Unit, b.Limit),
 		Window: d.Window, Timezone: d.TimeZone, AnchorDay: d.AnchorDay, Hard: b.Hard, WarnAt: nonNil(d.WarnAt),
 		Models: nonNil(d.Models), Endpoints: nonNil(d.Endpoints), Route: d.Route, ResetAt: optTime(b.ResetAt),
-		CreatedAt: b.CreatedAt.UTC(), UpdatedAt: b.UpdatedAt.UTC(),
+		CreatedAt: b.CreatedAt.UTC(), UpdatedAt: b.UpdatedAt.UTC(), SetBy: string(b.SetBy),
 	}
 	if out.Timezone == "" {
 		out.Timezone = "UTC"
@@ -92,7 +93,7 @@ func toBudget(b budget.Budget) Budget {
 
 func toTemplate(t budget.Template) Budget {
 	out := toBudget(t.Budget)
-	out.Subject, out.SubjectKind = "", t.SubjectKind
+	out.Subject, out.SubjectKind, out.SetBy = "", t.SubjectKind, ""
 	return out
 }
 

@@ -60,8 +60,8 @@ func newPayload(key, kind string, threshold int, st budget.Status, start, end, n
 
 // display is an amount for people: "$81.20", "$0.00015", "150000 tokens".
 func display(unit, v string) string {
-	if unit == string(budget.Tokens) {
-		return v + " tokens"
+	if unit == string(budget.Tokens) || unit == string(budget.Requests) {
+		return v + " " + unit
 	}
 	whole, frac, _ := strings.Cut(v, ".")
 	frac = strings.TrimRight(frac, "0")

@@ -53,12 +53,23 @@ func (k KeySpec) validate(now, keep time.Time) (store.KeyRow, error) {
 	return row, nil
 }
 
-// CreateKey issues a new key. The secret is returned once, here, and only its hash is stored.
+// CreateKey issues a new key as an admin. The secret is returned once, here, and only its
+// hash is stored.
 func (s *Service) CreateKey(ctx context.Context, actor string, spec KeySpec) (Key, string, error) {
+	return s.CreateKeyAs(ctx, AdminActor(actor), spec)
+}
+
+// CreateKeyAs issues a new key for by: a manager's key must have owner subjects, all within
+// its scope.
+func (s *Service) CreateKeyAs(ctx context.Context, by Actor, spec KeySpec) (Key, string, error) {
 	row, err := spec.validate(s.cfg.Now(), time.Time{})
 	if err != nil {
 		return Key{}, "", err
 	}
+	if err := permitKeyOwners(by, row.Subjects); err != nil {
+		return Key{}, "", err
+	}
+	actor := by.Name
 	secret, hash, prefix, err := NewSecret()
 	if err != nil {
 		return Key{}, "", err
@@ -78,18 +89,31 @@ func (s *Service) CreateKey(ctx context.Context, actor string, spec KeySpec) (Ke
 	return k, secret, err
 }
 
-// UpdateKey changes a key's name, subjects, allowed models and expiry.
+// UpdateKey changes a key's name, subjects, allowed models and expiry, as an admin.
 func (s *Service) UpdateKey(ctx context.Context, actor, id string, spec KeySpec) (Key, error) {
+	return s.UpdateKeyAs(ctx, AdminActor(actor), id, spec)
+}
+
+// UpdateKeyAs changes a key for by: a manager may change only a key it administers, and only
+// to owners within its scope.
+func (s *Service) UpdateKeyAs(ctx context.Context, by Actor, id string, spec KeySpec) (Key, error) {
 	cur, err := s.db.KeyByID(ctx, id)
 	if err != nil {
 		return Key{}, mapErr(err)
 	}
+	if err := permitKeyOwners(by, cur.Subjects); err != nil {
+		return Key{}, err
+	}
+	actor := by.Name
 	var keep time.Time
 	if cur.ExpiresAt != nil {
 		keep = *cur.ExpiresAt
 	}
 	row, err := spec.validate(s.cfg.Now(), keep)
 	if err != nil {
+		return Key{}, err
+	}
+	if err := permitKeyOwners(by, row.Subjects); err != nil {
 		return Key{}, err
 	}
 	row.ID = id
@@ -118,6 +142,7 @@ type KeyQuery struct {
 	Subject string    // only keys owning this subject (their key: subject is not one); "" for all
 	After   KeyCursor // continue after this key (zero: from the newest)
 	Limit   int       // at most this many; 0 for all
+	Scope   Scope     // only the keys a manager administers (nil: every key)
 }
 
 // KeyCursor is a position in the newest-first list of keys: the last key of a page.
@@ -131,7 +156,12 @@ func CursorOf(k Key) KeyCursor { return KeyCursor{CreatedAt: k.CreatedAt, ID: k.
 
 // Keys lists keys, newest first.
 func (s *Service) Keys(ctx context.Context, q KeyQuery) ([]Key, error) {
-	rows, err := s.db.ListKeys(ctx, store.KeyPage{Name: q.Name, Subject: q.Subject, AfterCreatedAt: q.After.CreatedAt, AfterID: q.After.ID, Limit: q.Limit})
+	var scope *store.ScopeFilter
+	if q.Scope != nil {
+		scope = q.Scope.filter()
+	}
+	rows, err := s.db.ListKeys(ctx, store.KeyPage{Name: q.Name, Subject: q.Subject, AfterCreatedAt: q.After.CreatedAt,
+		AfterID: q.After.ID, Limit: q.Limit, Scope: scope})
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -146,9 +176,17 @@ func (s *Service) Keys(ctx context.Context, q KeyQuery) ([]Key, error) {
 	return out, nil
 }
 
-// RevokeKey revokes a key; it stops working on every replica within moments.
+// RevokeKey revokes a key as an admin; it stops working on every replica within moments.
 func (s *Service) RevokeKey(ctx context.Context, actor, id string) (Key, error) {
-	row, err := s.db.RevokeKey(ctx, id, store.Audit{Actor: actor, Action: "key.revoke"})
+	return s.RevokeKeyAs(ctx, AdminActor(actor), id)
+}
+
+// RevokeKeyAs revokes a key for by (a manager: only a key it administers).
+func (s *Service) RevokeKeyAs(ctx context.Context, by Actor, id string) (Key, error) {
+	if err := s.permitKey(ctx, by, id); err != nil {
+		return Key{}, err
+	}
+	row, err := s.db.RevokeKey(ctx, id, store.Audit{Actor: by.Name, Action: "key.revoke"})
 	if err != nil {
 		return Key{}, mapErr(err)
 	}
@@ -156,9 +194,18 @@ func (s *Service) RevokeKey(ctx context.Context, actor, id string) (Key, error) 
 	return keyFromRow(row)
 }
 
-// RotateKey gives a live key a new secret (returned once). The key id, its budgets and its
-// history stay; the old secret stops working.
+// RotateKey gives a live key a new secret (returned once), as an admin. The key id, its
+// budgets and its history stay; the old secret stops working.
 func (s *Service) RotateKey(ctx context.Context, actor, id string) (Key, string, error) {
+	return s.RotateKeyAs(ctx, AdminActor(actor), id)
+}
+
+// RotateKeyAs rotates a key for by (a manager: only a key it administers).
+func (s *Service) RotateKeyAs(ctx context.Context, by Actor, id string) (Key, string, error) {
+	if err := s.permitKey(ctx, by, id); err != nil {
+		return Key{}, "", err
+	}
+	actor := by.Name
 	secret, hash, prefix, err := NewSecret()
 	if err != nil {
 		return Key{}, "", err
@@ -173,14 +220,27 @@ func (s *Service) RotateKey(ctx context.Context, actor, id string) (Key, string,
 	return k, secret, err
 }
 
-// CreateBudget validates and stores a budget.
+// CreateBudget validates and stores a budget, as an admin.
 func (s *Service) CreateBudget(ctx context.Context, actor string, d Definition) (Budget, error) {
+	return s.CreateBudgetAs(ctx, AdminActor(actor), d)
+}
+
+// CreateBudgetAs validates and stores a budget for by. A manager's budget must be on a subject
+// within its scope and not above a budget an admin set on the same or a wider subject (see
+// ceiling).
+func (s *Service) CreateBudgetAs(ctx context.Context, by Actor, d Definition) (Budget, error) {
 	d.Kind = ""
 	b, err := d.Build()
 	if err != nil {
 		return Budget{}, err
 	}
-	row, err := s.db.CreateBudget(ctx, budgetToRow(b, ""), store.Audit{Actor: actor, Action: "budget.create", Details: auditDef(d)})
+	if b.SetBy, err = s.permitBudget(ctx, by, b.Subject, nil); err != nil {
+		return Budget{}, err
+	}
+	if err := s.checkCeiling(ctx, by, b, 0); err != nil {
+		return Budget{}, err
+	}
+	row, err := s.db.CreateBudget(ctx, budgetToRow(b, ""), store.Audit{Actor: by.Name, Action: "budget.create", Details: auditDef(d)})
 	if err != nil {
 		return Budget{}, mapErr(err)
 	}
@@ -188,12 +248,28 @@ func (s *Service) CreateBudget(ctx context.Context, actor string, d Definition) 
 	return budgetFromRow(row)
 }
 
-// UpdateBudget replaces a budget's definition; its subject cannot change.
+// UpdateBudget replaces a budget's definition, as an admin; its subject cannot change.
 func (s *Service) UpdateBudget(ctx context.Context, actor string, id int64, d Definition) (Budget, error) {
+	return s.UpdateBudgetAs(ctx, AdminActor(actor), id, d)
+}
+
+// UpdateBudgetAs replaces a budget's definition for by. A manager may change only a budget a
+// manager set, within its scope, and not above a budget an admin set on the same or a wider
+// subject. The budget is then set by by's role.
+func (s *Service) UpdateBudgetAs(ctx context.Context, by Actor, id int64, d Definition) (Budget, error) {
 	cur, err := s.db.BudgetByID(ctx, id)
 	if err != nil {
 		return Budget{}, mapErr(err)
 	}
+	curB, err := budgetFromRow(cur)
+	if err != nil {
+		return Budget{}, err
+	}
+	setBy, err := s.permitBudget(ctx, by, curB.Subject, &curB)
+	if err != nil {
+		return Budget{}, err
+	}
+	actor := by.Name
 	if d.Subject != "" && d.Subject != cur.Subject {
 		return Budget{}, &FieldError{Field: "subject", Err: fmt.Errorf("cannot change (delete and create a budget instead)")}
 	}
@@ -202,7 +278,10 @@ func (s *Service) UpdateBudget(ctx context.Context, actor string, id int64, d De
 	if err != nil {
 		return Budget{}, err
 	}
-	b.ID = id
+	b.ID, b.SetBy = id, setBy
+	if err := s.checkCeiling(ctx, by, b, 0); err != nil {
+		return Budget{}, err
+	}
 	row, err := s.db.UpdateBudget(ctx, budgetToRow(b, ""), store.Audit{Actor: actor, Action: "budget.update", Details: auditDef(d)})
 	if err != nil {
 		return Budget{}, mapErr(err)
@@ -223,13 +302,24 @@ func (s *Service) Budget(ctx context.Context, id int64) (Budget, error) {
 // BudgetQuery selects live budgets for Budgets, in id order.
 type BudgetQuery struct {
 	Subject string // only this subject's budgets; "" for every budget
-	AfterID int64  // only budgets with a greater id (0: from the first)
-	Limit   int    // at most this many; 0 for all
+	// Search keeps budgets whose subject starts with it or whose name contains it
+	// (case-insensitively); "" for all.
+	Search string
+	// Scope keeps only the budgets a manager administers (nil: every budget).
+	Scope    Scope
+	AfterID  int64 // only budgets with a greater id (0: from the first)
+	BeforeID int64 // the page just before this id, instead (0: none)
+	Limit    int   // at most this many; 0 for all
 }
 
 // Budgets lists live budgets in id order.
 func (s *Service) Budgets(ctx context.Context, q BudgetQuery) ([]Budget, error) {
-	rows, err := s.db.ListBudgets(ctx, store.BudgetPage{Subject: q.Subject, AfterID: q.AfterID, Limit: q.Limit})
+	var scope *store.ScopeFilter
+	if q.Scope != nil {
+		scope = q.Scope.filter()
+	}
+	rows, err := s.db.ListBudgets(ctx, store.BudgetPage{Subject: q.Subject, Search: q.Search, Scope: scope,
+		AfterID: q.AfterID, BeforeID: q.BeforeID, Limit: q.Limit})
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -248,19 +338,35 @@ func budgetsFromRows(rows []store.BudgetRow) ([]Budget, error) {
 	return out, nil
 }
 
-// DeleteBudget stops a budget from applying; its history stays.
+// DeleteBudget stops a budget from applying, as an admin; its history stays.
 func (s *Service) DeleteBudget(ctx context.Context, actor string, id int64) error {
-	if err := s.db.DeleteBudget(ctx, id, store.Audit{Actor: actor, Action: "budget.delete"}); err != nil {
+	return s.DeleteBudgetAs(ctx, AdminActor(actor), id)
+}
+
+// DeleteBudgetAs deletes a budget for by (a manager: only one a manager set, in its scope).
+func (s *Service) DeleteBudgetAs(ctx context.Context, by Actor, id int64) error {
+	if _, err := s.permitBudgetID(ctx, by, id); err != nil {
+		return err
+	}
+	if err := s.db.DeleteBudget(ctx, id, store.Audit{Actor: by.Name, Action: "budget.delete"}); err != nil {
 		return mapErr(err)
 	}
 	s.Invalidate()
 	return nil
 }
 
-// ResetBudget starts a fresh window now: spend so far stops counting against the limit.
-// Holds already pending stay in the old window and settle there.
+// ResetBudget starts a fresh window now, as an admin: spend so far stops counting against the
+// limit. Holds already pending stay in the old window and settle there.
 func (s *Service) ResetBudget(ctx context.Context, actor string, id int64, reason string) (time.Time, error) {
-	at, err := s.db.ResetBudget(ctx, id, store.Audit{Actor: actor, Action: "budget.reset", Details: map[string]any{"reason": reason}})
+	return s.ResetBudgetAs(ctx, AdminActor(actor), id, reason)
+}
+
+// ResetBudgetAs resets a budget for by (a manager: only one a manager set, in its scope).
+func (s *Service) ResetBudgetAs(ctx context.Context, by Actor, id int64, reason string) (time.Time, error) {
+	if _, err := s.permitBudgetID(ctx, by, id); err != nil {
+		return time.Time{}, err
+	}
+	at, err := s.db.ResetBudget(ctx, id, store.Audit{Actor: by.Name, Action: "budget.reset", Details: map[string]any{"reason": reason}})
 	if err != nil {
 		return time.Time{}, mapErr(err)
 	}
@@ -271,14 +377,38 @@ func (s *Service) ResetBudget(ctx context.Context, actor string, id int64, reaso
 // Grant is a temporary increase of a budget's limit.
 type Grant = store.GrantRow
 
-// AddGrant raises a budget's limit by amount until expiresAt.
+// AddGrant raises a budget's limit by amount until expiresAt, as an admin.
 func (s *Service) AddGrant(ctx context.Context, actor string, budgetID, amount int64, expiresAt time.Time, reason string) (Grant, error) {
+	return s.AddGrantAs(ctx, AdminActor(actor), budgetID, amount, expiresAt, reason)
+}
+
+// AddGrantAs adds a grant for by. A manager may grant only on a budget a manager set, in its
+// scope, and the limit with every grant in force stays within the admin-set ceiling.
+func (s *Service) AddGrantAs(ctx context.Context, by Actor, budgetID, amount int64, expiresAt time.Time, reason string) (Grant, error) {
 	if amount <= 0 || amount > MaxLimit {
 		return Grant{}, &FieldError{Field: "amount", Err: fmt.Errorf("must be positive")}
 	}
 	if !expiresAt.After(s.cfg.Now()) {
 		return Grant{}, &FieldError{Field: "expires_at", Err: fmt.Errorf("must be in the future")}
 	}
+	b, err := s.permitBudgetID(ctx, by, budgetID)
+	if err != nil {
+		return Grant{}, err
+	}
+	if by.Role == RoleManager {
+		gs, err := s.db.ActiveGrants(ctx, []int64{budgetID})
+		if err != nil {
+			return Grant{}, mapErr(err)
+		}
+		var granted int64
+		for _, g := range gs {
+			granted += g.Amount
+		}
+		if err := s.checkCeiling(ctx, by, b, granted+amount); err != nil {
+			return Grant{}, err
+		}
+	}
+	actor := by.Name
 	g, err := s.db.CreateGrant(ctx, Grant{BudgetID: budgetID, Amount: amount, ExpiresAt: expiresAt, Reason: reason, CreatedBy: actor},
 		store.Audit{Actor: actor, Action: "budget.grant", Details: map[string]any{"amount": amount, "expires_at": expiresAt, "reason": reason}})
 	if err != nil {

@@ -16,15 +16,30 @@ type Unit string
 
 // Units. Money is micro-units of USD: the price catalog is in USD, and converting currencies
 // is out of scope, so other currencies are rejected rather than silently treated as USD.
+// Requests counts admitted requests: each holds 1, settles at 1 whatever its usage, is
+// released when voided (the upstream was never reached) and charged when it expires, so a
+// requests budget with a minute window is an exact requests-per-minute limit.
 const (
-	USD    Unit = "usd"
-	Tokens Unit = "tokens"
+	USD      Unit = "usd"
+	Tokens   Unit = "tokens"
+	Requests Unit = "requests"
 )
 
+// ParseUnit reads a unit name, case-insensitively ("" is usd).
+func ParseUnit(s string) (Unit, error) {
+	switch u := Unit(strings.ToLower(s)); u {
+	case USD, "":
+		return USD, nil
+	case Tokens, Requests:
+		return u, nil
+	}
+	return "", fmt.Errorf("must be usd, tokens or requests, got %q", s)
+}
+
 // Format writes an amount of u as purser's APIs do: USD with six decimals ("12.500000"),
-// tokens as a whole number.
+// tokens and requests as whole numbers.
 func (u Unit) Format(v int64) string {
-	if u == Tokens {
+	if u == Tokens || u == Requests {
 		return strconv.FormatInt(v, 10)
 	}
 	return pricing.FormatMicros(v)
@@ -54,6 +69,8 @@ type Budget struct {
 	TemplateID int64 // 0 unless made from a default-budget template
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// SetBy is the role that last created or changed the budget: RoleAdmin or RoleManager.
+	SetBy Role
 }
 
 // Definition is the user-editable part of a budget or template, as strings from an API or a
@@ -64,7 +81,7 @@ type Definition struct {
 	Kind      string // templates: the subject kind they attach to
 	Unit      string
 	Limit     int64
-	Window    string // day|week|month|quarter|year|lifetime|<Go duration, e.g. 72h>
+	Window    string // minute|hour|day|week|month|quarter|year|lifetime|<Go duration, e.g. 72h>
 	TimeZone  string
 	AnchorDay int
 	Hard      bool
@@ -78,11 +95,11 @@ type Definition struct {
 func ParseWindow(s, tz string, anchor int) (WindowSpec, error) {
 	spec := WindowSpec{Kind: WindowKind(s), AnchorDay: anchor}
 	switch spec.Kind {
-	case Day, Week, Month, Quarter, Year, Lifetime:
+	case Minute, Hour, Day, Week, Month, Quarter, Year, Lifetime:
 	default:
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			return WindowSpec{}, fmt.Errorf("window %q: want day, week, month, quarter, year, lifetime or a duration such as 72h", s)
+			return WindowSpec{}, fmt.Errorf("window %q: want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h", s)
 		}
 		spec = WindowSpec{Kind: Rolling, Rolling: d, AnchorDay: anchor}
 	}
@@ -135,14 +152,11 @@ func (d Definition) Build() (Budget, error) {
 		}
 		b.Subject = s
 	}
-	switch Unit(strings.ToLower(d.Unit)) {
-	case USD, "":
-		b.Unit = USD
-	case Tokens:
-		b.Unit = Tokens
-	default:
-		return Budget{}, fieldErr("unit", "must be usd or tokens, got %q", d.Unit)
+	u, err := ParseUnit(d.Unit)
+	if err != nil {
+		return Budget{}, fieldErr("unit", "%s", err)
 	}
+	b.Unit = u
 	if d.Limit < 0 {
 		return Budget{}, fieldErr("limit", "must not be negative")
 	}

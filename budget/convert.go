@@ -58,6 +58,10 @@ func budgetFromRow(r store.BudgetRow) (Budget, error) {
 	if r.TemplateID != nil {
 		b.TemplateID = *r.TemplateID
 	}
+	b.SetBy = RoleAdmin
+	if r.SetByRole == string(RoleManager) {
+		b.SetBy = RoleManager
+	}
 	return b, nil
 }
 
@@ -65,7 +69,7 @@ func budgetToRow(b Budget, kind string) store.BudgetRow {
 	r := store.BudgetRow{
 		ID: b.ID, Name: b.Name, Subject: string(b.Subject), SubjectKind: kind, Unit: string(b.Unit),
 		Limit: b.Limit, WindowKind: string(b.Window.Kind), TimeZone: "UTC", Hard: b.Hard,
-		RouteMatch: b.RouteMatch,
+		RouteMatch: b.RouteMatch, SetByRole: string(b.SetBy),
 	}
 	if b.Window.Location != nil {
 		r.TimeZone = b.Window.Location.String()

@@ -1,6 +1,9 @@
 package budget
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors, matched with errors.Is.
 var (
@@ -18,4 +21,15 @@ var (
 	ErrKeyExpired = errors.New("API key expired")
 	// ErrInvalid: the input is not acceptable; FieldError says which field.
 	ErrInvalid = errors.New("invalid")
+	// ErrForbidden: the actor's role or scope does not allow the change.
+	ErrForbidden = errors.New("forbidden")
+	// ErrTokenUnknown, ErrTokenRevoked, ErrTokenExpired: an admin token that cannot be used.
+	ErrTokenUnknown = errors.New("unknown admin token")
+	ErrTokenRevoked = errors.New("admin token revoked")
+	ErrTokenExpired = errors.New("admin token expired")
 )
+
+// forbidden is an ErrForbidden with the reason.
+func forbidden(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrForbidden, fmt.Sprintf(format, args...))
+}

@@ -395,7 +395,7 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 		for _, b := range applicable {
 			w := b.Window.At(now, b.ResetAt)
 			amount := b.amountOf(r.Cost, r.Tokens)
-			batch.Lines = append(batch.Lines, store.HoldLine{Window: windows.add(b, w), Amount: amount, Hard: b.Hard, Tokens: b.Unit == Tokens})
+			batch.Lines = append(batch.Lines, store.HoldLine{Window: windows.add(b, w), Amount: amount, Hard: b.Hard, Unit: b.holdUnit()})
 			refs = append(refs, lineRef{budget: b, window: w, amount: amount})
 		}
 		sent[i] = len(batch.Requests)
@@ -519,12 +519,27 @@ func (ws *windowSet) sorted(lines []store.HoldLine) []store.WindowKey {
 	return out
 }
 
-// amountOf is what a request of that cost and token bound holds on the budget, in its unit.
+// amountOf is what a request of that cost and token bound holds on the budget, in its unit:
+// a requests budget holds 1 whatever the request may cost.
 func (b *Budget) amountOf(cost, tokens int64) int64 {
-	if b.Unit == Tokens {
+	switch b.Unit {
+	case Tokens:
 		return tokens
+	case Requests:
+		return 1
 	}
 	return cost
+}
+
+// holdUnit is how the ledger records the unit of the budget's holds.
+func (b *Budget) holdUnit() store.HoldUnit {
+	switch b.Unit {
+	case Tokens:
+		return store.HoldTokens
+	case Requests:
+		return store.HoldRequests
+	}
+	return store.HoldMoney
 }
 
 func subjectStrings(ss []Subject) []string {

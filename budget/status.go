@@ -110,7 +110,13 @@ func fillRates(st *Status, now time.Time) {
 	if st.Budget.Window.Kind == Lifetime && st.Budget.CreatedAt.After(start) {
 		start = st.Budget.CreatedAt
 	}
-	elapsed := max(now.Sub(start), time.Hour) // avoid absurd rates in a window's first minutes
+	// Avoid absurd rates in a window's first minutes: at least an hour has elapsed, or the
+	// whole window when it is shorter (minute and hour windows).
+	floor := time.Hour
+	if k := st.Budget.Window.Kind; k == Minute || k == Hour {
+		floor = min(floor, st.Window.End.Sub(start))
+	}
+	elapsed := max(now.Sub(start), floor)
 	const day = int64(24 * time.Hour)
 	st.BurnPerDay = mulDivCeil(used, day, int64(elapsed))
 	if st.Budget.Window.Kind != Lifetime {

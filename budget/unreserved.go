@@ -70,7 +70,7 @@ func (s *Service) RecordUnreserved(ctx context.Context, us []Unreserved) (int, e
 		}
 		for _, b := range applicable {
 			w := b.Window.At(u.At, b.ResetAt)
-			batch.Lines = append(batch.Lines, store.HoldLine{Window: windows.add(b, w), Amount: b.amountOf(u.Cost, u.Tokens), Tokens: b.Unit == Tokens})
+			batch.Lines = append(batch.Lines, store.HoldLine{Window: windows.add(b, w), Amount: b.amountOf(u.Cost, u.Tokens), Unit: b.holdUnit()})
 		}
 		batch.Rows = append(batch.Rows, row)
 	}

@@ -10,6 +10,8 @@ type WindowKind string
 
 // Window kinds.
 const (
+	Minute   WindowKind = "minute" // the clock minute (in the budget's time zone)
+	Hour     WindowKind = "hour"   // the clock hour (in the budget's time zone)
 	Day      WindowKind = "day"
 	Week     WindowKind = "week" // ISO week: Monday 00:00 to Monday 00:00
 	Month    WindowKind = "month"
@@ -59,7 +61,7 @@ type Window struct {
 // Validate checks a spec.
 func (w WindowSpec) Validate() error {
 	switch w.Kind {
-	case Day, Week, Month, Quarter, Year, Lifetime:
+	case Minute, Hour, Day, Week, Month, Quarter, Year, Lifetime:
 		if w.Rolling != 0 {
 			return fmt.Errorf("window %q cannot have a rolling duration", w.Kind)
 		}
@@ -71,7 +73,7 @@ func (w WindowSpec) Validate() error {
 			return fmt.Errorf("rolling window must be a whole number of seconds, got %s", w.Rolling)
 		}
 	default:
-		return fmt.Errorf("unknown window %q (want day, week, month, quarter, year, lifetime or a duration such as 72h)", w.Kind)
+		return fmt.Errorf("unknown window %q (want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h)", w.Kind)
 	}
 	if w.AnchorDay < 0 || w.AnchorDay > 31 {
 		return fmt.Errorf("anchor day must be 1-31, got %d", w.AnchorDay)
@@ -118,6 +120,18 @@ func (w WindowSpec) At(t time.Time, resetAt time.Time) Window {
 			}
 		}
 		return win
+	case Minute, Hour:
+		// The clock minute or hour of t in loc, computed on absolute time with t's offset:
+		// an hour of a +05:30 zone starts at :30 UTC, and a repeated or skipped wall-clock
+		// hour at a DST change cannot produce a window that does not contain t.
+		step := time.Minute
+		if w.Kind == Hour {
+			step = time.Hour
+		}
+		_, off := t.In(loc).Zone()
+		shift := time.Duration(off) * time.Second
+		start := t.Add(shift).Truncate(step).Add(-shift)
+		win = Window{Start: start, End: start.Add(step)}
 	default:
 		lt := t.In(loc)
 		start := w.calendarStart(lt, loc)

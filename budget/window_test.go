@@ -18,6 +18,7 @@ func TestWindowSpec_At(t *testing.T) {
 	t.Parallel()
 	ny := mustLoc(t, "America/New_York")
 	berlin := mustLoc(t, "Europe/Berlin")
+	kolkata := mustLoc(t, "Asia/Kolkata")
 	utc := time.UTC
 	at := func(loc *time.Location, y int, m time.Month, d, h, min int) time.Time {
 		return time.Date(y, m, d, h, min, 0, 0, loc)
@@ -51,6 +52,15 @@ func TestWindowSpec_At(t *testing.T) {
 		"QuarterAnchor":        {WindowSpec{Kind: Quarter, AnchorDay: 10}, at(utc, 2026, 4, 5, 0, 0), at(utc, 2026, 1, 10, 0, 0), at(utc, 2026, 4, 10, 0, 0)},
 		"Year":                 {WindowSpec{Kind: Year, Location: berlin}, at(berlin, 2026, 12, 31, 23, 59), at(berlin, 2026, 1, 1, 0, 0), at(berlin, 2027, 1, 1, 0, 0)},
 		"Lifetime":             {WindowSpec{Kind: Lifetime}, at(utc, 2026, 5, 20, 0, 0), lifetimeStart, lifetimeEnd},
+		"Minute":               {WindowSpec{Kind: Minute}, time.Date(2026, 5, 20, 10, 7, 59, 999, utc), at(utc, 2026, 5, 20, 10, 7), at(utc, 2026, 5, 20, 10, 8)},
+		"MinuteFirstInstant":   {WindowSpec{Kind: Minute}, at(utc, 2026, 5, 20, 10, 8), at(utc, 2026, 5, 20, 10, 8), at(utc, 2026, 5, 20, 10, 9)},
+		"Hour":                 {WindowSpec{Kind: Hour, Location: berlin}, at(berlin, 2026, 5, 20, 10, 59), at(berlin, 2026, 5, 20, 10, 0), at(berlin, 2026, 5, 20, 11, 0)},
+		// Kolkata is +05:30: its clock hours start at half past the UTC hour.
+		"HourHalfHourZone": {WindowSpec{Kind: Hour, Location: kolkata}, at(utc, 2026, 5, 20, 10, 20), at(utc, 2026, 5, 20, 9, 30), at(utc, 2026, 5, 20, 10, 30)},
+		// New York falls back on 1 November 2026: 01:00-02:00 happens twice. The second 01:40
+		// (EST, 06:40 UTC) is in the second 01:00 hour, not in the first (05:00 UTC).
+		"HourRepeatedAtFallBack": {WindowSpec{Kind: Hour, Location: ny}, at(utc, 2026, 11, 1, 6, 40), at(utc, 2026, 11, 1, 6, 0), at(utc, 2026, 11, 1, 7, 0)},
+		"HourFirstAtFallBack":    {WindowSpec{Kind: Hour, Location: ny}, at(utc, 2026, 11, 1, 5, 40), at(utc, 2026, 11, 1, 5, 0), at(utc, 2026, 11, 1, 6, 0)},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -18,7 +18,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/purser-dev/purser/budget"
-	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/extauthz/request"
 )
 
@@ -163,13 +162,8 @@ func budgetHeaders(d *budget.Decision) []*corev3.HeaderValueOption {
 	return hs
 }
 
-// amount formats an amount in its unit for a header: decimal USD or whole tokens.
-func amount(u budget.Unit, n int64) string {
-	if u == budget.Tokens {
-		return strconv.FormatInt(n, 10)
-	}
-	return pricing.FormatMicros(n)
-}
+// amount formats an amount in its unit for a header: decimal USD, whole tokens or requests.
+func amount(u budget.Unit, n int64) string { return u.Format(n) }
 
 // denied builds a local reply in the error format the caller's SDK understands.
 func (s *Server) denied(r *request.Request, v verdict) *authv3.CheckResponse {

@@ -474,10 +474,14 @@ func mulSat(a, b int64) int64 {
 	return a * b
 }
 
-// formatAmount writes an amount in its unit: USD with a dollar sign, tokens as an integer.
+// formatAmount writes an amount in its unit: USD with a dollar sign, tokens and requests as
+// integers.
 func formatAmount(u budget.Unit, n int64) string {
-	if u == budget.Tokens {
+	switch u {
+	case budget.Tokens:
 		return fmt.Sprintf("%d tokens", n)
+	case budget.Requests:
+		return fmt.Sprintf("%d requests", n)
 	}
 	return "$" + pricing.FormatMicros(n)
 }

@@ -18,10 +18,12 @@ type costLine struct {
 	Provider  string         `json:"provider"`
 	APIFlavor string         `json:"api_flavor"`
 	Model     string         `json:"model"`
+	At        string         `json:"at"` // price at this instant (RFC 3339); absent: now
 	Body      map[string]any `json:"body"`
 }
 
 type costResult struct {
+	At         string `json:"at,omitempty"` // the instant priced, as the line gave it
 	Model      string `json:"model"`
 	Provider   string `json:"provider"`
 	Usage      Usage  `json:"usage"`
@@ -38,8 +40,10 @@ type costError struct {
 //
 //	{"provider": "openai", "api_flavor": "chat", "model": "gpt-4o", "body": {...}}
 //
-// (api_flavor optional: inferred from the body; model optional when the body names it) and
-// writes one JSON line per input line, priced now through PriceResponse:
+// (api_flavor optional: inferred from the body; model optional when the body names it; "at",
+// an RFC 3339 time, optional: price with the prices in force at that instant, as settlement
+// does with a request's start time) and writes one JSON line per input line, priced (now
+// unless "at" says otherwise) through PriceResponse:
 //
 //	{"model": "gpt-4o", "provider": "openai", "usage": {...}, "input_cost": "0.000150", "output_cost": "...", "total_cost": "..."}
 //
@@ -98,11 +102,20 @@ func (c *Catalog) costOneLine(line []byte) (costResult, error) {
 	if cl.Body == nil {
 		return costResult{}, errors.New("invalid input: missing body")
 	}
-	p, err := c.PriceResponse(cl.Provider, cl.APIFlavor, cl.Model, cl.Body, time.Now())
+	at := time.Now()
+	if cl.At != "" {
+		t, err := time.Parse(time.RFC3339Nano, cl.At)
+		if err != nil {
+			return costResult{}, fmt.Errorf("invalid input: at: want an RFC 3339 time such as \"2026-01-02T15:04:05Z\", got %q", cl.At)
+		}
+		at = t
+	}
+	p, err := c.PriceResponse(cl.Provider, cl.APIFlavor, cl.Model, cl.Body, at)
 	if err != nil {
 		return costResult{}, err
 	}
 	return costResult{
+		At:         cl.At,
 		Model:      p.Model.ID,
 		Provider:   p.Model.Provider,
 		Usage:      p.Usage,

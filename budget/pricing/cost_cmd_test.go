@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -62,6 +63,20 @@ func TestRunCost(t *testing.T) {
 			in:   "\n  \r\n" + `{"provider": "openai", "body": {"model": "text-embedding-3-small", "usage": {"prompt_tokens": 1234, "total_tokens": 1234}}}` + "\r\n\n",
 			// 1234 × 0.02 = 24.68 → 25.
 			want: []string{`{"model":"text-embedding-3-small","provider":"openai","usage":{"input_tokens":1234,"output_tokens":0,` + zeroUsage + `},"input_cost":"0.000025","output_cost":"0.000000","total_cost":"0.000025"}`},
+		},
+		{
+			// o3's prices fell on 2025-06-10 (catalog TestModel_CostAtPriceList): each line is
+			// priced at its own instant. 1000 × 10 + 1000 × 40 = 50000; 1000 × 2 + 1000 × 8 = 10000.
+			name: "PricedAtTheLinesInstant",
+			in: `{"provider": "openai", "at": "2025-06-09T23:59:59Z", "body": {"model": "o3", "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}}}` + "\n" +
+				`{"provider": "openai", "at": "2025-06-10T02:00:00+02:00", "body": {"model": "o3", "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}}}` + "\n" +
+				`{"provider": "openai", "at": "yesterday", "body": {"model": "o3", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}}`,
+			want: []string{
+				`{"at":"2025-06-09T23:59:59Z","model":"o3","provider":"openai","usage":{"input_tokens":1000,"output_tokens":1000,` + zeroUsage + `},"input_cost":"0.010000","output_cost":"0.040000","total_cost":"0.050000"}`,
+				// 02:00+02:00 is midnight UTC: the new prices.
+				`{"at":"2025-06-10T02:00:00+02:00","model":"o3","provider":"openai","usage":{"input_tokens":1000,"output_tokens":1000,` + zeroUsage + `},"input_cost":"0.002000","output_cost":"0.008000","total_cost":"0.010000"}`,
+				`{"error":"line 3: invalid input: at: want an RFC 3339 time such as \"2026-01-02T15:04:05Z\", got \"yesterday\""}`,
+			},
 		},
 		{
 			name: "ExplicitIncompleteUsage",
@@ -139,4 +154,33 @@ func TestRunCost_Errors(t *testing.T) {
 	cancel()
 	err = RunCost(ctx, c, strings.NewReader(in), io.Discard)
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// FuzzRunCost: any input line gets exactly one JSON answer line (a price or an error), and
+// RunCost itself fails only on I/O.
+func FuzzRunCost(f *testing.F) {
+	for _, s := range []string{
+		`{"provider": "openai", "at": "2025-06-09T23:59:59Z", "body": {"model": "o3", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}}`,
+		`{"provider": "openai", "at": "", "body": {}}`,
+		`{"at": 12}`,
+		`{"provider": "anthropic", "model": "claude-sonnet-4-5", "at": "9999-12-31T23:59:59.999999999+14:00", "body": {"usage": {"input_tokens": 1, "output_tokens": 2}}}`,
+		"not json",
+	} {
+		f.Add(s)
+	}
+	c := testCatalog(f)
+	f.Fuzz(func(t *testing.T, line string) {
+		if strings.ContainsAny(line, "\r\n") || strings.TrimSpace(line) == "" {
+			return
+		}
+		var out bytes.Buffer
+		require.NoError(t, RunCost(context.Background(), c, strings.NewReader(line), &out))
+		got := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		require.Len(t, got, 1, "one answer per line: %q", out.String())
+		var v map[string]any
+		require.NoError(t, json.Unmarshal([]byte(got[0]), &v))
+		_, isErr := v["error"]
+		_, isCost := v["total_cost"]
+		require.True(t, isErr != isCost, "either a price or an error: %s", got[0])
+	})
 }

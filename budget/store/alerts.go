@@ -282,14 +282,32 @@ func (s *Store) Usage(ctx context.Context, now time.Time, top int) (UsageSnapsho
 		FROM reservations WHERE state = 'pending'`).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&snap.PendingCount, &snap.PendingCost, &snap.PendingTokens)
 	})
-	batch.Queue(`
+	batch.Queue(topUsageSQL(nil), append([]any{now, top}, scopeArgs(nil)...)...).Query(func(rows pgx.Rows) error {
+		var err error
+		snap.Budgets, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (BudgetUsage, error) {
+			var u BudgetUsage
+			err := r.Scan(&u.ID, &u.Name, &u.Subject, &u.Unit, &u.Limit, &u.Used)
+			return u, err
+		})
+		return err
+	})
+	if err := s.pool.SendBatch(ctx, batch).Close(); err != nil {
+		return UsageSnapshot{}, fmt.Errorf("usage snapshot: %w", interpret(err))
+	}
+	return snap, nil
+}
+
+// topUsageSQL is the query of the budgets most utilised at $1 (a limit of $2), restricted to
+// a manager's scope in $3 and $4 (see coveredSubject; NULLs for every budget).
+func topUsageSQL(scope *ScopeFilter) string {
+	return `
 WITH rb AS (
     SELECT b.id, b.rolling_seconds, CASE WHEN b.reset_at <= $1 THEN b.reset_at ELSE '-infinity' END AS reset_at,
            ceil(b.rolling_seconds / 24.0)::bigint AS bucket
       FROM budgets b WHERE b.deleted_at IS NULL AND b.rolling_seconds IS NOT NULL),
 rs AS (
-    SELECT rb.*, (floor((extract(epoch FROM $1::timestamptz) + `+fmt.Sprint(zeroTimeOffset)+`) / rb.bucket) * rb.bucket
-                  - `+fmt.Sprint(zeroTimeOffset)+` - ceil(rb.rolling_seconds::numeric / rb.bucket) * rb.bucket) AS roll_from_epoch
+    SELECT rb.*, (floor((extract(epoch FROM $1::timestamptz) + ` + fmt.Sprint(zeroTimeOffset) + `) / rb.bucket) * rb.bucket
+                  - ` + fmt.Sprint(zeroTimeOffset) + ` - ceil(rb.rolling_seconds::numeric / rb.bucket) * rb.bucket) AS roll_from_epoch
       FROM rb),
 cur AS (
     SELECT w.budget_id, w.posted + w.pending AS used
@@ -308,20 +326,27 @@ lim AS (
     SELECT b.id, b.name, b.subject, b.unit, u.used,
            b.limit_amount + coalesce((SELECT sum(g.amount) FROM budget_grants g
                                        WHERE g.budget_id = b.id AND g.starts_at <= now() AND g.expires_at > now()), 0)::bigint AS lim
-      FROM used u JOIN budgets b ON b.id = u.budget_id)
+      FROM used u JOIN budgets b ON b.id = u.budget_id
+     WHERE ` + coveredSubject("b.subject", scope, 3) + `)
 SELECT id, name, subject, unit, lim, used FROM lim
  ORDER BY used::numeric / nullif(lim, 0) DESC NULLS FIRST, id
- LIMIT $2`, now, top).Query(func(rows pgx.Rows) error {
-		var err error
-		snap.Budgets, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (BudgetUsage, error) {
-			var u BudgetUsage
-			err := r.Scan(&u.ID, &u.Name, &u.Subject, &u.Unit, &u.Limit, &u.Used)
-			return u, err
-		})
-		return err
-	})
-	if err := s.pool.SendBatch(ctx, batch).Close(); err != nil {
-		return UsageSnapshot{}, fmt.Errorf("usage snapshot: %w", interpret(err))
+ LIMIT $2`
+}
+
+// TopBudgets returns the top budgets by utilisation of their current window at now, as
+// Usage does, only those a manager administers when scope is set.
+func (s *Store) TopBudgets(ctx context.Context, now time.Time, top int, scope *ScopeFilter) ([]BudgetUsage, error) {
+	rows, err := s.pool.Query(ctx, topUsageSQL(scope), append([]any{now, top}, scopeArgs(scope)...)...)
+	if err != nil {
+		return nil, fmt.Errorf("top budgets: %w", interpret(err))
 	}
-	return snap, nil
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BudgetUsage, error) {
+		var u BudgetUsage
+		err := r.Scan(&u.ID, &u.Name, &u.Subject, &u.Unit, &u.Limit, &u.Used)
+		return u, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("top budgets: %w", interpret(err))
+	}
+	return out, nil
 }

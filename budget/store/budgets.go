@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,17 +31,20 @@ type BudgetRow struct {
 	TemplateID     *int64
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
+	// SetByRole is the role that last set a budget: "admin" or "manager" (budgets only; ""
+	// on writes means "admin").
+	SetByRole string
 }
 
 const budgetCols = `id, name, subject, unit, limit_amount, window_kind, time_zone, anchor_day, rolling_seconds,
-	hard, warn_at, models, endpoints, route_match, reset_at, template_id, created_at, updated_at`
+	hard, warn_at, models, endpoints, route_match, reset_at, template_id, created_at, updated_at, set_by_role`
 
 func scanBudget(row pgx.Row) (BudgetRow, error) {
 	var b BudgetRow
 	var route []byte
 	err := row.Scan(&b.ID, &b.Name, &b.Subject, &b.Unit, &b.Limit, &b.WindowKind, &b.TimeZone, &b.AnchorDay,
 		&b.RollingSeconds, &b.Hard, &b.WarnAt, &b.Models, &b.Endpoints, &route, &b.ResetAt, &b.TemplateID,
-		&b.CreatedAt, &b.UpdatedAt)
+		&b.CreatedAt, &b.UpdatedAt, &b.SetByRole)
 	if err != nil {
 		return BudgetRow{}, err
 	}
@@ -106,16 +110,33 @@ func (s *Store) BudgetByID(ctx context.Context, id int64) (BudgetRow, error) {
 
 // BudgetPage selects a page of live budgets in id order.
 type BudgetPage struct {
-	Subject string // only this subject's budgets; "" for every budget
-	AfterID int64  // only budgets with a greater id (0: from the first)
-	Limit   int    // at most this many budgets; 0 for all
+	Subject  string   // only this subject's budgets; "" for every budget
+	Subjects []string // only these subjects' budgets (when not nil)
+	// Search keeps budgets whose subject starts with it or whose name contains it
+	// (case-insensitively); "" for all.
+	Search string
+	// Scope keeps only the budgets a manager administers (nil: all).
+	Scope    *ScopeFilter
+	AfterID  int64 // only budgets with a greater id (0: from the first)
+	BeforeID int64 // only budgets with a smaller id, the page nearest it (0: no bound)
+	Limit    int   // at most this many budgets; 0 for all
 }
 
-// ListBudgets returns a page of live budgets.
+// ListBudgets returns a page of live budgets, in id order. With BeforeID the page is the one
+// just before that id (read backwards, returned in id order).
 func (s *Store) ListBudgets(ctx context.Context, p BudgetPage) ([]BudgetRow, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+budgetCols+` FROM budgets
-		WHERE deleted_at IS NULL AND ($1 = '' OR subject = $1) AND id > $2 ORDER BY id LIMIT $3`,
-		p.Subject, p.AfterID, limitOrAll(p.Limit))
+	scope := scopeArgs(p.Scope)
+	order := `ORDER BY id`
+	if p.BeforeID > 0 {
+		order = `ORDER BY id DESC`
+	}
+	q := `SELECT ` + budgetCols + ` FROM budgets b
+		WHERE deleted_at IS NULL AND ($1 = '' OR subject = $1) AND id > $2 AND ($4::bigint = 0 OR id < $4::bigint)
+		  AND ($5::text[] IS NULL OR subject = ANY ($5))
+		  AND ($6 = '' OR starts_with(lower(subject), lower($6)) OR strpos(lower(name), lower($6)) > 0)
+		  AND ` + coveredSubject(`b.subject`, p.Scope, 7) + `
+		` + order + ` LIMIT $3`
+	rows, err := s.pool.Query(ctx, q, append([]any{p.Subject, p.AfterID, limitOrAll(p.Limit), p.BeforeID, p.Subjects, p.Search}, scope...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list budgets: %w", interpret(err))
 	}
@@ -123,7 +144,18 @@ func (s *Store) ListBudgets(ctx context.Context, p BudgetPage) ([]BudgetRow, err
 	if err != nil {
 		return nil, fmt.Errorf("list budgets: %w", interpret(err))
 	}
+	if p.BeforeID > 0 {
+		slices.Reverse(out)
+	}
 	return out, nil
+}
+
+// setBy is a budget's set_by_role as written: "admin" unless a manager set it.
+func setBy(role string) string {
+	if role == "" {
+		return "admin"
+	}
+	return role
 }
 
 func routeJSON(m map[string]string) []byte {
@@ -147,11 +179,11 @@ func (s *Store) CreateBudget(ctx context.Context, b BudgetRow, a Audit) (BudgetR
 	err := s.mutate(ctx, &a, func(q querier) error {
 		var err error
 		out, err = scanBudget(q.QueryRow(ctx, `INSERT INTO budgets (name, subject, unit, limit_amount, window_kind,
-			time_zone, anchor_day, rolling_seconds, hard, warn_at, models, endpoints, route_match)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+			time_zone, anchor_day, rolling_seconds, hard, warn_at, models, endpoints, route_match, set_by_role)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		RETURNING `+budgetCols,
 			b.Name, b.Subject, b.Unit, b.Limit, b.WindowKind, b.TimeZone, b.AnchorDay, b.RollingSeconds, b.Hard,
-			nonNil(b.WarnAt), nonNil(b.Models), nonNil(b.Endpoints), routeJSON(b.RouteMatch)))
+			nonNil(b.WarnAt), nonNil(b.Models), nonNil(b.Endpoints), routeJSON(b.RouteMatch), setBy(b.SetByRole)))
 		a.Target = fmt.Sprintf("budget:%d", out.ID)
 		return err
 	})
@@ -169,11 +201,11 @@ func (s *Store) UpdateBudget(ctx context.Context, b BudgetRow, a Audit) (BudgetR
 		var err error
 		out, err = scanBudget(q.QueryRow(ctx, `UPDATE budgets SET name = $2, unit = $3, limit_amount = $4,
 			window_kind = $5, time_zone = $6, anchor_day = $7, rolling_seconds = $8, hard = $9, warn_at = $10,
-			models = $11, endpoints = $12, route_match = $13, updated_at = now()
+			models = $11, endpoints = $12, route_match = $13, set_by_role = $14, updated_at = now()
 		WHERE id = $1 AND deleted_at IS NULL
 		RETURNING `+budgetCols,
 			b.ID, b.Name, b.Unit, b.Limit, b.WindowKind, b.TimeZone, b.AnchorDay, b.RollingSeconds, b.Hard,
-			nonNil(b.WarnAt), nonNil(b.Models), nonNil(b.Endpoints), routeJSON(b.RouteMatch)))
+			nonNil(b.WarnAt), nonNil(b.Models), nonNil(b.Endpoints), routeJSON(b.RouteMatch), setBy(b.SetByRole)))
 		return err
 	})
 	if err != nil {

@@ -75,6 +75,8 @@ type KeyPage struct {
 	AfterCreatedAt time.Time
 	AfterID        string
 	Limit          int // at most this many keys; 0 for all
+	// Scope keeps only the keys a manager administers (nil: all).
+	Scope *ScopeFilter
 }
 
 // ListKeys returns a page of keys, newest first.
@@ -83,10 +85,15 @@ func (s *Store) ListKeys(ctx context.Context, p KeyPage) ([]KeyRow, error) {
 	if p.AfterID != "" {
 		after = &p.AfterCreatedAt
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+keyCols+` FROM api_keys
+	scoped := `($6::text[] IS NULL AND $7::text[] IS NULL)`
+	if p.Scope != nil {
+		scoped = coveredKeyOwners("k.subjects", 6)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+keyCols+` FROM api_keys k
 		WHERE ($1 = '' OR name = $1) AND ($5 = '' OR subjects @> ARRAY[$5]::text[])
 		  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-		ORDER BY created_at DESC, id DESC LIMIT $4`, p.Name, after, p.AfterID, limitOrAll(p.Limit), p.Subject)
+		  AND `+scoped+`
+		ORDER BY created_at DESC, id DESC LIMIT $4`, append([]any{p.Name, after, p.AfterID, limitOrAll(p.Limit), p.Subject}, scopeArgs(p.Scope)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", interpret(err))
 	}

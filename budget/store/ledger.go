@@ -51,8 +51,33 @@ type HoldLine struct {
 	Window int // index into Windows
 	Amount int64
 	Hard   bool
-	Tokens bool // the budget counts tokens, not money
+	Unit   HoldUnit // what the budget counts: settlement charges the hold in it
 }
+
+// HoldUnit is what a hold counts. It is stored in reservation_holds.tokens_unit: false for
+// money, true for tokens, NULL for requests (see migrations/007: purser_settle charges a
+// requests hold its amount, 1, whatever the usage).
+type HoldUnit uint8
+
+// Hold units.
+const (
+	HoldMoney HoldUnit = iota
+	HoldTokens
+	HoldRequests
+)
+
+// column is the hold unit as the tokens_unit column stores it (nil: NULL).
+func (u HoldUnit) column() *bool {
+	switch u {
+	case HoldTokens:
+		return &holdTrue
+	case HoldRequests:
+		return nil
+	}
+	return &holdFalse
+}
+
+var holdTrue, holdFalse = true, false
 
 // ReserveStatus is a request's fate in a batch (purser_reserve's out_status codes).
 type ReserveStatus int32
@@ -144,9 +169,9 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 
 // lineArrays turns hold lines into SQL's column arrays (1-based request and window indices).
 // firstLine/lineCount give each request's lines.
-func lineArrays[R interface{ lines() (int, int) }](reqs []R, lines []HoldLine) (req, win []int32, amount []int64, hard, tokens []bool) {
+func lineArrays[R interface{ lines() (int, int) }](reqs []R, lines []HoldLine) (req, win []int32, amount []int64, hard []bool, tokens []*bool) {
 	nh := len(lines)
-	req, win, amount, hard, tokens = make([]int32, nh), make([]int32, nh), make([]int64, nh), make([]bool, nh), make([]bool, nh)
+	req, win, amount, hard, tokens = make([]int32, nh), make([]int32, nh), make([]int64, nh), make([]bool, nh), make([]*bool, nh)
 	for i, r := range reqs {
 		first, count := r.lines()
 		for j := first; j < first+count; j++ {
@@ -154,7 +179,7 @@ func lineArrays[R interface{ lines() (int, int) }](reqs []R, lines []HoldLine) (
 		}
 	}
 	for i, l := range lines {
-		win[i], amount[i], hard[i], tokens[i] = int32(l.Window+1), l.Amount, l.Hard, l.Tokens
+		win[i], amount[i], hard[i], tokens[i] = int32(l.Window+1), l.Amount, l.Hard, l.Unit.column()
 	}
 	return req, win, amount, hard, tokens
 }

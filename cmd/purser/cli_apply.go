@@ -31,7 +31,7 @@ import (
 //	budgets:                   # by subject + name
 //	  - name: ml monthly
 //	    subject: team:ml
-//	    limit: "500.00"        # USD, or whole tokens with unit: tokens
+//	    limit: "500.00"        # USD, or whole tokens / requests with unit: tokens / requests
 //	    window: month
 //	    warn_at: [50, 80]
 //	templates:                 # by name: a budget for every new subject of a kind
@@ -308,8 +308,8 @@ func (b defDecl) state(path string, template bool) (defState, error) {
 	if unit == "" {
 		unit = "usd"
 	}
-	if unit != "usd" && unit != "tokens" {
-		return defState{}, fmt.Errorf("%s.unit: must be usd or tokens, got %q", path, b.Unit)
+	if _, err := budget.ParseUnit(unit); err != nil {
+		return defState{}, fmt.Errorf("%s.unit: %w", path, err)
 	}
 	limit, err := declLimit(b.Limit, unit)
 	if err != nil {

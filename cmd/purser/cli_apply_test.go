@@ -174,7 +174,7 @@ func TestCLI_ApplyFileErrors(t *testing.T) {
 		"BadDecimal":      {"budgets:\n  - name: b\n    subject: team:ml\n    limit: \"12.5.0\"\n    window: day\n", `budgets[0].limit: invalid amount "12.5.0": unexpected character '.'`},
 		"FloatLimit":      {"budgets:\n  - name: b\n    subject: team:ml\n    limit: 12.5\n    window: day\n", `budgets[0].limit: write 12.5 as a quoted decimal string ("12.50"): YAML numbers with a fraction or exponent go through floating point`},
 		"NoLimit":         {"budgets:\n  - name: b\n    subject: team:ml\n    window: day\n", `budgets[0].limit: is required`},
-		"BadWindow":       {"budgets:\n  - {name: a, subject: team:ml, limit: '1', window: day}\n  - {name: b, subject: team:ml, limit: '1', window: fortnight}\n", `budgets[1].window: window "fortnight": want day, week, month, quarter, year, lifetime or a duration such as 72h`},
+		"BadWindow":       {"budgets:\n  - {name: a, subject: team:ml, limit: '1', window: day}\n  - {name: b, subject: team:ml, limit: '1', window: fortnight}\n", `budgets[1].window: window "fortnight": want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h`},
 		"BadSubject":      {"budgets:\n  - {name: b, subject: ml, limit: '1', window: day}\n", `budgets[0].subject: subject "ml": want kind:id (kinds: key, user, team, org, workload, namespace, tag, route) or global`},
 		"WarnAtType":      {"budgets:\n  - {name: b, subject: team:ml, limit: '1', window: day, warn_at: 80}\n", `budgets[0].warn_at: want a list, got number`},
 		"Model":           {"budgets:\n  - {name: b, subject: team:ml, limit: '1', window: day, models: ['[']}\n", `budgets[0].models[0]: pattern "[": unclosed '[' at byte 0`},

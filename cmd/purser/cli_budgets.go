@@ -48,8 +48,8 @@ func addDefFlags(f *cliFlags, template bool) *defFlags {
 	} else {
 		d.subject = f.FlagSet.String("subject", "", "subject, e.g. team:ml, user:alice, global")
 	}
-	d.limit = f.FlagSet.String("limit", "", `limit in the unit: "12.50" USD or "150000" tokens`)
-	d.unit = f.FlagSet.String("unit", "usd", "usd or tokens")
+	d.limit = f.FlagSet.String("limit", "", `limit in the unit: "12.50" USD, "150000" tokens or "600" requests`)
+	d.unit = f.FlagSet.String("unit", "usd", "usd, tokens or requests")
 	d.window = f.FlagSet.String("window", "", "day, week, month, quarter, year, lifetime or a rolling duration (72h)")
 	d.timezone = f.FlagSet.String("timezone", "UTC", "IANA time zone of calendar windows")
 	d.anchorDay = f.FlagSet.Int("anchor-day", 0, "day of the month month/quarter/year windows start on")

@@ -32,6 +32,8 @@ type apiClient struct {
 type cliFlags struct {
 	*flags
 	addr, token, output *string
+	// exports are the -o values beyond table and json that a command streams from the API.
+	exports []string
 }
 
 // tokenEnv holds the admin token when -token is not given (a Secret flag: never printed as
@@ -68,8 +70,8 @@ func (f *cliFlags) parse(args []string, lo, hi int, usage string) ([]string, err
 	if len(pos) < lo || (hi >= 0 && len(pos) > hi) {
 		return nil, exitError{code: 2, msg: "usage: purser " + strings.TrimPrefix(f.Name(), "purser ") + " " + usage}
 	}
-	if *f.output != "table" && *f.output != "json" {
-		return nil, fmt.Errorf("-o %q: want table or json", *f.output)
+	if *f.output != "table" && *f.output != "json" && !slices.Contains(f.exports, *f.output) {
+		return nil, fmt.Errorf("-o %q: want %s", *f.output, strings.Join(append([]string{"table", "json"}, f.exports...), ", "))
 	}
 	return pos, nil
 }
@@ -189,6 +191,39 @@ func (c *apiClient) listAll(ctx context.Context, path string, query url.Values, 
 		items = []json.RawMessage{}
 	}
 	return json.Marshal(items)
+}
+
+// stream copies a GET answer (an export) to w as it arrives.
+func (c *apiClient) stream(ctx context.Context, path string, query url.Values, w io.Writer) error {
+	u := c.base.JoinPath(path)
+	u.RawQuery = query.Encode()
+	req, err := http.NewRequestWithContext(ctx, "GET", u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	hc := *c.http
+	hc.Timeout = 0 // an export takes as long as it takes; ctx bounds it
+	res, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		raw, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+		var eb struct {
+			Error apiError `json:"error"`
+		}
+		if json.Unmarshal(raw, &eb) != nil || eb.Error.Message == "" {
+			return fmt.Errorf("GET %s: HTTP %d", path, res.StatusCode)
+		}
+		eb.Error.Status = res.StatusCode
+		return &eb.Error
+	}
+	if _, err := io.Copy(w, res.Body); err != nil {
+		return fmt.Errorf("GET %s: export interrupted: %w", path, err)
+	}
+	return nil
 }
 
 // apiError is an error answer of the admin API.

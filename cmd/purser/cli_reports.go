@@ -67,8 +67,11 @@ func runStatus(ctx context.Context, e env, args []string) error {
 }
 
 func unitSuffix(unit string) string {
-	if unit == "tokens" {
+	switch unit {
+	case "tokens":
 		return " tok"
+	case "requests":
+		return " req"
 	}
 	return " usd"
 }

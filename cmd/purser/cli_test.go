@@ -122,7 +122,7 @@ func TestCLI_Keys(t *testing.T) {
 	_, err = h.cli("", "keys", "burn")
 	require.EqualError(t, err, `unknown command "burn" for purser keys (want create, list, revoke, rotate)`)
 	_, err = h.cli("", "keys", "list", "-o", "yaml")
-	require.EqualError(t, err, `-o "yaml": want table or json`)
+	require.EqualError(t, err, `-o "yaml": want table, json`)
 
 	// Without a token, or with the wrong one.
 	var outb, errb bytes.Buffer

@@ -7,7 +7,7 @@
 //	purser verify    reconcile the ledger; exit 1 on any mismatch
 //	purser cost      price provider responses read as JSON lines (the settlement code path)
 //	purser check-config  validate a configuration file and price overrides offline
-//	purser keys | budgets | templates | status | spend | audit   talk to the admin API
+//	purser keys | budgets | templates | tokens | status | spend | requests | audit   talk to the admin API
 //	purser apply -f budgets.yaml [-dry-run] [-prune]             declarative budgets, templates, keys
 //	purser version   print the version
 //
@@ -84,6 +84,8 @@ func commands() map[string]command {
 		"status":       statusCommand(),
 		"spend":        spendCommand(),
 		"audit":        auditCommand(),
+		"tokens":       tokensCommand(),
+		"requests":     requestsCommand(),
 		"apply":        applyCommand(),
 		"version": {"print the version", func(_ context.Context, e env, _ []string) error {
 			_, err := fmt.Fprintln(e.stdout, "purser", version)

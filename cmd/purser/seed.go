@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -18,6 +19,7 @@ func runSeed(ctx context.Context, e env, args []string) error {
 	f := newFlags("seed", e)
 	dsn := databaseFlag(f)
 	httpAddr := f.String("http-addr", "PURSER_HTTP_ADDR", defaultHTTPAddr, "where `purser serve` answers HTTP (for the printed examples)")
+	demo := f.FlagSet.Bool("demo", false, "also load demo teams, keys, budgets (money, tokens, requests), a manager token and this month's spend history, for the console")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
@@ -82,5 +84,14 @@ func runSeed(ctx context.Context, e env, args []string) error {
 	fmt.Fprintf(w, "    and call any OpenAI or Anthropic API through Envoy with `Authorization: Bearer <the key above>`.\n")
 	fmt.Fprintf(w, "  - your own budgets, as the key holder:\n      curl -s -H 'Authorization: Bearer %s' http://%s/v1/me\n", secret, *httpAddr)
 	fmt.Fprintf(w, "  - as an admin (PURSER_ADMIN_TOKEN):\n      curl -s -H \"Authorization: Bearer $PURSER_ADMIN_TOKEN\" 'http://%s/v1/status?subject=team:demo'\n", *httpAddr)
-	return nil
+	fmt.Fprintf(w, "  - the console: http://%s/ui/ (sign in with PURSER_ADMIN_TOKEN, or with the key above)\n", *httpAddr)
+	if !*demo {
+		return nil
+	}
+	pool, err := openPool(ctx, *dsn, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return seedDemo(ctx, w, pool, svc, time.Now().UTC())
 }

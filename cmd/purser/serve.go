@@ -34,6 +34,7 @@ import (
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/console"
 	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/grpccodec"
 	"github.com/purser-dev/purser/migrations"
@@ -78,7 +79,7 @@ func parseServeConfig(e env, args []string) (serveConfig, error) {
 	var c serveConfig
 	dsn := databaseFlag(f)
 	grpcAddr := f.String("grpc-addr", "PURSER_GRPC_ADDR", defaultGRPCAddr, "gRPC listen address (ext_authz, access log, health)")
-	httpAddr := f.String("http-addr", "PURSER_HTTP_ADDR", defaultHTTPAddr, "HTTP listen address (/healthz, /readyz, /metrics, admin API)")
+	httpAddr := f.String("http-addr", "PURSER_HTTP_ADDR", defaultHTTPAddr, "HTTP listen address (/healthz, /readyz, /metrics, admin API, console at /ui/)")
 	tokens := f.Secret("admin-token", "PURSER_ADMIN_TOKEN", "", "admin API bearer token(s), comma separated (none: admin API refuses every call)")
 	secret := f.Secret("shared-secret", "PURSER_SHARED_SECRET", "", "require this value in gRPC metadata "+sharedSecretHeader+" on Check and access-log calls")
 	cfgFile := f.String("config", "PURSER_CONFIG", "", "configuration file (identity sources, policies, usage keys)")
@@ -354,7 +355,13 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	mux.Handle("/v1/", admin.New(s.svc, admin.Config{Tokens: cfg.adminTokens, Logger: log}))
+	api := admin.New(s.svc, admin.Config{Tokens: cfg.adminTokens, Logger: log})
+	mux.Handle("/v1/", api)
+	ui, err := console.New(api, s.svc, console.Config{Logger: log}) // the web console, a client of api
+	if err != nil {
+		return fail(err)
+	}
+	mux.Handle(console.Path, ui)
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
