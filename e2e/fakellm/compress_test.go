@@ -190,7 +190,7 @@ func TestGemini_JSONArrayStream(t *testing.T) {
 		require.Contains(t, string(raw), "\n,\r\n{", path)
 		var chunks []struct {
 			UsageMetadata map[string]any `json:"usageMetadata"`
-			ModelVersion  string             `json:"modelVersion"`
+			ModelVersion  string         `json:"modelVersion"`
 		}
 		require.NoError(t, json.Unmarshal(raw, &chunks), path)
 		require.Greater(t, len(chunks), 1, path)

@@ -184,7 +184,7 @@ type call struct {
 	body     []byte
 	req      request
 	rec      *Record
-	cutAfter int // SSE events or JSON bytes; 0 = never
+	cutAfter int  // SSE events or JSON bytes; 0 = never
 	aborted  bool // abort() cut the response
 	created  int64
 	id       string
