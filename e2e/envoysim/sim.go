@@ -618,11 +618,32 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 	applyHeaderOptions(h, st.respToAdd) // ext_authz OK response_headers_to_add
 	st.respHeaders = h.Clone()
 	set := st.setMetadata
+	jsonOn := cfg.JSONRules != nil && st.route.on(cfg.jsonName)
+	sseOn := cfg.hasSSE && st.route.on(cfg.sseName)
+	// The Lua filter (last before the router) sees the upstream's chunks first on the way
+	// back; it runs over them when the response is over (lua.go).
+	var luaChunks [][]byte
+	if cfg.Lua != nil && st.route.on(cfg.Lua.Name) {
+		upstreamHeaders := res.Header.Clone()
+		defer func() {
+			reset := st.abort || st.flags.GetDownstreamRemoteReset()
+			if err := cfg.Lua.respond(upstreamHeaders, luaChunks, reset, set); err != nil && st.s.opts.Logf != nil {
+				st.s.opts.Logf("envoysim: lua %s: script error: %v", cfg.Lua.Name, err)
+			}
+		}()
+		luaChunks = [][]byte{}
+	}
+	keep := func(b []byte) {
+		if luaChunks != nil {
+			luaChunks = append(luaChunks, append([]byte(nil), b...))
+		}
+	}
 
 	// json_to_metadata: a matching response is held, headers and body, until its last byte
 	// (reference 5.1); the listener's buffer limit bounds it (500 response_payload_too_large).
-	if cfg.JSONRules != nil && cfg.jsonContentTypeAllowed(ct) {
+	if jsonOn && cfg.jsonContentTypeAllowed(ct) {
 		body, err := io.ReadAll(io.LimitReader(res.Body, int64(cfg.BufferLimit)+1))
+		keep(body)
 		st.tLastUpRx = st.since()
 		if err != nil {
 			st.code = res.StatusCode // the router saw the upstream headers
@@ -643,11 +664,11 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 		st.write(body)
 		return
 	}
-	if cfg.JSONRules != nil {
+	if jsonOn {
 		cfg.applyJSONRules(ct, nil, set) // mismatched content type: on_error rules only
 	}
 	var sse *sseState
-	if cfg.hasSSE && isSSE(ct) {
+	if sseOn && isSSE(ct) {
 		sse = newSSEState(cfg.SSERules, cfg.SSEMaxEventSize, set)
 	}
 	st.writeHeader(res.StatusCode, "via_upstream")
@@ -655,6 +676,7 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 	for {
 		n, err := res.Body.Read(buf)
 		if n > 0 {
+			keep(buf[:n])
 			if sse != nil {
 				sse.feed(buf[:n]) // never holds the stream back (reference 5.2)
 			}
