@@ -34,6 +34,7 @@ func TestPurserBehindEnvoy(t *testing.T) {
 		{"RefundBelowHold", scenarioRefund},
 		{"DenyAtLimit", scenarioDeny},
 		{"StreamingSettle", scenarioStreaming},
+		{"SDKDefaultsSettleAtRealPrice", scenarioSDKDefaults},
 		{"ClientDisconnectMidStream", scenarioDisconnect},
 		{"EnvoyCheckTimeout", scenarioCheckTimeout},
 		{"AccessLogDownAndBack", scenarioALSDown},
