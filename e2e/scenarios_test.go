@@ -274,7 +274,7 @@ func scenarioStreaming(t *testing.T, bin string) {
 	r := st.waitState(st.lastRequestID(), "settled")
 	// openai-go closes the connection as soon as it reads "data: [DONE]", which may be before
 	// Envoy saw the upstream's end of stream: then the entry says downstream_remote_reset.
-	require.Contains(t, []string{"missing_usage", "cut_off:downstream_remote_reset"}, r.Cause)
+	require.Contains(t, []string{"missing_usage:stream", "cut_off:downstream_remote_reset"}, r.Cause)
 	require.Equal(t, r.Hold, *r.Actual, "unknown usage is charged the hold, never zero")
 
 	posted, pending := st.window(b)
