@@ -22,20 +22,20 @@ const (
 
 // Causes recorded on reservations (and used as metric labels).
 const (
-	CauseUsage           = "usage"
-	CauseNoUpstream      = "no_upstream"
-	CauseProviderError   = "provider_error"
-	CauseCutOff          = "cut_off"
-	CauseMissingUsage    = "missing_usage"
+	CauseUsage         = "usage"
+	CauseNoUpstream    = "no_upstream"
+	CauseProviderError = "provider_error"
+	CauseCutOff        = "cut_off"
+	CauseMissingUsage  = "missing_usage"
 	// CauseCompressed: no usage, and the answer was compressed (content-encoding logged): the
 	// proxy's usage filters cannot read compressed bytes.
 	CauseCompressed = "missing_usage:compressed"
 	// CauseStreamWithoutUsage: no usage in an event stream (an OpenAI-style stream that did
 	// not ask for stream_options.include_usage, or a stream filter missing).
 	CauseStreamWithoutUsage = "missing_usage:stream"
-	CauseIncompleteUsage = "incomplete_usage"
-	CauseInvalidUsage    = "invalid_usage"
-	CauseUnknownModel    = "unknown_model"
+	CauseIncompleteUsage    = "incomplete_usage"
+	CauseInvalidUsage       = "invalid_usage"
+	CauseUnknownModel       = "unknown_model"
 )
 
 // verdict is what one entry does to its reservation.
