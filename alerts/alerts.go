@@ -122,20 +122,20 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultEvaluateEvery    = 30 * time.Second
-	DefaultDispatchEvery    = 5 * time.Second
-	DefaultTimeout          = 10 * time.Second
-	DefaultBackoffBase      = 10 * time.Second
-	DefaultBackoffMax       = time.Hour
-	DefaultMaxAttempts      = 20
+	DefaultEvaluateEvery = 30 * time.Second
+	DefaultDispatchEvery = 5 * time.Second
+	DefaultTimeout       = 10 * time.Second
+	DefaultBackoffBase   = 10 * time.Second
+	DefaultBackoffMax    = time.Hour
+	DefaultMaxAttempts   = 20
 	// The missing-usage watchdog's defaults (Config.Usage*).
 	DefaultUsageWindow            = time.Hour
 	DefaultUsageMinRequests       = 20
 	DefaultUsageMaxMissingPercent = 5
-	defaultBatchSize        = 50
-	defaultConcurrency      = 4
-	defaultProjectionWarmup = 10
-	evaluateChunk           = 500
+	defaultBatchSize              = 50
+	defaultConcurrency            = 4
+	defaultProjectionWarmup       = 10
+	evaluateChunk                 = 500
 )
 
 // Alerts evaluates budgets and dispatches alert deliveries. Safe for concurrent use; run one
