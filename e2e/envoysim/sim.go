@@ -73,6 +73,8 @@ type Options struct {
 	SecretsDir string
 	// Logf, when set, receives a line per request.
 	Logf func(format string, args ...any)
+	// Addr is the listener's address (default 127.0.0.1:0, a free loopback port).
+	Addr string
 }
 
 // Sim is a running simulated Envoy.
@@ -179,9 +181,13 @@ func New(o Options) (*Sim, error) {
 	return s, nil
 }
 
-// Start listens on 127.0.0.1:0 and serves until Close.
+// Start listens on Options.Addr (127.0.0.1:0 by default) and serves until Close.
 func (s *Sim) Start() error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := s.opts.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
