@@ -508,7 +508,7 @@ func TestDownstreamReset_FlagsAndNoFallback(t *testing.T) {
 	cancel()
 	res.Body.Close()
 	e := rg.waitEntries(t, 1)[0]
-	require.True(t, e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset())
+	require.True(t, e.GetCommonProperties().GetResponseFlags().GetDownstreamConnectionTermination(), "HTTP/1.1 client gone: DC (conn_manager_impl.cc)")
 	require.EqualValues(t, 200, e.GetResponse().GetResponseCode().GetValue(), "headers were sent")
 	require.NotNil(t, e.GetCommonProperties().GetTimeToFirstUpstreamTxByte())
 }
