@@ -12,14 +12,15 @@ FUZZTIME ?= 20s
 GOFLAGS := $(strip $(GOFLAGS) -tags=vtprotobuf)
 export DATABASE_URL TEST_DATABASE_URL GOFLAGS
 
-.PHONY: help build run test e2e fuzz bench lint depcheck db-up chromium migrate seed verify clean
+.PHONY: help build run demo test e2e fuzz bench lint depcheck db-up chromium migrate seed verify clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## build bin/purser and bin/fakellm
+build: ## build bin/purser, bin/fakellm and bin/purser-demo
 	$(GO) build -o $(BIN)/purser ./cmd/purser
 	$(GO) build -o $(BIN)/fakellm ./cmd/fakellm
+	$(GO) build -o $(BIN)/purser-demo ./cmd/purser-demo
 
 db-up: ## start the machine's PostgreSQL if it is not answering
 	@if pg_isready -q -h 127.0.0.1 -p 5432; then echo "postgres: up"; \
@@ -45,6 +46,9 @@ seed: migrate ## load the sample key and budgets, and the console's demo data (t
 run: seed ## run purser locally with demo data; the console is at http://127.0.0.1:9090/ui/ (Ctrl-C to stop)
 	@echo "admin API token for this demo (sign in to http://127.0.0.1:9090/ui/ with it): $(PURSER_ADMIN_TOKEN)"
 	PURSER_ADMIN_TOKEN=$(PURSER_ADMIN_TOKEN) $(BIN)/purser serve
+
+demo: migrate ## no Docker: purser, a fake LLM and the Envoy stand-in (envoy/envoy.yaml) on 127.0.0.1; prints requests to try
+	PURSER_ADMIN_TOKEN=$(PURSER_ADMIN_TOKEN) $(BIN)/purser-demo -purser $(BIN)/purser
 
 test: db-up chromium ## run every test with -race against the local Postgres (and headless Chromium)
 	CI=true $(GO) test -race -count=1 -timeout 30m ./...

@@ -127,6 +127,12 @@ type Entry struct {
 	// (usage_status: error, TokenUsage FAILED).
 	UsageError bool
 
+	// ContentType and ContentEncoding are the response's headers when the access logger
+	// logs them (envoy.yaml's additional_response_headers_to_log): a compressed answer carries
+	// usage no proxy filter can read, an event stream without usage is a stream that was not
+	// asked for it.
+	ContentType, ContentEncoding string
+
 	ResponseCode    int    // 0: no response was sent
 	Details         string // response_code_details
 	UpstreamSent    bool   // Envoy sent request bytes upstream: the provider may bill
@@ -161,6 +167,7 @@ func Extract(e *alsdata.HTTPAccessLogEntry, cfg *ExtractConfig) Entry {
 	}
 	hdrs := e.GetResponse().GetResponseHeaders()
 	trls := e.GetResponse().GetResponseTrailers()
+	out.ContentType, out.ContentEncoding = hdrs["content-type"], hdrs["content-encoding"]
 	out.finishUsage(flat, &conf, func(h string) (string, bool) {
 		if v, ok := trls[h]; ok {
 			return v, true

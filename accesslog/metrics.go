@@ -3,6 +3,7 @@ package accesslog
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -15,7 +16,21 @@ type metrics struct {
 	settles  metric.Int64Counter
 	problems metric.Int64Counter
 	lagHist  metric.Float64Histogram
+	usageCtr metric.Int64Counter
+
+	mu     sync.Mutex
+	groups map[usageGroup]metric.MeasurementOption // label sets seen, at most maxUsageGroups
 }
+
+// usageGroup is one label set of purser.accesslog.usage.
+type usageGroup struct {
+	route, provider, model string
+	found                  bool
+}
+
+// maxUsageGroups bounds the label sets of purser.accesslog.usage: the model is the caller's
+// string, so past this many (route, provider, model) the model is reported as "other".
+const maxUsageGroups = 2000
 
 func newMetrics(meter metric.Meter) (*metrics, error) {
 	if meter == nil {
@@ -35,6 +50,11 @@ func newMetrics(meter metric.Meter) (*metrics, error) {
 		metric.WithDescription("Entries whose usage was missing, incomplete, invalid or for an unknown model (each charged the hold)")); err != nil {
 		return nil, fmt.Errorf("metric purser.accesslog.usage_problems: %w", err)
 	}
+	if m.usageCtr, err = meter.Int64Counter("purser.accesslog.usage",
+		metric.WithDescription("Complete provider answers by route, provider, model and whether their usage was found (found=false: charged the full hold); alert on the share of found=false")); err != nil {
+		return nil, fmt.Errorf("metric purser.accesslog.usage: %w", err)
+	}
+	m.groups = map[usageGroup]metric.MeasurementOption{}
 	if m.lagHist, err = meter.Float64Histogram("purser.accesslog.settlement_lag", metric.WithUnit("s"),
 		metric.WithDescription("Time from a request's end (as Envoy logged it) to its settlement"),
 		metric.WithExplicitBucketBoundaries(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)); err != nil {
@@ -69,4 +89,27 @@ func (m *metrics) lag(ctx context.Context, d time.Duration) {
 		return
 	}
 	m.lagHist.Record(ctx, d.Seconds())
+}
+
+// usage counts one complete answer of a (route, provider, model), with or without usage.
+func (m *metrics) usage(route, provider, model string, found bool) {
+	if m == nil {
+		return
+	}
+	g := usageGroup{route: route, provider: provider, model: model, found: found}
+	m.mu.Lock()
+	opt, ok := m.groups[g]
+	if !ok {
+		if len(m.groups) >= maxUsageGroups {
+			g.model = "other"
+			opt, ok = m.groups[g]
+		}
+		if !ok {
+			opt = metric.WithAttributeSet(attribute.NewSet(attribute.String("route", g.route), attribute.String("provider", g.provider),
+				attribute.String("model", g.model), attribute.Bool("found", g.found)))
+			m.groups[g] = opt
+		}
+	}
+	m.mu.Unlock()
+	m.usageCtr.Add(context.Background(), 1, opt)
 }

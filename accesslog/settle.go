@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -21,14 +22,20 @@ const (
 
 // Causes recorded on reservations (and used as metric labels).
 const (
-	CauseUsage           = "usage"
-	CauseNoUpstream      = "no_upstream"
-	CauseProviderError   = "provider_error"
-	CauseCutOff          = "cut_off"
-	CauseMissingUsage    = "missing_usage"
-	CauseIncompleteUsage = "incomplete_usage"
-	CauseInvalidUsage    = "invalid_usage"
-	CauseUnknownModel    = "unknown_model"
+	CauseUsage         = "usage"
+	CauseNoUpstream    = "no_upstream"
+	CauseProviderError = "provider_error"
+	CauseCutOff        = "cut_off"
+	CauseMissingUsage  = "missing_usage"
+	// CauseCompressed: no usage, and the answer was compressed (content-encoding logged): the
+	// proxy's usage filters cannot read compressed bytes.
+	CauseCompressed = "missing_usage:compressed"
+	// CauseStreamWithoutUsage: no usage in an event stream (an OpenAI-style stream that did
+	// not ask for stream_options.include_usage, or a stream filter missing).
+	CauseStreamWithoutUsage = "missing_usage:stream"
+	CauseIncompleteUsage    = "incomplete_usage"
+	CauseInvalidUsage       = "invalid_usage"
+	CauseUnknownModel       = "unknown_model"
 )
 
 // verdict is what one entry does to its reservation.
@@ -49,26 +56,33 @@ func (s *Sink) judge(e *Entry, reservationID, provider, flavor, model string) ve
 		}
 		return verdict{settle: st, outcome: "charged_hold"}
 	}
+	// The missing-usage watchdog: of the answers the provider sent in full, how many carried
+	// usage, by route, provider and model.
+	found := func(ok bool) { s.m.usage(e.Route, provider, model, ok) }
 	if e.Tokens != nil || e.Usage != nil {
 		cost, tokens, usage, version, err := s.price(e, provider, flavor, model)
 		switch {
 		case err == nil:
+			found(true)
 			st.Cost, st.Tokens, st.Usage, st.CatalogVersion, st.Cause = cost, tokens, usage, version, CauseUsage
 			return verdict{settle: st, outcome: "settled"}
 		case errors.Is(err, pricing.ErrNoUsage):
 			// Only a model name or partial keys: fall through to the no-usage rules.
 		case errors.Is(err, pricing.ErrIncompleteUsage):
+			found(false)
 			s.m.usageProblem("incomplete")
 			return hold(CauseIncompleteUsage)
 		case errors.Is(err, pricing.ErrUnknownModel):
 			s.m.usageProblem("unknown_model")
 			return hold(CauseUnknownModel)
 		default:
+			found(false)
 			s.m.usageProblem("invalid")
 			return hold(CauseInvalidUsage)
 		}
 	}
 	if e.UsageError {
+		found(false)
 		s.m.usageProblem("invalid")
 		return hold(CauseInvalidUsage)
 	}
@@ -87,8 +101,28 @@ func (s *Sink) judge(e *Entry, reservationID, provider, flavor, model string) ve
 		st.Void, st.Cause = true, CauseProviderError
 		return verdict{settle: st, outcome: "voided"}
 	}
+	found(false)
+	switch {
+	case compressed(e.ContentEncoding):
+		s.m.usageProblem("compressed")
+		return hold(CauseCompressed)
+	case isEventStream(e.ContentType):
+		s.m.usageProblem("stream")
+		return hold(CauseStreamWithoutUsage)
+	}
 	s.m.usageProblem("missing")
 	return hold(CauseMissingUsage)
+}
+
+// compressed reports a content-encoding other than identity.
+func compressed(enc string) bool {
+	enc = strings.TrimSpace(enc)
+	return enc != "" && !strings.EqualFold(enc, "identity")
+}
+
+func isEventStream(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
 }
 
 // price turns an entry's usage into money with the catalog in force, through the same code

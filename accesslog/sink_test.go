@@ -2,6 +2,7 @@ package accesslog_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -569,4 +570,50 @@ func TestSink_MalformedReservationIDSettlesTheRest(t *testing.T) {
 	require.Equal(t, "settled", h.state(id))
 	require.Equal(t, int64(240), *h.reservation(t, id).ActualCost)
 	h.requireClean(t)
+}
+
+// TestSink_MissingUsageWatchdog: a complete answer without usage is charged its hold with a
+// cause that says why when the entry shows it (compressed, an event stream), and every
+// complete answer counts in purser.accesslog.usage by route, provider, model and found.
+func TestSink_MissingUsageWatchdog(t *testing.T) {
+	t.Parallel()
+	reader := sdkmetric.NewManualReader()
+	h := serve(t, accesslog.Config{Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")})
+	const hold = 5000
+	ids := map[string]string{}
+	var batch []*alsdata.HTTPAccessLogEntry
+	for _, f := range []string{"compressed_no_usage", "stream_no_usage", "openai_chat_usage", "provider_error"} {
+		ids[f] = h.reserve(t, hold, 100, "req-"+f)
+		batch = append(batch, entry(t, f, ids[f], "req-"+f))
+	}
+	h.send(t, batch)
+	for f, cause := range map[string]string{"compressed_no_usage": accesslog.CauseCompressed, "stream_no_usage": accesslog.CauseStreamWithoutUsage} {
+		r := h.reservation(t, ids[f])
+		require.Equal(t, "settled", r.State, f)
+		require.Equal(t, cause, *r.Cause, f)
+		require.EqualValues(t, hold, *r.ActualCost, "%s: unknown usage is charged the hold", f)
+	}
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(context.Background(), &rm))
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "purser.accesslog.usage" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				route, _ := dp.Attributes.Value("route")
+				prov, _ := dp.Attributes.Value("provider")
+				model, _ := dp.Attributes.Value("model")
+				found, _ := dp.Attributes.Value("found")
+				got[fmt.Sprintf("%s/%s/%s/%t", route.AsString(), prov.AsString(), model.AsString(), found.AsBool())] += dp.Value
+			}
+		}
+	}
+	// The provider error is voided, not an answer without usage: it does not count.
+	require.Equal(t, map[string]int64{"openai-chat/openai/gpt-4o-mini/false": 2, "openai-chat/openai/gpt-4o-mini/true": 1}, got)
+	// The same entries read from a decoded message (Extract) see the same headers.
+	e := accesslog.Extract(entry(t, "compressed_no_usage", "x", "y"), &accesslog.ExtractConfig{})
+	require.Equal(t, "gzip", e.ContentEncoding)
+	require.Equal(t, "application/json", e.ContentType)
 }

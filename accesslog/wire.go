@@ -130,6 +130,7 @@ type entryWire struct {
 	namespaces             [][]byte // conf.wireNamespaces[i]'s last filter_metadata entry
 	typed                  []byte   // the TokenUsage namespace's last typed_filter_metadata entry
 	headerVals, trailerVal [][]byte // per conf.headerNames: the last value logged, nil if none
+	contentType, encoding  []byte   // the response's content-type and content-encoding, if logged
 }
 
 // decodeEntry reads one HTTPAccessLogEntry as Extract would.
@@ -166,6 +167,7 @@ func decodeEntry(b []byte, conf *ExtractConfig) (Entry, error) {
 		return Entry{}, err
 	}
 	out := w.entry()
+	out.ContentType, out.ContentEncoding = text(w.contentType), text(w.encoding)
 	return out, w.readMetadata(&out, conf)
 }
 
@@ -251,12 +253,24 @@ func (w *entryWire) readResponse(b []byte, conf *ExtractConfig) error {
 		case fieldResponseDetails:
 			w.details = text(v)
 		case fieldResponseHeaders, fieldResponseTrailers:
-			if len(conf.headerNames) == 0 {
-				return nil
-			}
 			key, err := mapKey(v)
 			if err != nil {
 				return err
+			}
+			if num == fieldResponseHeaders {
+				switch string(key) {
+				case "content-type":
+					if w.contentType, err = mapStringValue(v); err != nil {
+						return err
+					}
+				case "content-encoding":
+					if w.encoding, err = mapStringValue(v); err != nil {
+						return err
+					}
+				}
+			}
+			if len(conf.headerNames) == 0 {
+				return nil
 			}
 			vals := w.headerVals
 			if num == fieldResponseTrailers {

@@ -64,6 +64,7 @@ type Ledger interface {
 	AuditLog(ctx context.Context, target string, before int64, limit int) ([]budget.AuditEntry, error)
 	AlertEvents(ctx context.Context, budgetID, before int64, limit int) ([]budget.AlertRecord, error)
 	Verify(ctx context.Context) (budget.VerifyReport, error)
+	UsageHealth(ctx context.Context, from time.Time) ([]budget.UsageHealth, error)
 }
 
 // Config tunes the admin API. The zero value means "use the defaults" (and, without Tokens,

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -34,7 +35,56 @@ func (s *API) status(r *http.Request, c caller) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, map[string]any{"subjects": raw, "budgets": statuses(sts)}, nil
+	usage, err := s.usageHealth(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"subjects": raw, "budgets": statuses(sts), "usage": usage}, nil
+}
+
+// UsageWatch is the missing-usage watchdog's summary of the last hour, deployment-wide: how
+// many resolved requests were charged their whole hold because no usage came back, and the
+// worst (route, provider, model) groups.
+type UsageWatch struct {
+	Since        time.Time    `json:"since"`
+	Resolved     int64        `json:"resolved"`
+	WithoutUsage int64        `json:"without_usage"` // settled at the hold: the answer had no readable usage
+	Expired      int64        `json:"expired"`       // no access-log entry arrived
+	Worst        []UsageGroup `json:"worst"`         // at most 5, most missing first; groups with none left out
+}
+
+// UsageGroup is one (route, provider, model) of UsageWatch.
+type UsageGroup struct {
+	Route        string `json:"route"`
+	Provider     string `json:"provider"`
+	Model        string `json:"model"`
+	Resolved     int64  `json:"resolved"`
+	WithoutUsage int64  `json:"without_usage"`
+	Compressed   int64  `json:"compressed"`
+	Streams      int64  `json:"streams"`
+	Expired      int64  `json:"expired"`
+}
+
+func (s *server) usageHealth(r *http.Request) (UsageWatch, error) {
+	since := s.cfg.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	rows, err := s.svc.UsageHealth(r.Context(), since)
+	if err != nil {
+		return UsageWatch{}, err
+	}
+	w := UsageWatch{Since: since, Worst: []UsageGroup{}}
+	for _, g := range rows {
+		w.Resolved += g.Resolved
+		w.WithoutUsage += g.WithoutUsage
+		w.Expired += g.Expired
+		if g.WithoutUsage+g.Expired > 0 {
+			w.Worst = append(w.Worst, UsageGroup(g))
+		}
+	}
+	slices.SortStableFunc(w.Worst, func(a, b UsageGroup) int {
+		return cmp.Compare(b.WithoutUsage+b.Expired, a.WithoutUsage+a.Expired)
+	})
+	w.Worst = w.Worst[:min(len(w.Worst), 5)]
+	return w, nil
 }
 
 func statuses(sts []budget.Status) []Budget {

@@ -41,6 +41,7 @@ import (
 type Ledger interface {
 	Now() time.Time
 	EachAlertCandidate(ctx context.Context, chunk int, fn func([]budget.Status) error) error
+	UsageHealth(ctx context.Context, from time.Time) ([]budget.UsageHealth, error)
 	RecordAlerts(ctx context.Context, events []budget.AlertEvent, webhooks []string, firstAttempt time.Time) ([]budget.AlertEvent, error)
 	ClaimAlertDeliveries(ctx context.Context, webhooks []string, now, leaseUntil time.Time, limit int) ([]budget.AlertDelivery, error)
 	FinishAlertDelivery(ctx context.Context, d budget.AlertDelivery, state string, at time.Time, lastError string) (bool, error)
@@ -101,6 +102,15 @@ type Config struct {
 	// ProjectionWarmup is the share of a window (in percent) that must have elapsed before a
 	// "projected" alert can fire, so one early burst does not predict the month (default 10).
 	ProjectionWarmup int
+	// The missing-usage watchdog (EvaluateUsageOnce, run with the budget evaluation): a
+	// (route, provider, model) whose reservations resolved in the last UsageWindow (default
+	// 1h) number at least UsageMinRequests (default 20) and of which more than
+	// UsageMaxMissingPercent (default 5; negative disables the watchdog) were charged their
+	// whole hold for want of usage (no readable usage in the answer, or no access-log entry at
+	// all) raises a missing_usage event, once per group and window period.
+	UsageWindow            time.Duration
+	UsageMinRequests       int
+	UsageMaxMissingPercent int
 	// Now is the dispatcher's clock: attempts, leases and backoff (default time.Now). Budget
 	// windows follow the ledger's clock.
 	Now func() time.Time
@@ -112,16 +122,20 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultEvaluateEvery    = 30 * time.Second
-	DefaultDispatchEvery    = 5 * time.Second
-	DefaultTimeout          = 10 * time.Second
-	DefaultBackoffBase      = 10 * time.Second
-	DefaultBackoffMax       = time.Hour
-	DefaultMaxAttempts      = 20
-	defaultBatchSize        = 50
-	defaultConcurrency      = 4
-	defaultProjectionWarmup = 10
-	evaluateChunk           = 500
+	DefaultEvaluateEvery = 30 * time.Second
+	DefaultDispatchEvery = 5 * time.Second
+	DefaultTimeout       = 10 * time.Second
+	DefaultBackoffBase   = 10 * time.Second
+	DefaultBackoffMax    = time.Hour
+	DefaultMaxAttempts   = 20
+	// The missing-usage watchdog's defaults (Config.Usage*).
+	DefaultUsageWindow            = time.Hour
+	DefaultUsageMinRequests       = 20
+	DefaultUsageMaxMissingPercent = 5
+	defaultBatchSize              = 50
+	defaultConcurrency            = 4
+	defaultProjectionWarmup       = 10
+	evaluateChunk                 = 500
 )
 
 // Alerts evaluates budgets and dispatches alert deliveries. Safe for concurrent use; run one
@@ -183,6 +197,18 @@ func New(svc Ledger, cfg Config) (*Alerts, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.UsageWindow <= 0 {
+		cfg.UsageWindow = DefaultUsageWindow
+	}
+	if cfg.UsageMinRequests <= 0 {
+		cfg.UsageMinRequests = DefaultUsageMinRequests
+	}
+	if cfg.UsageMaxMissingPercent == 0 {
+		cfg.UsageMaxMissingPercent = DefaultUsageMaxMissingPercent
+	}
+	if cfg.UsageMaxMissingPercent > 100 {
+		return nil, fmt.Errorf("alerts: usage missing percent %d is above 100", cfg.UsageMaxMissingPercent)
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
@@ -267,6 +293,11 @@ func (a *Alerts) Run(ctx context.Context) {
 			if err != nil && ctx.Err() == nil {
 				a.log.LogAttrs(ctx, slog.LevelError, "evaluate budget alerts", slog.String("error", err.Error()))
 			}
+			u, err := a.EvaluateUsageOnce(ctx)
+			if err != nil && ctx.Err() == nil {
+				a.log.LogAttrs(ctx, slog.LevelError, "evaluate the missing-usage watchdog", slog.String("error", err.Error()))
+			}
+			n += u
 			if n > 0 {
 				select {
 				case a.kick <- struct{}{}:

@@ -494,3 +494,64 @@ func TestParseWebhooks(t *testing.T) {
 	_, err = alerts.ParseWebhooks("teams=https://x.example", "")
 	require.EqualError(t, err, "webhook 1: url must be an absolute http(s) URL")
 }
+
+// TestUsageWatchdog: a route whose answers come back without usage more often than the
+// threshold raises one missing_usage event per window period (no budget; replicas racing
+// create it once), with the counts and a hint naming the likeliest cause; a healthy route and
+// a route with too few requests raise none; a Slack webhook gets a sentence.
+func TestUsageWatchdog(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Now())
+	ctx := context.Background()
+	ins := func(route, cause string, n int) {
+		t.Helper()
+		for range n {
+			_, err := e.schema.Pool.Exec(ctx, `
+INSERT INTO reservations (id, expires_at, resolved_at, state, route, provider, model, hold_cost, hold_tokens, cause)
+VALUES (gen_random_uuid(), now(), now(), 'settled', $1, 'openai', 'gpt-4o-mini', 10, 10, $2)`, route, cause)
+			require.NoError(t, err)
+		}
+	}
+	ins("broken", "usage", 10)
+	ins("broken", "missing_usage:compressed", 15)
+	ins("healthy", "usage", 100)
+	ins("healthy", "missing_usage:stream", 3) // below 5%
+	ins("quiet", "missing_usage", 5)          // too few to judge
+
+	var got atomic.Pointer[[]byte]
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(&b)
+	}))
+	t.Cleanup(hook.Close)
+	as := []*alerts.Alerts{
+		e.alerts(t, e.svc, alerts.Config{Webhooks: []alerts.Webhook{{URL: hook.URL, Format: alerts.FormatSlack}}}),
+		e.alerts(t, e.replica(), alerts.Config{Webhooks: []alerts.Webhook{{URL: hook.URL, Format: alerts.FormatSlack}}}),
+	}
+	require.Equal(t, 1, concurrently(t, as, func(a *alerts.Alerts) (int, error) { return a.EvaluateUsageOnce(ctx) }), "one event, created once")
+	n, err := as[0].EvaluateUsageOnce(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n, "once per window period")
+
+	recs, err := e.svc.AlertEvents(ctx, 0, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	ev := recs[0]
+	require.Equal(t, budget.AlertMissingUsage, ev.Kind)
+	require.Zero(t, ev.BudgetID, "about a route, not a budget")
+	require.Equal(t, 60, ev.Threshold, "15 of 25 without usage")
+	var p alerts.UsagePayload
+	require.NoError(t, json.Unmarshal(ev.Payload, &p))
+	require.Equal(t, "usage.missing", p.Type)
+	require.Equal(t, "broken", p.Route)
+	require.EqualValues(t, 25, p.Resolved)
+	require.EqualValues(t, 15, p.Compressed)
+	require.Contains(t, p.Hint, "compressed")
+
+	_, err = as[0].DispatchOnce(ctx)
+	require.NoError(t, err)
+	b := got.Load()
+	require.NotNil(t, b, "the webhook received the event")
+	require.Contains(t, string(*b), `"text":`)
+	require.Contains(t, string(*b), "60% of the 25 requests on route \\\"broken\\\"")
+}

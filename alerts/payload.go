@@ -98,6 +98,21 @@ func render(w Webhook, payload []byte) ([]byte, error) {
 	if w.Format != FormatSlack {
 		return payload, nil
 	}
+	var kind struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(payload, &kind); err != nil {
+		return nil, fmt.Errorf("stored alert payload: %w", err)
+	}
+	if kind.Type == "usage.missing" {
+		var u UsagePayload
+		if err := json.Unmarshal(payload, &u); err != nil {
+			return nil, fmt.Errorf("stored alert payload: %w", err)
+		}
+		return json.Marshal(map[string]string{"text": fmt.Sprintf(
+			":rotating_light: purser: %d%% of the %d requests on route %q (%s %s) since %s UTC were charged their whole hold because their usage never arrived. %s",
+			u.MissingPercent, u.Resolved, u.Route, u.Provider, u.Model, u.Window.Start.Format("2006-01-02 15:04"), u.Hint)})
+	}
 	var p Payload
 	if err := json.Unmarshal(payload, &p); err != nil {
 		return nil, fmt.Errorf("stored alert payload: %w", err)

@@ -3,6 +3,7 @@ package budget
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/purser-dev/purser/budget/store"
@@ -15,6 +16,9 @@ const (
 	// AlertProjected: at the window's burn rate so far, the budget runs out before the window
 	// ends.
 	AlertProjected = "projected"
+	// AlertMissingUsage: answers of a route, provider and model came back without usage and
+	// were charged their whole hold (alerts: the missing-usage watchdog). No budget.
+	AlertMissingUsage = "missing_usage"
 )
 
 // AlertEvent is one alert of the outbox. IdempotencyKey is unique for ever:
@@ -37,6 +41,12 @@ const (
 // AlertKey is the idempotency key of an alert: budget:<id>:<window start, RFC 3339 UTC>:<kind>:<threshold>.
 func AlertKey(budgetID int64, windowStart time.Time, kind string, threshold int) string {
 	return fmt.Sprintf("budget:%d:%s:%s:%d", budgetID, windowStart.UTC().Format(time.RFC3339Nano), kind, threshold)
+}
+
+// UsageAlertKey is the idempotency key of a missing-usage alert:
+// usage:<route>:<provider>:<model>:<window period start, RFC 3339 UTC>.
+func UsageAlertKey(route, provider, model string, periodStart time.Time) string {
+	return fmt.Sprintf("usage:%s:%s:%s:%s", route, provider, model, periodStart.UTC().Format(time.RFC3339))
 }
 
 // AlertWindow is the span an alert is raised at most once in (per kind and threshold):
@@ -101,6 +111,13 @@ func (s *Service) EachAlertCandidate(ctx context.Context, chunk int, fn func([]S
 // one of them gets it back.
 func (s *Service) RecordAlerts(ctx context.Context, events []AlertEvent, webhooks []string, firstAttempt time.Time) ([]AlertEvent, error) {
 	for _, e := range events {
+		if e.Kind == AlertMissingUsage {
+			if e.BudgetID != 0 || e.Threshold < 1 || e.Threshold > 100 ||
+				!strings.HasPrefix(e.IdempotencyKey, "usage:") || !strings.HasSuffix(e.IdempotencyKey, ":"+e.WindowStart.UTC().Format(time.RFC3339)) {
+				return nil, fmt.Errorf("%w: missing-usage alert %q", ErrInvalid, e.IdempotencyKey)
+			}
+			continue
+		}
 		if e.Kind != AlertThreshold && e.Kind != AlertProjected {
 			return nil, fmt.Errorf("%w: alert kind %q", ErrInvalid, e.Kind)
 		}

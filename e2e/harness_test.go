@@ -351,6 +351,10 @@ func (st *stack) price(rec fakellm.Record) int64 {
 		u = pricing.Usage{InputTokens: r.InputTokens + r.CachedTokens + r.CacheCreationTokens, OutputTokens: r.OutputTokens,
 			CacheReadTokens: r.CachedTokens, CacheWriteTokens: r.CacheCreationTokens, ReasoningTokens: r.ReasoningTokens}
 	}
+	if rec.API == "gemini" {
+		provider = "google" // promptTokenCount, candidatesTokenCount (the calls here set no cache or thoughts)
+		require.Zero(st.t, r.CachedTokens+r.ReasoningTokens, "price gemini cache/thought tokens by hand")
+	}
 	m, ok := st.cat.Lookup(provider, rec.Model)
 	require.True(st.t, ok, "catalog has %s/%s", provider, rec.Model)
 	c, err := m.CostAt(u, time.Now())

@@ -34,6 +34,7 @@ func TestPurserBehindEnvoy(t *testing.T) {
 		{"RefundBelowHold", scenarioRefund},
 		{"DenyAtLimit", scenarioDeny},
 		{"StreamingSettle", scenarioStreaming},
+		{"SDKDefaultsSettleAtRealPrice", scenarioSDKDefaults},
 		{"ClientDisconnectMidStream", scenarioDisconnect},
 		{"EnvoyCheckTimeout", scenarioCheckTimeout},
 		{"AccessLogDownAndBack", scenarioALSDown},
@@ -274,8 +275,8 @@ func scenarioStreaming(t *testing.T, bin string) {
 	require.NoError(t, s.Err())
 	r := st.waitState(st.lastRequestID(), "settled")
 	// openai-go closes the connection as soon as it reads "data: [DONE]", which may be before
-	// Envoy saw the upstream's end of stream: then the entry says downstream_remote_reset.
-	require.Contains(t, []string{"missing_usage", "cut_off:downstream_remote_reset"}, r.Cause)
+	// Envoy saw the upstream's end of stream: then the entry says downstream_connection_termination (DC).
+	require.Contains(t, []string{"missing_usage:stream", "cut_off:downstream_connection_termination"}, r.Cause)
 	require.Equal(t, r.Hold, *r.Actual, "unknown usage is charged the hold, never zero")
 
 	posted, pending := st.window(b)
@@ -358,11 +359,11 @@ func scenarioDisconnect(t *testing.T, bin string) {
 	}
 	var resets int
 	for _, e := range st.sim.Entries() {
-		if e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset() {
+		if e.GetCommonProperties().GetResponseFlags().GetDownstreamConnectionTermination() {
 			resets++
 		}
 	}
-	require.Equal(t, 2, resets, "Envoy logged both as downstream_remote_reset")
+	require.Equal(t, 2, resets, "Envoy logged both as downstream_connection_termination (HTTP/1.1 client gone)")
 	posted, pending := st.window(b)
 	require.Equal(t, holds, posted)
 	require.Zero(t, pending)
@@ -420,7 +421,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	eventually(t, 10*time.Second, "both entries delivered while the row is still locked", func() (bool, string) {
 		ids := st.requestIDsWithDetails("ext_authz_error")
 		resets := st.requestIDsWhere(func(e *alsdata.HTTPAccessLogEntry) bool {
-			return e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset() && e.GetResponse().GetResponseCode() == nil
+			return e.GetCommonProperties().GetResponseFlags().GetDownstreamConnectionTermination() && e.GetResponse().GetResponseCode() == nil
 		})
 		if len(ids) != 1 || len(resets) != 1 {
 			return false, fmt.Sprint(ids, resets)

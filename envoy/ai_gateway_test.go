@@ -76,8 +76,14 @@ type securityPolicy = manifest[struct {
 		BodyToExtAuth    *struct {
 			MaxRequestBytes uint32 `json:"maxRequestBytes"`
 		} `json:"bodyToExtAuth,omitempty"`
-		Timeout  *string `json:"timeout,omitempty"`
-		FailOpen *bool   `json:"failOpen,omitempty"`
+		Timeout           *string `json:"timeout,omitempty"`
+		FailOpen          *bool   `json:"failOpen,omitempty"`
+		StatusOnError     *int32  `json:"statusOnError,omitempty"`
+		ContextExtensions []struct {
+			Name  string  `json:"name"`
+			Type  string  `json:"type"`
+			Value *string `json:"value,omitempty"`
+		} `json:"contextExtensions,omitempty"`
 	} `json:"extAuth,omitempty"`
 }]
 
@@ -220,6 +226,15 @@ func TestAIGateway_Resources(t *testing.T) {
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, d, 200*time.Millisecond)
 		require.Empty(t, ea.HeadersToExtAuth, "a header allow-list would drop x-request-id")
+		require.NotNil(t, ea.StatusOnError, "without statusOnError Envoy Gateway answers 403 when purser is unreachable")
+		require.EqualValues(t, 503, *ea.StatusOnError, "fail closed with a retryable status")
+		ce := map[string]string{}
+		for _, c := range ea.ContextExtensions {
+			require.Equal(t, "Value", c.Type, "context extension %s", c.Name)
+			require.NotNil(t, c.Value)
+			ce[c.Name] = *c.Value
+		}
+		require.NotEmpty(t, ce["route"], "context_extensions.route names the Gateway for route budgets")
 		require.NotNil(t, ea.BodyToExtAuth, "purser needs the body")
 		require.Len(t, o.traffic, 1)
 		require.Equal(t, gw, o.traffic[0].Spec.TargetRefs[0].Name)

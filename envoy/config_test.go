@@ -332,7 +332,7 @@ func checkUsageRule(t *testing.T, r *json_to_metadatav3.JsonToMetadata_Rule) str
 func TestEnvoyConfigs_UsageRules(t *testing.T) {
 	for _, f := range envoyFiles(t) {
 		c := loadCfg(t, f)
-		if c.lua != nil {
+		if c.luaOnly {
 			t.Run(f+"/Lua", func(t *testing.T) {
 				require.Nil(t, c.j2m, "the Lua variant extracts JSON usage in Lua too")
 				require.Nil(t, c.sse, "sse_to_metadata does not exist before 1.38")
@@ -340,6 +340,26 @@ func TestEnvoyConfigs_UsageRules(t *testing.T) {
 			})
 			continue
 		}
+		t.Run(f+"/RouteScopedLua", func(t *testing.T) {
+			// The Lua scan is switched on only where the native filters cannot read the answer
+			// (Gemini's JSON-array stream), and json_to_metadata is switched off there, so the
+			// array is not held whole. Its script is envoy-lua.yaml's, byte for byte.
+			require.NotNil(t, c.lua, "the Lua scan handles Gemini's JSON-array streams")
+			require.Equal(t, loadCfg(t, "envoy-lua.yaml").lua.GetDefaultSourceCode().GetInlineString(),
+				c.lua.GetDefaultSourceCode().GetInlineString(), "one Lua script, kept in step")
+			var luaRoutes []string
+			for _, r := range c.routes() {
+				on, off := routeFilter(t, r, "envoy.filters.http.lua")
+				require.False(t, off)
+				if !on {
+					continue
+				}
+				luaRoutes = append(luaRoutes, r.GetName())
+				_, j2mOff := routeFilter(t, r, "envoy.filters.http.json_to_metadata")
+				require.True(t, j2mOff, "route %s: json_to_metadata must not hold what Lua reads", r.GetName())
+			}
+			require.Equal(t, []string{"gemini-stream-json"}, luaRoutes)
+		})
 		t.Run(f+"/JSON", func(t *testing.T) {
 			require.NotNil(t, c.j2m)
 			require.Nil(t, c.j2m.GetRequestRules(), "request bodies are purser's job")
@@ -378,6 +398,19 @@ func TestEnvoyConfigs_UsageRules(t *testing.T) {
 			require.Len(t, slices.Compact(slices.Sorted(slices.Values(keys))), len(keys), "duplicate keys")
 		})
 	}
+}
+
+// routeFilter reads a route's FilterConfig for a filter: switched on (config set, not
+// disabled) or off (disabled).
+func routeFilter(t *testing.T, r *routev3.Route, name string) (on, off bool) {
+	t.Helper()
+	a := r.GetTypedPerFilterConfig()[name]
+	if a == nil {
+		return false, false
+	}
+	var fc routev3.FilterConfig
+	require.NoError(t, a.UnmarshalTo(&fc), "route %s: %s", r.GetName(), name)
+	return !fc.GetDisabled() && fc.GetConfig() != nil, fc.GetDisabled()
 }
 
 func TestEnvoyConfigs_ProviderTLS(t *testing.T) {

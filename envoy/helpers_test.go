@@ -150,7 +150,10 @@ type cfg struct {
 	j2m     *json_to_metadatav3.JsonToMetadata // nil in the Lua variant
 	sse     *sse_to_metadatav3.SseToMetadata   // nil in the Lua variant
 	sseJSON *jsonv3.JsonContentParser
-	lua     *luav3.Lua // nil unless the Lua variant
+	lua     *luav3.Lua // the Lua usage scan: the whole story in envoy-lua.yaml, route-scoped in envoy.yaml
+	// luaOnly: the Lua filter runs on every route (envoy-lua.yaml); in envoy.yaml it is off by
+	// default and switched on by the routes that need it.
+	luaOnly bool
 }
 
 func loadCfg(t *testing.T, path string) *cfg {
@@ -178,6 +181,7 @@ func loadCfg(t *testing.T, path string) *cfg {
 			dst = c.sse
 		case "envoy.filters.http.lua":
 			c.lua = new(luav3.Lua)
+			c.luaOnly = !f.GetDisabled()
 			dst = c.lua
 		default:
 			continue

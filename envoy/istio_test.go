@@ -225,9 +225,12 @@ func TestIstio_Resources(t *testing.T) {
 			var hf hcmv3.HttpFilter
 			require.NoError(t, strictProto(js, &hf), "the patch value must be a valid Envoy HTTP filter")
 			names = append(names, hf.GetName())
-			requireProtoEqual(t, one(base.filter(hf.GetName())), one(&hf))
+			want := proto.Clone(base.filter(hf.GetName())).(*hcmv3.HttpFilter)
+			want.Disabled = false // route-scoped in envoy.yaml, on for every request here
+			requireProtoEqual(t, one(want), one(&hf))
 		}
-		require.Equal(t, []string{"envoy.filters.http.json_to_metadata", "envoy.filters.http.sse_to_metadata"}, names)
+		// istio-proxy builds no sse_to_metadata (extensions_test.go): the Lua scan only.
+		require.Equal(t, []string{"envoy.filters.http.lua"}, names)
 	})
 	t.Run("EgressRouting", func(t *testing.T) {
 		require.Len(t, o.entries, 1)

@@ -81,8 +81,10 @@ func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, 
 		if *s.cfg.BudgetHeaders {
 			ok.ResponseHeadersToAdd = budgetHeaders(v.decision)
 		}
+		ok.Headers = append(ok.Headers, uncompressed())
 	case kindUnverified:
 		decision = DecisionUnverified
+		ok.Headers = append(ok.Headers, uncompressed())
 	}
 	return &authv3.CheckResponse{
 		Status:          &rpcstatus.Status{Code: int32(code.Code_OK)},
@@ -124,6 +126,16 @@ func metadataFor(decision string, r *request.Request, v verdict) *structpb.Struc
 	}
 	return &structpb.Struct{Fields: f}
 }
+
+// uncompressed asks the provider for an uncompressed response on every billable request.
+// Envoy forwards the client's Accept-Encoding untouched, the official SDKs send gzip (Go's
+// transport adds it by itself; Node's fetch adds br, Python's httpx deflate), and providers
+// then compress JSON and event streams alike. The data plane's usage extraction
+// (json_to_metadata, sse_to_metadata, the Lua scan) reads the bytes as they pass, so a
+// compressed answer yields no usage and the whole hold is charged. "identity" rather than
+// removing the header: without Accept-Encoding any coding is acceptable (RFC 9110 12.5.3).
+// The client loses compression on the last hop only; Envoy's own compressor can restore it.
+func uncompressed() *corev3.HeaderValueOption { return header("accept-encoding", "identity") }
 
 func header(k, v string) *corev3.HeaderValueOption {
 	// Always explicit: without append_action Envoy's default is to append (envoy.md 3.2).

@@ -837,3 +837,36 @@ func TestCheck_StreamWithoutUsage(t *testing.T) {
 
 	require.ErrorContains(t, extauthz.Config{StreamWithoutUsage: "maybe"}.Validate(), "policies.stream_without_usage")
 }
+
+// A billable request goes upstream with accept-encoding: identity (overwriting the client's
+// gzip), so the data plane's usage filters read an uncompressed response; a non-billable one
+// keeps the client's header. The mutation is OVERWRITE: Envoy's default append_action would
+// append "identity" to the client's value instead (envoy.md 3.2).
+func TestCheck_BillableAsksForUncompressedResponse(t *testing.T) {
+	t.Parallel()
+	h := serve(t, extauthz.Config{}, nil)
+	_, secret := h.key(t, "team:ml")
+	for i, name := range []string{"openai_chat", "anthropic_messages_stream", "gemini_stream", "openai_embeddings"} {
+		req := withKey(fixture(t, name), secret, i)
+		req.GetAttributes().GetRequest().GetHttp().GetHeaders()["accept-encoding"] = "gzip, deflate, br"
+		resp, err := h.client.Check(context.Background(), req)
+		require.NoError(t, err, name)
+		ok := okResponse(t, resp)
+		require.Equal(t, extauthz.DecisionReserved, meta(resp, extauthz.MetaDecision), name)
+		var found *corev3.HeaderValueOption
+		for _, o := range ok.GetHeaders() {
+			if o.GetHeader().GetKey() == "accept-encoding" {
+				require.Nil(t, found, "%s: one accept-encoding mutation", name)
+				found = o
+			}
+		}
+		require.NotNil(t, found, "%s: billable requests must ask for an uncompressed answer", name)
+		require.Equal(t, "identity", found.GetHeader().GetValue(), name)
+		require.Equal(t, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, found.GetAppendAction(), name)
+	}
+	resp, err := h.client.Check(context.Background(), withKey(fixture(t, "get_models"), secret, 9))
+	require.NoError(t, err)
+	for _, o := range okResponse(t, resp).GetHeaders() {
+		require.NotEqual(t, "accept-encoding", o.GetHeader().GetKey(), "non-billable requests keep the client's compression")
+	}
+}

@@ -53,8 +53,8 @@ func (s *Store) BudgetsByID(ctx context.Context, ids []int64) ([]BudgetRow, erro
 type AlertEventRow struct {
 	ID             int64
 	IdempotencyKey string
-	BudgetID       int64
-	Kind           string // threshold | projected
+	BudgetID       int64  // 0 for a missing_usage event (NULL in the table)
+	Kind           string // threshold | projected | missing_usage
 	Threshold      int
 	WindowStart    time.Time
 	WindowEnd      time.Time
@@ -89,7 +89,7 @@ func (s *Store) InsertAlertEvents(ctx context.Context, events []AlertEventRow, w
 	rows, err := s.pool.Query(ctx, `
 WITH ins AS (
     INSERT INTO alert_events (idempotency_key, budget_id, kind, threshold, window_start, window_end, suppressed, payload, created_at)
-    SELECT t.k, t.b, t.kind, t.th, t.ws, t.we, t.sup, t.p::jsonb, t.c
+    SELECT t.k, NULLIF(t.b, 0), t.kind, t.th, t.ws, t.we, t.sup, t.p::jsonb, t.c
       FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::timestamptz[], $6::timestamptz[],
                   $7::boolean[], $8::text[], $9::timestamptz[]) AS t(k, b, kind, th, ws, we, sup, p, c)
      ORDER BY t.k
@@ -211,7 +211,7 @@ type AlertEventWithDeliveries struct {
 // the newest), at most limit, each with its deliveries.
 func (s *Store) AlertEvents(ctx context.Context, budgetID, before int64, limit int) ([]AlertEventWithDeliveries, error) {
 	rows, err := s.pool.Query(ctx, `
-SELECT e.id, e.idempotency_key, e.budget_id, e.kind, e.threshold, e.window_start, e.window_end, e.suppressed,
+SELECT e.id, e.idempotency_key, coalesce(e.budget_id, 0), e.kind, e.threshold, e.window_start, e.window_end, e.suppressed,
        e.payload, e.created_at,
        coalesce(jsonb_agg(jsonb_build_object('webhook', d.webhook, 'state', d.state, 'attempts', d.attempts,
                 'next_attempt_at', d.next_attempt_at, 'delivered_at', d.delivered_at, 'last_error', d.last_error)

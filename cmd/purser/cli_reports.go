@@ -30,11 +30,13 @@ func runStatus(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	var out struct {
-		Budgets []admin.Budget `json:"budgets"`
+		Budgets []admin.Budget   `json:"budgets"`
+		Usage   admin.UsageWatch `json:"usage"`
 	}
 	if printed, err := f.call(ctx, e, "GET", "/v1/status", url.Values{"subject": subjects}, nil, &out); printed || err != nil {
 		return err
 	}
+	defer fmt.Fprintln(e.stdout, usageLine(out.Usage))
 	if len(out.Budgets) == 0 {
 		fmt.Fprintln(e.stdout, "no budgets")
 		return nil
@@ -179,4 +181,23 @@ func runAudit(ctx context.Context, e env, args []string) error {
 		fmt.Fprintf(e.stdout, "more: purser audit -before %d\n", *out.NextBefore)
 	}
 	return nil
+}
+
+// usageLine is the missing-usage watchdog's line under purser status: a deployment that
+// charges full holds because usage never arrives must not go unnoticed.
+func usageLine(u admin.UsageWatch) string {
+	missing := u.WithoutUsage + u.Expired
+	switch {
+	case u.Resolved == 0:
+		return "usage (last hour): no requests resolved"
+	case missing == 0:
+		return fmt.Sprintf("usage (last hour): all %d resolved requests settled from their reported usage", u.Resolved)
+	}
+	line := fmt.Sprintf("usage (last hour): WARNING %d of %d resolved requests (%d%%) were charged their whole hold: %d without usage, %d without an access-log entry",
+		missing, u.Resolved, (missing*100+u.Resolved-1)/u.Resolved, u.WithoutUsage, u.Expired)
+	if len(u.Worst) > 0 {
+		w := u.Worst[0]
+		line += fmt.Sprintf("; worst: route %q (%s %s) %d of %d", w.Route, w.Provider, w.Model, w.WithoutUsage+w.Expired, w.Resolved)
+	}
+	return line + "; run purser doctor"
 }

@@ -180,7 +180,8 @@ func TestCLI_BudgetsTemplatesReports(t *testing.T) {
 
 	out = h.ok("status", "team:ml")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	require.Len(t, lines, 3)
+	require.Len(t, lines, 4)
+	require.Equal(t, "usage (last hour): all 1 resolved requests settled from their reported usage", lines[3], "the missing-usage watchdog's line")
 	require.Regexp(t, `^ID\s+SUBJECT\s+NAME\s+USED\s+LIMIT\s+USE%\s+REMAINING\s+BURN/DAY\s+PROJECTED\s+RESETS\s+RUNS OUT$`, lines[0])
 	require.Regexp(t, `^1\s+team:ml\s+ml monthly\s+120\.000000\s+700\.000000 usd\s+17%\s+580\.000000\s+`, lines[1])
 	require.Regexp(t, `^2\s+team:ml\s+ml tokens\s+1500\s+150000 tok\s+1%\s+148500\s+`, lines[2])
@@ -229,6 +230,14 @@ func TestCLI_BudgetsTemplatesReports(t *testing.T) {
 		actions = append(actions, e["action"].(string))
 	}
 	require.Equal(t, []string{"budget.delete", "budget.reset", "budget.create"}, actions)
+	// An answer that came back compressed, without usage, charged its hold: the line warns.
+	d, err = h.svc.Reserve(ctx, []budget.ReserveRequest{{Subjects: []budget.Subject{"team:ml"}, Cost: 1_000_000, Tokens: 10,
+		Target: budget.Target{Model: "gpt-4o"}, Route: "openai-chat", Provider: "openai"}})
+	require.NoError(t, err)
+	_, err = h.svc.Settle(ctx, []budget.Settlement{{ReservationID: d[0].ReservationID, ChargeHold: true, Cause: "missing_usage:compressed"}})
+	require.NoError(t, err)
+	out = h.ok("status", "team:ml")
+	require.Contains(t, out, `usage (last hour): WARNING 1 of 2 resolved requests (50%) were charged their whole hold: 1 without usage, 0 without an access-log entry; worst: route "openai-chat" (openai gpt-4o) 1 of 1; run purser doctor`)
 }
 
 // The admin token from the environment never appears in flag usage, which -h and every flag

@@ -5,6 +5,7 @@
 //	purser migrate   create the database if needed and apply schema migrations
 //	purser seed      load a small sample (a key, budgets) and print how to use it
 //	purser verify    reconcile the ledger; exit 1 on any mismatch
+//	purser doctor    report what charges whole holds (usage lost, clock skew); exit 1 on a problem
 //	purser cost      price provider responses read as JSON lines (the settlement code path)
 //	purser check-config  validate a configuration file and price overrides offline
 //	purser keys | budgets | templates | tokens | status | spend | requests | audit   talk to the admin API
@@ -75,6 +76,7 @@ func commands() map[string]command {
 		"migrate":      {"create the database if needed and apply schema migrations", runMigrate},
 		"seed":         {"load a small sample (a key, budgets) and print how to use it", runSeed},
 		"verify":       {"reconcile the ledger (exit 1 on any mismatch)", runVerify},
+		"doctor":       doctorCommand(),
 		"prune":        {"remove resolved reservations older than -older-than, keeping daily spend rollups", runPrune},
 		"cost":         {"price provider responses read as JSON lines on stdin", runCost},
 		"check-config": {"validate a configuration file and price overrides offline", runCheckConfig},

@@ -14,13 +14,20 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// This file imitates envoy.access_loggers.http_grpc (reference 4.4, 4.5): one logger, hence
-// one gRPC stream, per worker; entries batched per worker and sent when the pending message
-// reaches buffer_size_bytes or when buffer_flush_interval fires; when the buffer is full after
-// a flush attempt new entries are dropped (logs_dropped); a batch that cannot be handed to a
-// stream (stream creation failed) stays buffered and is retried at the next flush (the 1.39+
-// behaviour); a batch handed to a stream that then breaks is lost (no ack, no resend); the
-// first message of every stream carries the identifier (node, log_name).
+// This file imitates envoy.access_loggers.http_grpc as
+// source/extensions/access_loggers/common/grpc_access_logger.h implements it (reference 4.4,
+// 4.5): one logger, hence one gRPC stream, per worker; entries batched per worker and sent
+// when the pending message reaches buffer_size_bytes or when buffer_flush_interval fires; when
+// the buffer is full after a flush attempt new entries are dropped (logs_dropped). Sending never
+// blocks the worker: the message is written to the stream's send buffer, and while that stream
+// is above its write-buffer high watermark (here: a previous message not yet taken by gRPC flow
+// control) the batch stays buffered (grpc_entries_flush_failed) and new entries pile up to
+// buffer_size_bytes, then drop. A batch that cannot be handed to a stream because stream
+// creation failed stays buffered and is retried at the next flush since 1.39; before 1.39
+// log() wrongly reported success there and the batch was discarded, uncounted
+// (changelogs/1.39.0.yaml, Options.EnvoyVersion). A batch handed to a stream that then breaks
+// is lost (no ack, no resend); the first message of every stream carries the identifier (node,
+// log_name).
 
 // ALSStats are the logger's counters (access_logs.grpc_access_log.* in Envoy, plus what the
 // simulation knows and Envoy cannot: entries lost with a broken stream).
@@ -28,6 +35,8 @@ type ALSStats struct {
 	Written        int64 // logs_written: accepted into a buffer
 	Dropped        int64 // logs_dropped: buffer full
 	Flushed        int64 // grpc_entries_flushed: handed to a stream
+	FlushFailed    int64 // grpc_entries_flush_failed (1.39+): a flush kept its batch (no stream, or above the high watermark)
+	Discarded      int64 // before 1.39: batches thrown away when stream creation failed (Envoy counted nothing)
 	Lost           int64 // handed to a stream that broke by fault (never reached the server)
 	Batches        int64 // messages sent (duplicates included)
 	StreamsOpened  int64
@@ -76,6 +85,45 @@ type alsStream struct {
 	first  bool // the next message is the stream's first: it carries the identifier
 	broken atomic.Bool
 	ended  chan struct{}
+	// busy: a message is being written (gRPC flow control has not taken it yet): the
+	// stream is above its write-buffer high watermark for the logger.
+	busy  atomic.Bool
+	sendq chan sendReq
+}
+
+// sendReq is work for a stream's sender: messages to write, or the end of the stream. Only
+// the sender touches the client stream's send side (grpc-go forbids concurrent SendMsg and
+// CloseSend).
+type sendReq struct {
+	msgs      []*alsv3.StreamAccessLogsMessage
+	closeSend bool
+}
+
+// sender writes the stream's messages one batch at a time, off the worker (Envoy's async
+// client: the worker only appends to the stream's buffer).
+func (l *alsLogger) sender(st *alsStream) {
+	for {
+		select {
+		case <-st.ended:
+			return
+		case req := <-st.sendq:
+			if req.closeSend {
+				_ = st.cs.CloseSend()
+				return
+			}
+			var err error
+			for _, m := range req.msgs {
+				if err = st.cs.Send(m); err != nil {
+					break
+				}
+				atomic.AddInt64(&l.sim.als.Batches, 1)
+			}
+			if err != nil {
+				l.breakStream(st) // handed to a dead stream: lost, like Envoy
+			}
+			st.busy.Store(false)
+		}
+	}
 }
 
 func newALSLogger(s *Sim, cfg *AccessLogConfig, worker int) *alsLogger {
@@ -151,11 +199,30 @@ func (l *alsLogger) flush() {
 	if st == nil || st.broken.Load() {
 		var err error
 		if st, err = l.open(); err != nil {
-			// Stream creation failed (no healthy host, connection refused): the batch stays
-			// buffered and is retried at the next flush (1.39+, reference 4.5 item 4).
 			atomic.AddInt64(&l.sim.als.StreamFailures, 1)
+			if l.sim.minor < 39 {
+				// Before 1.39 log() reported success on a synchronous stream-creation
+				// failure, so the flush cleared the batch: gone, and counted nowhere.
+				l.mu.Lock()
+				l.entries = append([]*alsdata.HTTPAccessLogEntry(nil), l.entries[n:]...)
+				l.size = 0
+				for _, e := range l.entries {
+					l.size += proto.Size(e)
+				}
+				l.mu.Unlock()
+				atomic.AddInt64(&l.sim.als.Discarded, int64(n))
+				return
+			}
+			// 1.39+: the batch stays buffered and is retried at the next flush (reference
+			// 4.5 item 4).
+			atomic.AddInt64(&l.sim.als.FlushFailed, int64(n))
 			return
 		}
+	}
+	if st.busy.Load() {
+		// Above the stream's high watermark: keep the batch for the next flush.
+		atomic.AddInt64(&l.sim.als.FlushFailed, int64(n))
+		return
 	}
 	msg := &alsv3.StreamAccessLogsMessage{LogEntries: &alsv3.StreamAccessLogsMessage_HttpLogs{
 		HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: batch},
@@ -194,16 +261,12 @@ func (l *alsLogger) flush() {
 		atomic.AddInt64(&l.sim.als.Lost, int64(n))
 		l.breakStream(st)
 	default:
-		err := st.cs.Send(msg)
-		atomic.AddInt64(&l.sim.als.Batches, 1)
-		if err == nil && dup {
-			// Fault: the same message twice (duplicated delivery).
-			err = st.cs.Send(proto.Clone(msg).(*alsv3.StreamAccessLogsMessage))
-			atomic.AddInt64(&l.sim.als.Batches, 1)
+		msgs := []*alsv3.StreamAccessLogsMessage{msg}
+		if dup { // fault: the same message twice (duplicated delivery)
+			msgs = append(msgs, proto.Clone(msg).(*alsv3.StreamAccessLogsMessage))
 		}
-		if err != nil {
-			l.breakStream(st) // handed to a dead stream: lost, like Envoy
-		}
+		st.busy.Store(true)
+		st.sendq <- sendReq{msgs: msgs} // capacity 1 and busy was clear: never blocks
 	}
 	l.sim.recordDeliveries(ids, st)
 }
@@ -233,10 +296,12 @@ func (l *alsLogger) open() (*alsStream, error) {
 			lastErr = err
 			continue
 		}
-		st := &alsStream{id: l.sim.streamSeq.Add(1), host: h, cs: cs, cancel: cancel, first: true, ended: make(chan struct{})}
+		st := &alsStream{id: l.sim.streamSeq.Add(1), host: h, cs: cs, cancel: cancel, first: true, ended: make(chan struct{}),
+			sendq: make(chan sendReq, 1)}
 		h.alsStreams.Add(1)
 		atomic.AddInt64(&l.sim.als.StreamsOpened, 1)
 		go l.watch(st)
+		go l.sender(st)
 		l.mu.Lock()
 		l.stream = st
 		l.mu.Unlock()
@@ -283,7 +348,11 @@ func (l *alsLogger) close() {
 	l.stream = nil
 	l.mu.Unlock()
 	if st != nil {
-		_ = st.cs.CloseSend()
+		select {
+		case st.sendq <- sendReq{closeSend: true}:
+		case <-st.ended:
+		case <-time.After(2 * time.Second): // a send stuck on a sink that does not read
+		}
 		select {
 		case <-st.ended:
 		case <-time.After(2 * time.Second):
@@ -330,8 +399,13 @@ func (l *alsLogger) replay(entries []*alsdata.HTTPAccessLogEntry) error {
 		msg.Identifier = &alsv3.StreamAccessLogsMessage_Identifier{Node: l.sim.cfg.Node, LogName: l.cfg.LogName}
 		st.first = false
 	}
-	atomic.AddInt64(&l.sim.als.Batches, 1)
-	return st.cs.Send(msg)
+	st.busy.Store(true)
+	select {
+	case st.sendq <- sendReq{msgs: []*alsv3.StreamAccessLogsMessage{msg}}:
+		return nil
+	case <-st.ended:
+		return errors.New("envoysim: access-log stream ended")
+	}
 }
 
 var (

@@ -19,6 +19,7 @@ import (
 	credv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
 	ext_authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	j2mv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
+	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
 	ssev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
@@ -72,6 +73,14 @@ type Config struct {
 	hasSSE          bool
 	// Credentials: credential_injector filters by filter name, in chain order.
 	Credentials []*CredentialFilter
+	// Lua is the envoy.filters.http.lua filter (nil when absent; lua.go).
+	Lua *LuaFilter
+	// filters: the name of each HTTP filter of the chain and whether it is disabled unless a
+	// route's FilterConfig switches it on (HttpFilter.disabled).
+	filters     []string
+	disabledDef map[string]bool
+	jsonName    string
+	sseName     string
 
 	AccessLogs []*AccessLogConfig
 	Clusters   map[string]*clusterv3.Cluster
@@ -218,7 +227,22 @@ func Load(b []byte) (*Config, error) {
 }
 
 func (c *Config) addFilter(f *hcmv3.HttpFilter) error {
+	if c.disabledDef == nil {
+		c.disabledDef = map[string]bool{}
+	}
+	c.filters = append(c.filters, f.GetName())
+	c.disabledDef[f.GetName()] = f.GetDisabled()
 	switch {
+	case f.GetTypedConfig().MessageIs(&luav3.Lua{}):
+		var l luav3.Lua
+		if err := f.GetTypedConfig().UnmarshalTo(&l); err != nil {
+			return err
+		}
+		lf, err := luaFilter(f.GetName(), f.GetDisabled(), &l)
+		if err != nil {
+			return err
+		}
+		c.Lua = lf
 	case f.GetTypedConfig().MessageIs(&ext_authzv3.ExtAuthz{}):
 		var a ext_authzv3.ExtAuthz
 		if err := f.GetTypedConfig().UnmarshalTo(&a); err != nil {
@@ -238,6 +262,7 @@ func (c *Config) addFilter(f *hcmv3.HttpFilter) error {
 			return err
 		}
 		c.JSONRules = j.GetResponseRules()
+		c.jsonName = f.GetName()
 		if r := c.JSONRules.GetAllowContentTypesRegex(); r != nil {
 			re, err := regexp.Compile(r.GetRegex())
 			if err != nil {
@@ -255,6 +280,7 @@ func (c *Config) addFilter(f *hcmv3.HttpFilter) error {
 			return fmt.Errorf("sse_to_metadata: only the JSON content parser is simulated: %w", err)
 		}
 		c.hasSSE = true
+		c.sseName = f.GetName()
 		c.SSERules = p.GetRules()
 		c.SSEMaxEventSize = 8192 // default (reference 5.2)
 		if v := s.GetResponseRules().GetMaxEventSize(); v != nil {
@@ -385,8 +411,23 @@ func (c *Config) checkRoutes() error {
 	for _, vh := range c.RouteConfig.GetVirtualHosts() {
 		for _, r := range vh.GetRoutes() {
 			m := r.GetMatch()
-			if len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 || m.GetGrpc() != nil || m.GetRuntimeFraction() != nil {
-				return fmt.Errorf("envoysim: route %s: header/query/grpc/runtime matchers are not simulated", r.GetName())
+			if len(m.GetHeaders()) > 0 || m.GetGrpc() != nil || m.GetRuntimeFraction() != nil {
+				return fmt.Errorf("envoysim: route %s: header/grpc/runtime matchers are not simulated", r.GetName())
+			}
+			for _, q := range m.GetQueryParameters() {
+				if q.GetPresentMatch() {
+					continue
+				}
+				sm := q.GetStringMatch()
+				if sm == nil || (sm.GetExact() == "" && sm.GetPrefix() == "" && sm.GetSuffix() == "" && sm.GetContains() == "") {
+					return fmt.Errorf("envoysim: route %s: query parameter %s: only present_match and exact/prefix/suffix/contains string_match are simulated", r.GetName(), q.GetName())
+				}
+			}
+			for name, a := range r.GetTypedPerFilterConfig() {
+				var fc routev3.FilterConfig
+				if a.UnmarshalTo(&fc) == nil && fc.GetConfig().GetTypeUrl() != "" {
+					return fmt.Errorf("envoysim: route %s: a per-route config for %s inside FilterConfig is not simulated", r.GetName(), name)
+				}
 			}
 			switch m.GetPathSpecifier().(type) {
 			case *routev3.RouteMatch_Path, *routev3.RouteMatch_Prefix:

@@ -41,6 +41,10 @@ func (st *stream) entry(al *AccessLogConfig) *alsdata.HTTPAccessLogEntry {
 	if st.route != nil {
 		c.RouteName = st.route.name
 	}
+	// stream_id: the stream id provider's string, which the request id extension backs with
+	// the x-request-id UUID (source/extensions/access_loggers/grpc/grpc_access_log_utils.cc,
+	// getStreamIdProvider; source/extensions/request_id/uuid).
+	c.StreamId = st.requestID
 	setD := func(d time.Duration) *durationpb.Duration {
 		if d <= 0 {
 			return nil // the event never happened
@@ -54,9 +58,15 @@ func (st *stream) entry(al *AccessLogConfig) *alsdata.HTTPAccessLogEntry {
 	c.TimeToLastUpstreamRxByte = setD(st.tLastUpRx)
 	c.TimeToFirstDownstreamTxByte = setD(st.tFirstDownTx)
 	c.TimeToLastDownstreamTxByte = setD(st.tLastDownTx)
+	// Upstream fields come from the host the load balancer chose, whether or not the
+	// connection to it succeeded: a connection failure (UF) still names the cluster and the
+	// address tried (grpc_access_log_utils.cc: upstreamInfo()->upstreamHost()).
 	if a := st.upstreamAddr.Load(); a != nil {
-		c.UpstreamCluster = st.upstreamCluster // a host was chosen
+		c.UpstreamCluster = st.upstreamCluster
 		c.UpstreamRemoteAddress = socketAddress(*a)
+	} else if st.upstreamHost != "" {
+		c.UpstreamCluster = st.upstreamCluster
+		c.UpstreamRemoteAddress = socketAddress(st.upstreamHost)
 	}
 	if len(st.md) > 0 { // copied only if an untyped namespace exists (reference 4.3)
 		m := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{}}

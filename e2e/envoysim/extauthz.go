@@ -61,15 +61,18 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 	buffered := false
 	if settings != nil && !headersOnly {
 		// Buffer up to max_request_bytes; the Check starts at the end of the body or, with
-		// allow_partial_message, once max_request_bytes are buffered (reference 1.2).
+		// allow_partial_message, as soon as the buffered data reaches max_request_bytes
+		// (reference 1.2; source/extensions/filters/http/ext_authz/ext_authz.cc, decodeData and
+		// isBufferFull). The buffer is whole chunks as they arrived, so it may hold more than
+		// the limit, or exactly the limit with more still to come.
 		limit := int64(settings.GetMaxRequestBytes())
-		buf, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+		buf, eof, err := bufferBody(r.Body, limit, settings.GetAllowPartialMessage())
 		st.reqBodyBytes = int64(len(buf))
 		if err != nil {
 			st.downstreamGone()
 			return nil, false
 		}
-		full := int64(len(buf)) > limit
+		full := !eof
 		if full && !settings.GetAllowPartialMessage() {
 			// The decoder buffer limit is raised to max_request_bytes; a larger body is a 413
 			// and no Check, failure_mode_allow notwithstanding (reference 1.3).
@@ -89,7 +92,10 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 			st.tLastRx = st.since()
 		}
 		checkBody = buf[:min(int64(len(buf)), limit)]
-		partial = len(checkBody) != len(buf) // check_request_utils.cc: length != buffered
+		// check_request_utils.cc (setRequestBody): partial = length sent != length buffered.
+		// A chunk that ends exactly on max_request_bytes makes it "false" although the rest of
+		// the body has not arrived; purser must not take "false" for complete.
+		partial = len(checkBody) != len(buf)
 		buffered = true
 	}
 	req := st.checkRequest(az, settings, checkBody, buffered, partial)
@@ -269,15 +275,16 @@ func (st *stream) checkRequest(az *ExtAuthzConfig, settings interface{ GetPackAs
 			attrs.MetadataContext.FilterMetadata[ns] = m
 		}
 	}
-	if len(az.RouteMetadataContextNS) > 0 {
-		rm := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{}}
-		for _, ns := range az.RouteMetadataContextNS {
-			if m := routeMetadata(st.route.r, ns); m != nil {
-				rm.FilterMetadata[ns] = m
-			}
+	// route_metadata_context is set on every Check, empty when the route has none of the
+	// namespaces (source/extensions/filters/common/ext_authz/check_request_utils.cc,
+	// createHttpCheck moves it into the attributes unconditionally).
+	rm := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{}}
+	for _, ns := range az.RouteMetadataContextNS {
+		if m := routeMetadata(st.route.r, ns); m != nil {
+			rm.FilterMetadata[ns] = m
 		}
-		attrs.RouteMetadataContext = rm
 	}
+	attrs.RouteMetadataContext = rm
 	return &authv3.CheckRequest{Attributes: attrs}
 }
 
@@ -354,4 +361,27 @@ func localAddr(r *http.Request) string {
 		return a.String()
 	}
 	return ""
+}
+
+// bufferBody reads the request body as the decoder buffers it for ext_authz: chunk by chunk
+// until the end of the body or, with allow_partial_message, until at least limit bytes are
+// buffered. Without it, it reads one byte past the limit, enough to know the body is too big
+// (a 413). eof reports whether the body ended within what was read.
+func bufferBody(r io.Reader, limit int64, partial bool) (buf []byte, eof bool, err error) {
+	if !partial {
+		buf, err = io.ReadAll(io.LimitReader(r, limit+1))
+		return buf, int64(len(buf)) <= limit, err
+	}
+	chunk := make([]byte, 32<<10)
+	for int64(len(buf)) < limit {
+		n, rerr := r.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if rerr == io.EOF {
+			return buf, true, nil
+		}
+		if rerr != nil {
+			return buf, false, rerr
+		}
+	}
+	return buf, false, nil
 }

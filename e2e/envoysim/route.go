@@ -2,6 +2,7 @@ package envoysim
 
 import (
 	"net"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -23,8 +24,9 @@ type routeInfo struct {
 	noBodyBuffering   bool
 	// enabled lists the filters a route's FilterConfig switches on or off (filter name ->
 	// enabled), for filters configured with disabled: true (HttpFilter.disabled).
-	enabled map[string]bool
-	timeout time.Duration
+	enabled     map[string]bool
+	disabledDef map[string]bool
+	timeout     time.Duration
 }
 
 // match finds the route for a request (reference 1.2: no route ⇒ no Check). Virtual hosts are
@@ -60,7 +62,7 @@ func (c *Config) match(authority, fullPath string) *routeInfo {
 			p := m.GetPrefix()
 			ok = len(fullPath) >= len(p) && eq(fullPath[:len(p)], p)
 		}
-		if ok {
+		if ok && queryMatches(m.GetQueryParameters(), fullPath) {
 			return c.routeInfo(vh, r)
 		}
 	}
@@ -132,22 +134,86 @@ func (c *Config) routeInfo(vh *routev3.VirtualHost, r *routev3.Route) *routeInfo
 		}
 	}
 	// envoy.config.route.v3.FilterConfig switches a filter configured with disabled: true on
-	// for this route (or an enabled one off).
-	for _, cf := range c.Credentials {
-		for _, a := range perFilter(c.RouteConfig, vh, r, cf.Name) {
+	// for this route, or any filter off (disabled: true), the more specific level winning
+	// (route based filter chain: source/common/http/filter_chain_helper.cc).
+	for _, name := range c.filters {
+		if name == filterExtAuthz {
+			continue // ExtAuthzPerRoute above
+		}
+		for _, a := range perFilter(c.RouteConfig, vh, r, name) {
 			var fc routev3.FilterConfig
 			if a.UnmarshalTo(&fc) == nil {
-				ri.enabled[cf.Name] = !fc.GetDisabled()
+				ri.enabled[name] = !fc.GetDisabled()
 			}
 		}
 	}
+	ri.disabledDef = c.disabledDef
 	return ri
 }
 
-// filterOn reports whether a filter configured with HttpFilter.disabled runs on this route.
+// filterOn reports whether a filter runs on this route: its route FilterConfig, else its
+// HttpFilter.disabled.
 func (ri *routeInfo) filterOn(name string, disabledByDefault bool) bool {
 	if on, ok := ri.enabled[name]; ok {
 		return on
 	}
 	return !disabledByDefault
+}
+
+// on reports whether the chain's filter name runs on this route.
+func (ri *routeInfo) on(name string) bool {
+	return name != "" && ri.filterOn(name, ri.disabledDef[name])
+}
+
+// queryMatches applies RouteMatch.query_parameters: every matcher must match the first value
+// of its parameter (present_match: the parameter is there). Envoy parses the query with
+// Http::Utility::QueryParamsMulti and matches the first value
+// (source/common/router/config_utility.cc, QueryParameterMatcher::matches).
+func queryMatches(ms []*routev3.QueryParameterMatcher, fullPath string) bool {
+	if len(ms) == 0 {
+		return true
+	}
+	_, q, _ := strings.Cut(fullPath, "?")
+	q, _, _ = strings.Cut(q, "#")
+	vals, _ := url.ParseQuery(q)
+	for _, m := range ms {
+		v, ok := vals[m.GetName()]
+		if !ok {
+			return false
+		}
+		if m.GetPresentMatch() {
+			continue
+		}
+		sm := m.GetStringMatch()
+		got, want := v[0], ""
+		if sm.GetIgnoreCase() {
+			got = strings.ToLower(got)
+		}
+		norm := func(s string) string {
+			if sm.GetIgnoreCase() {
+				return strings.ToLower(s)
+			}
+			return s
+		}
+		switch {
+		case sm.GetExact() != "":
+			want = norm(sm.GetExact())
+			if got != want {
+				return false
+			}
+		case sm.GetPrefix() != "":
+			if !strings.HasPrefix(got, norm(sm.GetPrefix())) {
+				return false
+			}
+		case sm.GetSuffix() != "":
+			if !strings.HasSuffix(got, norm(sm.GetSuffix())) {
+				return false
+			}
+		case sm.GetContains() != "":
+			if !strings.Contains(got, norm(sm.GetContains())) {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -13,10 +13,16 @@
 // errors. Faults (Faults) break, drop or duplicate access-log batches, block the sink, and
 // make Envoy's Check timer fire early or lose the Check's answer.
 //
+// The Lua filter's response path runs in gopher-lua (lua.go); a route's FilterConfig switches
+// any filter on or off; Options.EnvoyVersion selects release-specific behaviour. Where Envoy's
+// behaviour is inconvenient the stand-in follows it (fidelity_test.go names the source file of
+// each): a request chunk ending on max_request_bytes gives x-envoy-auth-partial-body: false;
+// the access logger drops entries rather than hold requests back on a slow sink; an HTTP/1.1
+// client that leaves is DC, not DR; only the x-envoy-* headers Envoy acts on are removed.
+//
 // Not simulated: TLS (listener or upstream), HTTP/2 downstream, active health checks and
 // outlier detection, circuit breakers, overload manager, retries, internal redirects,
-// idle_timeout, per-route filter overrides other than ext_authz and credential injectors,
-// Lua, stats, hot restart.
+// idle_timeout, per-route configs inside FilterConfig, Lua's request path, stats, hot restart.
 package envoysim
 
 import (
@@ -73,6 +79,12 @@ type Options struct {
 	SecretsDir string
 	// Logf, when set, receives a line per request.
 	Logf func(format string, args ...any)
+	// Addr is the listener's address (default 127.0.0.1:0, a free loopback port).
+	Addr string
+	// EnvoyVersion is the release whose behaviour the stand-in follows where releases
+	// differ, "1.NN" (default 1.40): before 1.39 a failed access-log stream creation
+	// discarded the batch (accesslog.go).
+	EnvoyVersion string
 }
 
 // Sim is a running simulated Envoy.
@@ -86,6 +98,7 @@ type Sim struct {
 
 	upstream *http.Client
 	secrets  map[string]string // credential filter name -> header value
+	minor    int               // Envoy 1.minor (Options.EnvoyVersion)
 
 	workers []*worker
 	rr      atomic.Uint64
@@ -134,7 +147,15 @@ func New(o Options) (*Sim, error) {
 	if o.Secrets == nil {
 		o.Secrets, o.SecretsDir = envoy.Files, "secrets"
 	}
-	s := &Sim{cfg: o.Config, opts: o, hosts: map[string]*grpcCluster{}, secrets: map[string]string{}}
+	s := &Sim{cfg: o.Config, opts: o, hosts: map[string]*grpcCluster{}, secrets: map[string]string{}, minor: 40}
+	if o.EnvoyVersion != "" {
+		m, ok := strings.CutPrefix(o.EnvoyVersion, "1.")
+		n, err := strconv.Atoi(m)
+		if !ok || err != nil || n < 29 {
+			return nil, fmt.Errorf("envoysim: EnvoyVersion %q: want 1.29 or later, as 1.NN", o.EnvoyVersion)
+		}
+		s.minor = n
+	}
 	for _, cf := range o.Config.Credentials {
 		v, err := readSDSSecret(o.Secrets, o.SecretsDir, cf.SecretPath, cf.SecretName)
 		if err != nil {
@@ -179,9 +200,13 @@ func New(o Options) (*Sim, error) {
 	return s, nil
 }
 
-// Start listens on 127.0.0.1:0 and serves until Close.
+// Start listens on Options.Addr (127.0.0.1:0 by default) and serves until Close.
 func (s *Sim) Start() error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := s.opts.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
@@ -235,6 +260,7 @@ func (s *Sim) ALSStats() ALSStats {
 		Flushed: atomic.LoadInt64(&s.als.Flushed), Lost: atomic.LoadInt64(&s.als.Lost),
 		Batches: atomic.LoadInt64(&s.als.Batches), StreamsOpened: atomic.LoadInt64(&s.als.StreamsOpened),
 		StreamFailures: atomic.LoadInt64(&s.als.StreamFailures), Breaks: atomic.LoadInt64(&s.als.Breaks),
+		FlushFailed: atomic.LoadInt64(&s.als.FlushFailed), Discarded: atomic.LoadInt64(&s.als.Discarded),
 	}
 }
 
@@ -386,6 +412,7 @@ type stream struct {
 	respToAdd     []*corev3.HeaderValueOption // ext_authz response_headers_to_add
 
 	upstreamCluster string
+	upstreamHost    string // host:port the load balancer chose (set before connecting)
 	attempts        uint32
 	upBody          *countingReader
 	// Set from the HTTP client's trace hooks, which run on the transport's goroutines.
@@ -421,18 +448,14 @@ func (s *Sim) count(f func(*Stats)) {
 }
 
 // decodeHeaders is the HCM's header work before any filter (reference 0, 8.1): pseudo
-// headers, x-forwarded-for (use_remote_address), x-request-id (generate_request_id), and
-// stripping of client x-envoy-* headers on an edge request.
+// headers, x-forwarded-for (use_remote_address), x-request-id (generate_request_id), and the
+// removal of the x-envoy-* headers Envoy acts on from an external request.
 func (st *stream) decodeHeaders() {
 	r := st.r
 	st.method, st.path, st.authority, st.scheme = r.Method, r.URL.RequestURI(), r.Host, "http"
 	st.hdr = r.Header.Clone()
-	for k := range st.hdr {
-		if strings.HasPrefix(strings.ToLower(k), "x-envoy-") {
-			st.hdr.Del(k) // edge request: client x-envoy-* headers are not trusted
-		}
-	}
 	hcm := st.s.cfg.HCM
+	st.cleanInternalHeaders(hcm.GetUseRemoteAddress().GetValue())
 	if hcm.GetUseRemoteAddress().GetValue() {
 		peer, _, _ := net.SplitHostPort(r.RemoteAddr)
 		if xff := st.hdr.Get("x-forwarded-for"); xff != "" {
@@ -450,6 +473,37 @@ func (st *stream) decodeHeaders() {
 	}
 	st.requestID = st.hdr.Get("x-request-id")
 	st.reqHdrBytes = headerBytes(st.hdr) + int64(len(st.method)+len(st.path)+len(st.authority))
+}
+
+// edgeOnlyHeaders and externalHeaders are what
+// source/common/http/conn_manager_utility.cc (cleanInternalHeaders) removes from a request that
+// did not come from an internal address: these three from an edge request (use_remote_address),
+// the rest from any external one, plus the route configuration's internal_only_headers. Every
+// other x-envoy-* header a client sends passes through, to the filters and upstream alike.
+// (No address is internal here: internal_address_config is unset, and since
+// envoy.reloadable_features.explicit_internal_address_config no address is internal by default.)
+var (
+	edgeOnlyHeaders = []string{"x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node"}
+	externalHeaders = []string{
+		"x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-retry-on", "x-envoy-retry-grpc-on",
+		"x-envoy-max-retries", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
+		"x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
+		"x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url", "x-envoy-hedge-on-per-try-timeout",
+	}
+)
+
+func (st *stream) cleanInternalHeaders(edge bool) {
+	if edge {
+		for _, h := range edgeOnlyHeaders {
+			st.hdr.Del(h)
+		}
+	}
+	for _, h := range externalHeaders {
+		st.hdr.Del(h)
+	}
+	for _, h := range st.s.cfg.RouteConfig.GetInternalOnlyHeaders() {
+		st.hdr.Del(h)
+	}
 }
 
 func (st *stream) run() {
@@ -562,6 +616,9 @@ func (st *stream) forward(body *bodyReader) {
 		return
 	}
 	req.Host = authority
+	if u, err := url.Parse(base); err == nil {
+		st.upstreamHost = u.Host // the host is chosen before the connection is tried
+	}
 	req.ContentLength = body.contentLength
 	if req.ContentLength == 0 && (len(body.buffered) > 0 || body.rest != nil && body.rest != http.NoBody) {
 		req.ContentLength = -1
@@ -618,11 +675,32 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 	applyHeaderOptions(h, st.respToAdd) // ext_authz OK response_headers_to_add
 	st.respHeaders = h.Clone()
 	set := st.setMetadata
+	jsonOn := cfg.JSONRules != nil && st.route.on(cfg.jsonName)
+	sseOn := cfg.hasSSE && st.route.on(cfg.sseName)
+	// The Lua filter (last before the router) sees the upstream's chunks first on the way
+	// back; it runs over them when the response is over (lua.go).
+	var luaChunks [][]byte
+	if cfg.Lua != nil && st.route.on(cfg.Lua.Name) {
+		upstreamHeaders := res.Header.Clone()
+		defer func() {
+			reset := st.abort || st.flags.GetDownstreamConnectionTermination()
+			if err := cfg.Lua.respond(upstreamHeaders, luaChunks, reset, set); err != nil && st.s.opts.Logf != nil {
+				st.s.opts.Logf("envoysim: lua %s: script error: %v", cfg.Lua.Name, err)
+			}
+		}()
+		luaChunks = [][]byte{}
+	}
+	keep := func(b []byte) {
+		if luaChunks != nil {
+			luaChunks = append(luaChunks, append([]byte(nil), b...))
+		}
+	}
 
 	// json_to_metadata: a matching response is held, headers and body, until its last byte
 	// (reference 5.1); the listener's buffer limit bounds it (500 response_payload_too_large).
-	if cfg.JSONRules != nil && cfg.jsonContentTypeAllowed(ct) {
+	if jsonOn && cfg.jsonContentTypeAllowed(ct) {
 		body, err := io.ReadAll(io.LimitReader(res.Body, int64(cfg.BufferLimit)+1))
+		keep(body)
 		st.tLastUpRx = st.since()
 		if err != nil {
 			st.code = res.StatusCode // the router saw the upstream headers
@@ -643,11 +721,11 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 		st.write(body)
 		return
 	}
-	if cfg.JSONRules != nil {
+	if jsonOn {
 		cfg.applyJSONRules(ct, nil, set) // mismatched content type: on_error rules only
 	}
 	var sse *sseState
-	if cfg.hasSSE && isSSE(ct) {
+	if sseOn && isSSE(ct) {
 		sse = newSSEState(cfg.SSERules, cfg.SSEMaxEventSize, set)
 	}
 	st.writeHeader(res.StatusCode, "via_upstream")
@@ -655,6 +733,7 @@ func (st *stream) encode(res *http.Response, timedOut *atomic.Bool) {
 	for {
 		n, err := res.Body.Read(buf)
 		if n > 0 {
+			keep(buf[:n])
 			if sse != nil {
 				sse.feed(buf[:n]) // never holds the stream back (reference 5.2)
 			}
@@ -694,9 +773,13 @@ func (st *stream) upstreamFailed(timedOut *atomic.Bool) {
 	st.abort = true
 }
 
-// downstreamGone records the client's reset (DR, downstream_remote_reset).
+// downstreamGone records the client going away. The stand-in serves HTTP/1.1 only, where a
+// client that leaves closes its connection: the connection manager resets the stream with
+// StreamResetReason::ConnectionTermination and sets DC, downstream_connection_termination
+// (source/common/http/conn_manager_impl.cc, onEvent -> doConnectionClose). DR,
+// downstream_remote_reset, is an HTTP/2 or HTTP/3 client's RST_STREAM on a connection it keeps.
 func (st *stream) downstreamGone() {
-	st.flags.DownstreamRemoteReset = true
+	st.flags.DownstreamConnectionTermination = true
 	if st.code != 0 && st.details == "" {
 		st.details = "via_upstream"
 	}
@@ -887,6 +970,9 @@ func flagNames(f *alsdata.ResponseFlags) []string {
 	}
 	if f.GetDownstreamRemoteReset() {
 		out = append(out, "DR")
+	}
+	if f.GetDownstreamConnectionTermination() {
+		out = append(out, "DC")
 	}
 	if f.GetUpstreamConnectionFailure() {
 		out = append(out, "UF")

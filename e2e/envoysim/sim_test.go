@@ -105,11 +105,16 @@ func (f *fakePurser) lastCheck() (*authv3.CheckRequest, metadata.MD) {
 	return f.checks[len(f.checks)-1], f.checkMD[len(f.checkMD)-1]
 }
 
+// okResponse answers OK as purser does for a billable request: the dynamic metadata, and
+// accept-encoding: identity upstream so the answer is not compressed (extauthz/respond.go).
 func okResponse(md map[string]any) *authv3.CheckResponse {
 	s, _ := structpb.NewStruct(md)
 	return &authv3.CheckResponse{
-		Status:          &rpcstatus.Status{Code: int32(code.Code_OK)},
-		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
+		Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "accept-encoding", Value: "identity"},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}},
+		}},
 		DynamicMetadata: s,
 	}
 }
@@ -223,8 +228,20 @@ func TestLoad_RefusesWhatItCannotSimulate(t *testing.T) {
 	t.Parallel()
 	b, err := envoy.Files.ReadFile("envoy-lua.yaml")
 	require.NoError(t, err)
-	_, err = envoysim.Load(b)
-	require.ErrorContains(t, err, "lua")
+	cfg, err := envoysim.Load(b)
+	require.NoError(t, err, "the Lua variant is simulated")
+	require.NotNil(t, cfg.Lua)
+	require.False(t, cfg.Lua.DisabledDefault)
+	// A request-path Lua handler is not simulated: refused, not skipped.
+	withRequest := strings.Replace(string(b), "function envoy_on_response(handle)", "function envoy_on_request(handle) end\n                  function envoy_on_response(handle)", 1)
+	require.NotEqual(t, string(b), withRequest)
+	_, err = envoysim.Load([]byte(withRequest))
+	require.ErrorContains(t, err, "envoy_on_request is not simulated")
+	// Neither is a header matcher.
+	withHeader := strings.Replace(string(b), "match: { path: /v1/chat/completions }", "match: { path: /v1/chat/completions, headers: [{ name: x, present_match: true }] }", 1)
+	require.NotEqual(t, string(b), withHeader)
+	_, err = envoysim.Load([]byte(withHeader))
+	require.ErrorContains(t, err, "header/grpc/runtime matchers are not simulated")
 }
 
 func TestCheckRequest_AsCreateHttpCheck(t *testing.T) {
@@ -375,10 +392,10 @@ func TestOKMutationsMetadataAndUsage(t *testing.T) {
 	rg := startRig(t, nil, nil)
 	rg.purser.decide = func(*authv3.CheckRequest) (*authv3.CheckResponse, error) {
 		r := okResponse(map[string]any{"reservation_id": "r-1", "purser_decision": "reserved"})
-		r.GetOkResponse().Headers = []*corev3.HeaderValueOption{
-			{Header: &corev3.HeaderValue{Key: "x-added", Value: "1"}},
-			{Header: &corev3.HeaderValue{Key: "x-keep", Value: "new"}, AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
-		}
+		r.GetOkResponse().Headers = append(r.GetOkResponse().Headers,
+			&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-added", Value: "1"}},
+			&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-keep", Value: "new"}, AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
+		)
 		r.GetOkResponse().HeadersToRemove = []string{"x-secret", ":path"}
 		r.GetOkResponse().ResponseHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-budget-remaining", Value: "9"},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}
@@ -491,7 +508,7 @@ func TestDownstreamReset_FlagsAndNoFallback(t *testing.T) {
 	cancel()
 	res.Body.Close()
 	e := rg.waitEntries(t, 1)[0]
-	require.True(t, e.GetCommonProperties().GetResponseFlags().GetDownstreamRemoteReset())
+	require.True(t, e.GetCommonProperties().GetResponseFlags().GetDownstreamConnectionTermination(), "HTTP/1.1 client gone: DC (conn_manager_impl.cc)")
 	require.EqualValues(t, 200, e.GetResponse().GetResponseCode().GetValue(), "headers were sent")
 	require.NotNil(t, e.GetCommonProperties().GetTimeToFirstUpstreamTxByte())
 }
@@ -627,4 +644,127 @@ func TestRenderForEnvoy_PointsTheDemoAtTheTest(t *testing.T) {
 	// Everything else is as shipped: the same ext_authz and access-log settings.
 	require.Equal(t, 500*time.Millisecond, cfg.ExtAuthz.Timeout)
 	require.Equal(t, 250*time.Millisecond, cfg.AccessLogs[0].FlushInterval)
+}
+
+// TestGeminiStreams_BothForms runs the shipped envoy.yaml's three Gemini routes: alt=sse
+// streams through sse_to_metadata, the JSON-array form (no alt=sse) through the Lua scan with
+// json_to_metadata switched off on its route (so it is not held), generateContent through
+// json_to_metadata. Each carries the last, cumulative usageMetadata.
+func TestGeminiStreams_BothForms(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	h := map[string]string{fakellm.HeaderInputTokens: "10", fakellm.HeaderOutputTokens: "20", fakellm.HeaderCachedTokens: "3"}
+	body := `{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":100}}`
+	cases := []struct {
+		path, route string
+		held        bool
+		usage       func(map[string]*structpb.Value) (prompt, candidates float64)
+	}{
+		{"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", "gemini-stream", false,
+			func(u map[string]*structpb.Value) (float64, float64) {
+				return u["usageMetadata.promptTokenCount"].GetNumberValue(), u["usageMetadata.candidatesTokenCount"].GetNumberValue()
+			}},
+		{"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=SSE", "gemini-stream", false, // ignore_case
+			func(u map[string]*structpb.Value) (float64, float64) {
+				return u["usageMetadata.promptTokenCount"].GetNumberValue(), u["usageMetadata.candidatesTokenCount"].GetNumberValue()
+			}},
+		{"/v1beta/models/gemini-2.5-flash:streamGenerateContent", "gemini-stream-json", false,
+			func(u map[string]*structpb.Value) (float64, float64) {
+				m := u["usageMetadata"].GetStructValue().GetFields() // the Lua scan writes the object
+				return m["promptTokenCount"].GetNumberValue(), m["candidatesTokenCount"].GetNumberValue()
+			}},
+		{"/v1beta/models/gemini-2.5-flash:generateContent", "gemini-generate", true,
+			func(u map[string]*structpb.Value) (float64, float64) {
+				return u["usageMetadata.promptTokenCount"].GetNumberValue(), u["usageMetadata.candidatesTokenCount"].GetNumberValue()
+			}},
+	}
+	for i, tc := range cases {
+		res := post(t, rg.sim.URL()+tc.path, body, h)
+		b, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, res.StatusCode, tc.path)
+		require.NotEmpty(t, b)
+		// json_to_metadata holds a body and sends it with its length; a stream passes as it comes.
+		require.Equal(t, tc.held, res.ContentLength >= 0, "%s: held by json_to_metadata", tc.path)
+		es := rg.waitEntries(t, i+1)
+		var e *alsdata.HTTPAccessLogEntry
+		for _, x := range es {
+			if x.GetRequest().GetPath() == tc.path {
+				e = x
+			}
+		}
+		require.NotNil(t, e, tc.path)
+		require.Equal(t, tc.route, e.GetCommonProperties().GetRouteName(), tc.path)
+		u := e.GetCommonProperties().GetMetadata().GetFilterMetadata()["purser.usage"].GetFields()
+		prompt, cands := tc.usage(u)
+		require.Equal(t, 10.0, prompt, "%s: usage %v", tc.path, u)
+		require.Equal(t, 20.0, cands, "%s: the last chunk's cumulative count", tc.path)
+	}
+}
+
+// TestLuaVariant_EndToEnd runs envoy-lua.yaml: the one Lua filter reads JSON and SSE usage as
+// whole objects, for every route.
+func TestLuaVariant_EndToEnd(t *testing.T) {
+	t.Parallel()
+	b, err := envoy.Files.ReadFile("envoy-lua.yaml")
+	require.NoError(t, err)
+	cfg, err := envoysim.Load(b)
+	require.NoError(t, err)
+	rg := startRig(t, cfg, nil)
+	h := map[string]string{fakellm.HeaderInputTokens: "12", fakellm.HeaderOutputTokens: "34"}
+	for i, body := range []string{
+		`{"model":"gpt-4o-mini","messages":[]}`,
+		`{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`,
+	} {
+		res := post(t, rg.sim.URL()+"/v1/chat/completions", body, h)
+		_, _ = io.ReadAll(res.Body)
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		e := rg.waitEntries(t, i+1)[i]
+		u := e.GetCommonProperties().GetMetadata().GetFilterMetadata()["purser.usage"].GetFields()["usage"].GetStructValue().GetFields()
+		require.EqualValues(t, 12, u["prompt_tokens"].GetNumberValue(), body)
+		require.EqualValues(t, 34, u["completion_tokens"].GetNumberValue(), body)
+	}
+}
+
+// TestCompression_UsageNeedsIdentity: the client's Accept-Encoding (Go's transport sends gzip
+// by itself, as every official Go SDK does) reaches the provider unchanged through Envoy
+// (the router forwards request headers as they are), the answer comes back compressed, and the
+// usage filters find nothing in it; purser's accept-encoding: identity makes the same call
+// report its usage. content-encoding is in the access-log entry, so purser can tell.
+func TestCompression_UsageNeedsIdentity(t *testing.T) {
+	t.Parallel()
+	rg := startRig(t, nil, nil)
+	var strip atomic.Bool
+	rg.purser.decide = func(*authv3.CheckRequest) (*authv3.CheckResponse, error) {
+		r := okResponse(map[string]any{"reservation_id": "r"})
+		if !strip.Load() {
+			r.GetOkResponse().Headers = nil // an OK without purser's header mutation
+		}
+		return r, nil
+	}
+	h := map[string]string{fakellm.HeaderInputTokens: "12", fakellm.HeaderOutputTokens: "34"}
+	for i, identity := range []bool{false, true} {
+		strip.Store(identity)
+		for j, body := range []string{`{"model":"gpt-4o-mini","messages":[]}`,
+			`{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`} {
+			res := post(t, rg.sim.URL()+"/v1/chat/completions", body, h) // Go adds accept-encoding: gzip
+			_, err := io.ReadAll(res.Body)
+			require.NoError(t, err, "Go's transport decodes what it asked for")
+			require.Equal(t, http.StatusOK, res.StatusCode)
+			up := <-rg.upCalls
+			n := 2*i + j + 1
+			e := rg.waitEntries(t, n)[n-1]
+			u := e.GetCommonProperties().GetMetadata().GetFilterMetadata()["purser.usage"].GetFields()
+			enc := e.GetResponse().GetResponseHeaders()["content-encoding"]
+			if identity {
+				require.Equal(t, "identity", up.Header.Get("accept-encoding"))
+				require.Empty(t, enc)
+				require.EqualValues(t, 12, u["usage.prompt_tokens"].GetNumberValue(), body)
+			} else {
+				require.Equal(t, "gzip", up.Header.Get("accept-encoding"), "Envoy forwards the client's header")
+				require.Equal(t, "gzip", enc, "the access log shows the answer was compressed")
+				require.NotContains(t, u, "usage.prompt_tokens", "no filter reads usage in compressed bytes")
+			}
+		}
+	}
 }

@@ -248,6 +248,10 @@ func scenarios() []scenario {
 			lua:     map[string]any{"message.usage.input_tokens": 300.0}},
 		{name: "GeminiJSON", path: "/v1beta/models/gemini-2.5-flash:generateContent", body: gemini, headers: geminiH, flat: geminiFlat, lua: geminiFlat},
 		{name: "GeminiSSE", path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", body: gemini, headers: geminiH, flat: geminiFlat, lua: geminiFlat},
+		// Without ?alt=sse Gemini streams one JSON array: json_to_metadata's selectors only
+		// walk objects, so its rules find nothing (envoy.yaml sends that route through the Lua
+		// scan instead); the Lua scan reads every element, the last usageMetadata winning.
+		{name: "GeminiJSONArrayStream", path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent", body: gemini, headers: geminiH, flat: map[string]any{}, lua: geminiFlat},
 		{name: "ProviderError", path: "/v1/chat/completions", body: chat + `}`, headers: h(fakellm.HeaderStatus, "500"), flat: map[string]any{}, lua: map[string]any{}},
 	}
 }

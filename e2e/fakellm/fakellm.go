@@ -6,8 +6,14 @@
 // Endpoints: POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings,
 // GET /v1/models and /v1/models/{id} (OpenAI); POST /v1/messages and
 // /v1/messages/count_tokens (Anthropic); POST /v1beta/models/{model}:generateContent and
-// :streamGenerateContent?alt=sse (Gemini). Test helpers: GET /healthz, GET and DELETE
-// /_fake/requests (the records as JSON, and a reset).
+// :streamGenerateContent (Gemini: server-sent events with ?alt=sse, as Google's SDKs ask,
+// else a streamed JSON array). Test helpers: GET /healthz, GET and DELETE /_fake/requests
+// (the records as JSON, and a reset).
+//
+// Like the real APIs, answers are compressed when the request's Accept-Encoding offers a
+// coding the provider uses (gzip for all three, brotli and zstd for OpenAI; compress.go): the
+// official SDKs offer gzip by default, so a proxy that forwards their Accept-Encoding sees
+// compressed JSON and compressed event streams.
 //
 // Request headers that steer a response (all optional):
 //
@@ -96,6 +102,11 @@ type Record struct {
 	Reported Usage `json:"reported"`
 	// Complete is false when the response was cut (x-fake-cut-after) or the client went away.
 	Complete bool `json:"complete"`
+	// Encoding is the content coding the answer was compressed with ("" for none), chosen
+	// from the request's Accept-Encoding as the provider would (compress.go).
+	Encoding string `json:"encoding,omitempty"`
+	// AcceptEncoding is the Accept-Encoding header the fake received.
+	AcceptEncoding string `json:"accept_encoding,omitempty"`
 }
 
 // Server is the fake provider. The zero value is not usable; call New.
@@ -175,7 +186,8 @@ type call struct {
 	body     []byte
 	req      request
 	rec      *Record
-	cutAfter int // SSE events or JSON bytes; 0 = never
+	cutAfter int  // SSE events or JSON bytes; 0 = never
+	aborted  bool // abort() cut the response
 	created  int64
 	id       string
 }
@@ -205,12 +217,22 @@ func (s *Server) handle(api string, h func(*call) error) http.HandlerFunc {
 		c := &call{s: s, w: w, r: r}
 		s.mu.Lock()
 		s.seq++
-		c.rec = &Record{Seq: s.seq, Method: r.Method, Path: r.URL.Path, API: api, RequestID: r.Header.Get("x-request-id")}
+		c.rec = &Record{Seq: s.seq, Method: r.Method, Path: r.URL.Path, API: api, RequestID: r.Header.Get("x-request-id"),
+			AcceptEncoding: r.Header.Get("accept-encoding")}
 		s.mu.Unlock()
 		c.created = s.now().Unix()
 		c.id = fmt.Sprintf("%06d", c.rec.Seq)
 		// Recorded even when the handler aborts the connection (panic(http.ErrAbortHandler)).
 		defer s.finish(c.rec)
+		if coding := negotiate(c.rec.AcceptEncoding, providerCodings[providerOf(api)]); coding != "" {
+			cw := &compressingWriter{ResponseWriter: w, coding: coding}
+			c.w, c.rec.Encoding = cw, coding
+			defer func() {
+				if !c.aborted {
+					cw.finish() // a cut response ends without the coding's trailer
+				}
+			}()
+		}
 
 		if err := c.prepare(); err != nil {
 			c.rec.Status = http.StatusBadRequest
@@ -406,6 +428,7 @@ func (c *call) abort() {
 	if f, ok := c.w.(http.Flusher); ok {
 		f.Flush()
 	}
+	c.aborted = true
 	panic(http.ErrAbortHandler)
 }
 

@@ -1,21 +1,26 @@
 package fakellm
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 )
 
-// gemini answers POST /v1beta/models/{model}:generateContent and :streamGenerateContent
-// (the SSE form, ?alt=sse, which is what Envoy's sse_to_metadata can read).
+// gemini answers POST /v1beta/models/{model}:generateContent and :streamGenerateContent.
+// A stream is server-sent events with ?alt=sse (what Google's SDKs ask for: go-genai
+// models.go builds "{model}:streamGenerateContent?alt=sse"); without it the API streams one
+// JSON array whose elements are the same chunks, as application/json (Google's REST clients
+// and plain curl get this form; simonw/llm-gemini#97 shows both). Each chunk repeats the
+// cumulative usageMetadata, so the last one holds the call's usage.
 func (c *call) gemini() error {
 	model, method, ok := strings.Cut(c.r.PathValue("call"), ":")
 	if !ok || (method != "generateContent" && method != "streamGenerateContent") {
 		return fmt.Errorf("%w: %s", errUnsupported, c.r.URL.Path)
 	}
 	stream := method == "streamGenerateContent"
-	if stream && c.r.URL.Query().Get("alt") != "sse" {
-		return fmt.Errorf("%w: only ?alt=sse streams are served", errUnsupported)
-	}
+	jsonArray := stream && !strings.EqualFold(c.r.URL.Query().Get("alt"), "sse")
 	c.req.Model, c.rec.Model, c.rec.Stream = model, model, stream
 	ws := words(c.rec.Usage.OutputTokens)
 	finish := "STOP"
@@ -57,6 +62,10 @@ func (c *call) gemini() error {
 		c.rec.Reported = Usage{InputTokens: u.InputTokens, OutputTokens: u.OutputTokens, CachedTokens: u.CachedTokens, ReasoningTokens: u.ReasoningTokens}
 		return nil
 	}
+	if jsonArray {
+		c.jsonArray(ws, chunk)
+		return nil
+	}
 	e := c.sse()
 	ps := pieces(ws, 8)
 	var sent int64
@@ -76,4 +85,47 @@ func (c *call) gemini() error {
 		})
 	}
 	return nil
+}
+
+// jsonArray streams the chunks as one JSON array: "[" then each chunk pretty-printed, joined
+// by ",\r\n", then "]", flushed chunk by chunk (x-fake-cut-after counts chunks).
+func (c *call) jsonArray(ws []string, chunk func(text string, candidates int64, final bool) map[string]any) {
+	h := c.w.Header()
+	h.Set("content-type", "application/json; charset=UTF-8")
+	c.w.WriteHeader(http.StatusOK)
+	u := c.rec.Usage
+	ps := pieces(ws, 8)
+	var sent int64
+	for i, p := range ps {
+		if c.cutAfter > 0 && i >= c.cutAfter {
+			c.abort()
+		}
+		final := i == len(ps)-1
+		sent += int64(len(strings.Fields(p)))
+		if final {
+			sent = u.OutputTokens
+		}
+		b, err := json.MarshalIndent(chunk(p, sent, final), "", "  ")
+		if err != nil {
+			panic(err) // maps of strings and numbers always marshal
+		}
+		prefix := "[" // the array opens with the first chunk
+		if i > 0 {
+			prefix = "\n,\r\n"
+		}
+		if _, err := io.WriteString(c.w, prefix+string(b)); err != nil {
+			return
+		}
+		if final {
+			_, _ = io.WriteString(c.w, "\n]")
+		}
+		if f, ok := c.w.(http.Flusher); ok {
+			f.Flush()
+		}
+		r := &c.rec.Reported
+		r.InputTokens, r.OutputTokens, r.CachedTokens = u.InputTokens, sent, u.CachedTokens
+		if final {
+			r.ReasoningTokens = u.ReasoningTokens
+		}
+	}
 }
