@@ -65,7 +65,7 @@ type UsageGroup struct {
 	Expired      int64  `json:"expired"`
 }
 
-func (s *server) usageHealth(r *http.Request) (UsageWatch, error) {
+func (s *API) usageHealth(r *http.Request) (UsageWatch, error) {
 	since := s.cfg.Now().Add(-time.Hour).UTC().Truncate(time.Second)
 	rows, err := s.svc.UsageHealth(r.Context(), since)
 	if err != nil {
