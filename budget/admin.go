@@ -73,6 +73,7 @@ func (s *Service) CreateKey(ctx context.Context, actor string, spec KeySpec) (Ke
 	if err != nil {
 		return Key{}, "", mapErr(err)
 	}
+	s.keyIdx.add(hash)
 	s.Invalidate()
 	k, err := keyFromRow(out)
 	return k, secret, err
@@ -168,6 +169,7 @@ func (s *Service) RotateKey(ctx context.Context, actor, id string) (Key, string,
 	if err != nil {
 		return Key{}, "", mapErr(err)
 	}
+	s.keyIdx.add(hash)
 	s.Invalidate()
 	k, err := keyFromRow(row)
 	return k, secret, err
