@@ -73,8 +73,8 @@ func (e *SubjectLimit) Unwrap() error { return ErrSubjectLimit }
 
 // templateGate rate-limits materialisation per subject kind.
 type templateGate struct {
-	limits TemplateLimits
-	mu     sync.Mutex
+	limits  TemplateLimits
+	mu      sync.Mutex
 	perKind map[string]*rate.Limiter
 	// live caches the live templates; nil after Invalidate.
 	live atomic.Pointer[[]store.TemplateRef]
