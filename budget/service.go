@@ -158,16 +158,17 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error)
 		s.cfg.Metrics.keyLookup(ctx, "negative_cache")
 		return nil, ErrKeyUnknown
 	}
-	if known, loaded := s.keyIdx.lookup(h); !known && !s.keyLookups.Allow() {
-		if !loaded {
-			// Nothing says whether this key exists: cannot decide, never allow.
-			s.cfg.Metrics.keyLookup(ctx, "rate_limited")
-			return nil, fmt.Errorf("%w: key lookups are rate-limited until the key index is loaded", ErrUnavailable)
-		}
-		s.cfg.Metrics.keyLookup(ctx, "index")
-		return nil, ErrKeyUnknown
-	}
+	known, loaded := s.keyIdx.lookup(h)
 	ch := s.keyLoads.DoChan(string(h[:]), func() (any, error) {
+		if !known && !s.keyLookups.Allow() {
+			if !loaded {
+				// Nothing says whether this key exists: cannot decide, never allow.
+				s.cfg.Metrics.keyLookup(ctx, "rate_limited")
+				return nil, fmt.Errorf("%w: key lookups are rate-limited until the key index is loaded", ErrUnavailable)
+			}
+			s.cfg.Metrics.keyLookup(ctx, "index")
+			return nil, ErrKeyUnknown
+		}
 		// Shared by every caller waiting for this secret: not bound to the first one's context.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyLoadTimeout)
 		defer cancel()
