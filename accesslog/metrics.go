@@ -14,6 +14,7 @@ type metrics struct {
 	entries  metric.Int64Counter
 	settles  metric.Int64Counter
 	problems metric.Int64Counter
+	streams  metric.Int64Counter
 	lagHist  metric.Float64Histogram
 }
 
@@ -35,6 +36,10 @@ func newMetrics(meter metric.Meter) (*metrics, error) {
 		metric.WithDescription("Entries whose usage was missing, incomplete, invalid or for an unknown model (each charged the hold)")); err != nil {
 		return nil, fmt.Errorf("metric purser.accesslog.usage_problems: %w", err)
 	}
+	if m.streams, err = meter.Int64Counter("purser.accesslog.streams",
+		metric.WithDescription("Access-log stream events (opened, closed, refused_limit, idle_timeout)")); err != nil {
+		return nil, fmt.Errorf("metric purser.accesslog.streams: %w", err)
+	}
 	if m.lagHist, err = meter.Float64Histogram("purser.accesslog.settlement_lag", metric.WithUnit("s"),
 		metric.WithDescription("Time from a request's end (as Envoy logged it) to its settlement"),
 		metric.WithExplicitBucketBoundaries(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)); err != nil {
@@ -48,6 +53,13 @@ func (m *metrics) entry(ctx context.Context, outcome string, n int64) {
 		return
 	}
 	m.entries.Add(ctx, n, metric.WithAttributes(attribute.String("outcome", outcome)))
+}
+
+func (m *metrics) stream(ctx context.Context, event string) {
+	if m == nil {
+		return
+	}
+	m.streams.Add(ctx, 1, metric.WithAttributes(attribute.String("event", event)))
 }
 
 func (m *metrics) settled(ctx context.Context, outcome string) {

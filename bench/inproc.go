@@ -97,6 +97,7 @@ func startInProc(ctx context.Context, databaseURL string, hotPoolSize, poolSize 
 	}
 	opts := []grpc.ServerOption{
 		codec,
+		grpc.InTapHandle(sink.Tap), // as serve.go: access-log streams bounded and endable
 		grpc.MaxRecvMsgSize(8<<20 + 1<<20),
 		grpc.MaxConcurrentStreams(1024),
 		grpc.NumStreamWorkers(512), // serve's -grpc-workers default
