@@ -165,23 +165,23 @@ type Sink struct {
 	catalog func() *pricing.Catalog
 	m       *metrics
 
-	queue    chan Entry
-	pending  atomic.Int64  // entries queued and not yet processed
-	unsigned atomic.Int64  // of which entries without a proof
+	queue       chan Entry
+	pending     atomic.Int64 // entries queued and not yet processed
+	unsigned    atomic.Int64 // of which entries without a proof
 	maxUnsigned int64
-	streams  atomic.Int64  // open access-log streams
-	ctlMu    sync.Mutex
-	ctls     map[*streamCtl]struct{} // streams opened through Tap
-	refusals *rate.Limiter // sampled log lines for refused entries
-	refusedN atomic.Int64  // refusals not logged since the last line
-	progress chan struct{} // signalled after each processed batch (Flush waits on it)
-	draining chan struct{}
-	drainOne sync.Once
-	workers  sync.WaitGroup
-	started  atomic.Bool
-	stopped  chan struct{}
-	closing  chan struct{} // CloseStreams: open streams end so the gRPC server can stop
-	closeOne sync.Once
+	streams     atomic.Int64 // open access-log streams
+	ctlMu       sync.Mutex
+	ctls        map[*streamCtl]struct{} // streams opened through Tap
+	refusals    *rate.Limiter           // sampled log lines for refused entries
+	refusedN    atomic.Int64            // refusals not logged since the last line
+	progress    chan struct{}           // signalled after each processed batch (Flush waits on it)
+	draining    chan struct{}
+	drainOne    sync.Once
+	workers     sync.WaitGroup
+	started     atomic.Bool
+	stopped     chan struct{}
+	closing     chan struct{} // CloseStreams: open streams end so the gRPC server can stop
+	closeOne    sync.Once
 }
 
 // New returns a Sink. catalog returns the price catalog in force.
