@@ -226,7 +226,7 @@ func httpLogs(es []*alsdata.HTTPAccessLogEntry) *alsv3.StreamAccessLogsMessage {
 // stream's entries are capped per second.
 func TestSink_StreamLimits(t *testing.T) {
 	t.Parallel()
-	cfg, reader := metered(accesslog.Config{MaxStreams: 3, IdleTimeout: time.Second, StreamRate: 10})
+	cfg, reader := metered(accesslog.Config{MaxStreams: 3, IdleTimeout: time.Second, EvictIdle: time.Hour, StreamRate: 10})
 	h := serve(t, cfg)
 	ctx := context.Background()
 	var open []alsv3.AccessLogService_StreamAccessLogsClient
@@ -276,6 +276,50 @@ func TestSink_StreamLimits(t *testing.T) {
 	got := countsByOutcome(t, reader, "purser.accesslog.entries")
 	require.Equal(t, int64(79), got["rate_limited"], "%v", got)
 	require.Equal(t, int64(21), got["not_reserved_denied"])
+}
+
+// At the stream limit, a new stream ends the one quiet the longest instead of being refused:
+// streams held open and silent cannot keep Envoy's out.
+func TestSink_NewStreamEvictsTheQuietest(t *testing.T) {
+	t.Parallel()
+	cfg, reader := metered(accesslog.Config{MaxStreams: 2, EvictIdle: 200 * time.Millisecond})
+	h := serve(t, cfg)
+	ctx := context.Background()
+	var quiet []alsv3.AccessLogService_StreamAccessLogsClient
+	for range 2 {
+		s, err := h.client.StreamAccessLogs(ctx)
+		require.NoError(t, err)
+		require.NoError(t, s.Send(httpLogs(nil)))
+		quiet = append(quiet, s)
+	}
+	require.Eventually(t, func() bool { return h.sink.Streams() == 2 }, 10*time.Second, 5*time.Millisecond)
+	// Envoy's new stream gets in once the others have been quiet long enough.
+	var envoy alsv3.AccessLogService_StreamAccessLogsClient
+	require.Eventually(t, func() bool {
+		s, err := h.client.StreamAccessLogs(ctx)
+		if err != nil {
+			return false
+		}
+		if s.Send(httpLogs(nil)) != nil {
+			return false
+		}
+		envoy = s
+		return counterBy(t, reader, "purser.accesslog.streams", "event")["evicted"] >= 1
+	}, 10*time.Second, 50*time.Millisecond)
+	ended := 0
+	for _, s := range quiet {
+		done := make(chan error, 1)
+		go func() { done <- s.RecvMsg(new(alsv3.StreamAccessLogsResponse)) }()
+		select {
+		case err := <-done:
+			require.Equal(t, codes.Canceled, status.Code(err))
+			ended++
+		case <-time.After(time.Second): // the other one is still open: that is the point
+		}
+	}
+	require.GreaterOrEqual(t, ended, 1, "a quiet stream made room")
+	_, err := envoy.CloseAndRecv()
+	require.NoError(t, err, "the new stream works")
 }
 
 func counterBy(t *testing.T, reader *sdkmetric.ManualReader, name, attr string) map[string]int64 {

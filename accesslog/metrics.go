@@ -37,7 +37,7 @@ func newMetrics(meter metric.Meter) (*metrics, error) {
 		return nil, fmt.Errorf("metric purser.accesslog.usage_problems: %w", err)
 	}
 	if m.streams, err = meter.Int64Counter("purser.accesslog.streams",
-		metric.WithDescription("Access-log stream events (opened, closed, refused_limit, idle_timeout)")); err != nil {
+		metric.WithDescription("Access-log stream events (opened, closed, refused_limit, idle_timeout, evicted)")); err != nil {
 		return nil, fmt.Errorf("metric purser.accesslog.streams: %w", err)
 	}
 	if m.lagHist, err = meter.Float64Histogram("purser.accesslog.settlement_lag", metric.WithUnit("s"),

@@ -72,6 +72,12 @@ type Config struct {
 	// IdleTimeout ends a stream that sent nothing for this long (default 5 minutes); Envoy
 	// opens a new one at its next flush. Needs Tap.
 	IdleTimeout time.Duration
+	// EvictIdle: when MaxStreams are open, a new stream ends the one that has been quiet the
+	// longest, if quiet for at least this long (default a quarter of IdleTimeout, at most
+	// 5s: a busy Envoy worker flushes every second), instead of being refused: streams held
+	// open and silent cannot keep Envoy's out.
+	// Needs Tap.
+	EvictIdle time.Duration
 	// StreamRate caps the entries one stream may deliver per second (default 10,000, burst
 	// 2x; an Envoy worker at 1,000 requests/s is a tenth of it). Entries over it are dropped
 	// and counted (rate_limited): their reservations expire, charged in full.
@@ -110,6 +116,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.EvictIdle <= 0 {
+		c.EvictIdle = min(c.IdleTimeout/4, 5*time.Second)
 	}
 	if c.StreamRate <= 0 {
 		c.StreamRate = 10_000
@@ -208,12 +217,14 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 // Tap gives each access-log stream a context only the sink can cancel.
 type streamCtl struct {
 	cancel context.CancelCauseFunc
+	active atomic.Int64 // Unix nanoseconds of the last message (or the opening)
 }
 
 type ctlKey struct{}
 
 var (
 	errIdle    = errors.New("access-log stream idle")
+	errEvicted = errors.New("access-log stream evicted for a new one")
 	errClosing = errors.New("purser is shutting down")
 )
 
@@ -231,13 +242,14 @@ func (s *Sink) Tap(ctx context.Context, info *tap.Info) (context.Context, error)
 		return nil, status.Error(codes.Unavailable, "purser is shutting down")
 	default:
 	}
-	if s.streams.Add(1) > int64(s.cfg.MaxStreams) {
+	if s.streams.Add(1) > int64(s.cfg.MaxStreams) && !s.evictQuietest() {
 		s.streams.Add(-1)
 		s.m.stream(ctx, "refused_limit")
 		return nil, status.Error(codes.ResourceExhausted, "too many access-log streams")
 	}
 	cctx, cancel := context.WithCancelCause(ctx)
 	ctl := &streamCtl{cancel: cancel}
+	ctl.active.Store(time.Now().UnixNano())
 	s.ctlMu.Lock()
 	s.ctls[ctl] = struct{}{}
 	s.ctlMu.Unlock()
@@ -251,6 +263,30 @@ func (s *Sink) Tap(ctx context.Context, info *tap.Info) (context.Context, error)
 		s.m.stream(context.Background(), "closed")
 	})
 	return context.WithValue(cctx, ctlKey{}, ctl), nil
+}
+
+// evictQuietest ends the stream quiet the longest if it has been quiet for EvictIdle, making
+// room for a new one (its slot is released when it has ended).
+func (s *Sink) evictQuietest() bool {
+	cutoff := time.Now().Add(-s.cfg.EvictIdle).UnixNano()
+	s.ctlMu.Lock()
+	var quietest *streamCtl
+	for c := range s.ctls {
+		if a := c.active.Load(); a <= cutoff && (quietest == nil || a < quietest.active.Load()) {
+			quietest = c
+		}
+	}
+	if quietest != nil {
+		delete(s.ctls, quietest) // not chosen twice
+		quietest.active.Store(time.Now().UnixNano())
+	}
+	s.ctlMu.Unlock()
+	if quietest == nil {
+		return false
+	}
+	quietest.cancel(errEvicted)
+	s.m.stream(context.Background(), "evicted")
+	return true
 }
 
 // StreamAccessLogs reads one Envoy stream (one per Envoy worker), in its handler's goroutine
@@ -272,7 +308,7 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 		idle := time.AfterFunc(s.cfg.IdleTimeout, func() { ctl.cancel(errIdle) })
 		defer idle.Stop()
 		defer ctl.cancel(nil)
-		stream = idleReset{stream, idle, s.cfg.IdleTimeout}
+		stream = idleReset{stream, idle, s.cfg.IdleTimeout, ctl}
 	}
 	authenticated := s.cfg.Authenticated == nil || s.cfg.Authenticated(ctx)
 	limit := rate.NewLimiter(rate.Limit(s.cfg.StreamRate), int(2*s.cfg.StreamRate)+1)
@@ -288,6 +324,8 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			case errors.Is(cause, errIdle):
 				s.m.stream(ctx, "idle_timeout")
 				return status.Error(codes.Unavailable, "access-log stream idle: open a new one")
+			case errors.Is(cause, errEvicted):
+				return status.Error(codes.Unavailable, "access-log stream ended for a new one")
 			case errors.Is(cause, errClosing):
 				// Envoy opens a new stream (to another replica) at its next flush.
 				return status.Error(codes.Unavailable, "purser is shutting down")
@@ -325,17 +363,19 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 	}
 }
 
-// idleReset re-arms the stream's idle timer on every message received.
+// idleReset re-arms the stream's idle timer, and notes its activity, on every message.
 type idleReset struct {
 	alsv3.AccessLogService_StreamAccessLogsServer
 	timer *time.Timer
 	d     time.Duration
+	ctl   *streamCtl
 }
 
 func (r idleReset) RecvMsg(m any) error {
 	err := r.AccessLogService_StreamAccessLogsServer.RecvMsg(m)
 	if err == nil {
 		r.timer.Reset(r.d)
+		r.ctl.active.Store(time.Now().UnixNano())
 	}
 	return err
 }

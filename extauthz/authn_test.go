@@ -121,9 +121,10 @@ func TestCheck_StripsEveryPurserCredential(t *testing.T) {
 	ok := okResponse(t, resp)
 	require.ElementsMatch(t, []string{"authorization", "x-api-key"}, ok.GetHeadersToRemove(), "key B must not reach the provider")
 
-	// Repeated headers arrive joined: a purser key hidden behind a provider key is stripped.
+	// Repeated headers arrive joined: a purser key behind a provider key, with a scheme, is
+	// stripped.
 	req = withKey(fixture(t, "openai_chat"), a, 2)
-	req.GetAttributes().GetRequest().GetHttp().Headers["api-key"] = "sk-provider, " + b
+	req.GetAttributes().GetRequest().GetHttp().Headers["api-key"] = "sk-provider, Bearer " + b
 	resp, err = h.client.Check(ctx, req)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"authorization", "api-key"}, okResponse(t, resp).GetHeadersToRemove())

@@ -126,11 +126,12 @@ func purserCredentials(cs []request.Credential) (headers, params []string) {
 	return headers, params
 }
 
-// carriesPurserKey reports whether a credential value holds a purser key anywhere: the
-// parser joins repeated headers and query parameters with ",", so "sk-…,pk_…" carries one.
+// carriesPurserKey reports whether a credential value holds a purser key as any of its
+// tokens: the parser joins repeated headers and query parameters with ",", and a header read
+// verbatim may carry a scheme ("Bearer pk_…"), so "sk-…, Bearer pk_…" carries one.
 func carriesPurserKey(v string) bool {
-	for part := range strings.SplitSeq(v, ",") {
-		if strings.HasPrefix(strings.TrimSpace(part), keyPrefix) {
+	for _, tok := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+		if strings.HasPrefix(tok, keyPrefix) {
 			return true
 		}
 	}

@@ -85,3 +85,13 @@ ALTER TABLE budgets DROP CONSTRAINT budgets_template_id_subject_key;
 CREATE UNIQUE INDEX budgets_template_subject ON budgets (template_id, subject) WHERE pruned_at IS NULL;
 -- Counting a template's live budgets (its cap) and finding idle ones.
 CREATE INDEX budgets_template_live ON budgets (template_id) WHERE template_id IS NOT NULL AND deleted_at IS NULL;
+
+-- A budget a template makes for a new subject needs no notification: a replica caches a
+-- subject's budgets only after it made (or found) that subject's template budgets, or was
+-- refused (and cached nothing). Without this, every new subject purged every replica's caches
+-- (a flood of new tenants amplified into cache misses for everyone).
+DROP TRIGGER budgets_changed ON budgets;
+CREATE TRIGGER budgets_changed AFTER UPDATE OR DELETE ON budgets
+    FOR EACH ROW EXECUTE FUNCTION purser_notify_change();
+CREATE TRIGGER budgets_created AFTER INSERT ON budgets
+    FOR EACH ROW WHEN (NEW.template_id IS NULL) EXECUTE FUNCTION purser_notify_change();
