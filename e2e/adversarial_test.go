@@ -108,6 +108,21 @@ func (a *attacker) sendEntries(ctx context.Context, entries []*alsdata.HTTPAcces
 	return err
 }
 
+// small keeps each attempt's purser to six database connections: the suite runs its
+// attempts side by side on one Postgres.
+func small(o stackOpts) stackOpts {
+	o.purserArgs = append([]string{"-hot-pool-size", "2", "-pool-size", "4"}, o.purserArgs...)
+	return o
+}
+
+// slackDeadlines: flood tests share two busy cores with the suite; Envoy's and purser's Check
+// deadlines are made generous (5 s, 4 s) so that a failure is purser's, not the scheduler's.
+func slackDeadlines(o stackOpts) stackOpts {
+	o.purserArgs = append(o.purserArgs, "-check-timeout", "4s")
+	o.configure = func(c *envoysim.Config) { c.ExtAuthz.Timeout = 5 * time.Second }
+	return o
+}
+
 func (st *stack) metrics(t *testing.T) bench.Metrics {
 	t.Helper()
 	m, err := st.pursers[0].current().Metrics(context.Background())
@@ -158,7 +173,7 @@ func entryTemplate(t *testing.T, usage map[string]any) *bench.EntryTemplate {
 // purser's own proof moves money. Issue 13: "settled a $0.16 hold at $0, voided another,
 // charged $0.75 to user:alice with an unverified entry".
 func attemptForgedEntries(t *testing.T, bin string) {
-	st := newStack(t, bin, stackOpts{})
+	st := newStack(t, bin, small(stackOpts{}))
 	ctx := context.Background()
 	keyID, secret := st.key("victim", "team:victim")
 	b := st.budget("victim daily", "key:"+keyID, 5_000_000, "day")
@@ -244,9 +259,9 @@ func attemptForgedEntries(t *testing.T, bin string) {
 func attemptRequestIDReuse(t *testing.T, bin string) {
 	g := newGate()
 	defer g.open()
-	st := newStack(t, bin, stackOpts{wrapUpstream: g.wrap, configure: func(c *envoysim.Config) {
+	st := newStack(t, bin, small(stackOpts{wrapUpstream: g.wrap, configure: func(c *envoysim.Config) {
 		c.HCM.PreserveExternalRequestId = true
-	}})
+	}}))
 	st.sim.SetCheckFault(func(r *http.Request) envoysim.CheckFault {
 		return envoysim.CheckFault{LoseAnswer: r.Header.Get("x-e2e-fault") == "lose"}
 	})
@@ -310,7 +325,7 @@ func attemptRequestIDReuse(t *testing.T, bin string) {
 // it reach neither Check nor StreamAccessLogs; a purser listening without authentication
 // ignores identity claims; and purser refuses to listen beyond loopback unauthenticated.
 func attemptUnauthenticated(t *testing.T, bin string) {
-	st := newStack(t, bin, stackOpts{})
+	st := newStack(t, bin, small(stackOpts{}))
 	ctx := context.Background()
 	keyID, secret := st.key("mine")
 	st.budget("key daily", "key:"+keyID, 1_000_000, "day")
@@ -333,7 +348,7 @@ func attemptUnauthenticated(t *testing.T, bin string) {
 
 	// A second purser on the same ledger, on loopback without a secret (its default): the
 	// forged principal identifies nobody there.
-	open := startPurser(t, bin, st.db.ConnString, "-check-timeout", "2s")
+	open := startPurser(t, bin, st.db.ConnString, "-check-timeout", "2s", "-hot-pool-size", "1", "-pool-size", "2")
 	conn, err := grpc.NewClient(open.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	defer conn.Close()
@@ -360,7 +375,7 @@ func attemptUnauthenticated(t *testing.T, bin string) {
 	require.NotZero(t, code, "purser must not start: %s", out)
 	require.Contains(t, out, "no caller has to authenticate")
 	p, err := bench.StartPurser(ctx, bin, bench.PurserOptions{DatabaseURL: st.db.ConnString, GRPCAddr: "0.0.0.0:" + port,
-		Args: []string{"-insecure-grpc"}})
+		Args: []string{"-insecure-grpc", "-hot-pool-size", "1", "-pool-size", "2"}})
 	require.NoError(t, err, "-insecure-grpc says so explicitly")
 	require.Contains(t, p.Log(), "gRPC callers are not authenticated", "and it warns")
 	require.NoError(t, p.Stop(30*time.Second))
@@ -396,7 +411,7 @@ func runServe(t *testing.T, bin, dsn string, args ...string) (string, int) {
 func attemptIdleStreams(t *testing.T, bin string) {
 	const limit, attempts = 200, 3000
 	// Idle streams end after 4 s; at the limit, a new stream ends one quiet for 1 s (a quarter).
-	st := newStack(t, bin, stackOpts{purserArgs: []string{"-als-max-streams", strconv.Itoa(limit), "-als-idle-timeout", "4s"}})
+	st := newStack(t, bin, small(slackDeadlines(stackOpts{purserArgs: []string{"-als-max-streams", strconv.Itoa(limit), "-als-idle-timeout", "4s"}})))
 	ctx := context.Background()
 	keyID, secret := st.key("streams")
 	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
@@ -461,7 +476,7 @@ func attemptIdleStreams(t *testing.T, bin string) {
 // genuine traffic runs: forged entries are refused before the queue, unsigned ones keep to
 // their share, and every genuine entry settles at its real price.
 func attemptEntryFlood(t *testing.T, bin string) {
-	st := newStack(t, bin, stackOpts{})
+	st := newStack(t, bin, small(slackDeadlines(stackOpts{})))
 	ctx := context.Background()
 	keyID, secret := st.key("flooded")
 	b := st.budget("key daily", "key:"+keyID, 5_000_000, "day")
@@ -512,10 +527,7 @@ func attemptEntryFlood(t *testing.T, bin string) {
 // bounded by the lookup rate), every legitimate request succeeds, denials are logged a sample
 // at a time.
 func attemptUnknownKeys(t *testing.T, bin string) {
-	// The flood and Envoy's traffic share two busy cores with the suite: deadlines are made
-	// generous (Envoy 5 s, purser 4 s) so that a failure here is purser's, not the scheduler's.
-	st := newStack(t, bin, stackOpts{purserArgs: []string{"-log-level", "info", "-key-lookup-rate", "20", "-check-timeout", "4s"},
-		configure: func(c *envoysim.Config) { c.ExtAuthz.Timeout = 5 * time.Second }})
+	st := newStack(t, bin, small(slackDeadlines(stackOpts{purserArgs: []string{"-log-level", "info", "-key-lookup-rate", "20"}})))
 	ctx := context.Background()
 	keyID, secret := st.key("legit")
 	b := st.budget("key daily", "key:"+keyID, 5_000_000, "day")
@@ -588,7 +600,7 @@ func attemptUnknownKeys(t *testing.T, bin string) {
 func attemptTenantFlood(t *testing.T, bin string) {
 	cfgPath := filepath.Join(t.TempDir(), "purser.yaml")
 	require.NoError(t, os.WriteFile(cfgPath, []byte("identity:\n  trusted_headers: [{header: x-tenant, subject: org}]\n"), 0o600))
-	st := newStack(t, bin, stackOpts{purserArgs: []string{"-config", cfgPath, "-template-max-budgets", "40", "-template-rate", "20", "-check-timeout", "10s"}})
+	st := newStack(t, bin, small(stackOpts{purserArgs: []string{"-config", cfgPath, "-template-max-budgets", "40", "-template-rate", "20", "-check-timeout", "10s"}}))
 	ctx := context.Background()
 	_, err := st.svc.CreateTemplate(ctx, "e2e", budget.Definition{Name: "tenant daily", Kind: "org", Unit: "usd", Limit: 200_000, Window: "day", Hard: true})
 	require.NoError(t, err)
@@ -664,7 +676,7 @@ func attemptTwoCredentials(t *testing.T, bin string) {
 			next.ServeHTTP(w, r)
 		})
 	}
-	st := newStack(t, bin, stackOpts{wrapUpstream: record})
+	st := newStack(t, bin, small(stackOpts{wrapUpstream: record}))
 	ctx := context.Background()
 	keyA, a := st.key("a")
 	keyB, bSecret := st.key("b")
