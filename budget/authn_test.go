@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -391,4 +392,18 @@ func TestTemplates_CapAcrossReplicas(t *testing.T) {
 	var live int
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM budgets WHERE template_id IS NOT NULL AND deleted_at IS NULL`).Scan(&live))
 	require.Equal(t, 10, live, "80 new tenants from 8 replicas, cap 10")
+}
+
+var secretShape = regexp.MustCompile(`^pk_[0-9A-Za-z]{1,43}$`)
+
+// FuzzValidSecret: the format check agrees with the key grammar on any input and never panics.
+func FuzzValidSecret(f *testing.F) {
+	for _, s := range []string{"", "pk_", "pk_abc", "pk_" + strings.Repeat("Z", 43), "pk_" + strings.Repeat("Z", 44), "pk_é", "Bearer pk_x", "pk_\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := budget.ValidSecret(s), secretShape.MatchString(s); got != want {
+			t.Fatalf("ValidSecret(%q) = %t, want %t", s, got, want)
+		}
+	})
 }
