@@ -97,15 +97,22 @@ type ring struct {
 
 type ringKey struct {
 	Key
-	pool sync.Pool // hash.Hash (HMAC under this key), reset before use
+	pool sync.Pool // *macState under this key
 }
 
-func (k *ringKey) mac() hash.Hash {
-	if h, ok := k.pool.Get().(hash.Hash); ok {
-		h.Reset()
-		return h
+// macState is an HMAC under one key with its scratch space, reused across calls.
+type macState struct {
+	h   hash.Hash
+	buf []byte
+	sum []byte
+}
+
+func (k *ringKey) state() *macState {
+	if m, ok := k.pool.Get().(*macState); ok {
+		m.h.Reset()
+		return m
 	}
-	return hmac.New(sha256.New, k.Secret)
+	return &macState{h: hmac.New(sha256.New, k.Secret), buf: make([]byte, 0, 512), sum: make([]byte, 0, sha256.Size)}
 }
 
 // Set replaces the keys. Keys with a malformed id or secret are skipped (and reported).
@@ -184,10 +191,8 @@ func (r *Keyring) Sign(c *Claims, now, expires time.Time) (string, error) {
 		expires = k.ExpiresAt
 	}
 	exp := expires.Unix()
-	h := k.mac()
-	var sum [sha256.Size]byte
-	mac := digest(h, k.ID, exp, c, sum[:0])
-	k.pool.Put(h)
+	m := k.state()
+	mac := m.digest(k.ID, exp, c)
 	var b strings.Builder
 	b.Grow(len(Version) + 1 + len(k.ID) + 1 + 20 + 1 + base64.RawURLEncoding.EncodedLen(len(mac)))
 	b.WriteString(Version)
@@ -201,6 +206,7 @@ func (r *Keyring) Sign(c *Claims, now, expires time.Time) (string, error) {
 	n := base64.RawURLEncoding.EncodedLen(len(mac))
 	base64.RawURLEncoding.Encode(enc[:n], mac)
 	b.Write(enc[:n])
+	k.pool.Put(m)
 	return b.String(), nil
 }
 
@@ -220,11 +226,10 @@ func (r *Keyring) Verify(c *Claims, token string, now time.Time) error {
 	if now.Unix() > t.Expires {
 		return ErrExpired
 	}
-	h := k.mac()
-	var sum [sha256.Size]byte
-	mac := digest(h, t.KeyID, t.Expires, c, sum[:0])
-	k.pool.Put(h)
-	if !hmac.Equal(mac, t.MAC[:]) {
+	m := k.state()
+	ok := hmac.Equal(m.digest(t.KeyID, t.Expires, c), t.MAC[:])
+	k.pool.Put(m)
+	if !ok {
 		return ErrBadMAC
 	}
 	return nil
@@ -307,22 +312,21 @@ func canonicalUint(s string) bool {
 const domain = "purser-proof\x00v1\x00"
 
 // digest is HMAC(domain, key id, expiry, each claim length-prefixed): no two different
-// claim sets encode alike.
-func digest(h hash.Hash, keyID string, exp int64, c *Claims, dst []byte) []byte {
-	var buf [512]byte
-	b := append(buf[:0], domain...)
+// claim sets encode alike. The result aliases m's scratch space until m is reused.
+func (m *macState) digest(keyID string, exp int64, c *Claims) []byte {
+	b := append(m.buf[:0], domain...)
 	b = field(b, keyID)
 	b = binary.BigEndian.AppendUint64(b, uint64(exp))
 	for _, v := range [...]string{c.Decision, c.ReservationID, c.ReservedMicros, c.ReservedTokens, c.KeyID,
 		c.Subjects, c.Provider, c.Flavor, c.Model} {
 		b = field(b, v)
-		if len(b) > len(buf)/2 {
-			h.Write(b)
-			b = buf[:0]
-		}
 	}
-	h.Write(b)
-	return h.Sum(dst)
+	m.h.Write(b)
+	if cap(b) <= 4096 {
+		m.buf = b // keep a grown buffer, not a huge one
+	}
+	m.sum = m.h.Sum(m.sum[:0])
+	return m.sum
 }
 
 func field(b []byte, v string) []byte {
