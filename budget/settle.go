@@ -196,12 +196,6 @@ func (s *Service) Reservation(ctx context.Context, id string) (Reservation, erro
 	return r, mapErr(err)
 }
 
-// ReservationsByRequestID finds reservations made for an x-request-id within [from, to].
-func (s *Service) ReservationsByRequestID(ctx context.Context, requestID string, from, to time.Time) ([]Reservation, error) {
-	rs, err := s.db.ReservationsByRequestID(ctx, requestID, from, to)
-	return rs, mapErr(err)
-}
-
 // ReservationsForRequest finds the reservations made, within [from, to], for the downstream
 // request that carried this x-request-id and that Envoy started at start (to the nanosecond:
 // the CheckRequest's attributes.request.time and the access-log entry's

@@ -191,16 +191,3 @@ func (s *Store) ReservationsByRequestStart(ctx context.Context, requestID string
 	return out, nil
 }
 
-// ReservationsByRequestID returns reservations carrying an x-request-id, created in [from, to].
-func (s *Store) ReservationsByRequestID(ctx context.Context, requestID string, from, to time.Time) ([]ReservationRow, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+reservationCols+` FROM reservations
-		WHERE request_id = $1 AND created_at >= $2 AND created_at <= $3 ORDER BY created_at`, requestID, from, to)
-	if err != nil {
-		return nil, fmt.Errorf("reservations by request id: %w", interpret(err))
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ReservationRow, error) { return scanReservation(r) })
-	if err != nil {
-		return nil, fmt.Errorf("reservations by request id: %w", interpret(err))
-	}
-	return out, nil
-}
