@@ -190,4 +190,3 @@ func (s *Store) ReservationsByRequestStart(ctx context.Context, requestID string
 	}
 	return out, nil
 }
-
