@@ -155,9 +155,12 @@ func TestCheck_IdentityClaimsNeedAnAuthenticatedProxy(t *testing.T) {
 	require.Contains(t, resp.GetDeniedResponse().GetBody(), "did not authenticate")
 	require.Equal(t, map[string]int64{"": 1}, h.counter(t, "purser.check.untrusted_claims", "none"))
 
-	// With a key, the key identifies; the forged workload adds nothing.
+	// With a key, the key identifies; the forged workload adds nothing, and neither does a
+	// made-up route context (its budget_subject would charge someone else's budget).
 	k, secret := h.key(t, "team:ml")
-	resp, err = h.client.Check(ctx, withKey(fixture(t, "mtls_principal"), secret, 2))
+	req := withKey(fixture(t, "mtls_principal"), secret, 2)
+	req.Attributes.ContextExtensions = map[string]string{"budget_subject": "team:victim", "route": "made-up"}
+	resp, err = h.client.Check(ctx, req)
 	require.NoError(t, err)
 	okResponse(t, resp)
 	res, err := h.svc.Reservation(ctx, meta(resp, extauthz.MetaReservationID))

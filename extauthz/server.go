@@ -176,8 +176,8 @@ func (s *Server) decide(ctx context.Context, r *request.Request, start time.Time
 
 // identify resolves the caller's subjects: the API key and its owners, the mTLS workload, JWT
 // claims and trusted headers (parsed by request.Parse), the route's subjects, and global. The
-// claims (workload, JWT, trusted headers) are believed only from an authenticated Envoy: any
-// client that reaches an unauthenticated gRPC port could assert them.
+// claims (workload, JWT, trusted headers) and the route's subjects are believed only from an
+// authenticated Envoy: any client that reaches an unauthenticated gRPC port could assert them.
 func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
 	var v verdict
 	var sawCredential bool
@@ -215,11 +215,13 @@ func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
 			s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "ignoring an invalid subject", slog.String("error", err.Error()))
 			continue
 		}
+		if !trusted {
+			// From an unauthenticated caller the route context is as made-up as the claims:
+			// a budget_subject there would charge someone else's budget.
+			ignored = ignored || !fromRoute(sub, r)
+			continue
+		}
 		if !fromRoute(sub, r) {
-			if !trusted {
-				ignored = true
-				continue
-			}
 			identified = true
 		}
 		v.subjects = appendUnique(v.subjects, sub)
@@ -357,10 +359,11 @@ func (s *Server) ttl(r *request.Request) time.Duration {
 // reuses an x-request-id for a new request gets a new reservation, not a free ride.
 //
 // When the Check carries the time Envoy received the request (the same in every retry), the
-// key starts with it in Unix nanoseconds, big-endian, before the SHA-256: keys then arrive in nearly ascending
-// order and land on the few rightmost pages of the reservations' unique index, which stay
-// cached, instead of on a random page of an index larger than shared_buffers each (a
-// measured fifth of purser_reserve's time on a ledger of a million reservations).
+// key starts with it in Unix nanoseconds, big-endian, before the SHA-256: keys then arrive in
+// nearly ascending order and land on the few rightmost pages of the reservations' unique
+// index, which stay cached, instead of on a random page of an index larger than
+// shared_buffers each (a measured fifth of purser_reserve's time on a ledger of a million
+// reservations).
 func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request, start time.Time) []byte {
 	if r.RequestID == "" || r.StreamID == "" {
 		return nil
