@@ -255,7 +255,10 @@ func attemptForgedEntries(t *testing.T, bin string) {
 // then counted as a duplicate: actual cost 0". Here the proxy keeps the client's x-request-id
 // (preserve_external_request_id), the second request's Check answer is lost, and its entry
 // carries no metadata: the fallback joins on the x-request-id and Envoy's start time, so it
-// finds only the second request's own reservation, and never voids.
+// finds only the second request's own reservation, and never voids. (Envoy stamps the Check's
+// attributes.request.time and the entry's common_properties.start_time from the same
+// StreamInfo::startTime(): source/extensions/filters/common/ext_authz/check_request_utils.cc,
+// source/extensions/access_loggers/grpc/grpc_access_log_utils.cc.)
 func attemptRequestIDReuse(t *testing.T, bin string) {
 	g := newGate()
 	defer g.open()
