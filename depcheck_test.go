@@ -32,6 +32,7 @@ func TestImportDirection(t *testing.T) {
 		{module + "/budget/pricing", []string{module + "/"}, "the price catalog is self-contained"},
 		{module + "/migrations", []string{module + "/"}, "migrations are self-contained"},
 		{module + "/grpccodec", []string{module + "/"}, "the codec is self-contained"},
+		{module + "/proof", []string{module + "/", "github.com/jackc/pgx", "google.golang.org/grpc", "github.com/envoyproxy"}, "proofs are pure: keys come from the caller"},
 	}
 	checked := 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {

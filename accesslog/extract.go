@@ -103,13 +103,19 @@ type Entry struct {
 	Type  alsdata.AccessLogType
 
 	// From ext_authz dynamic metadata.
-	Decision      string
-	ReservationID string
-	Provider      string
-	Flavor        string
-	Model         string
-	KeyID         string
-	Subjects      []string
+	Decision       string
+	ReservationID  string
+	ReservedMicros string
+	ReservedTokens string
+	Provider       string
+	Flavor         string
+	Model          string
+	KeyID          string
+	Subjects       []string
+	// SubjectsRaw is the subjects value as it travelled (comma-joined), which Proof covers.
+	SubjectsRaw string
+	// Proof proves the values above (package proof); "" when the entry carries none.
+	Proof string
 
 	RequestID string
 	Start     time.Time
@@ -139,6 +145,8 @@ type Entry struct {
 	UpstreamAnswer  bool   // a response from the upstream started
 	Interrupted     string // the reset or timeout that cut the exchange, "" if none
 	ResponseFromExt bool   // the response was a local reply (ext_authz, no route...), not the upstream's
+
+	unsigned bool // queued without a proof (counts against the unsigned share)
 }
 
 // Tokens is usage normalised by the data plane: inclusive input and output totals.
@@ -297,8 +305,14 @@ func (out *Entry) authzField(key, v string) {
 		out.Model = v
 	case "key_id":
 		out.KeyID = v
+	case "reserved_micros":
+		out.ReservedMicros = v
+	case "reserved_tokens":
+		out.ReservedTokens = v
+	case "purser_proof":
+		out.Proof = v
 	case "subjects":
-		out.Subjects = nil
+		out.Subjects, out.SubjectsRaw = nil, v
 		if v != "" {
 			out.Subjects = strings.Split(v, ",")
 		}

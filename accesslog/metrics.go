@@ -15,6 +15,7 @@ type metrics struct {
 	entries  metric.Int64Counter
 	settles  metric.Int64Counter
 	problems metric.Int64Counter
+	streams  metric.Int64Counter
 	lagHist  metric.Float64Histogram
 	usageCtr metric.Int64Counter
 
@@ -50,6 +51,10 @@ func newMetrics(meter metric.Meter) (*metrics, error) {
 		metric.WithDescription("Entries whose usage was missing, incomplete, invalid or for an unknown model (each charged the hold)")); err != nil {
 		return nil, fmt.Errorf("metric purser.accesslog.usage_problems: %w", err)
 	}
+	if m.streams, err = meter.Int64Counter("purser.accesslog.streams",
+		metric.WithDescription("Access-log stream events (opened, closed, refused_limit, idle_timeout, evicted)")); err != nil {
+		return nil, fmt.Errorf("metric purser.accesslog.streams: %w", err)
+	}
 	if m.usageCtr, err = meter.Int64Counter("purser.accesslog.usage",
 		metric.WithDescription("Complete provider answers by route, provider, model and whether their usage was found (found=false: charged the full hold); alert on the share of found=false")); err != nil {
 		return nil, fmt.Errorf("metric purser.accesslog.usage: %w", err)
@@ -68,6 +73,13 @@ func (m *metrics) entry(ctx context.Context, outcome string, n int64) {
 		return
 	}
 	m.entries.Add(ctx, n, metric.WithAttributes(attribute.String("outcome", outcome)))
+}
+
+func (m *metrics) stream(ctx context.Context, event string) {
+	if m == nil {
+		return
+	}
+	m.streams.Add(ctx, 1, metric.WithAttributes(attribute.String("event", event)))
 }
 
 func (m *metrics) settled(ctx context.Context, outcome string) {

@@ -12,18 +12,26 @@ import (
 
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"go.opentelemetry.io/otel/metric"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
+	"github.com/purser-dev/purser/proof"
 )
 
 // Ledger is what the sink needs from the ledger (the budget Service).
 type Ledger interface {
 	Settle(ctx context.Context, batch []budget.Settlement) ([]budget.SettleResult, error)
 	RecordUnreserved(ctx context.Context, us []budget.Unreserved) (int, error)
-	ReservationsByRequestID(ctx context.Context, requestID string, from, to time.Time) ([]budget.Reservation, error)
+	ReservationsForRequest(ctx context.Context, requestID string, start, from, to time.Time) ([]budget.Reservation, error)
+}
+
+// Verifier checks the proof of an entry's ext_authz metadata (a *proof.Keyring).
+type Verifier interface {
+	Verify(c *proof.Claims, token string, now time.Time) error
 }
 
 // Config tunes the sink. The zero value means the defaults.
@@ -48,6 +56,35 @@ type Config struct {
 	FallbackWindow time.Duration
 	// SettleTimeout bounds one batch's database calls (default 10s).
 	SettleTimeout time.Duration
+	// Verifier checks the proof (purser_proof) of every entry that would settle, void or
+	// charge (decisions reserved and unverified) before it takes a queue slot; an entry whose
+	// proof fails is refused and counted (refused_<reason>). nil: no proof is required.
+	Verifier Verifier
+	// Authenticated reports whether a stream comes from an authenticated Envoy (shared
+	// secret or verified client certificate). Entries without ext_authz metadata (the
+	// x-request-id fallback, unreserved spend) carry no proof: they are taken only from an
+	// authenticated stream. nil: every stream is.
+	Authenticated func(ctx context.Context) bool
+	// MaxStreams bounds the access-log streams open at once (default 4,096: an Envoy opens
+	// one per worker). More are refused (RESOURCE_EXHAUSTED) before they cost a goroutine
+	// when the server uses Tap.
+	MaxStreams int
+	// IdleTimeout ends a stream that sent nothing for this long (default 5 minutes); Envoy
+	// opens a new one at its next flush. Needs Tap.
+	IdleTimeout time.Duration
+	// EvictIdle: when MaxStreams are open, a new stream ends the one that has been quiet the
+	// longest, if quiet for at least this long (default a quarter of IdleTimeout, at most
+	// 5s: a busy Envoy worker flushes every second), instead of being refused: streams held
+	// open and silent cannot keep Envoy's out.
+	// Needs Tap.
+	EvictIdle time.Duration
+	// StreamRate caps the entries one stream may deliver per second (default 10,000, burst
+	// 2x; an Envoy worker at 1,000 requests/s is a tenth of it). Entries over it are dropped
+	// and counted (rate_limited): their reservations expire, charged in full.
+	StreamRate float64
+	// UnsignedShare is the part of the queue that entries without a proof (the x-request-id
+	// fallback) may fill (default 1/8), so that a flood of them cannot crowd out proven ones.
+	UnsignedShare float64
 	Logger        *slog.Logger
 	Meter         metric.Meter
 }
@@ -73,6 +110,21 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SettleTimeout <= 0 {
 		c.SettleTimeout = 10 * time.Second
+	}
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = 4096
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.EvictIdle <= 0 {
+		c.EvictIdle = min(c.IdleTimeout/4, 5*time.Second)
+	}
+	if c.StreamRate <= 0 {
+		c.StreamRate = 10_000
+	}
+	if c.UnsignedShare <= 0 || c.UnsignedShare > 1 {
+		c.UnsignedShare = 1.0 / 8
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -122,16 +174,23 @@ type Sink struct {
 	catalog func() *pricing.Catalog
 	m       *metrics
 
-	queue    chan Entry
-	pending  atomic.Int64  // entries queued and not yet processed
-	progress chan struct{} // signalled after each processed batch (Flush waits on it)
-	draining chan struct{}
-	drainOne sync.Once
-	workers  sync.WaitGroup
-	started  atomic.Bool
-	stopped  chan struct{}
-	closing  chan struct{} // CloseStreams: open streams end so the gRPC server can stop
-	closeOne sync.Once
+	queue       chan Entry
+	pending     atomic.Int64 // entries queued and not yet processed
+	unsigned    atomic.Int64 // of which entries without a proof
+	maxUnsigned int64
+	streams     atomic.Int64 // open access-log streams
+	ctlMu       sync.Mutex
+	ctls        map[*streamCtl]struct{} // streams opened through Tap
+	refusals    *rate.Limiter           // sampled log lines for refused entries
+	refusedN    atomic.Int64            // refusals not logged since the last line
+	progress    chan struct{}           // signalled after each processed batch (Flush waits on it)
+	draining    chan struct{}
+	drainOne    sync.Once
+	workers     sync.WaitGroup
+	started     atomic.Bool
+	stopped     chan struct{}
+	closing     chan struct{} // CloseStreams: open streams end so the gRPC server can stop
+	closeOne    sync.Once
 }
 
 // New returns a Sink. catalog returns the price catalog in force.
@@ -148,57 +207,137 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 		cfg: cfg, extract: cfg.Extract.withDefaults(), ledger: ledger, catalog: catalog, m: m,
 		queue: make(chan Entry, cfg.QueueSize), progress: make(chan struct{}, 1),
 		draining: make(chan struct{}), stopped: make(chan struct{}), closing: make(chan struct{}),
+		maxUnsigned: max(1, int64(float64(cfg.QueueSize)*cfg.UnsignedShare)),
+		ctls:        map[*streamCtl]struct{}{},
+		refusals:    rate.NewLimiter(1, 5),
 	}, nil
 }
 
-// StreamAccessLogs reads one Envoy stream (one per Envoy worker). It never waits for the
-// database: entries go to the queue, or are dropped and counted when it is full.
+// streamCtl lets the sink end a stream whose handler waits in Recv (idle timeout, shutdown):
+// Tap gives each access-log stream a context only the sink can cancel.
+type streamCtl struct {
+	cancel context.CancelCauseFunc
+	active atomic.Int64 // Unix nanoseconds of the last message (or the opening)
+}
+
+type ctlKey struct{}
+
+var (
+	errIdle    = errors.New("access-log stream idle")
+	errEvicted = errors.New("access-log stream evicted for a new one")
+	errClosing = errors.New("purser is shutting down")
+)
+
+// Tap is a tap.ServerInHandle for the gRPC server that serves the sink (grpc.InTapHandle;
+// compose it with any other): for each new access-log stream it refuses one over MaxStreams
+// before the stream costs a goroutine, and gives the stream a context the sink cancels on
+// IdleTimeout and CloseStreams (a handler blocked in Recv is woken by nothing else). It runs
+// in the connection's reader goroutine and never blocks. Other methods pass unchanged.
+func (s *Sink) Tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName != alsv3.AccessLogService_StreamAccessLogs_FullMethodName {
+		return ctx, nil
+	}
+	select {
+	case <-s.closing:
+		return nil, status.Error(codes.Unavailable, "purser is shutting down")
+	default:
+	}
+	if s.streams.Add(1) > int64(s.cfg.MaxStreams) && !s.evictQuietest() {
+		s.streams.Add(-1)
+		s.m.stream(ctx, "refused_limit")
+		return nil, status.Error(codes.ResourceExhausted, "too many access-log streams")
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	ctl := &streamCtl{cancel: cancel}
+	ctl.active.Store(time.Now().UnixNano())
+	s.ctlMu.Lock()
+	s.ctls[ctl] = struct{}{}
+	s.ctlMu.Unlock()
+	s.m.stream(ctx, "opened")
+	// When the stream ends, however it ends (no goroutine waits for it meanwhile).
+	context.AfterFunc(cctx, func() {
+		s.streams.Add(-1)
+		s.ctlMu.Lock()
+		delete(s.ctls, ctl)
+		s.ctlMu.Unlock()
+		s.m.stream(context.Background(), "closed")
+	})
+	return context.WithValue(cctx, ctlKey{}, ctl), nil
+}
+
+// evictQuietest ends the stream quiet the longest if it has been quiet for EvictIdle, making
+// room for a new one (its slot is released when it has ended).
+func (s *Sink) evictQuietest() bool {
+	cutoff := time.Now().Add(-s.cfg.EvictIdle).UnixNano()
+	s.ctlMu.Lock()
+	var quietest *streamCtl
+	for c := range s.ctls {
+		if a := c.active.Load(); a <= cutoff && (quietest == nil || a < quietest.active.Load()) {
+			quietest = c
+		}
+	}
+	if quietest != nil {
+		delete(s.ctls, quietest) // not chosen twice
+		quietest.active.Store(time.Now().UnixNano())
+	}
+	s.ctlMu.Unlock()
+	if quietest == nil {
+		return false
+	}
+	quietest.cancel(errEvicted)
+	s.m.stream(context.Background(), "evicted")
+	return true
+}
+
+// StreamAccessLogs reads one Envoy stream (one per Envoy worker), in its handler's goroutine
+// alone. It never waits for the database: entries go to the queue, or are dropped and counted
+// when it is full. Entries that would move money are proven before they take a slot.
 func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsServer) error {
 	ctx := stream.Context()
-	// Recv blocks until Envoy sends; a reader goroutine lets the handler also end the stream
-	// when purser shuts down (Envoy never closes its access-log streams by itself).
-	type received struct {
-		msg *wireMessage
-		err error
-	}
-	msgs := make(chan received)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			m := &wireMessage{conf: &s.extract}
-			err := stream.RecvMsg(m)
-			select {
-			case msgs <- received{m, err}:
-			case <-done:
-				return
-			}
-			if err != nil {
-				return
-			}
+	ctl, _ := ctx.Value(ctlKey{}).(*streamCtl)
+	if ctl == nil {
+		// Served without Tap: the stream limit still holds, but idle streams are not ended
+		// and CloseStreams cannot wake this one.
+		if s.streams.Add(1) > int64(s.cfg.MaxStreams) {
+			s.streams.Add(-1)
+			s.m.stream(ctx, "refused_limit")
+			return status.Error(codes.ResourceExhausted, "too many access-log streams")
 		}
-	}()
+		defer s.streams.Add(-1)
+	} else {
+		idle := time.AfterFunc(s.cfg.IdleTimeout, func() { ctl.cancel(errIdle) })
+		defer idle.Stop()
+		defer ctl.cancel(nil)
+		stream = idleReset{stream, idle, s.cfg.IdleTimeout, ctl}
+	}
+	authenticated := s.cfg.Authenticated == nil || s.cfg.Authenticated(ctx)
+	limit := rate.NewLimiter(rate.Limit(s.cfg.StreamRate), int(2*s.cfg.StreamRate)+1)
 	var node, logName string
 	for {
-		var r received
-		select {
-		case r = <-msgs:
-		case <-s.closing:
-			// Envoy opens a new stream (to another replica) at its next flush.
-			return status.Error(codes.Unavailable, "purser is shutting down")
-		}
-		if r.err == io.EOF {
+		w := &wireMessage{conf: &s.extract}
+		err := stream.RecvMsg(w)
+		if err == io.EOF {
 			return stream.SendAndClose(&alsv3.StreamAccessLogsResponse{})
 		}
-		if r.err != nil {
-			if c := status.Code(r.err); c != codes.Canceled && c != codes.DeadlineExceeded {
+		if err != nil {
+			switch cause := context.Cause(ctx); {
+			case errors.Is(cause, errIdle):
+				s.m.stream(ctx, "idle_timeout")
+				return status.Error(codes.Unavailable, "access-log stream idle: open a new one")
+			case errors.Is(cause, errEvicted):
+				return status.Error(codes.Unavailable, "access-log stream ended for a new one")
+			case errors.Is(cause, errClosing):
+				// Envoy opens a new stream (to another replica) at its next flush.
+				return status.Error(codes.Unavailable, "purser is shutting down")
+			}
+			if c := status.Code(err); c != codes.Canceled && c != codes.DeadlineExceeded {
 				// An undecodable message (or a server without grpccodec: then every one):
 				// its entries are lost and their reservations expire, charged in full.
-				s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log stream failed", slog.String("node", node), slog.String("error", r.err.Error()))
+				s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log stream failed", slog.String("node", node), slog.String("error", err.Error()))
 			}
-			return r.err
+			return err
 		}
-		msg := &r.msg.m
+		msg := &w.m
 		if id := msg.identifier; id != nil { // only on a stream's first message
 			node, logName = id.GetNode().GetId(), id.GetLogName()
 			s.cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "access-log stream", slog.String("node", node), slog.String("log_name", logName))
@@ -207,24 +346,98 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			s.m.entry(ctx, "tcp_ignored", int64(msg.tcpEntries))
 			continue
 		}
-		for _, e := range msg.http {
+		now := time.Now()
+		for i := range msg.http {
+			e := &msg.http[i]
 			e.NodeID = node
 			if !e.Final {
 				s.m.entry(ctx, "not_final", 1)
 				continue
 			}
-			s.pending.Add(1)
-			select {
-			case s.queue <- e:
-				s.m.entry(ctx, "received", 1)
-			default:
-				s.pending.Add(-1)
-				s.m.entry(ctx, "dropped", 1)
-				s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log queue full: entry dropped (its reservation will expire and be charged in full)",
-					slog.String("request_id", e.RequestID), slog.String("reservation_id", e.ReservationID))
+			if !limit.AllowN(now, 1) {
+				s.m.entry(ctx, "rate_limited", 1)
+				continue
 			}
+			s.admit(ctx, e, authenticated, now)
 		}
 	}
+}
+
+// idleReset re-arms the stream's idle timer, and notes its activity, on every message.
+type idleReset struct {
+	alsv3.AccessLogService_StreamAccessLogsServer
+	timer *time.Timer
+	d     time.Duration
+	ctl   *streamCtl
+}
+
+func (r idleReset) RecvMsg(m any) error {
+	err := r.AccessLogService_StreamAccessLogsServer.RecvMsg(m)
+	if err == nil {
+		r.timer.Reset(r.d)
+		r.ctl.active.Store(time.Now().UnixNano())
+	}
+	return err
+}
+
+// admit queues one final entry if it may act: a reserved or unverified entry only with a valid
+// proof, an entry without ext_authz metadata only from an authenticated stream and within its
+// share of the queue; denials and pass-throughs act on nothing and are only counted.
+func (s *Sink) admit(ctx context.Context, e *Entry, authenticated bool, now time.Time) {
+	unsigned := false
+	switch e.Decision {
+	case "reserved", "unverified":
+		if s.cfg.Verifier != nil {
+			c := proof.Claims{Decision: e.Decision, ReservationID: e.ReservationID, ReservedMicros: e.ReservedMicros,
+				ReservedTokens: e.ReservedTokens, KeyID: e.KeyID, Subjects: e.SubjectsRaw,
+				Provider: e.Provider, Flavor: e.Flavor, Model: e.Model}
+			if err := s.cfg.Verifier.Verify(&c, e.Proof, now); err != nil {
+				s.refuse(ctx, e, "refused_"+proof.Reason(err))
+				return
+			}
+		}
+	case "":
+		if !authenticated {
+			s.refuse(ctx, e, "refused_unauthenticated")
+			return
+		}
+		unsigned = true
+	default:
+		// denied, unidentified, passthrough: nothing was held.
+		s.m.entry(ctx, "not_reserved_"+e.Decision, 1)
+		return
+	}
+	if unsigned && s.unsigned.Add(1) > s.maxUnsigned {
+		s.unsigned.Add(-1)
+		s.m.entry(ctx, "unsigned_dropped", 1)
+		return
+	}
+	e.unsigned = unsigned
+	s.pending.Add(1)
+	select {
+	case s.queue <- *e:
+		s.m.entry(ctx, "received", 1)
+	default:
+		s.pending.Add(-1)
+		if unsigned {
+			s.unsigned.Add(-1)
+		}
+		s.m.entry(ctx, "dropped", 1)
+		s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log queue full: entry dropped (its reservation will expire and be charged in full)",
+			slog.String("request_id", e.RequestID), slog.String("reservation_id", e.ReservationID))
+	}
+}
+
+// refuse counts an entry that may not act and logs a sample of them.
+func (s *Sink) refuse(ctx context.Context, e *Entry, outcome string) {
+	s.m.entry(ctx, outcome, 1)
+	if !s.refusals.Allow() {
+		s.refusedN.Add(1)
+		return
+	}
+	s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log entry refused: it would move money without purser's proof",
+		slog.String("outcome", outcome), slog.String("node", e.NodeID), slog.String("decision", e.Decision),
+		slog.String("reservation_id", e.ReservationID), slog.Int64("refusals_not_logged", s.refusedN.Swap(0)))
 }
 
 // wireMessage receives one StreamAccessLogsMessage: the codec hands it the message's bytes.
@@ -246,8 +459,18 @@ func (w *wireMessage) UnmarshalBinary(b []byte) error {
 // CloseStreams ends every open access-log stream (and refuses new ones): call it when the
 // server starts shutting down, so a graceful stop does not wait for streams Envoy keeps open.
 func (s *Sink) CloseStreams() {
-	s.closeOne.Do(func() { close(s.closing) })
+	s.closeOne.Do(func() {
+		close(s.closing)
+		s.ctlMu.Lock()
+		for ctl := range s.ctls {
+			ctl.cancel(errClosing)
+		}
+		s.ctlMu.Unlock()
+	})
 }
+
+// Streams is the number of access-log streams open now.
+func (s *Sink) Streams() int { return int(s.streams.Load()) }
 
 // Run settles queued entries until ctx ends or Drain finished; it returns when every worker
 // stopped.
@@ -308,6 +531,13 @@ func (s *Sink) work(ctx context.Context) {
 			}
 		}
 		s.process(ctx, batch)
+		var unsigned int64
+		for i := range batch {
+			if batch[i].unsigned {
+				unsigned++
+			}
+		}
+		s.unsigned.Add(-unsigned)
 		s.pending.Add(-int64(len(batch)))
 		select {
 		case s.progress <- struct{}{}:
@@ -339,14 +569,14 @@ func (s *Sink) process(ctx context.Context, batch []Entry) {
 	for i := range batch {
 		e := &batch[i]
 		switch {
-		case e.ReservationID != "":
+		case e.Decision == "reserved" && e.ReservationID != "":
 			v := s.judge(e, e.ReservationID, e.Provider, e.Flavor, e.Model)
 			s.m.entry(bctx, v.outcome, 1)
 			settles = append(settles, v.settle)
 			ends = append(ends, e.End)
 		case e.Decision == "" && e.RequestID != "":
 			// No ext_authz metadata: the Check's answer never reached Envoy (timeout, reset)
-			// but its hold may have committed. Join on x-request-id, carefully.
+			// but its hold may have committed. Join on x-request-id and start time, carefully.
 			if v, ok := s.fallback(bctx, e); ok {
 				s.m.entry(bctx, v.outcome, 1)
 				settles = append(settles, v.settle)
@@ -363,7 +593,7 @@ func (s *Sink) process(ctx context.Context, batch []Entry) {
 				s.m.entry(bctx, "unverified_no_usage", 1)
 			}
 		default:
-			// denied, unidentified, passthrough: nothing was held.
+			// A reserved entry without a reservation id, or no request id to join on.
 			s.m.entry(bctx, "not_reserved_"+nonEmpty(e.Decision, "unknown"), 1)
 		}
 	}
@@ -406,16 +636,20 @@ func (s *Sink) process(ctx context.Context, batch []Entry) {
 	}
 }
 
-// fallback finds the reservation of an entry without ext_authz metadata by x-request-id:
-// exactly one reservation with that id, made around the entry's start and not yet settled or
-// voided. x-request-id is not guaranteed unique (clients may reuse it), so anything
-// ambiguous is left to expiry.
+// fallback finds the reservation of an entry without ext_authz metadata: the one made for the
+// downstream request with this x-request-id that Envoy started at exactly the entry's
+// start_time (Envoy stamps the CheckRequest's attributes.request.time and the entry's
+// common_properties.start_time from the same StreamInfo::startTime(), to the nanosecond), not
+// yet settled or voided. A client reusing someone's x-request-id started another request at
+// another instant: it never finds theirs. The fallback settles with the entry's usage or
+// charges the hold provisionally (as expiry does: a later authentic entry still settles the
+// real cost); it never voids: nothing but purser's proof releases a hold.
 func (s *Sink) fallback(ctx context.Context, e *Entry) (verdict, bool) {
-	from, to := e.Start.Add(-s.cfg.FallbackWindow), e.End.Add(s.cfg.FallbackWindow)
 	if e.Start.IsZero() {
 		return verdict{}, false
 	}
-	rs, err := s.ledger.ReservationsByRequestID(ctx, e.RequestID, from, to)
+	from, to := e.Start.Add(-s.cfg.FallbackWindow), e.End.Add(s.cfg.FallbackWindow)
+	rs, err := s.ledger.ReservationsForRequest(ctx, e.RequestID, e.Start, from, to)
 	if err != nil {
 		s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "x-request-id fallback lookup failed", slog.String("error", err.Error()))
 		return verdict{}, false
@@ -434,6 +668,14 @@ func (s *Sink) fallback(ctx context.Context, e *Entry) (verdict, bool) {
 	}
 	r := open[0]
 	v := s.judge(e, r.ID, r.Provider, r.Flavor, r.Model)
+	if v.settle.Void || v.settle.ChargeHold {
+		if r.State != "pending" {
+			return verdict{}, false // expired already: charged the hold; nothing to add
+		}
+		cause := v.settle.Cause
+		v.settle = budget.Settlement{ReservationID: r.ID, ChargeHold: true, Provisional: true, Cause: cause}
+		v.outcome = "charged_hold_provisional"
+	}
 	v.settle.Cause = "request_id_join:" + v.settle.Cause
 	return v, true
 }

@@ -16,6 +16,7 @@ import (
 	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
@@ -73,7 +74,7 @@ func startSink(t *testing.T, cfg accesslog.Config, cat *pricing.Catalog, run boo
 
 	codec, err := grpccodec.ServerOption()
 	require.NoError(t, err)
-	gs := grpc.NewServer(codec)
+	gs := grpc.NewServer(codec, grpc.InTapHandle(h.sink.Tap))
 	alsv3.RegisterAccessLogServiceServer(gs, h.sink)
 	conn := testkit.ServeAndDial(t, gs)
 	h.client = alsv3.NewAccessLogServiceClient(conn)
@@ -83,6 +84,12 @@ func startSink(t *testing.T, cfg accesslog.Config, cat *pricing.Catalog, run boo
 // countsByOutcome sums the int64 counter name by its outcome attribute.
 func countsByOutcome(t *testing.T, reader *sdkmetric.ManualReader, name string) map[string]int64 {
 	t.Helper()
+	return countsByAttr(t, reader, name, "outcome")
+}
+
+// countsByAttr sums the int64 counter name by one attribute.
+func countsByAttr(t *testing.T, reader *sdkmetric.ManualReader, name, attr string) map[string]int64 {
+	t.Helper()
 	var rm metricdata.ResourceMetrics
 	require.NoError(t, reader.Collect(context.Background(), &rm))
 	got := map[string]int64{}
@@ -90,7 +97,7 @@ func countsByOutcome(t *testing.T, reader *sdkmetric.ManualReader, name string) 
 		for _, m := range sm.Metrics {
 			if m.Name == name {
 				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-					o, _ := dp.Attributes.Value("outcome")
+					o, _ := dp.Attributes.Value(attribute.Key(attr))
 					got[o.AsString()] += dp.Value
 				}
 			}
@@ -104,6 +111,21 @@ func (h *harness) reserve(t *testing.T, cost, tokens int64, requestID string) st
 	t.Helper()
 	ds, err := h.svc.Reserve(context.Background(), []budget.ReserveRequest{{
 		Subjects: []budget.Subject{"team:ml"}, Cost: cost, Tokens: tokens, RequestID: requestID,
+		Provider: "openai", Flavor: "chat", Target: budget.Target{Model: "gpt-4o-mini"},
+	}})
+	require.NoError(t, err)
+	require.Equal(t, budget.Admitted, ds[0].Outcome)
+	return ds[0].ReservationID
+}
+
+// reserveStarted reserves like extauthz does for a downstream request Envoy started at start:
+// its idempotency key begins with that time, which the x-request-id fallback joins on.
+func (h *harness) reserveStarted(t *testing.T, cost int64, requestID string, start time.Time) string {
+	t.Helper()
+	key := append(budget.RequestStartKey(start), []byte(strings.Repeat("k", 32))...)
+	copy(key[8:], requestID)
+	ds, err := h.svc.Reserve(context.Background(), []budget.ReserveRequest{{
+		Subjects: []budget.Subject{"team:ml"}, Cost: cost, Tokens: 10_000, RequestID: requestID, IdempotencyKey: key,
 		Provider: "openai", Flavor: "chat", Target: budget.Target{Model: "gpt-4o-mini"},
 	}})
 	require.NoError(t, err)
@@ -267,23 +289,28 @@ func TestSink_JoinsAndNonReservations(t *testing.T) {
 	h := serve(t, accesslog.Config{})
 	ctx := context.Background()
 
-	// No ext_authz metadata (the Check's answer was lost): joined on x-request-id, voided
-	// because nothing went upstream.
-	lost := h.reserve(t, 5_000, 10_000, "req-lost")
+	// No ext_authz metadata (the Check's answer was lost): joined on x-request-id and the
+	// request's start time, and charged the hold provisionally although nothing went upstream
+	// (the fallback never voids: an entry without purser's proof must not release a hold).
+	started := time.Now().Add(-time.Second)
+	lost := h.reserveStarted(t, 5_000, "req-lost", started)
+	lostEntry := entry(t, "ext_authz_error", "", "req-lost")
+	lostEntry.CommonProperties.StartTime = timestamppb.New(started)
 	// An unknown reservation id, a denial, a periodic (non-final) entry: nothing changes.
 	unknownID := "018f0000-0000-7000-8000-0000000000ff"
 	periodic := h.reserve(t, 5_000, 10_000, "req-periodic")
 	unverified := entry(t, "unverified_usage", "", "req-unverified")
 	h.send(t, []*alsdata.HTTPAccessLogEntry{
-		entry(t, "ext_authz_error", "", "req-lost"),
+		lostEntry,
 		entry(t, "openai_chat_usage", unknownID, "req-unknown"),
 		entry(t, "denied", "", "req-denied"),
 		entry(t, "periodic", periodic, "req-periodic"),
 		unverified,
 	})
 	r := h.reservation(t, lost)
-	require.Equal(t, "voided", r.State)
+	require.Equal(t, "expired", r.State, "charged like an expiry: a later proven entry still settles it")
 	require.Equal(t, "request_id_join:no_upstream", *r.Cause)
+	require.Equal(t, int64(5_000), *r.ActualCost)
 	require.Equal(t, "pending", h.reservation(t, periodic).State, "periodic entries never settle")
 	_, err := h.svc.Reservation(ctx, unknownID)
 	require.ErrorIs(t, err, budget.ErrNotFound)
@@ -296,7 +323,7 @@ func TestSink_JoinsAndNonReservations(t *testing.T) {
 	require.Equal(t, int64(1000*15/100+200*60/100), cost) // 1000 × 0.15 + 200 × 0.6 = 270
 	var posted, pending int64
 	require.NoError(t, h.schema.Pool.QueryRow(ctx, `SELECT posted, pending FROM budget_windows WHERE budget_id = $1`, h.team.ID).Scan(&posted, &pending))
-	require.Equal(t, int64(270), posted, "charged to team:ml, named in the entry")
+	require.Equal(t, int64(270+5_000), posted, "the unverified spend charged to team:ml, named in the entry, and the lost answer's hold")
 	require.Equal(t, int64(5_000), pending, "only the periodic one still holds")
 
 	// Replaying the unverified entry records nothing more.
@@ -484,7 +511,15 @@ func TestSink_CloseStreamsEndsOpenStreams(t *testing.T) {
 	require.Eventually(t, func() bool { return h.state(id) == "settled" }, 30*time.Second, 10*time.Millisecond)
 	h.sink.CloseStreams()
 	_, err = stream.CloseAndRecv()
-	require.Equal(t, codes.Unavailable, status.Code(err), "the server ended the stream")
+	// The handler waited in Recv: the sink cancelled the stream's context (Tap), and gRPC
+	// answers an interrupted Recv with CANCELLED itself. Envoy opens a new stream at its next
+	// flush whatever the status.
+	require.Equal(t, codes.Canceled, status.Code(err), "the server ended the stream")
+	require.Eventually(t, func() bool { return h.sink.Streams() == 0 }, 10*time.Second, 5*time.Millisecond, "and forgot it")
+	again, err := h.client.StreamAccessLogs(context.Background())
+	require.NoError(t, err)
+	_, err = again.CloseAndRecv()
+	require.Equal(t, codes.Unavailable, status.Code(err), "a closing sink refuses new streams")
 }
 
 // Settlement outcomes are counted per entry, copies within one batch included.

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,10 +11,15 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/proof"
 )
 
 // DefaultMix is the fixture mix of the Check scenarios: chat, streaming chat, Responses,
@@ -124,6 +130,7 @@ type EntryTemplate struct {
 	e     *alsdata.HTTPAccessLogEntry
 	authz map[string]*structpb.Value
 	usage *structpb.Struct
+	ring  *proof.Keyring // signs each entry's ext_authz metadata, as purser's Check answer does
 }
 
 // Namespaces of the access-log metadata purser reads (docs/architecture.md).
@@ -162,7 +169,32 @@ func (t *EntryTemplate) WithUsage(usage map[string]any) (*EntryTemplate, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &EntryTemplate{e: t.e, authz: t.authz, usage: u}, nil
+	return &EntryTemplate{e: t.e, authz: t.authz, usage: u, ring: t.ring}, nil
+}
+
+// Signed returns a template whose entries carry the proof purser's Check answer would have
+// given them (purser serve refuses entries without one). ring holds the deployment's signing
+// keys (SigningKeys).
+func (t *EntryTemplate) Signed(ring *proof.Keyring) *EntryTemplate {
+	c := *t
+	c.ring = ring
+	return &c
+}
+
+// SigningKeys loads a deployment's signing keys from its database (purser serve creates them
+// when it starts).
+func SigningKeys(ctx context.Context, databaseURL string) (*proof.Keyring, error) {
+	pool, err := pgxpool.New(ctx, databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	st := store.New(pool)
+	ring := &proof.Keyring{}
+	if err := budget.New(st, st, budget.Config{}).LoadSigningKeys(ctx, ring, budget.SigningConfig{}); err != nil {
+		return nil, err
+	}
+	return ring, nil
 }
 
 // Duration is the fixture's request duration (start to end of the exchange).
@@ -181,6 +213,15 @@ func (t *EntryTemplate) Entry(reservationID, requestID string, start time.Time, 
 		az[k] = v
 	}
 	az["reservation_id"] = structpb.NewStringValue(reservationID)
+	if t.ring != nil {
+		str := func(k string) string { return az[k].GetStringValue() }
+		c := proof.Claims{Decision: str("purser_decision"), ReservationID: reservationID, ReservedMicros: str("reserved_micros"),
+			ReservedTokens: str("reserved_tokens"), KeyID: str("key_id"), Subjects: str("subjects"),
+			Provider: str("provider"), Flavor: str("api_flavor"), Model: str("model")}
+		if tok, err := t.ring.Sign(&c, time.Now(), time.Now().Add(24*time.Hour)); err == nil {
+			az["purser_proof"] = structpb.NewStringValue(tok)
+		}
+	}
 	fm := map[string]*structpb.Struct{extAuthzNamespace: {Fields: az}}
 	if t.usage != nil && upstream {
 		fm[usageNamespace] = t.usage

@@ -21,6 +21,7 @@ import (
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/grpccodec"
+	"github.com/purser-dev/purser/proof"
 )
 
 // InProc is purser's serving path wired in this process the way `purser serve` wires it
@@ -75,11 +76,16 @@ func startInProc(ctx context.Context, databaseURL string, hotPoolSize, poolSize 
 	catalog := func() *pricing.Catalog { return cat }
 	svc := budget.New(store.New(hot), store.New(pool), budget.Config{Metrics: lm})
 	batcher := budget.NewBatcher(svc, budget.BatcherConfig{})
-	authz, err := extauthz.New(batcher, svc, catalog, extauthz.Config{Meter: meter})
+	// As serve: Check answers are signed, access-log entries verified.
+	keys := &proof.Keyring{}
+	if err := svc.LoadSigningKeys(ctx, keys, budget.SigningConfig{}); err != nil {
+		return nil, err
+	}
+	authz, err := extauthz.New(batcher, svc, catalog, extauthz.Config{Meter: meter, Signer: keys})
 	if err != nil {
 		return nil, err
 	}
-	sink, err := accesslog.New(svc, catalog, accesslog.Config{Meter: meter})
+	sink, err := accesslog.New(svc, catalog, accesslog.Config{Meter: meter, Verifier: keys})
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +103,7 @@ func startInProc(ctx context.Context, databaseURL string, hotPoolSize, poolSize 
 	}
 	opts := []grpc.ServerOption{
 		codec,
+		grpc.InTapHandle(sink.Tap), // as serve.go: access-log streams bounded and endable
 		grpc.MaxRecvMsgSize(8<<20 + 1<<20),
 		grpc.MaxConcurrentStreams(1024),
 		grpc.NumStreamWorkers(512), // serve's -grpc-workers default

@@ -84,6 +84,7 @@ func (s *Service) CreateKeyAs(ctx context.Context, by Actor, spec KeySpec) (Key,
 	if err != nil {
 		return Key{}, "", mapErr(err)
 	}
+	s.keyIdx.add(hash)
 	s.Invalidate()
 	k, err := keyFromRow(out)
 	return k, secret, err
@@ -215,6 +216,7 @@ func (s *Service) RotateKeyAs(ctx context.Context, by Actor, id string) (Key, st
 	if err != nil {
 		return Key{}, "", mapErr(err)
 	}
+	s.keyIdx.add(hash)
 	s.Invalidate()
 	k, err := keyFromRow(row)
 	return k, secret, err

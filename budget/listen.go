@@ -8,11 +8,16 @@ import (
 )
 
 // Listen keeps the caches fresh: it LISTENs on purser_changes (sent by triggers on keys,
-// budgets, templates and grants) and drops the caches whenever this schema changes, so an
-// admin change reaches every replica within moments. It reconnects on failure, purging on every
-// reconnect (notifications may have been missed), and returns when ctx ends. ready, if not
-// nil, is closed once the first LISTEN is in place.
+// budgets, templates, grants and signing keys) and drops the caches whenever this schema's
+// definitions change, so an admin change reaches every replica within moments; a key change
+// also reloads the index of key hashes, a signing key change wakes RunSigningKeys. It
+// reconnects on failure, purging and reloading on every reconnect (notifications may have been
+// missed), and returns when ctx ends. ready, if not nil, is closed once the first LISTEN is in
+// place and the key index is loaded.
 func (s *Service) Listen(ctx context.Context, ready chan<- struct{}) {
+	ictx, stop := context.WithCancel(ctx)
+	defer stop()
+	go s.runKeyIndex(ictx)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.listenOnce(ctx, &ready)
@@ -47,6 +52,10 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 		return err
 	}
 	s.Invalidate() // anything cached before the LISTEN may be stale
+	s.wakeSigning()
+	if err := s.loadKeyIndex(ctx); err != nil {
+		return err
+	}
 	if *ready != nil {
 		close(*ready)
 		*ready = nil
@@ -57,8 +66,25 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 		if err != nil {
 			return err
 		}
-		if strings.HasPrefix(n.Payload, prefix) {
+		table, ours := strings.CutPrefix(n.Payload, prefix)
+		if !ours {
+			continue
+		}
+		switch table {
+		case "signing_keys":
+			s.wakeSigning() // not a definition: the caches stay
+		case "api_keys":
+			s.keyIdx.markDirty()
+			s.Invalidate()
+		default:
 			s.Invalidate()
 		}
+	}
+}
+
+func (s *Service) wakeSigning() {
+	select {
+	case s.signing <- struct{}{}:
+	default:
 	}
 }

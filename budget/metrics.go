@@ -16,6 +16,7 @@ type Metrics struct {
 	expired     metric.Int64Counter
 	overruns    metric.Int64Counter
 	pruned      metric.Int64Counter
+	templates   metric.Int64Counter
 	batchSize   metric.Int64Histogram
 }
 
@@ -46,6 +47,10 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 	if m.pruned, err = meter.Int64Counter("purser.reservations.pruned",
 		metric.WithDescription("Resolved reservations removed by retention (their spend kept as daily rollups)")); err != nil {
 		return nil, fmt.Errorf("metric purser.reservations.pruned: %w", err)
+	}
+	if m.templates, err = meter.Int64Counter("purser.templates.budgets",
+		metric.WithDescription("Budgets made by default-budget templates for new subjects, by outcome (made, rate_limited, capped, pruned)")); err != nil {
+		return nil, fmt.Errorf("metric purser.templates.budgets: %w", err)
 	}
 	if m.batchSize, err = meter.Int64Histogram("purser.reservation.batch_size",
 		metric.WithDescription("Reservations admitted per database round trip by the batcher"),
@@ -103,6 +108,13 @@ func (m *Metrics) prunedN(ctx context.Context, n int64) {
 		return
 	}
 	m.pruned.Add(ctx, n)
+}
+
+func (m *Metrics) materialised(ctx context.Context, outcome string, n int64) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.templates.Add(ctx, n, metric.WithAttributes(attribute.String("outcome", outcome)))
 }
 
 func (m *Metrics) overrun(ctx context.Context, n int64) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sort"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/purser-dev/purser/budget/store"
 )
@@ -36,6 +38,13 @@ type Config struct {
 	// a change; the TTL only matters if notifications are lost.
 	BudgetCacheSize int
 	BudgetCacheTTL  time.Duration
+	// KeyLookupRate bounds database lookups of secrets the key index does not know (keys
+	// created moments ago on another replica, before its notification arrived), per second
+	// (default 20, burst 2x). Past it such a secret is unknown; before the index first loaded
+	// it is "cannot decide" (ErrUnavailable), never "allow".
+	KeyLookupRate float64
+	// Templates bounds default-budget template materialisation (see TemplateLimits).
+	Templates TemplateLimits
 	// Metrics receives counters and gauges (nil: none).
 	Metrics *Metrics
 }
@@ -46,6 +55,7 @@ const (
 	defaultCacheSize      = 100_000
 	defaultCacheTTL       = time.Minute
 	defaultNegativeTTL    = 10 * time.Second
+	defaultKeyLookupRate  = 20
 )
 
 func (c Config) withDefaults() Config {
@@ -73,6 +83,10 @@ func (c Config) withDefaults() Config {
 	if c.BudgetCacheTTL <= 0 {
 		c.BudgetCacheTTL = defaultCacheTTL
 	}
+	if c.KeyLookupRate <= 0 {
+		c.KeyLookupRate = defaultKeyLookupRate
+	}
+	c.Templates = c.Templates.withDefaults()
 	return c
 }
 
@@ -89,6 +103,11 @@ type Service struct {
 	unknown  *expirable.LRU[[32]byte, struct{}]
 	budgets  *expirable.LRU[Subject, []*Budget]
 	cacheGen atomic.Uint64 // bumped on every invalidation; loads started earlier are not cached
+
+	keyIdx     keyIndex
+	keyLookups *rate.Limiter // database lookups of secrets the index does not know
+	templates  templateGate
+	signing    chan struct{} // a signing key change was notified (RunSigningKeys reloads)
 }
 
 // New returns a Service. hot serves the request path (reserve, settle, expire); db serves the
@@ -103,6 +122,11 @@ func New(hot, db *store.Store, cfg Config) *Service {
 		keys:    expirable.NewLRU[[32]byte, *Key](cfg.KeyCacheSize, nil, cfg.KeyCacheTTL),
 		unknown: expirable.NewLRU[[32]byte, struct{}](cfg.KeyCacheSize, nil, cfg.NegativeKeyTTL),
 		budgets: expirable.NewLRU[Subject, []*Budget](cfg.BudgetCacheSize, nil, cfg.BudgetCacheTTL),
+
+		keyIdx:     newKeyIndex(),
+		keyLookups: rate.NewLimiter(rate.Limit(cfg.KeyLookupRate), int(2*cfg.KeyLookupRate)+1),
+		templates:  newTemplateGate(cfg.Templates),
+		signing:    make(chan struct{}, 1),
 	}
 }
 
@@ -112,13 +136,20 @@ func (s *Service) Invalidate() {
 	s.keys.Purge()
 	s.unknown.Purge()
 	s.budgets.Purge()
+	s.templates.live.Store(nil)
 }
 
-// Authenticate returns the key whose secret this is, if it may be used now. It answers from
-// the cache when it can; an unknown secret is remembered briefly so floods of bad keys do not
-// reach the database. Expiry is checked on every call; a revocation reaches every replica's
-// cache through Listen.
+// Authenticate returns the key whose secret this is, if it may be used now. A secret that
+// does not have a key's shape (ValidSecret) is unknown at once. Then it answers from the
+// cache when it can; a secret the index of every key's hash does not hold is unknown without
+// a query, except for a few lookups a second (KeyLookupRate) that catch keys created moments
+// ago on another replica; an unknown secret is remembered briefly. Expiry is checked on every
+// call; a revocation reaches every replica's cache through Listen.
 func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error) {
+	if !ValidSecret(secret) {
+		s.cfg.Metrics.keyLookup(ctx, "malformed")
+		return nil, ErrKeyUnknown
+	}
 	h := HashSecret(secret)
 	if k, ok := s.keys.Get(h); ok {
 		return k, k.Usable(s.cfg.Now())
@@ -127,7 +158,17 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error)
 		s.cfg.Metrics.keyLookup(ctx, "negative_cache")
 		return nil, ErrKeyUnknown
 	}
+	known, loaded := s.keyIdx.lookup(h)
 	ch := s.keyLoads.DoChan(string(h[:]), func() (any, error) {
+		if !known && !s.keyLookups.Allow() {
+			if !loaded {
+				// Nothing says whether this key exists: cannot decide, never allow.
+				s.cfg.Metrics.keyLookup(ctx, "rate_limited")
+				return nil, fmt.Errorf("%w: key lookups are rate-limited until the key index is loaded", ErrUnavailable)
+			}
+			s.cfg.Metrics.keyLookup(ctx, "index")
+			return nil, ErrKeyUnknown
+		}
 		// Shared by every caller waiting for this secret: not bound to the first one's context.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyLoadTimeout)
 		defer cancel()
@@ -168,56 +209,15 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error)
 // keyLoadTimeout bounds a shared key lookup.
 const keyLoadTimeout = 5 * time.Second
 
-// budgetsFor returns the live budgets of each subject, from the cache or, for the misses, from
-// one database round trip that also attaches default-budget templates to new subjects.
-func (s *Service) budgetsFor(ctx context.Context, subjects []Subject) (map[Subject][]*Budget, error) {
-	out := make(map[Subject][]*Budget, len(subjects))
-	var miss []string
-	for _, sub := range subjects {
-		if _, done := out[sub]; done {
-			continue
-		}
-		if bs, ok := s.budgets.Get(sub); ok {
-			out[sub] = bs
-			continue
-		}
-		out[sub] = nil
-		miss = append(miss, string(sub))
-	}
-	if len(miss) == 0 {
-		return out, nil
-	}
-	gen := s.cacheGen.Load()
-	rows, err := s.db.LoadBudgets(ctx, miss)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	loaded := make(map[Subject][]*Budget, len(miss))
-	for _, r := range rows {
-		b, err := budgetFromRow(r)
-		if err != nil {
-			return nil, err
-		}
-		loaded[b.Subject] = append(loaded[b.Subject], &b)
-	}
-	cache := s.cacheGen.Load() == gen
-	for _, m := range miss {
-		sub := Subject(m)
-		out[sub] = loaded[sub]
-		if cache {
-			s.budgets.Add(sub, loaded[sub])
-		}
-	}
-	return out, nil
-}
-
 // ReserveRequest asks to hold a request's worst-case cost.
 type ReserveRequest struct {
 	// ID is the reservation id to use when admitted (a UUID); empty: one is generated.
 	ID string
 	// IdempotencyKey, when set, makes a repeated Reserve of the same request return the first
 	// answer instead of holding twice. It must be unique per downstream request (see
-	// extauthz: key id + x-request-id + Envoy stream id).
+	// extauthz: key id + x-request-id + Envoy stream id). When it starts with
+	// RequestStartKey(the request's start) followed by a SHA-256 (40 bytes), the access log's
+	// fallback join can find the reservation (ReservationsForRequest).
 	IdempotencyKey []byte
 	KeyID          string
 	Subjects       []Subject
@@ -276,6 +276,10 @@ type Decision struct {
 	Budgets []BudgetState
 	// DeniedBy is the hard budget that had no room (Denied only).
 	DeniedBy *BudgetState
+	// Refused is set (Denied, DeniedBy nil) when a subject of the request is new and its
+	// default-budget template could not make its budget (*SubjectLimit): admitting the
+	// request without that budget would let it spend unbounded.
+	Refused error
 }
 
 // Tightest is the hard budget with the least room left relative to its limit (nil when no
@@ -351,7 +355,7 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 			return nil, fmt.Errorf("%w: reservation amount out of range (cost %d, tokens %d)", ErrInvalid, reqs[i].Cost, reqs[i].Tokens)
 		}
 	}
-	bySubject, err := s.budgetsFor(ctx, subjects)
+	bySubject, refused, err := s.budgetsFor(ctx, subjects)
 	if err != nil {
 		return nil, err
 	}
@@ -369,6 +373,10 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 	firstByKey := map[string]int{}
 	for i := range reqs {
 		r := &reqs[i]
+		if err := refusal(r.Subjects, refused); err != nil {
+			sent[i] = refusedRequest
+			continue
+		}
 		if r.IdempotencyKey != nil {
 			if first, ok := firstByKey[string(r.IdempotencyKey)]; ok {
 				sent[i] = -(first + 1)
@@ -411,6 +419,10 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 	out := make([]Decision, len(reqs))
 	for i := range reqs {
 		j := sent[i]
+		if j == refusedRequest {
+			out[i] = Decision{Outcome: Denied, Refused: refusal(reqs[i].Subjects, refused)}
+			continue
+		}
 		if j < 0 {
 			continue // filled below from the first occurrence
 		}
@@ -441,7 +453,7 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 		out[i] = d
 	}
 	for i := range reqs {
-		if sent[i] < 0 {
+		if sent[i] < 0 && sent[i] != refusedRequest {
 			first := out[-sent[i]-1]
 			if first.Outcome == Admitted {
 				first.Outcome = Duplicate
@@ -451,6 +463,19 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 	}
 	s.cfg.Metrics.reserved(ctx, out)
 	return out, nil
+}
+
+// refusedRequest marks, in Reserve, a request one of whose subjects budgetsFor refused.
+const refusedRequest = math.MinInt
+
+// refusal is the first refusal among the subjects, or nil.
+func refusal(subjects []Subject, refused map[Subject]error) error {
+	for _, s := range subjects {
+		if err := refused[s]; err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // applicableBudgets returns the budgets of the request's subjects whose filters select it,

@@ -2,6 +2,7 @@ package budget
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,11 @@ type Settlement struct {
 	// ChargeHold charges the whole hold: the provider may have billed but the real usage is
 	// unknown (response cut off, usage missing or unpriceable). Cost and Tokens are ignored.
 	ChargeHold bool
+	// Provisional (with ChargeHold) charges the hold as expiry does: the reservation becomes
+	// expired, so a later authentic entry still settles its real cost and refunds the
+	// difference. Only a pending reservation is charged (outcome provisional); any other is a
+	// duplicate. The access log's x-request-id fallback uses it instead of a void.
+	Provisional bool
 	// Cost (micro-USD) and Tokens are the real spend; charged in full even above the hold
 	// (the excess is recorded as an overrun).
 	Cost   int64
@@ -41,6 +47,7 @@ const (
 	OutcomeLateVoided  = "late_voided"  // the reservation had expired; its charge was refunded
 	OutcomeDuplicate   = "duplicate"    // already settled or voided: nothing changed
 	OutcomeUnknown     = "unknown"      // no such reservation
+	OutcomeProvisional = "provisional"  // charged the hold as expiry does (Settlement.Provisional)
 )
 
 // SettleResult reports what happened to one reservation.
@@ -58,6 +65,7 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 		return nil, nil
 	}
 	rows := make([]store.SettleRow, 0, len(batch))
+	var provisional []store.SettleRow
 	var res []SettleResult
 	counts := map[string]int64{}
 	unknown := map[string]bool{}
@@ -75,10 +83,18 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 			}
 			continue
 		}
-		rows = append(rows, store.SettleRow{
+		row := store.SettleRow{
 			ReservationID: st.ReservationID, Void: st.Void, Tentative: st.Tentative, ChargeHold: st.ChargeHold, Cost: st.Cost, Tokens: st.Tokens,
 			Usage: st.Usage, CatalogVersion: st.CatalogVersion, Cause: st.Cause,
-		})
+		}
+		if st.Provisional {
+			if st.Void || !st.ChargeHold {
+				return nil, fmt.Errorf("%w: settlement %s: a provisional settlement charges the hold", ErrInvalid, st.ReservationID)
+			}
+			provisional = append(provisional, row)
+			continue
+		}
+		rows = append(rows, row)
 	}
 	var outs []store.SettleOutcome
 	if len(rows) > 0 {
@@ -86,6 +102,13 @@ func (s *Service) Settle(ctx context.Context, batch []Settlement) ([]SettleResul
 		if outs, err = s.hot.Settle(ctx, rows); err != nil {
 			return nil, mapErr(err)
 		}
+	}
+	if len(provisional) > 0 {
+		more, err := s.hot.ChargeProvisional(ctx, provisional)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		outs = append(outs, more...)
 	}
 	var overruns int64
 	for _, o := range outs {
@@ -173,9 +196,23 @@ func (s *Service) Reservation(ctx context.Context, id string) (Reservation, erro
 	return r, mapErr(err)
 }
 
-// ReservationsByRequestID finds reservations made for an x-request-id within [from, to]: the
-// access log's fallback join when an entry carries no reservation id.
-func (s *Service) ReservationsByRequestID(ctx context.Context, requestID string, from, to time.Time) ([]Reservation, error) {
-	rs, err := s.db.ReservationsByRequestID(ctx, requestID, from, to)
+// ReservationsForRequest finds the reservations made, within [from, to], for the downstream
+// request that carried this x-request-id and that Envoy started at start (to the nanosecond:
+// the CheckRequest's attributes.request.time and the access-log entry's
+// common_properties.start_time are both Envoy's stream start time). It is the access log's
+// fallback join when an entry carries no ext_authz metadata: another request reusing the
+// x-request-id started at another instant and never matches. Only reservations whose
+// idempotency key starts with the request time (RequestStartKey) can match.
+func (s *Service) ReservationsForRequest(ctx context.Context, requestID string, start, from, to time.Time) ([]Reservation, error) {
+	if start.IsZero() || requestID == "" {
+		return nil, nil
+	}
+	rs, err := s.db.ReservationsByRequestStart(ctx, requestID, RequestStartKey(start), from, to)
 	return rs, mapErr(err)
+}
+
+// RequestStartKey is the first 8 bytes of a reservation's idempotency key: the request's start
+// time in Unix nanoseconds, big-endian (extauthz builds the key; see ReserveRequest).
+func RequestStartKey(start time.Time) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(start.UnixNano()))
 }

@@ -47,7 +47,9 @@ func (s *Service) RecordUnreserved(ctx context.Context, us []Unreserved) (int, e
 		}
 		subjects = append(subjects, us[i].Subjects...)
 	}
-	bySubject, err := s.budgetsFor(ctx, subjects)
+	// Spend already happened: a new subject a template may not make a budget for now has no
+	// budget to charge.
+	bySubject, _, err := s.budgetsFor(ctx, subjects)
 	if err != nil {
 		return 0, err
 	}

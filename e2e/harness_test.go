@@ -138,6 +138,9 @@ type stackOpts struct {
 	wrapUpstream func(http.Handler) http.Handler
 	// noSim: the caller starts a real Envoy and sets baseURL.
 	noSim bool
+	// configure adjusts the Envoy configuration envoysim plays (e.g. preserve the client's
+	// x-request-id) before it starts.
+	configure func(*envoysim.Config)
 }
 
 func newStack(t *testing.T, bin string, o stackOpts) *stack {
@@ -182,6 +185,9 @@ func newStack(t *testing.T, bin string, o stackOpts) *stack {
 	}
 	if o.noSim {
 		return st
+	}
+	if o.configure != nil {
+		o.configure(cfg)
 	}
 	st.sim, err = envoysim.New(envoysim.Options{
 		Config: cfg, GRPC: map[string][]string{cfg.ExtAuthz.Cluster: addrs}, Upstream: up.URL, Workers: o.workers,

@@ -14,6 +14,7 @@ import (
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/proof"
 )
 
 // TestReplicasShareOneHardBudget runs three `purser serve` processes on one database and one
@@ -166,6 +167,14 @@ func TestReplicasShareOneHardBudget(t *testing.T) {
 	// them upstream), settle the rest through replica 2; then replay the first third through
 	// replica 2 and the voids through replica 0: replays must change nothing.
 	tmpl, err := bench.LoadEntry("openai_chat_usage")
+	if err == nil {
+		// The replicas settle only entries their Check answers proved; these stand in for
+		// Envoy's, so they carry the same proof (the replicas' shared signing keys).
+		var ring *proof.Keyring
+		if ring, err = bench.SigningKeys(ctx, schema.ConnString); err == nil {
+			tmpl = tmpl.Signed(ring)
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -370,9 +370,11 @@ func scenarioDisconnect(t *testing.T, bin string) {
 	st.verify()
 }
 
-// 5. Envoy times out a Check whose hold then commits: the client gets 503 (fail closed), and
-// the reservation ends voided (purser's caller-gone void, or the x-request-id fallback on
-// the ext_authz_error entry): never charged, never settled as spend.
+// 5. Envoy times out a Check whose hold then commits: the client gets 503 (fail closed). When
+// purser sees its caller go, it voids the hold itself; when only the answer was lost, the
+// ext_authz_error entry (no metadata, no proof) joins the reservation on x-request-id and start
+// time and charges its hold provisionally: an entry without purser's proof never voids
+// (design invariant 7), and the cost of a lost answer is the hold, never a free request.
 func scenarioCheckTimeout(t *testing.T, bin string) {
 	// purser's own deadline far above Envoy's 0.5 s: Envoy gives up first.
 	st := newStack(t, bin, stackOpts{purserArgs: []string{"-check-timeout", "2s", "-sweep-interval", "100ms"}})
@@ -439,7 +441,8 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	}
 
 	// (b) The Check completes and commits at purser but its answer reaches Envoy too late:
-	// the ext_authz_error entry has no reservation id; the x-request-id fallback voids it.
+	// the ext_authz_error entry has no reservation id; the x-request-id fallback charges the
+	// hold provisionally (as expiry would).
 	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "late-answer"}).Chat.Completions.New(ctx, chat(100))
 	requireFailClosed(err)
 	var idB string
@@ -453,11 +456,12 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 		return false, ""
 	})
 	rB := st.waitState(idB, "voided", "expired")
-	require.Equal(t, "voided", rB.State)
-	require.True(t, strings.HasPrefix(rB.Cause, "request_id_join:"), "voided through the x-request-id fallback, cause %q", rB.Cause)
+	require.Equal(t, "expired", rB.State, "charged, not voided: the entry carries no proof")
+	require.True(t, strings.HasPrefix(rB.Cause, "request_id_join:"), "through the x-request-id fallback, cause %q", rB.Cause)
+	require.Equal(t, rB.Hold, *rB.Actual)
 
-	// (c) As (b), but the entry is late too: the ghost hold expires first (charged), then the
-	// late ext_authz_error entry voids it through the fallback and refunds the charge.
+	// (c) As (b), but the entry is late too: the ghost hold expires first (charged); the late
+	// ext_authz_error entry, without proof and without usage, changes nothing.
 	st.sim.BlockAccessLog(true)
 	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "late-answer"}).Chat.Completions.New(ctx, chat(100))
 	requireFailClosed(err)
@@ -475,14 +479,24 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	st.expireNow(rC.ID)
 	st.waitState(idC, "expired")
 	posted, _ := st.window(b)
-	require.Equal(t, *warm.Actual+rC.Hold, posted, "the ghost hold expired: charged")
+	require.Equal(t, *warm.Actual+rB.Hold+rC.Hold, posted, "the ghost hold expired: charged (and B's, provisionally)")
+	noReservation := func() float64 {
+		m, err := st.pursers[0].current().Metrics(ctx)
+		require.NoError(t, err)
+		return m.Sum("purser_accesslog_entries_total", `outcome="no_reservation"`)
+	}
+	before := noReservation()
 	st.sim.BlockAccessLog(false)
-	rC = st.waitState(idC, "voided")
-	require.True(t, strings.HasPrefix(rC.Cause, "request_id_join:"), "cause %q", rC.Cause)
+	eventually(t, 20*time.Second, "C's late entry processed", func() (bool, string) {
+		n := noReservation()
+		return n > before, fmt.Sprintf("no_reservation=%v", n)
+	})
+	rC = st.reservationsFor(idC)[0]
+	require.Equal(t, "expired", rC.State, "still charged: the late entry proves nothing")
 
 	require.Equal(t, served, len(st.served()), "nothing reached the provider without a decision")
 	posted, pending := st.window(b)
-	require.Equal(t, *warm.Actual, posted, "the timed-out requests cost nothing")
+	require.Equal(t, *warm.Actual+rB.Hold+rC.Hold, posted, "the lost answers cost their holds; the caller-gone ones nothing")
 	require.Zero(t, pending)
 	st.verify()
 }

@@ -171,6 +171,29 @@ func TestKubernetes_Manifests(t *testing.T) {
 		require.Equal(t, "/healthz", c.LivenessProbe.HTTPGet.Path)
 		require.Equal(t, int32(9090), resolve(c.LivenessProbe.HTTPGet.Port))
 	})
+	// purser refuses to listen beyond loopback with nobody authenticating its callers
+	// (cmd/purser: validateTransport): the Deployment listens on every interface, so it must
+	// require the shared secret (from the Secret, never optional) or a client CA, and never
+	// opt out with PURSER_INSECURE_GRPC.
+	t.Run("GRPCCallersAuthenticate", func(t *testing.T) {
+		require.Contains(t, c.Args, "--grpc-addr=0.0.0.0:9000")
+		env := map[string]corev1.EnvVar{}
+		for _, e := range c.Env {
+			env[e.Name] = e
+		}
+		_, insecure := env["PURSER_INSECURE_GRPC"]
+		require.False(t, insecure, "the shipped Deployment never accepts unauthenticated callers")
+		secret, mtls := env["PURSER_SHARED_SECRET"], env["PURSER_GRPC_CLIENT_CA"]
+		switch {
+		case secret.ValueFrom != nil && secret.ValueFrom.SecretKeyRef != nil:
+			opt := secret.ValueFrom.SecretKeyRef.Optional
+			require.True(t, opt == nil || !*opt, "a missing secret must stop the pod, not open the port")
+			require.GreaterOrEqual(t, len(o.secrets[0].StringData[secret.ValueFrom.SecretKeyRef.Key]), 16, "purser wants at least 16 characters")
+		case mtls.Value != "":
+		default:
+			t.Fatal("the Deployment needs PURSER_SHARED_SECRET (from the Secret) or PURSER_GRPC_CLIENT_CA")
+		}
+	})
 	t.Run("SecretsAndConfig", func(t *testing.T) {
 		require.Len(t, o.secrets, 1)
 		sec := o.secrets[0]

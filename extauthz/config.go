@@ -7,6 +7,7 @@
 package extauthz
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -87,6 +88,23 @@ type Config struct {
 	ShowAmounts bool
 	// ReservationTTL overrides the ledger's default reservation lifetime (0: ledger default).
 	ReservationTTL time.Duration
+	// Signer proves the metadata the access-log sink acts on (a *proof.Keyring): reserved and
+	// unverified answers carry MetaProof. nil: no proof (the sink must then not require one).
+	Signer Signer
+	// ProofGrace is how long after its reservation's expiry a proof still verifies: how late
+	// an access-log entry may arrive and still settle (default 24h).
+	ProofGrace time.Duration
+	// Authenticated reports whether a Check came over an authenticated channel (an Envoy
+	// that presented the shared secret or a verified client certificate). Identity claims the
+	// caller asserts — source.principal, JWT claims in metadata_context, trusted headers —
+	// are believed only then; otherwise they are ignored and a request identified by nothing
+	// else is refused (untrusted_identity). nil: every caller is authenticated (the transport
+	// guarantees it).
+	Authenticated func(ctx context.Context) bool
+	// DenialLogRate bounds the info lines logged for denials, per second (default 10; the
+	// metrics count every one). Beyond it lines are dropped and the next one logged says how
+	// many.
+	DenialLogRate float64
 	// Logger receives one line per denial and per failure (debug: per admission); no secrets,
 	// no bodies. Meter receives the Check metrics (nil: none).
 	Logger *slog.Logger
@@ -104,6 +122,8 @@ const (
 	maxExternalInputTokens     int64 = 100_000_000
 	maxReasonableOutputCap           = 10_000_000
 	defaultReservationFloor          = time.Second
+	DefaultProofGrace                = 24 * time.Hour
+	DefaultDenialLogRate             = 10
 )
 
 func (c Config) withDefaults() Config {
@@ -140,6 +160,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ProofGrace <= 0 {
+		c.ProofGrace = DefaultProofGrace
+	}
+	if c.DenialLogRate <= 0 {
+		c.DenialLogRate = DefaultDenialLogRate
 	}
 	return c
 }

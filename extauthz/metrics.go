@@ -16,6 +16,7 @@ import (
 type metrics struct {
 	decisions metric.Int64Counter
 	duration  metric.Float64Histogram
+	untrust   metric.Int64Counter
 	// attrs caches the attribute options of each (decision, reason): building an attribute
 	// set sorts and allocates, and both come from small fixed sets.
 	attrs sync.Map // attrKey → [2]metric.MeasurementOption (decisions, duration)
@@ -51,7 +52,18 @@ func newMetrics(meter metric.Meter) (*metrics, error) {
 		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.5, 1)); err != nil {
 		return nil, fmt.Errorf("metric purser.check.duration: %w", err)
 	}
+	if m.untrust, err = meter.Int64Counter("purser.check.untrusted_claims",
+		metric.WithDescription("Checks whose identity claims (principal, JWT claims, trusted headers) were ignored: the proxy did not authenticate")); err != nil {
+		return nil, fmt.Errorf("metric purser.check.untrusted_claims: %w", err)
+	}
 	return &m, nil
+}
+
+func (m *metrics) untrusted(ctx context.Context) {
+	if m == nil {
+		return
+	}
+	m.untrust.Add(ctx, 1)
 }
 
 func decisionName(k kind) string {
@@ -90,6 +102,15 @@ func (s *Server) observe(ctx context.Context, r *request.Request, v verdict, too
 	if !log.Enabled(ctx, level) {
 		return
 	}
+	var suppressed int64
+	if level == slog.LevelInfo {
+		// Denials are what a flood produces (20,000 unknown keys): log a sample, count all.
+		if !s.denialLog.Allow() {
+			s.denialsDropped.Add(1)
+			return
+		}
+		suppressed = s.denialsDropped.Swap(0)
+	}
 	attrs := []slog.Attr{
 		slog.String("decision", name),
 		slog.String("request_id", r.RequestID),
@@ -111,6 +132,9 @@ func (s *Server) observe(ctx context.Context, r *request.Request, v verdict, too
 	}
 	if v.err != nil {
 		attrs = append(attrs, slog.String("error", v.err.Error()))
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, slog.Int64("denials_not_logged", suppressed))
 	}
 	log.LogAttrs(ctx, level, "check", attrs...)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/extauthz/request"
+	"github.com/purser-dev/purser/proof"
 )
 
 // Dynamic metadata keys (namespace envoy.filters.http.ext_authz), see docs/architecture.md.
@@ -32,7 +35,14 @@ const (
 	MetaModel          = "model"
 	MetaKeyID          = "key_id"
 	MetaSubjects       = "subjects"
+	// MetaProof proves the values above (package proof): on reserved and unverified answers.
+	MetaProof = "purser_proof"
 )
+
+// Signer signs what a Check answer tells the access-log sink (a *proof.Keyring).
+type Signer interface {
+	Sign(c *proof.Claims, now, expires time.Time) (string, error)
+}
 
 // Decision values of MetaDecision.
 const (
@@ -67,12 +77,8 @@ func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, 
 		return s.denied(r, v), nil
 	}
 	ok := &authv3.OkHttpResponse{}
-	if *s.cfg.StripCredentials && v.cred != nil {
-		if v.cred.Header != "" {
-			ok.HeadersToRemove = []string{v.cred.Header}
-		} else if param, isQuery := strings.CutPrefix(v.cred.Source, request.QuerySourcePrefix); isQuery {
-			ok.QueryParametersToRemove = []string{param}
-		}
+	if *s.cfg.StripCredentials {
+		ok.HeadersToRemove, ok.QueryParametersToRemove = purserCredentials(r.Credentials)
 	}
 	decision := DecisionPassthrough
 	switch v.kind {
@@ -86,16 +92,56 @@ func (s *Server) respond(r *request.Request, v verdict) (*authv3.CheckResponse, 
 		decision = DecisionUnverified
 		ok.Headers = append(ok.Headers, uncompressed())
 	}
+	md, err := s.metadataFor(decision, r, v)
+	if err != nil {
+		// No proof, no settlement: the sink would refuse the entry and the hold would expire,
+		// charged in full. Say so now instead (Envoy's failure mode applies).
+		s.cfg.Logger.LogAttrs(context.Background(), slog.LevelError, "cannot sign the Check answer", slog.String("error", err.Error()))
+		return nil, status.Error(codes.Unavailable, "purser cannot sign its answer")
+	}
 	return &authv3.CheckResponse{
 		Status:          &rpcstatus.Status{Code: int32(code.Code_OK)},
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
-		DynamicMetadata: metadataFor(decision, r, v),
+		DynamicMetadata: md,
 	}, nil
 }
 
-// metadataFor builds the dynamic metadata the access-log sink joins on. Amounts are strings:
-// Struct numbers are doubles.
-func metadataFor(decision string, r *request.Request, v verdict) *structpb.Struct {
+// purserCredentials lists every credential that carries a purser key, as headers and query
+// parameters to remove before the request goes upstream: all of them, not only the one that
+// identified the caller (a second key in another header must not reach the provider). A
+// credential that is not a purser key (a provider key on a pass-through route) stays.
+func purserCredentials(cs []request.Credential) (headers, params []string) {
+	for i := range cs {
+		c := &cs[i]
+		if !carriesPurserKey(c.Secret) {
+			continue
+		}
+		if c.Header != "" {
+			if !slices.Contains(headers, c.Header) {
+				headers = append(headers, c.Header)
+			}
+		} else if p, isQuery := strings.CutPrefix(c.Source, request.QuerySourcePrefix); isQuery && !slices.Contains(params, p) {
+			params = append(params, p)
+		}
+	}
+	return headers, params
+}
+
+// carriesPurserKey reports whether a credential value holds a purser key as any of its
+// tokens: the parser joins repeated headers and query parameters with ",", and a header read
+// verbatim may carry a scheme ("Bearer pk_…"), so "sk-…, Bearer pk_…" carries one.
+func carriesPurserKey(v string) bool {
+	for _, tok := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+		if strings.HasPrefix(tok, keyPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// metadataFor builds the dynamic metadata the access-log sink joins on, with its proof when
+// the sink acts on it (reserved, unverified). Amounts are strings: Struct numbers are doubles.
+func (s *Server) metadataFor(decision string, r *request.Request, v verdict) (*structpb.Struct, error) {
 	f := map[string]*structpb.Value{
 		MetaDecision: structpb.NewStringValue(decision),
 	}
@@ -119,12 +165,29 @@ func metadataFor(decision string, r *request.Request, v verdict) *structpb.Struc
 		}
 		f[MetaSubjects] = structpb.NewStringValue(strings.Join(ss, ","))
 	}
+	var c proof.Claims
 	if d := v.decision; d != nil && d.ReservationID != "" && d.Outcome != budget.Denied {
-		f[MetaReservationID] = structpb.NewStringValue(d.ReservationID)
-		f[MetaReservedMicros] = structpb.NewStringValue(strconv.FormatInt(v.cost, 10))
-		f[MetaReservedTokens] = structpb.NewStringValue(strconv.FormatInt(v.tokens, 10))
+		c.ReservationID = d.ReservationID
+		c.ReservedMicros, c.ReservedTokens = strconv.FormatInt(v.cost, 10), strconv.FormatInt(v.tokens, 10)
+		f[MetaReservationID] = structpb.NewStringValue(c.ReservationID)
+		f[MetaReservedMicros] = structpb.NewStringValue(c.ReservedMicros)
+		f[MetaReservedTokens] = structpb.NewStringValue(c.ReservedTokens)
 	}
-	return &structpb.Struct{Fields: f}
+	if s.cfg.Signer != nil && (decision == DecisionUnverified || (decision == DecisionReserved && c.ReservationID != "")) {
+		c.Decision, c.Provider, c.Flavor, c.Model = decision, r.Provider, r.Flavor, r.Model
+		c.KeyID, c.Subjects = f[MetaKeyID].GetStringValue(), f[MetaSubjects].GetStringValue()
+		now := time.Now()
+		ttl := s.ttl(r)
+		if ttl <= 0 {
+			ttl = budget.DefaultReservationTTL
+		}
+		tok, err := s.cfg.Signer.Sign(&c, now, now.Add(ttl+s.cfg.ProofGrace))
+		if err != nil {
+			return nil, err
+		}
+		f[MetaProof] = structpb.NewStringValue(tok)
+	}
+	return &structpb.Struct{Fields: f}, nil
 }
 
 // uncompressed asks the provider for an uncompressed response on every billable request.
@@ -188,6 +251,9 @@ func (s *Server) denied(r *request.Request, v verdict) *authv3.CheckResponse {
 		// (openai-go and anthropic-sdk-go internal/requestconfig: shouldRetry).
 		hs = append(hs, header("x-should-retry", "false"))
 	}
+	if v.reason == "new_subject_rate_limited" {
+		hs = append(hs, header("retry-after", "1"))
+	}
 	if v.status == 429 && v.decision != nil && v.decision.DeniedBy != nil {
 		b := v.decision.DeniedBy
 		if b.Budget.Window.Kind != budget.Lifetime {
@@ -207,8 +273,14 @@ func (s *Server) denied(r *request.Request, v verdict) *authv3.CheckResponse {
 			Headers: hs,
 			Body:    errorBody(r.Flavor, v.status, v.reason, v.message),
 		}},
-		DynamicMetadata: metadataFor(decision, r, v),
+		DynamicMetadata: s.deniedMetadata(decision, r, v),
 	}
+}
+
+// deniedMetadata is the metadata of a denial: nothing the sink acts on, so never signed.
+func (s *Server) deniedMetadata(decision string, r *request.Request, v verdict) *structpb.Struct {
+	md, _ := s.metadataFor(decision, r, v) // denied and unidentified answers are not signed: no error
+	return md
 }
 
 func grpcCodeFor(httpStatus int) code.Code {

@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"math"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"golang.org/x/time/rate"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -36,6 +38,9 @@ type Server struct {
 	auth    Authenticator
 	catalog func() *pricing.Catalog
 	m       *metrics
+
+	denialLog      *rate.Limiter
+	denialsDropped atomic.Int64 // denials not logged since the last line that was
 }
 
 // New returns a Server. catalog returns the price catalog in force (it may change on reload).
@@ -48,7 +53,8 @@ func New(res Reserver, auth Authenticator, catalog func() *pricing.Catalog, cfg 
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, res: res, auth: auth, catalog: catalog, m: m}, nil
+	return &Server{cfg: cfg, res: res, auth: auth, catalog: catalog, m: m,
+		denialLog: rate.NewLimiter(rate.Limit(cfg.DenialLogRate), int(2*cfg.DenialLogRate)+1)}, nil
 }
 
 // Check decides one request. Budget decisions (allow, deny) are CheckResponses with a nil
@@ -59,7 +65,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	ctx, cancel := s.deadline(ctx, start)
 	defer cancel()
 	r := request.Parse(req, &s.cfg.Request)
-	v := s.decide(ctx, &r)
+	v := s.decide(ctx, &r, requestStart(req))
 	resp, err := s.respond(&r, v)
 	s.observe(ctx, &r, v, time.Since(start))
 	return resp, err
@@ -107,7 +113,18 @@ type verdict struct {
 // provider key the client sends on a pass-through route) are not ours to judge.
 const keyPrefix = budget.SecretPrefix
 
-func (s *Server) decide(ctx context.Context, r *request.Request) verdict {
+// requestStart is attributes.request.time: when Envoy started the downstream stream (zero when
+// absent). Envoy sets it from StreamInfo::startTime() to the nanosecond, as it sets the
+// access-log entry's common_properties.start_time (see accesslog: the fallback join).
+func requestStart(req *authv3.CheckRequest) time.Time {
+	t := req.GetAttributes().GetRequest().GetTime()
+	if t == nil || (t.GetSeconds() == 0 && t.GetNanos() == 0) {
+		return time.Time{}
+	}
+	return t.AsTime()
+}
+
+func (s *Server) decide(ctx context.Context, r *request.Request, start time.Time) verdict {
 	v := s.identify(ctx, r)
 	if v.kind != kindAllow {
 		return v
@@ -140,12 +157,18 @@ func (s *Server) decide(ctx context.Context, r *request.Request) verdict {
 	if v.key != nil {
 		rr.KeyID = v.key.ID
 	}
-	rr.IdempotencyKey = idempotencyKey(rr.KeyID, v.subjects, r)
+	rr.IdempotencyKey = idempotencyKey(rr.KeyID, v.subjects, r, start)
 	d, err := s.res.Reserve(ctx, rr)
 	if err != nil {
 		return s.cannotDecide(r, v, err)
 	}
 	v.decision = &d
+	if lim, ok := errors.AsType[*budget.SubjectLimit](d.Refused); ok {
+		if lim.Retry {
+			return deny(v, 429, "new_subject_rate_limited", "too many new "+lim.Subject.Kind()+" subjects at once: retry in a moment")
+		}
+		return deny(v, 403, "subject_limit_reached", "no budget can be made for this new "+lim.Subject.Kind()+" subject: its budget template is at its limit")
+	}
 	if d.Outcome == budget.Denied {
 		if b := neverFits(&d); b != nil {
 			// Waiting cannot help: 400 (not retried by the OpenAI and Anthropic SDKs, which
@@ -186,7 +209,9 @@ func (s *Server) neverFitsMessage(b *budget.BudgetState) string {
 }
 
 // identify resolves the caller's subjects: the API key and its owners, the mTLS workload, JWT
-// claims and trusted headers (parsed by request.Parse), the route's subjects, and global.
+// claims and trusted headers (parsed by request.Parse), the route's subjects, and global. The
+// claims (workload, JWT, trusted headers) and the route's subjects are believed only from an
+// authenticated Envoy: any client that reaches an unauthenticated gRPC port could assert them.
 func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
 	var v verdict
 	var sawCredential bool
@@ -216,10 +241,18 @@ func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
 		v.subjects = append(v.subjects, v.key.AllSubjects()...)
 	}
 	identified := v.key != nil
+	trusted := s.cfg.Authenticated == nil || s.cfg.Authenticated(ctx)
+	ignored := false
 	for _, raw := range r.Subjects {
 		sub, err := budget.ParseSubject(raw)
 		if err != nil {
 			s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "ignoring an invalid subject", slog.String("error", err.Error()))
+			continue
+		}
+		if !trusted {
+			// From an unauthenticated caller the route context is as made-up as the claims:
+			// a budget_subject there would charge someone else's budget.
+			ignored = ignored || !fromRoute(sub, r)
 			continue
 		}
 		if !fromRoute(sub, r) {
@@ -227,7 +260,14 @@ func (s *Server) identify(ctx context.Context, r *request.Request) verdict {
 		}
 		v.subjects = appendUnique(v.subjects, sub)
 	}
+	if ignored {
+		s.m.untrusted(ctx)
+	}
 	if !identified {
+		if ignored {
+			return verdict{kind: kindUnidentified, status: 401, reason: "untrusted_identity",
+				message: "purser ignores identity claims (mTLS principal, JWT claims, trusted headers) from a proxy that did not authenticate to it; send a purser API key, or configure the proxy with purser's shared secret or a client certificate"}
+		}
 		if s.cfg.DefaultSubject == "" {
 			msg := "no purser API key: send one as Authorization: Bearer " + keyPrefix + "..."
 			if sawCredential {
@@ -394,17 +434,20 @@ func (s *Server) ttl(r *request.Request) time.Duration {
 // reuses an x-request-id for a new request gets a new reservation, not a free ride.
 //
 // When the Check carries the time Envoy received the request (the same in every retry), the
-// key starts with it, big-endian, before the SHA-256: keys then arrive in nearly ascending
-// order and land on the few rightmost pages of the reservations' unique index, which stay
-// cached, instead of on a random page of an index larger than shared_buffers each (a
-// measured fifth of purser_reserve's time on a ledger of a million reservations).
-func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request) []byte {
+// key starts with it in Unix nanoseconds, big-endian, before the SHA-256: keys then arrive in
+// nearly ascending order and land on the few rightmost pages of the reservations' unique
+// index, which stay cached, instead of on a random page of an index larger than
+// shared_buffers each (a measured fifth of purser_reserve's time on a ledger of a million
+// reservations).
+func idempotencyKey(keyID string, subjects []budget.Subject, r *request.Request, start time.Time) []byte {
 	if r.RequestID == "" || r.StreamID == "" {
 		return nil
 	}
 	var key []byte
-	if r.ReceivedAt > 0 {
-		key = binary.BigEndian.AppendUint64(make([]byte, 0, 8+sha256.Size), uint64(r.ReceivedAt))
+	if !start.IsZero() && start.UnixNano() > 0 {
+		// The start to the nanosecond (budget.RequestStartKey): the access log's fallback join
+		// finds this reservation by it, and by nothing a client controls.
+		key = binary.BigEndian.AppendUint64(make([]byte, 0, 8+sha256.Size), uint64(start.UnixNano()))
 	}
 	h := sha256.New()
 	h.Write([]byte("purser/v1\x00"))

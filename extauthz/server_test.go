@@ -237,7 +237,9 @@ func TestCheck_AllowThenDenyAtTheLimit(t *testing.T) {
 
 // A retried Check (same x-request-id, stream id and request time) gets its first reservation
 // back; a new request reusing both ids is told apart by Envoy's request time. The stored key
-// starts with that time, so keys arrive in ascending order (index locality).
+// starts with that time in nanoseconds, so keys arrive in ascending order (index locality) and
+// the access log's fallback join finds the reservation by the entry's start_time
+// (budget.RequestStartKey).
 func TestCheck_IdempotencyKeyStartsWithRequestTime(t *testing.T) {
 	t.Parallel()
 	h := serve(t, extauthz.Config{}, nil)
@@ -258,20 +260,22 @@ func TestCheck_IdempotencyKeyStartsWithRequestTime(t *testing.T) {
 		return k
 	}
 	req := withKey(fixture(t, "openai_chat"), secret, 7)
-	at := req.GetAttributes().GetRequest().GetTime().GetSeconds()
-	require.Positive(t, at, "the fixture carries Envoy's request time")
+	req.GetAttributes().GetRequest().GetTime().Nanos = 123456789
+	at := req.GetAttributes().GetRequest().GetTime().AsTime()
+	require.Positive(t, at.Unix(), "the fixture carries Envoy's request time")
 	first := check(req)
 	require.Equal(t, first, check(proto.Clone(req).(*authv3.CheckRequest)), "a retry reserves once")
 
 	later := proto.Clone(req).(*authv3.CheckRequest)
-	later.GetAttributes().GetRequest().GetTime().Seconds = at + 1
+	later.GetAttributes().GetRequest().GetTime().Nanos++
 	second := check(later)
 	require.NotEqual(t, first, second, "another downstream request with the same ids")
 
 	k1, k2 := keyOf(first), keyOf(second)
 	require.Len(t, k1, 8+sha256.Size)
-	require.Equal(t, uint64(at), binary.BigEndian.Uint64(k1))
-	require.Equal(t, uint64(at+1), binary.BigEndian.Uint64(k2))
+	require.Equal(t, uint64(at.UnixNano()), binary.BigEndian.Uint64(k1))
+	require.Equal(t, uint64(at.UnixNano()+1), binary.BigEndian.Uint64(k2), "a nanosecond apart: another request")
+	require.Equal(t, budget.RequestStartKey(at), k1[:8])
 	require.Equal(t, k1[8:], k2[8:], "the same hash after the time")
 	require.Negative(t, bytes.Compare(k1, k2))
 

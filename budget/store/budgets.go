@@ -67,38 +67,6 @@ func collectBudgets(rows pgx.Rows) ([]BudgetRow, error) {
 	return out, rows.Err()
 }
 
-// LoadBudgets returns the live budgets of the given subjects. First, in the same implicit
-// transaction, it materialises default-budget templates for any of these subjects that lacks
-// them; the unique (template_id, subject) constraint makes concurrent first requests agree on
-// a single budget.
-func (s *Store) LoadBudgets(ctx context.Context, subjects []string) ([]BudgetRow, error) {
-	batch := &pgx.Batch{}
-	batch.Queue(`INSERT INTO budgets (name, subject, unit, limit_amount, window_kind, time_zone, anchor_day,
-			rolling_seconds, hard, warn_at, models, endpoints, route_match, template_id)
-		SELECT t.name, s.subject, t.unit, t.limit_amount, t.window_kind, t.time_zone, t.anchor_day,
-			t.rolling_seconds, t.hard, t.warn_at, t.models, t.endpoints, t.route_match, t.id
-		  FROM budget_templates t
-		  JOIN unnest($1::text[]) AS s(subject) ON t.subject_kind = split_part(s.subject, ':', 1)
-		 WHERE t.deleted_at IS NULL
-		 ORDER BY t.id, s.subject
-		ON CONFLICT DO NOTHING`, subjects)
-	batch.Queue(`SELECT `+budgetCols+` FROM budgets WHERE subject = ANY ($1) AND deleted_at IS NULL ORDER BY id`, subjects)
-	br := s.pool.SendBatch(ctx, batch)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("materialise default budgets: %w", interpret(err))
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, fmt.Errorf("load budgets: %w", interpret(err))
-	}
-	out, err := collectBudgets(rows)
-	if err != nil {
-		return nil, fmt.Errorf("load budgets: %w", interpret(err))
-	}
-	return out, nil
-}
-
 // BudgetByID returns a live budget.
 func (s *Store) BudgetByID(ctx context.Context, id int64) (BudgetRow, error) {
 	b, err := scanBudget(s.pool.QueryRow(ctx, `SELECT `+budgetCols+` FROM budgets WHERE id = $1 AND deleted_at IS NULL`, id))

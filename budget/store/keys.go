@@ -41,6 +41,29 @@ func (s *Store) KeyByHash(ctx context.Context, hash []byte) (KeyRow, error) {
 	return k, nil
 }
 
+// KeyHashes returns the secret hash of every key (revoked and expired ones included).
+func (s *Store) KeyHashes(ctx context.Context) ([][32]byte, error) {
+	rows, err := s.pool.Query(ctx, `SELECT secret_hash FROM api_keys`)
+	if err != nil {
+		return nil, fmt.Errorf("key hashes: %w", interpret(err))
+	}
+	defer rows.Close()
+	var out [][32]byte
+	var b []byte
+	for rows.Next() {
+		if err := rows.Scan(&b); err != nil {
+			return nil, fmt.Errorf("key hashes: %w", interpret(err))
+		}
+		if len(b) == 32 { // the column's CHECK guarantees it
+			out = append(out, [32]byte(b))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("key hashes: %w", interpret(err))
+	}
+	return out, nil
+}
+
 // KeyByID finds a key by id.
 func (s *Store) KeyByID(ctx context.Context, id string) (KeyRow, error) {
 	k, err := scanKey(s.pool.QueryRow(ctx, `SELECT `+keyCols+` FROM api_keys WHERE id = $1`, id))

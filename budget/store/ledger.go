@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -243,6 +244,28 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 	}
 	if err := q.Err(); err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
+	}
+	return out, nil
+}
+
+// ChargeProvisional charges pending reservations their hold as expiry does (state expired, so
+// a later entry still settles them), with each row's cause; others are duplicates or unknown.
+func (s *Store) ChargeProvisional(ctx context.Context, rows []SettleRow) ([]SettleOutcome, error) {
+	ids, causes := make([]string, len(rows)), make([]string, len(rows))
+	for i, r := range rows {
+		ids[i], causes[i] = r.ReservationID, r.Cause
+	}
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_charge_provisional($1::uuid[], $2)`, ids, causes)
+	if err != nil {
+		return nil, fmt.Errorf("provisional charge of %d: %w", len(rows), interpret(err))
+	}
+	out, err := pgx.CollectRows(q, func(r pgx.CollectableRow) (SettleOutcome, error) {
+		var o SettleOutcome
+		err := r.Scan(&o.ReservationID, &o.Outcome)
+		return o, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provisional charge of %d: %w", len(rows), interpret(err))
 	}
 	return out, nil
 }

@@ -173,16 +173,20 @@ func (s *Store) Reservation(ctx context.Context, id string) (ReservationRow, err
 	return x, nil
 }
 
-// ReservationsByRequestID returns reservations carrying an x-request-id, created in [from, to].
-func (s *Store) ReservationsByRequestID(ctx context.Context, requestID string, from, to time.Time) ([]ReservationRow, error) {
+// ReservationsByRequestStart returns reservations carrying an x-request-id, created in
+// [from, to], whose idempotency key is the request's start time (8 bytes, startKey) followed
+// by a SHA-256.
+func (s *Store) ReservationsByRequestStart(ctx context.Context, requestID string, startKey []byte, from, to time.Time) ([]ReservationRow, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+reservationCols+` FROM reservations
-		WHERE request_id = $1 AND created_at >= $2 AND created_at <= $3 ORDER BY created_at`, requestID, from, to)
+		WHERE request_id = $1 AND created_at >= $3 AND created_at <= $4
+		  AND length(idempotency_key) = 40 AND substring(idempotency_key FROM 1 FOR 8) = $2
+		ORDER BY created_at`, requestID, startKey, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("reservations by request id: %w", interpret(err))
+		return nil, fmt.Errorf("reservations by request start: %w", interpret(err))
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ReservationRow, error) { return scanReservation(r) })
 	if err != nil {
-		return nil, fmt.Errorf("reservations by request id: %w", interpret(err))
+		return nil, fmt.Errorf("reservations by request start: %w", interpret(err))
 	}
 	return out, nil
 }

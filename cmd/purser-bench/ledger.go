@@ -57,6 +57,12 @@ func (b *benchRun) runSettle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// purser serve settles only entries its Check answers proved: sign them as it would.
+	ring, err := bench.SigningKeys(ctx, b.dbC.URL)
+	if err != nil {
+		return err
+	}
+	tmpl = tmpl.Signed(ring)
 	lagN := int(float64(b.cfg.settleLagRate) * b.cfg.settleLagFor.Seconds())
 	n := b.cfg.settleN
 	b.logf("settlement: seeding %d reservations", lagN+n)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,12 +20,10 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/purser-dev/purser/accesslog"
 	"github.com/purser-dev/purser/admin"
@@ -38,6 +35,7 @@ import (
 	"github.com/purser-dev/purser/extauthz"
 	"github.com/purser-dev/purser/grpccodec"
 	"github.com/purser-dev/purser/migrations"
+	"github.com/purser-dev/purser/proof"
 )
 
 const (
@@ -72,6 +70,21 @@ type serveConfig struct {
 	gaugeTop        int
 	retention       time.Duration
 	pruneInterval   time.Duration
+
+	// gRPC listener protections (see transport.go).
+	tlsCert, tlsKey, clientCA string
+	clientNames               []string
+	insecureGRPC              bool
+	meshAuthn                 bool
+	maxConnections            int
+	alsMaxStreams             int
+	alsIdleTimeout            time.Duration
+	alsStreamRate             float64
+	keyLookupRate             float64
+	templateMaxBudgets        int64
+	templateRate              float64
+	idleBudgetAge             time.Duration
+	signingRotation           time.Duration
 }
 
 func parseServeConfig(e env, args []string) (serveConfig, error) {
@@ -101,6 +114,21 @@ func parseServeConfig(e env, args []string) (serveConfig, error) {
 	retention := f.Duration("retention", "PURSER_RETENTION", 0, "prune resolved reservations older than this, keeping their spend as daily rollups (e.g. 2160h; 0: keep them all)")
 	pruneInterval := f.Duration("prune-interval", "PURSER_PRUNE_INTERVAL", time.Hour, "how often -retention prunes")
 	gaugeTop := f.Int("metrics-top-budgets", "PURSER_METRICS_TOP_BUDGETS", budget.DefaultGaugeTopBudgets, "how many of the most utilised budgets export a utilisation gauge")
+	tlsCert := f.String("grpc-tls-cert", "PURSER_GRPC_TLS_CERT", "", "PEM certificate of the gRPC listener (TLS; reloaded when the file changes)")
+	tlsKey := f.String("grpc-tls-key", "PURSER_GRPC_TLS_KEY", "", "PEM private key of -grpc-tls-cert")
+	clientCA := f.String("grpc-client-ca", "PURSER_GRPC_CLIENT_CA", "", "PEM CA bundle: require gRPC clients (Envoy) to present a certificate it signed (mTLS)")
+	clientNames := f.String("grpc-client-names", "PURSER_GRPC_CLIENT_NAMES", "", "with -grpc-client-ca: the URI or DNS SANs a client certificate must carry, comma separated (none: any it signed)")
+	insecure := f.Bool("insecure-grpc", "PURSER_INSECURE_GRPC", false, "allow a non-loopback -grpc-addr without a shared secret or mTLS: anyone who reaches it can call Check and send access-log entries (identity claims and unproven entries are then ignored)")
+	mesh := f.Bool("grpc-mesh-authn", "PURSER_GRPC_MESH_AUTHN", false, "a service mesh in front of purser (mTLS plus an allow policy on its gRPC port) authenticates every caller: believe them without a shared secret")
+	maxConns := f.Int("grpc-max-connections", "PURSER_GRPC_MAX_CONNECTIONS", 2048, "gRPC connections open at once; more are closed on accept")
+	alsStreams := f.Int("als-max-streams", "PURSER_ALS_MAX_STREAMS", 4096, "access-log streams open at once (an Envoy opens one per worker); more are refused")
+	alsIdle := f.Duration("als-idle-timeout", "PURSER_ALS_IDLE_TIMEOUT", 5*time.Minute, "end an access-log stream that sent nothing for this long (Envoy opens a new one at its next flush)")
+	alsRate := f.Int("als-stream-rate", "PURSER_ALS_STREAM_RATE", 10_000, "access-log entries one stream may deliver per second (burst 2x); more are dropped and their reservations expire")
+	keyLookups := f.Int("key-lookup-rate", "PURSER_KEY_LOOKUP_RATE", 20, "database lookups per second of API keys the in-memory index does not know (keys created moments ago on another replica)")
+	tmplMax := f.Int("template-max-budgets", "PURSER_TEMPLATE_MAX_BUDGETS", budget.DefaultTemplateMaxBudgets, "live budgets one default-budget template may make (-1: no cap); a new subject past it is refused")
+	tmplRate := f.Int("template-rate", "PURSER_TEMPLATE_RATE", budget.DefaultTemplateRate, "budgets templates may make per second for new subjects of one kind (burst 10x); past it new subjects get 429")
+	idleAge := f.Duration("idle-budget-age", "PURSER_IDLE_BUDGET_AGE", 30*24*time.Hour, "prune budgets made by templates that spent and held nothing for this long (0: never)")
+	rotation := f.Duration("signing-key-rotation", "PURSER_SIGNING_KEY_ROTATION", budget.DefaultSigningRotate, "how long each key signing Check answers is the newest (keys live in the database, shared by every replica)")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}
@@ -115,6 +143,11 @@ func parseServeConfig(e env, args []string) (serveConfig, error) {
 		shutdownTimeout: *timeout, maxBodyBytes: *maxBody, maxStreams: *maxStreams, streamWorkers: *workers,
 		alertWebhooks: webhooks, alertInterval: *alertInterval, gaugeTop: *gaugeTop,
 		retention: *retention, pruneInterval: *pruneInterval,
+		tlsCert: *tlsCert, tlsKey: *tlsKey, clientCA: *clientCA, clientNames: splitList(*clientNames),
+		insecureGRPC: *insecure, meshAuthn: *mesh, maxConnections: *maxConns,
+		alsMaxStreams: *alsStreams, alsIdleTimeout: *alsIdle, alsStreamRate: float64(*alsRate),
+		keyLookupRate: float64(*keyLookups), templateMaxBudgets: int64(*tmplMax), templateRate: float64(*tmplRate),
+		idleBudgetAge: *idleAge, signingRotation: *rotation,
 	}
 	for _, t := range strings.Split(*tokens, ",") {
 		if t = strings.TrimSpace(t); t != "" {
@@ -173,7 +206,55 @@ func (c serveConfig) validate() error {
 	if c.sharedSecret != "" && len(c.sharedSecret) < 16 {
 		errs = append(errs, fmt.Errorf("-shared-secret: must be at least 16 characters"))
 	}
+	errs = append(errs, c.validateTransport()...)
 	return errors.Join(errs...)
+}
+
+// validateTransport refuses a gRPC listener anyone on the network could use unnoticed: a
+// non-loopback -grpc-addr needs a shared secret, mTLS, or an explicit statement that the
+// network authenticates (-grpc-mesh-authn) or that no one has to (-insecure-grpc).
+func (c serveConfig) validateTransport() []error {
+	var errs []error
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		errs = append(errs, errors.New("-grpc-tls-cert and -grpc-tls-key go together"))
+	}
+	if c.clientCA != "" && c.tlsCert == "" {
+		errs = append(errs, errors.New("-grpc-client-ca (mTLS) needs -grpc-tls-cert and -grpc-tls-key"))
+	}
+	if len(c.clientNames) > 0 && c.clientCA == "" {
+		errs = append(errs, errors.New("-grpc-client-names needs -grpc-client-ca"))
+	}
+	if c.insecureGRPC && c.meshAuthn {
+		errs = append(errs, errors.New("-insecure-grpc and -grpc-mesh-authn contradict each other: choose one"))
+	}
+	if _, _, err := net.SplitHostPort(c.grpcAddr); err == nil && !isLoopback(c.grpcAddr) &&
+		c.sharedSecret == "" && c.clientCA == "" && !c.meshAuthn && !c.insecureGRPC {
+		errs = append(errs, fmt.Errorf("-grpc-addr %s accepts connections from other hosts, but no caller has to authenticate: "+
+			"set -shared-secret (Envoy sends it as initial_metadata %s) or -grpc-client-ca (mTLS); "+
+			"-grpc-mesh-authn if a service mesh authenticates callers; or -insecure-grpc to accept anyone", c.grpcAddr, sharedSecretHeader))
+	}
+	if c.maxConnections < 1 {
+		errs = append(errs, fmt.Errorf("-grpc-max-connections %d: want at least 1", c.maxConnections))
+	}
+	if c.alsMaxStreams < 1 {
+		errs = append(errs, fmt.Errorf("-als-max-streams %d: want at least 1", c.alsMaxStreams))
+	}
+	if c.alsIdleTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("-als-idle-timeout %s: want at least 1s", c.alsIdleTimeout))
+	}
+	if c.alsStreamRate < 1 || c.keyLookupRate < 1 || c.templateRate < 1 {
+		errs = append(errs, errors.New("-als-stream-rate, -key-lookup-rate and -template-rate must be at least 1"))
+	}
+	if c.templateMaxBudgets == 0 || c.templateMaxBudgets < -1 {
+		errs = append(errs, fmt.Errorf("-template-max-budgets %d: want -1 (no cap) or at least 1", c.templateMaxBudgets))
+	}
+	if c.idleBudgetAge != 0 && c.idleBudgetAge < budget.MinIdleBudget {
+		errs = append(errs, fmt.Errorf("-idle-budget-age %s: want 0 (never) or at least %s", c.idleBudgetAge, budget.MinIdleBudget))
+	}
+	if c.signingRotation < 10*time.Minute {
+		errs = append(errs, fmt.Errorf("-signing-key-rotation %s: want at least 10m", c.signingRotation))
+	}
+	return errs
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -217,6 +298,8 @@ type server struct {
 	meters   *sdkmetric.MeterProvider
 	health   *health.Server
 	grpc     *grpc.Server
+	keys     *proof.Keyring // signs Check answers, verifies access-log entries
+	tap      *grpcTap
 	http     *http.Server
 	ready    func(context.Context) error
 	stopping chan struct{}
@@ -300,18 +383,28 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 
 	s.svc = budget.New(store.New(hotPool), store.New(pool), budget.Config{
 		Logger: log, ReservationTTL: cfg.reservationTTL, Metrics: ledgerMetrics,
+		KeyLookupRate: cfg.keyLookupRate,
+		Templates:     budget.TemplateLimits{MaxBudgets: cfg.templateMaxBudgets, Rate: cfg.templateRate},
 	})
 	s.ready = func(ctx context.Context) error { return pool.Ping(ctx) }
+	// No answer goes out unsigned: the keys are in hand before anything is served.
+	s.keys = &proof.Keyring{}
+	if err := s.svc.LoadSigningKeys(ctx, s.keys, s.signingConfig()); err != nil {
+		return fail(fmt.Errorf("signing keys: %w", err))
+	}
 
 	batcher := budget.NewBatcher(s.svc, budget.BatcherConfig{MaxBatch: fc.Ledger.MaxBatch, Lanes: fc.Ledger.Lanes, Logger: log})
 	azCfg := fc.extauthzConfig(cfg.checkTimeout, cfg.reservationTTL)
 	azCfg.Logger, azCfg.Meter = log, meter
+	azCfg.Signer, azCfg.Authenticated = s.keys, authenticated
 	authz, err := extauthz.New(batcher, s.svc, catalog, azCfg)
 	if err != nil {
 		return fail(err)
 	}
 	alsCfg := fc.accesslogConfig()
 	alsCfg.Logger, alsCfg.Meter = log, meter
+	alsCfg.Verifier, alsCfg.Authenticated = s.keys, authenticated
+	alsCfg.MaxStreams, alsCfg.IdleTimeout, alsCfg.StreamRate = cfg.alsMaxStreams, cfg.alsIdleTimeout, cfg.alsStreamRate
 	sink, err := accesslog.New(s.svc, catalog, alsCfg)
 	if err != nil {
 		return fail(err)
@@ -331,7 +424,16 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 	if err != nil {
 		return fail(err)
 	}
-	s.grpc = grpc.NewServer(
+	s.tap = &grpcTap{secret: cfg.sharedSecret, mtls: cfg.clientCA != "", mesh: cfg.meshAuthn, next: sink.Tap}
+	var creds []grpc.ServerOption
+	if cfg.tlsCert != "" {
+		files, err := newTLSFiles(cfg.tlsCert, cfg.tlsKey, cfg.clientCA, cfg.clientNames, log)
+		if err != nil {
+			return fail(err)
+		}
+		creds = append(creds, grpc.Creds(credentials.NewTLS(files.serverConfig())))
+	}
+	s.grpc = grpc.NewServer(append(creds,
 		// CheckRequests decoded and Envoy's messages encoded without protobuf's reflection
 		// (the encoding needs the build tag vtprotobuf).
 		codec,
@@ -343,10 +445,15 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		// Envoy pings its HTTP/2 connections (connection_keepalive); accept that and keep
 		// access-log streams open indefinitely: closing them loses what Envoy just wrote.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.ChainUnaryInterceptor(s.unarySecret),
-		grpc.ChainStreamInterceptor(s.streamSecret),
-	)
+		// A connection without a call for 15 minutes is closed (Envoy reconnects when it needs
+		// one; a connection whose every stream was refused does not linger).
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: 15 * time.Minute}),
+		// Credentials are checked on every new stream before it costs a goroutine: the shared
+		// secret (and mTLS by the handshake); the tap also bounds access-log streams.
+		grpc.InTapHandle(s.tap.handle),
+		// The TLS handshake (mTLS) of a connection that never completes it is cut short.
+		grpc.ConnectionTimeout(10*time.Second),
+	)...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	authv3.RegisterAuthorizationServer(s.grpc, authz)
 	alsv3.RegisterAccessLogServiceServer(s.grpc, sink)
@@ -389,41 +496,16 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte("ready\n"))
 }
 
+// signingConfig is how the keys signing Check answers rotate: a key verifies long enough for
+// any reservation it signed (TTL) plus late access-log entries.
+func (s *server) signingConfig() budget.SigningConfig {
+	return budget.SigningConfig{Rotate: s.cfg.signingRotation, Verify: s.cfg.reservationTTL + extauthz.DefaultProofGrace + time.Hour}
+}
+
 // guarded reports whether a gRPC method needs the shared secret: the Envoy-facing services
 // do, health checks do not.
 func guarded(method string) bool {
 	return strings.HasPrefix(method, "/envoy.service.")
-}
-
-func (s *server) checkSecret(ctx context.Context) error {
-	if s.cfg.sharedSecret == "" {
-		return nil
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get(sharedSecretHeader) {
-		if subtle.ConstantTimeCompare([]byte(v), []byte(s.cfg.sharedSecret)) == 1 {
-			return nil
-		}
-	}
-	return status.Error(codes.Unauthenticated, "missing or wrong "+sharedSecretHeader)
-}
-
-func (s *server) unarySecret(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if guarded(info.FullMethod) {
-		if err := s.checkSecret(ctx); err != nil {
-			return nil, err
-		}
-	}
-	return h(ctx, req)
-}
-
-func (s *server) streamSecret(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if guarded(info.FullMethod) {
-		if err := s.checkSecret(ss.Context()); err != nil {
-			return err
-		}
-	}
-	return h(srv, ss)
 }
 
 // run serves until ctx ends, then shuts down in order: health NOT_SERVING, (delay), stop
@@ -442,6 +524,7 @@ func (s *server) run(ctx context.Context) error {
 }
 
 func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
+	grpcLis = &limitListener{Listener: grpcLis, max: int64(s.cfg.maxConnections)}
 	defer s.pool.Close()
 	defer s.hotPool.Close()
 	defer func() { _ = s.meters.Shutdown(context.WithoutCancel(ctx)) }()
@@ -461,6 +544,10 @@ func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 	if s.prices != nil {
 		goRun(func(c context.Context) { _ = s.prices.Run(c) })
 	}
+	goRun(func(c context.Context) { s.svc.RunSigningKeys(c, s.keys, s.signingConfig()) })
+	if s.cfg.idleBudgetAge > 0 {
+		goRun(func(c context.Context) { s.svc.RunIdleBudgetPruner(c, s.cfg.idleBudgetAge, time.Hour) })
+	}
 	for _, c := range s.components {
 		goRun(c.Run)
 	}
@@ -477,9 +564,14 @@ func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 	}
 	s.log.Info("purser serving", slog.String("grpc", grpcLis.Addr().String()), slog.String("http", httpLis.Addr().String()),
 		slog.Bool("admin_api", len(s.cfg.adminTokens) > 0), slog.Bool("shared_secret", s.cfg.sharedSecret != ""),
+		slog.Bool("tls", s.cfg.tlsCert != ""), slog.Bool("mtls", s.cfg.clientCA != ""), slog.Bool("mesh_authn", s.cfg.meshAuthn),
 		// false: built without -tags vtprotobuf (correct, but Check responses cost more CPU).
 		slog.Bool("generated_marshallers", grpccodec.Generated(&authv3.CheckResponse{})))
 
+	if s.cfg.sharedSecret == "" && s.cfg.clientCA == "" && !s.cfg.meshAuthn {
+		s.log.Warn("gRPC callers are not authenticated: identity claims (principal, JWT, trusted headers) and access-log entries without a proof are ignored; set -shared-secret or -grpc-client-ca",
+			slog.Bool("loopback", isLoopback(s.cfg.grpcAddr)), slog.Bool("insecure_grpc", s.cfg.insecureGRPC))
+	}
 	var serveErr error
 	select {
 	case <-ctx.Done():

@@ -55,7 +55,7 @@ func TestParseServeConfig_Errors(t *testing.T) {
 			require.ErrorContains(t, err, c.msg)
 		})
 	}
-	cfg, err := parseServeConfig(testEnv(map[string]string{"PURSER_ADMIN_TOKEN": "0123456789abcdef, fedcba9876543210"}), []string{"-grpc-addr", ":9999"})
+	cfg, err := parseServeConfig(testEnv(map[string]string{"PURSER_ADMIN_TOKEN": "0123456789abcdef, fedcba9876543210"}), []string{"-grpc-addr", ":9999", "-insecure-grpc"})
 	require.NoError(t, err)
 	require.Equal(t, ":9999", cfg.grpcAddr, "flags win over defaults")
 	require.Equal(t, []string{"0123456789abcdef", "fedcba9876543210"}, cfg.adminTokens)
