@@ -300,7 +300,7 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 	s.svc = budget.New(store.New(hotPool), store.New(pool), budget.Config{
 		Logger: log, ReservationTTL: cfg.reservationTTL, Metrics: ledgerMetrics,
 	})
-	s.ready = func(ctx context.Context) error { return pool.Ping(ctx) }
+	s.ready = func(ctx context.Context) error { return checkWritable(ctx, hotPool, pool) }
 
 	batcher := budget.NewBatcher(s.svc, budget.BatcherConfig{MaxBatch: fc.Ledger.MaxBatch, Lanes: fc.Ledger.Lanes, Logger: log})
 	azCfg := fc.extauthzConfig(cfg.checkTimeout, cfg.reservationTTL)
@@ -376,7 +376,7 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.ready(ctx); err != nil {
-		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		http.Error(w, readyReason(err), http.StatusServiceUnavailable)
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
