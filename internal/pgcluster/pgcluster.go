@@ -411,9 +411,15 @@ func (s *Server) Promote(ctx context.Context) error {
 // sessions pick it up at their next statement), so writes fail with SQLSTATE 25006 while
 // reads and connections still succeed — the old primary of a planned switchover before it
 // is demoted.
+//
+// It returns once a new session is read-only: the postmaster has reloaded and has signalled
+// every backend, so an open session's next statement runs read-only too.
 func (s *Server) FenceReadOnly(ctx context.Context) error {
 	s.c.logf("pgcluster: fencing %s read-only", s.Name)
-	return s.exec(ctx, `ALTER SYSTEM SET default_transaction_read_only = on`, `SELECT pg_reload_conf()`)
+	if err := s.exec(ctx, `ALTER SYSTEM SET default_transaction_read_only = on`, `SELECT pg_reload_conf()`); err != nil {
+		return err
+	}
+	return s.waitFor(ctx, "read-only sessions", `SELECT current_setting('default_transaction_read_only') = 'on'`)
 }
 
 // WaitCaughtUp waits until every standby of this primary has replayed everything the
