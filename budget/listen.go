@@ -2,10 +2,20 @@ package budget
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
 )
+
+// listenCheckEvery is how often an idle change listener asks its server whether it still
+// takes writes. After a switchover the old primary may stay up, read-only, and never send
+// another notification (admin changes now commit on the new primary): the listener must
+// move too, or the caches would only follow the new primary through their TTL.
+const listenCheckEvery = 5 * time.Second
+
+// errListenerReadOnly ends a listener whose server stopped taking writes.
+var errListenerReadOnly = errors.New("the database no longer takes writes (not the primary)")
 
 // Listen keeps the caches fresh: it LISTENs on purser_changes (sent by triggers on keys,
 // budgets, templates, grants and signing keys) and drops the caches whenever this schema's
@@ -44,9 +54,12 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 	// The connection carries a LISTEN: take it out of the pool for good.
 	conn := pooled.Hijack()
 	defer conn.Close(context.WithoutCancel(ctx))
-	var schema string
-	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+	var schema, readOnly string
+	if err := conn.QueryRow(ctx, `SELECT current_schema(), current_setting('transaction_read_only')`).Scan(&schema, &readOnly); err != nil {
 		return err
+	}
+	if readOnly == "on" {
+		return errListenerReadOnly
 	}
 	if _, err := conn.Exec(ctx, `LISTEN purser_changes`); err != nil {
 		return err
@@ -62,7 +75,19 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 	}
 	prefix := schema + "."
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		wctx, cancel := context.WithTimeout(ctx, listenCheckEvery)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// Quiet for a while: still on a primary? (A timeout leaves the connection usable.)
+			if err := conn.QueryRow(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
+				return err
+			}
+			if readOnly == "on" {
+				return errListenerReadOnly
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}

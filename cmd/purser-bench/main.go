@@ -39,7 +39,7 @@ func main() {
 }
 
 // scenarios, in the order they run.
-var allScenarios = []string{"hot", "zipf", "open", "settle", "burst"}
+var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "replicas", "partition"}
 
 type config struct {
 	duration, warmup, cooldown time.Duration
@@ -64,6 +64,7 @@ type config struct {
 	autovacuum                 string
 	whatIf                     []string
 	history                    int
+	replicaCounts              []int // the replicas scenario: purser processes per run
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -95,9 +96,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	whatIf := fs.String("whatif", "", "experiments on purser's bench database only, comma separated ("+whatIfNames()+"): measure what a suggested fix buys; the report says so at the top")
 	fs.StringVar(&c.autovacuum, "autovacuum", "auto", "emulate autovacuum (ANALYZE/VACUUM at the server's thresholds) on the bench databases: auto (when the server has autovacuum=off), on, off")
 	fs.BoolVar(&c.verbose, "v", false, "stream purser's log to stderr")
+	replicaCounts := fs.String("replica-counts", "1,2,3", "the replicas scenario: purser processes sharing the database, comma separated")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	rc, err := positiveInts("-replica-counts", *replicaCounts)
+	if err != nil {
+		return c, err
+	}
+	c.replicaCounts = rc
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %v", fs.Args())
 	}

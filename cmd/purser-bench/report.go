@@ -114,6 +114,8 @@ func (b *benchRun) render() string {
 		p("`purser verify` reconciles the whole bench ledger (every scenario's reservations).\n\n")
 	}
 
+	b.renderReplicas(p)  // replicas.go
+	b.renderPartition(p) // partition.go
 	b.renderTargets(p)
 	b.renderCPU(p)
 	b.renderProfile(p)

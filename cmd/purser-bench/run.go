@@ -58,8 +58,11 @@ type benchRun struct {
 	bursts  []*burstResult
 	verifyB *verifyResult
 	profs   []*profileResult
-	notes   []string
-	batchOK bool // pg_stat_user_functions counts purser_reserve
+	// replicas.go, partition.go
+	replicas  []replicaRow
+	partition *partitionResult
+	notes     []string
+	batchOK   bool // pg_stat_user_functions counts purser_reserve
 
 	notifies         *bench.Notifications // purser_changes on purser's database
 	serverAutovacuum string               // the server's autovacuum setting
@@ -600,6 +603,16 @@ func (b *benchRun) scenarios(ctx context.Context) error {
 	if b.cfg.only["burst"] {
 		if err := b.runBurst(ctx); err != nil {
 			return fmt.Errorf("overspend check: %w", err)
+		}
+	}
+	if b.cfg.only["replicas"] {
+		if err := b.runReplicas(ctx); err != nil {
+			return fmt.Errorf("replicas: %w", err)
+		}
+	}
+	if b.cfg.only["partition"] {
+		if err := b.runPartition(ctx); err != nil {
+			return fmt.Errorf("partition: %w", err)
 		}
 	}
 	if err := b.verifyOriginal(ctx); err != nil {

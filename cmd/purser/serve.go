@@ -386,7 +386,7 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		KeyLookupRate: cfg.keyLookupRate,
 		Templates:     budget.TemplateLimits{MaxBudgets: cfg.templateMaxBudgets, Rate: cfg.templateRate},
 	})
-	s.ready = func(ctx context.Context) error { return pool.Ping(ctx) }
+		s.ready = func(ctx context.Context) error { return checkWritable(ctx, hotPool, pool) }
 	// No answer goes out unsigned: the keys are in hand before anything is served.
 	s.keys = &proof.Keyring{}
 	if err := s.svc.LoadSigningKeys(ctx, s.keys, s.signingConfig()); err != nil {
@@ -490,7 +490,7 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.ready(ctx); err != nil {
-		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		http.Error(w, readyReason(err), http.StatusServiceUnavailable)
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
