@@ -98,7 +98,14 @@ func checkCommon(t *testing.T, r *rendered) {
 	podLabels := labels.Set(pod.Labels)
 	require.Len(t, pod.Spec.Containers, 1)
 	c := pod.Spec.Containers[0]
+	// purser serve refuses a non-loopback -grpc-addr unless gRPC callers are authenticated
+	// (shared secret, mTLS or a mesh) or -insecure-grpc says the network is the only guard
+	// (cmd/purser serveConfig.validate): every rendering must start.
 	env := envMap(c.Env)
+	_, secret := env["PURSER_SHARED_SECRET"]
+	_, mtls := env["PURSER_GRPC_CLIENT_CA"]
+	require.True(t, secret || mtls || env["PURSER_GRPC_MESH_AUTHN"].Value == "true" || env["PURSER_INSECURE_GRPC"].Value == "true",
+		"the gRPC listener is authenticated (or explicitly not): purser would refuse to start otherwise")
 
 	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
 	require.NoError(t, err)
@@ -643,5 +650,10 @@ func TestChart_ProductionExample(t *testing.T) {
 	require.NotNil(t, tlsVol)
 	require.Equal(t, "purser-tls", tlsVol.Secret.SecretName)
 	env := envMap(c.Env)
-	require.Equal(t, "/etc/purser/tls/tls.crt", env["PURSER_TLS_CERT"].Value)
+	// The variables purser serve reads (cmd/purser: -grpc-tls-cert, -grpc-tls-key,
+	// -grpc-client-ca, -grpc-client-names).
+	require.Equal(t, "/etc/purser/tls/tls.crt", env["PURSER_GRPC_TLS_CERT"].Value)
+	require.Equal(t, "/etc/purser/tls/tls.key", env["PURSER_GRPC_TLS_KEY"].Value)
+	require.Equal(t, "/etc/purser/tls/ca.crt", env["PURSER_GRPC_CLIENT_CA"].Value, "mtls: true")
+	require.Equal(t, "spiffe://cluster.local/ns/envoy/sa/envoy", env["PURSER_GRPC_CLIENT_NAMES"].Value)
 }
