@@ -386,7 +386,7 @@ func newServer(ctx context.Context, cfg serveConfig, log *slog.Logger) (*server,
 		KeyLookupRate: cfg.keyLookupRate,
 		Templates:     budget.TemplateLimits{MaxBudgets: cfg.templateMaxBudgets, Rate: cfg.templateRate},
 	})
-		s.ready = func(ctx context.Context) error { return checkWritable(ctx, hotPool, pool) }
+	s.ready = func(ctx context.Context) error { return checkWritable(ctx, hotPool, pool) }
 	// No answer goes out unsigned: the keys are in hand before anything is served.
 	s.keys = &proof.Keyring{}
 	if err := s.svc.LoadSigningKeys(ctx, s.keys, s.signingConfig()); err != nil {
