@@ -138,10 +138,22 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 	)
 	call := func(checkIdem bool) error {
 		return s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
-		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-		$15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`,
-			ids, idem, ttl, keyIDs, subjects, providers, flavors, models, routes, reqIDs, holdCost, holdTokens, first, count,
-			wBudget, wStart, wEnd, wRoll, hReq, hWin, hAmt, hHard, hTok, checkIdem,
+		r_id => @r_id::uuid[], r_idem => @r_idem, r_ttl_ms => @r_ttl_ms, r_key_id => @r_key_id,
+		r_subjects => @r_subjects, r_provider => @r_provider, r_flavor => @r_flavor, r_model => @r_model,
+		r_route => @r_route, r_request_id => @r_request_id, r_hold_cost => @r_hold_cost,
+		r_hold_tokens => @r_hold_tokens, r_first => @r_first, r_count => @r_count,
+		w_budget => @w_budget, w_start => @w_start, w_end => @w_end, w_roll_from => @w_roll_from,
+		h_req => @h_req, h_window => @h_window, h_amount => @h_amount, h_hard => @h_hard, h_tokens => @h_tokens,
+		p_check_idem => @p_check_idem)`,
+			pgx.StrictNamedArgs{
+				"r_id": ids, "r_idem": idem, "r_ttl_ms": ttl, "r_key_id": keyIDs,
+				"r_subjects": subjects, "r_provider": providers, "r_flavor": flavors, "r_model": models,
+				"r_route": routes, "r_request_id": reqIDs, "r_hold_cost": holdCost,
+				"r_hold_tokens": holdTokens, "r_first": first, "r_count": count,
+				"w_budget": wBudget, "w_start": wStart, "w_end": wEnd, "w_roll_from": wRoll,
+				"h_req": hReq, "h_window": hWin, "h_amount": hAmt, "h_hard": hHard, "h_tokens": hTok,
+				"p_check_idem": checkIdem,
+			},
 		).Scan(&status, &resid, &deny, &res.LineLimit, &res.LineUsed)
 	}
 	// Repeated idempotency keys are rare: the first attempt skips looking them up and the
@@ -227,8 +239,15 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 		}
 	}
 	out := make([]SettleOutcome, 0, n)
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6, $7::jsonb[], $8, $9)`,
-		ids, voids, tentative, holds, costs, tokens, usages, cats, causes)
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle(
+		s_id => @s_id::uuid[], s_void => @s_void, s_tentative => @s_tentative, s_hold => @s_hold,
+		s_cost => @s_cost, s_tokens => @s_tokens, s_usage => @s_usage::jsonb[], s_catalog => @s_catalog,
+		s_cause => @s_cause)`,
+		pgx.StrictNamedArgs{
+			"s_id": ids, "s_void": voids, "s_tentative": tentative, "s_hold": holds,
+			"s_cost": costs, "s_tokens": tokens, "s_usage": usages, "s_catalog": cats,
+			"s_cause": causes,
+		})
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
 	}
@@ -255,7 +274,8 @@ func (s *Store) ChargeProvisional(ctx context.Context, rows []SettleRow) ([]Sett
 	for i, r := range rows {
 		ids[i], causes[i] = r.ReservationID, r.Cause
 	}
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_charge_provisional($1::uuid[], $2)`, ids, causes)
+	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome FROM purser_charge_provisional(p_ids => @p_ids::uuid[], p_causes => @p_causes)`,
+		pgx.StrictNamedArgs{"p_ids": ids, "p_causes": causes})
 	if err != nil {
 		return nil, fmt.Errorf("provisional charge of %d: %w", len(rows), interpret(err))
 	}
@@ -273,7 +293,7 @@ func (s *Store) ChargeProvisional(ctx context.Context, rows []SettleRow) ([]Sett
 // Expire charges up to limit overdue pending reservations in full; it returns how many.
 func (s *Store) Expire(ctx context.Context, limit int) (int, error) {
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT purser_expire($1)`, limit).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT purser_expire(p_limit => @p_limit)`, pgx.StrictNamedArgs{"p_limit": limit}).Scan(&n); err != nil {
 		return 0, fmt.Errorf("expire: %w", interpret(err))
 	}
 	return n, nil
@@ -340,9 +360,18 @@ func (s *Store) RecordUnreserved(ctx context.Context, b UnreservedBatch) ([]stri
 	hReq, hWin, hAmt, _, hTok := lineArrays(b.Rows, b.Lines)
 	var recorded []string
 	err := s.pool.QueryRow(ctx, `SELECT out_recorded::text[] FROM purser_record_unreserved(
-		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb[], $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
-		ids, idem, keyIDs, subjects, providers, flavors, models, routes, reqIDs, costs, tokens, usages, cats, at,
-		wBudget, wStart, wEnd, hReq, hWin, hAmt, hTok).Scan(&recorded)
+		r_id => @r_id::uuid[], r_idem => @r_idem, r_key_id => @r_key_id, r_subjects => @r_subjects,
+		r_provider => @r_provider, r_flavor => @r_flavor, r_model => @r_model, r_route => @r_route,
+		r_request_id => @r_request_id, r_cost => @r_cost, r_tokens => @r_tokens, r_usage => @r_usage::jsonb[],
+		r_catalog => @r_catalog, r_at => @r_at, w_budget => @w_budget, w_start => @w_start, w_end => @w_end,
+		h_req => @h_req, h_window => @h_window, h_amount => @h_amount, h_tokens => @h_tokens)`,
+		pgx.StrictNamedArgs{
+			"r_id": ids, "r_idem": idem, "r_key_id": keyIDs, "r_subjects": subjects,
+			"r_provider": providers, "r_flavor": flavors, "r_model": models, "r_route": routes,
+			"r_request_id": reqIDs, "r_cost": costs, "r_tokens": tokens, "r_usage": usages,
+			"r_catalog": cats, "r_at": at, "w_budget": wBudget, "w_start": wStart, "w_end": wEnd,
+			"h_req": hReq, "h_window": hWin, "h_amount": hAmt, "h_tokens": hTok,
+		}).Scan(&recorded)
 	if err != nil {
 		return nil, fmt.Errorf("record unreserved spend (%d): %w", n, interpret(err))
 	}

@@ -1,0 +1,168 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/budget/store/pgtest"
+)
+
+// Every call of a purser_* SQL function from this package uses named notation, each argument
+// bound by the same name (`r_provider => @r_provider`, with pgx.StrictNamedArgs), and names
+// exactly the parameters the function declares (pg_proc.proargnames). Positional arguments
+// would let two adjacent text[] swap silently; with names, a swap in the SQL text or a name
+// the function does not have fails here, and a value bound under the wrong key is next to
+// that key (TestLedgerCalls_RoundTrip catches it).
+func TestLedgerCalls_NamedArguments(t *testing.T) {
+	t.Parallel()
+	s := pgtest.New(t)
+	ctx := context.Background()
+
+	declared := map[string][]string{} // function name -> input parameter names, sorted
+	rows, err := s.Pool.Query(ctx, `
+SELECT p.proname, coalesce(array_agg(a.name ORDER BY a.name) FILTER (WHERE a.name IS NOT NULL), '{}')
+  FROM pg_proc p
+  LEFT JOIN LATERAL unnest(coalesce(p.proargnames, '{}'),
+       coalesce(p.proargmodes, array_fill('i'::"char", ARRAY[coalesce(cardinality(p.proargnames), 0)])))
+       AS a(name, mode) ON a.mode IN ('i', 'b', 'v')
+ WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'purser\_%'
+ GROUP BY p.oid, p.proname`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var name string
+		var args []string
+		require.NoError(t, rows.Scan(&name, &args))
+		_, dup := declared[name]
+		require.False(t, dup, "one function per name expected (overloads would make named calls ambiguous): %s", name)
+		declared[name] = args
+	}
+	require.NoError(t, rows.Err())
+	require.Contains(t, declared, "purser_reserve", "the migrated schema declares purser_reserve")
+
+	files, err := filepath.Glob("*.go")
+	require.NoError(t, err)
+	call := regexp.MustCompile(`\b(purser_[a-z_]+)\(`)
+	arg := regexp.MustCompile(`^([a-z_]+) => @([a-z_]+)(::[a-z]+(\[\])?)?$`)
+	calls := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, m := range call.FindAllSubmatchIndex(src, -1) {
+			fn := string(src[m[2]:m[3]])
+			want, ok := declared[fn]
+			if !ok {
+				continue // not a function of the schema (a trigger name, a comment)
+			}
+			end := m[1] + strings.IndexByte(string(src[m[1]:]), ')')
+			require.Greater(t, end, m[1], "%s: the call of %s closes its parenthesis", f, fn)
+			var got []string
+			for _, a := range strings.Split(string(src[m[1]:end]), ",") {
+				a = strings.Join(strings.Fields(a), " ")
+				if a == "" && len(want) == 0 {
+					continue
+				}
+				p := arg.FindStringSubmatch(a)
+				require.NotNil(t, p, "%s: argument %q of %s is `name => @name`, in named notation", f, a, fn)
+				require.Equal(t, p[1], p[2], "%s: %s's parameter %s is bound to the argument of the same name", f, fn, p[1])
+				got = append(got, p[1])
+			}
+			slices.Sort(got)
+			require.Equal(t, want, got, "%s: the call of %s names exactly the parameters the function declares", f, fn)
+			calls++
+		}
+	}
+	require.GreaterOrEqual(t, calls, 5, "the ledger calls reserve, settle, charge_provisional, expire and record_unreserved")
+}
+
+// Every value reaches the column it is meant for: each same-typed argument gets a distinct
+// value, read back from the rows the functions wrote. A value bound under a neighbour's name
+// (say flavors under "r_provider") shows up in the wrong column.
+func TestLedgerCalls_RoundTrip(t *testing.T) {
+	t.Parallel()
+	s := pgtest.New(t)
+	st := store.New(s.Pool)
+	ctx := context.Background()
+
+	var budgetID int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO budgets (name, subject, unit, limit_amount, window_kind)
+		VALUES ('b', 'team:a', 'usd', 1000000, 'day') RETURNING id`).Scan(&budgetID))
+	day := time.Now().UTC().Truncate(24 * time.Hour)
+	win := store.WindowKey{BudgetID: budgetID, Start: day, End: day.Add(24 * time.Hour)}
+
+	const id = "018f0000-0000-7000-8000-0000000000a1"
+	res, err := st.Reserve(ctx, store.ReserveBatch{
+		Requests: []store.ReserveRequestRow{{
+			ID: id, IdempotencyKey: []byte("idem-a1"), TTL: time.Hour, KeyID: "key_a", Subjects: []string{"team:a", "key:key_a"},
+			Provider: "prov", Flavor: "flav", Model: "mod", Route: "rte", RequestID: "req-1",
+			HoldCost: 300, HoldTokens: 40, FirstLine: 0, LineCount: 1,
+		}},
+		Windows: []store.WindowKey{win},
+		Lines:   []store.HoldLine{{Window: 0, Amount: 300, Hard: true, Unit: store.HoldMoney}},
+	})
+	require.NoError(t, err)
+	require.Equal(t, []store.ReserveStatus{store.StatusAdmitted}, res.Status, "the request fits its budget")
+	require.Equal(t, []int64{300}, res.LineUsed, "the line's window holds the request's 300 after it")
+	require.Equal(t, int64(1000000), *res.LineLimit[0], "the line reports the budget's limit")
+
+	type row struct {
+		Key, Provider, Flavor, Model, Route, RequestID, Catalog, Cause string
+		Subjects                                                       []string
+		HoldCost, HoldTokens, Cost, Tokens                             int64
+		TTL                                                            time.Duration
+	}
+	read := func(id string) row {
+		var r row
+		var ttlMS float64
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT key_id, provider, api_flavor, model, route, request_id,
+			coalesce(catalog_version, ''), coalesce(cause, ''), subjects, hold_cost, hold_tokens,
+			coalesce(actual_cost, -1), coalesce(actual_tokens, -1), extract(epoch FROM expires_at - created_at) * 1000
+			FROM reservations WHERE id = $1`, id).Scan(&r.Key, &r.Provider, &r.Flavor, &r.Model, &r.Route, &r.RequestID,
+			&r.Catalog, &r.Cause, &r.Subjects, &r.HoldCost, &r.HoldTokens, &r.Cost, &r.Tokens, &ttlMS))
+		r.TTL = time.Duration(ttlMS) * time.Millisecond
+		return r
+	}
+	require.Equal(t, row{Key: "key_a", Provider: "prov", Flavor: "flav", Model: "mod", Route: "rte", RequestID: "req-1",
+		Subjects: []string{"team:a", "key:key_a"}, HoldCost: 300, HoldTokens: 40, Cost: -1, Tokens: -1, TTL: time.Hour},
+		read(id), "purser_reserve stores every request field in its own column")
+
+	out, err := st.Settle(ctx, []store.SettleRow{{ReservationID: id, Cost: 250, Tokens: 35,
+		Usage: json.RawMessage(`{"in":1}`), CatalogVersion: "cat-v", Cause: "cause-c"}})
+	require.NoError(t, err)
+	require.Equal(t, []store.SettleOutcome{{ReservationID: id, Outcome: "settled"}}, out, "the reservation settles")
+	got := read(id)
+	require.Equal(t, [4]any{int64(250), int64(35), "cat-v", "cause-c"}, [4]any{got.Cost, got.Tokens, got.Catalog, got.Cause},
+		"purser_settle stores cost, tokens, catalog version and cause in their own columns")
+
+	const uid = "018f0000-0000-7000-8000-0000000000a2"
+	at := day.Add(time.Hour)
+	recorded, err := st.RecordUnreserved(ctx, store.UnreservedBatch{
+		Rows: []store.UnreservedRow{{ID: uid, IdempotencyKey: []byte("idem-a2"), KeyID: "key_b", Subjects: []string{"team:a"},
+			Provider: "prov2", Flavor: "flav2", Model: "mod2", Route: "rte2", RequestID: "req-2", Cost: 70, Tokens: 9,
+			Usage: []byte(`{"in":2}`), CatalogVersion: "cat-w", At: at, FirstLine: 0, LineCount: 1}},
+		Windows: []store.WindowKey{win},
+		Lines:   []store.HoldLine{{Window: 0, Amount: 70, Unit: store.HoldMoney}},
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{uid}, recorded, "the unreserved spend is recorded")
+	got = read(uid)
+	require.Equal(t, row{Key: "key_b", Provider: "prov2", Flavor: "flav2", Model: "mod2", Route: "rte2", RequestID: "req-2",
+		Catalog: "cat-w", Cause: "unreserved", Subjects: []string{"team:a"}, Cost: 70, Tokens: 9},
+		got, "purser_record_unreserved stores every field in its own column (created_at = expires_at = At)")
+	var posted int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT posted FROM budget_windows WHERE budget_id = $1 AND window_start = $2`,
+		budgetID, day).Scan(&posted))
+	require.Equal(t, int64(250+70), posted, "the window has posted the settlement and the unreserved charge")
+}
