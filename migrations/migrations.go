@@ -4,6 +4,12 @@
 // Each file NNN_name.up.sql is one migration, applied in its own transaction together with the
 // row that records it. A session-level advisory lock (keyed by the schema name) serialises
 // concurrent migrators, so several replicas starting at once cannot race.
+//
+// The ledger's SQL functions are defined once, in functions/*.sql (CREATE OR REPLACE), and
+// re-applied after the numbered migrations, in the transaction of the last one applied (or a
+// transaction of their own when none was pending, rolled back when it changed no definition).
+// The numbered migrations that created or patched functions before (001, 002, 004, 007, 009)
+// stay as they ran; see README.md for the rules.
 package migrations
 
 import (
@@ -12,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 	"sort"
 	"strconv"
@@ -21,7 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-//go:embed *.sql
+//go:embed *.sql functions/*.sql
 var files embed.FS
 
 // Migration is one embedded schema change.
@@ -72,6 +79,30 @@ func Latest() (int, error) {
 	return len(all), nil
 }
 
+// Function is one file of functions/: the current definition of one SQL function.
+type Function struct {
+	Name string // the file name without .sql
+	SQL  string
+}
+
+// Functions returns the embedded function definitions in file-name order.
+func Functions() ([]Function, error) {
+	entries, err := fs.Glob(files, "functions/*.sql")
+	if err != nil {
+		return nil, fmt.Errorf("list functions: %w", err)
+	}
+	sort.Strings(entries)
+	out := make([]Function, 0, len(entries))
+	for _, name := range entries {
+		body, err := files.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		out = append(out, Function{Name: strings.TrimSuffix(path.Base(name), ".sql"), SQL: string(body)})
+	}
+	return out, nil
+}
+
 const createTable = `CREATE TABLE IF NOT EXISTS purser_migrations (
 	version    integer PRIMARY KEY,
 	name       text NOT NULL,
@@ -118,9 +149,14 @@ func Check(ctx context.Context, db *pgxpool.Pool) error {
 	return nil
 }
 
-// Up applies every pending migration and returns the versions it applied.
+// Up applies every pending migration, then re-applies functions/ (see the package comment),
+// and returns the versions it applied.
 func Up(ctx context.Context, db *pgxpool.Pool) ([]int, error) {
 	all, err := All()
+	if err != nil {
+		return nil, err
+	}
+	fns, err := Functions()
 	if err != nil {
 		return nil, err
 	}
@@ -149,22 +185,92 @@ func Up(ctx context.Context, db *pgxpool.Pool) ([]int, error) {
 	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM purser_migrations`).Scan(&cur); err != nil {
 		return nil, fmt.Errorf("read schema version: %w", err)
 	}
-	var applied []int
+	var pending []Migration
 	for _, m := range all {
-		if m.Version <= cur {
-			continue
+		if m.Version > cur {
+			pending = append(pending, m)
 		}
+	}
+	var applied []int
+	for i, m := range pending {
+		last := i == len(pending)-1
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `INSERT INTO purser_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name)
-			return err
+			if _, err := tx.Exec(ctx, `INSERT INTO purser_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
+				return err
+			}
+			if last {
+				// With the last migration, so a schema never reaches the latest version with
+				// the functions of an older one.
+				_, err := applyFunctions(ctx, tx, fns)
+				return err
+			}
+			return nil
 		})
 		if err != nil {
 			return applied, fmt.Errorf("apply migration %03d_%s: %w", m.Version, m.Name, err)
 		}
 		applied = append(applied, m.Version)
 	}
+	if len(pending) == 0 {
+		// Nothing pending: re-apply the functions, and roll back when no definition changed,
+		// so re-running migrate leaves the catalog (and every session's cached plans) alone.
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			changed, err := applyFunctions(ctx, tx, fns)
+			if err == nil && !changed {
+				err = errUnchanged
+			}
+			return err
+		})
+		if err != nil && !errors.Is(err, errUnchanged) {
+			return nil, err
+		}
+	}
 	return applied, nil
+}
+
+var errUnchanged = errors.New("no function definition changed")
+
+// applyFunctions runs every function file in tx and reports whether any definition in the
+// schema changed (pg_get_functiondef before and after).
+func applyFunctions(ctx context.Context, tx pgx.Tx, fns []Function) (bool, error) {
+	before, err := definitions(ctx, tx)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range fns {
+		if _, err := tx.Exec(ctx, f.SQL); err != nil {
+			return false, fmt.Errorf("apply functions/%s.sql: %w", f.Name, err)
+		}
+	}
+	after, err := definitions(ctx, tx)
+	if err != nil {
+		return false, err
+	}
+	return !maps.Equal(before, after), nil
+}
+
+// definitions returns the definition of every function in the current schema, by signature,
+// without the schema name (so two schemas can be compared).
+func definitions(ctx context.Context, q interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}) (map[string]string, error) {
+	rows, err := q.Query(ctx, `SELECT p.oid::regprocedure::text,
+		replace(pg_get_functiondef(p.oid), ' FUNCTION ' || quote_ident(current_schema()) || '.', ' FUNCTION ')
+		FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace AND p.prokind = 'f'`)
+	if err != nil {
+		return nil, fmt.Errorf("read function definitions: %w", err)
+	}
+	defs := map[string]string{}
+	var sig, def string
+	_, err = pgx.ForEachRow(rows, []any{&sig, &def}, func() error {
+		defs[sig] = def
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read function definitions: %w", err)
+	}
+	return defs, nil
 }

@@ -2,7 +2,15 @@ package migrations_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -74,4 +82,133 @@ func TestCheck_EmptySchema(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, cur)
 	require.ErrorIs(t, migrations.Check(ctx, empty), migrations.ErrBehind)
+}
+
+// emptySchema returns a pool on a new, empty schema next to s's, dropped when the test ends.
+func emptySchema(t *testing.T, s *pgtest.Schema, suffix string) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	name := s.Name + "_" + suffix
+	_, err := s.Pool.Exec(ctx, `CREATE SCHEMA `+name)
+	require.NoError(t, err, "create schema %s", name)
+	t.Cleanup(func() { _, _ = s.Pool.Exec(context.Background(), `DROP SCHEMA `+name+` CASCADE`) })
+	cfg := s.Pool.Config().Copy()
+	cfg.ConnConfig.RuntimeParams["search_path"] = name
+	cfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// A database created fresh and one migrated step by step by older binaries (which had no
+// functions/) and then upgraded, from every version, end with the same function definitions.
+func TestFunctions_FreshEqualsStepwise(t *testing.T) {
+	t.Parallel()
+	s := pgtest.New(t)
+	ctx := context.Background()
+	latest, err := migrations.Latest()
+	require.NoError(t, err)
+	want, err := migrations.Definitions(ctx, s.Pool)
+	require.NoError(t, err)
+	fns, err := migrations.Functions()
+	require.NoError(t, err)
+	for _, f := range fns {
+		require.True(t, slices.ContainsFunc(slices.Collect(maps.Keys(want)), func(sig string) bool { return strings.HasPrefix(sig, f.Name+"(") }),
+			"functions/%s.sql defines a function of that name", f.Name)
+	}
+	for from := range latest + 1 {
+		old := emptySchema(t, s, fmt.Sprintf("v%d", from))
+		require.NoError(t, migrations.UpHistoric(ctx, old, from), "migrate step by step to %d as older binaries did", from)
+		applied, err := migrations.Up(ctx, old)
+		require.NoError(t, err, "upgrade from %d", from)
+		require.Len(t, applied, latest-from, "the upgrade from %d applies the rest", from)
+		got, err := migrations.Definitions(ctx, old)
+		require.NoError(t, err)
+		require.Equal(t, slices.Sorted(maps.Keys(want)), slices.Sorted(maps.Keys(got)), "the same functions after an upgrade from %d", from)
+		for sig, def := range want {
+			require.Equal(t, def, got[sig], "%s as a fresh database defines it, after an upgrade from %d", sig, from)
+		}
+	}
+}
+
+// Re-running migrate on an up-to-date schema changes nothing: no function's catalog row is
+// rewritten (which would also drop every session's cached plans of it).
+func TestUp_RerunIsNoOp(t *testing.T) {
+	t.Parallel()
+	s := pgtest.New(t)
+	ctx := context.Background()
+	const rows = `SELECT p.oid::regprocedure::text || ' xmin ' || p.xmin::text FROM pg_proc p
+		WHERE p.pronamespace = current_schema()::regnamespace ORDER BY 1`
+	before := s.Strings(t, rows)
+	require.NotEmpty(t, before)
+	applied, err := migrations.Up(ctx, s.Pool)
+	require.NoError(t, err)
+	require.Empty(t, applied, "nothing is pending")
+	require.Equal(t, before, s.Strings(t, rows), "re-running migrate rewrote no function")
+
+	// A function changed by hand is restored by the next migrate.
+	_, err = s.Pool.Exec(ctx, `ALTER FUNCTION purser_reserve RESET plan_cache_mode`)
+	require.NoError(t, err)
+	_, err = migrations.Up(ctx, s.Pool)
+	require.NoError(t, err)
+	require.Equal(t, []string{"{enable_seqscan=off,plan_cache_mode=force_generic_plan}"},
+		s.Strings(t, `SELECT proconfig::text FROM pg_proc WHERE proname = 'purser_reserve' AND pronamespace = current_schema()::regnamespace`),
+		"migrate restores purser_reserve's settings from functions/purser_reserve.sql")
+}
+
+// historicFunctions lists the numbered migrations that created or changed functions before
+// functions/ existed. Later ones may not: the function's file is its only definition, and
+// anything a numbered migration defined would be replaced by it anyway.
+var historicFunctions = map[int]bool{1: true, 2: true, 4: true, 7: true, 9: true}
+
+func TestFunctions_NotInNumberedMigrations(t *testing.T) {
+	all, err := migrations.All()
+	require.NoError(t, err)
+	ddl := regexp.MustCompile(`(?i)\b(CREATE(\s+OR\s+REPLACE)?|ALTER)\s+FUNCTION\b`)
+	for _, m := range all {
+		if historicFunctions[m.Version] {
+			continue
+		}
+		require.False(t, ddl.MatchString(m.SQL),
+			"migration %03d_%s creates or alters a function: define it in migrations/functions/ instead (see migrations/README.md)", m.Version, m.Name)
+	}
+}
+
+// A change to functions/ must come with a new numbered migration (a comment saying what
+// changed is enough), so that purser serve, which checks only the schema version, refuses a
+// database whose functions are older than the binary's until purser migrate has run, and an
+// older binary refuses a database whose functions are newer. functions.sum records, for each
+// such version, the digest of functions/ it brought.
+func TestFunctions_ChangeComesWithMigration(t *testing.T) {
+	fns, err := migrations.Functions()
+	require.NoError(t, err)
+	h := sha256.New()
+	for _, f := range fns {
+		fmt.Fprintf(h, "%s\x00%s\x00", f.Name, f.SQL)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	latest, err := migrations.Latest()
+	require.NoError(t, err)
+
+	sum, err := os.ReadFile("functions.sum")
+	require.NoError(t, err)
+	var lastVersion int
+	var lastDigest string
+	for _, line := range strings.Split(string(sum), "\n") {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		var v int
+		var d string
+		_, err := fmt.Sscanf(line, "%d %s", &v, &d)
+		require.NoError(t, err, "functions.sum line %q is `<version> <sha256>`", line)
+		require.Greater(t, v, lastVersion, "functions.sum: versions increase (%q)", line)
+		require.NotEqual(t, lastDigest, d, "functions.sum: each line records a change (%q)", line)
+		lastVersion, lastDigest = v, d
+	}
+	require.LessOrEqual(t, lastVersion, latest, "functions.sum names an existing migration")
+	require.Equal(t, lastDigest, digest,
+		"migrations/functions/ changed since migration %d: add a numbered migration %d (a comment saying what changed is enough), then append the line\n%d %s\nto migrations/functions.sum",
+		lastVersion, latest+1, latest+1, digest)
 }
