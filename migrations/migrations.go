@@ -14,7 +14,9 @@ package migrations
 
 import (
 	"context"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -107,7 +109,25 @@ const createTable = `CREATE TABLE IF NOT EXISTS purser_migrations (
 	version    integer PRIMARY KEY,
 	name       text NOT NULL,
 	applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS purser_functions (
+	digest     text NOT NULL,
+	applied_at timestamptz NOT NULL DEFAULT now()
 )`
+
+// FunctionsDigest is the SHA-256 (hex) of functions/, which migrate records in
+// purser_functions and Check compares.
+func FunctionsDigest() (string, error) {
+	fns, err := Functions()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, f := range fns {
+		fmt.Fprintf(h, "%s\x00%s\x00", f.Name, f.SQL)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
 
 // Current reports the schema version recorded in the database (0 for an empty schema).
 func Current(ctx context.Context, db *pgxpool.Pool) (int, error) {
@@ -129,8 +149,10 @@ func Current(ctx context.Context, db *pgxpool.Pool) (int, error) {
 // ErrBehind is returned by Check when the database schema is older than this binary.
 var ErrBehind = errors.New("database schema is behind this binary")
 
-// Check returns nil when the schema is exactly at the embedded latest version, ErrBehind
-// (wrapped, naming both versions and the fix) when it is older, and an error when it is newer.
+// Check returns nil when the schema is exactly at the embedded latest version with the
+// functions of functions/ applied, ErrBehind (wrapped, naming the fix) when it is older or
+// its functions were applied by another binary (or none: a schema migrated before functions/
+// existed), and an error when it is newer.
 func Check(ctx context.Context, db *pgxpool.Pool) error {
 	cur, err := Current(ctx, db)
 	if err != nil {
@@ -145,6 +167,19 @@ func Check(ctx context.Context, db *pgxpool.Pool) error {
 		return fmt.Errorf("%w: schema version %d, binary needs %d; run `purser migrate` first", ErrBehind, cur, latest)
 	case cur > latest:
 		return fmt.Errorf("database schema version %d is newer than this binary (%d); upgrade purser", cur, latest)
+	}
+	want, err := FunctionsDigest()
+	if err != nil {
+		return err
+	}
+	var got *string
+	err = db.QueryRow(ctx, `SELECT CASE WHEN to_regclass('purser_functions') IS NOT NULL
+		THEN (SELECT max(digest) FROM purser_functions) END`).Scan(&got)
+	if err != nil {
+		return fmt.Errorf("read ledger functions digest: %w", err)
+	}
+	if got == nil || *got != want {
+		return fmt.Errorf("%w: the ledger functions were not applied by this binary's migrate; run `purser migrate` first", ErrBehind)
 	}
 	return nil
 }
@@ -233,12 +268,18 @@ func Up(ctx context.Context, db *pgxpool.Pool) ([]int, error) {
 
 var errUnchanged = errors.New("no function definition changed")
 
-// applyFunctions runs every function file in tx and reports whether any definition in the
-// schema changed (pg_get_functiondef before and after).
+// applyFunctions runs every function file in tx, records their digest, and reports whether
+// anything changed: a definition in the schema (pg_get_functiondef before and after) or the
+// recorded digest.
 func applyFunctions(ctx context.Context, tx pgx.Tx, fns []Function) (bool, error) {
 	before, err := definitions(ctx, tx)
 	if err != nil {
 		return false, err
+	}
+	// As pg_dump does: SQL-language bodies are checked when first run, not when created, so a
+	// function may use one whose file comes later in name order.
+	if _, err := tx.Exec(ctx, `SET LOCAL check_function_bodies = off`); err != nil {
+		return false, fmt.Errorf("apply functions: %w", err)
 	}
 	for _, f := range fns {
 		if _, err := tx.Exec(ctx, f.SQL); err != nil {
@@ -249,7 +290,19 @@ func applyFunctions(ctx context.Context, tx pgx.Tx, fns []Function) (bool, error
 	if err != nil {
 		return false, err
 	}
-	return !maps.Equal(before, after), nil
+	digest, err := FunctionsDigest()
+	if err != nil {
+		return false, err
+	}
+	tag, err := tx.Exec(ctx, `DELETE FROM purser_functions WHERE digest <> $1`, digest)
+	if err != nil {
+		return false, fmt.Errorf("record functions digest: %w", err)
+	}
+	ins, err := tx.Exec(ctx, `INSERT INTO purser_functions (digest) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM purser_functions)`, digest)
+	if err != nil {
+		return false, fmt.Errorf("record functions digest: %w", err)
+	}
+	return !maps.Equal(before, after) || tag.RowsAffected() > 0 || ins.RowsAffected() > 0, nil
 }
 
 // definitions returns the definition of every function in the current schema, by signature,

@@ -323,10 +323,10 @@ cur AS (
 used AS (
     SELECT budget_id, sum(used)::bigint AS used FROM cur GROUP BY budget_id HAVING sum(used) > 0),
 lim AS (
-    SELECT b.id, b.name, b.subject, b.unit, u.used,
-           b.limit_amount + coalesce((SELECT sum(g.amount) FROM budget_grants g
-                                       WHERE g.budget_id = b.id AND g.starts_at <= now() AND g.expires_at > now()), 0)::bigint AS lim
+    SELECT b.id, b.name, b.subject, b.unit, u.used, el.effective_limit AS lim
       FROM used u JOIN budgets b ON b.id = u.budget_id
+     CROSS JOIN LATERAL purser_effective_limit(p_budget_id => b.id, p_limit => b.limit_amount,
+                                               p_from => now(), p_until => now()) AS el
      WHERE ` + coveredSubject("b.subject", scope, 3) + `)
 SELECT id, name, subject, unit, lim, used FROM lim
  ORDER BY used::numeric / nullif(lim, 0) DESC NULLS FIRST, id

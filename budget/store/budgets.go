@@ -337,8 +337,10 @@ func (s *Store) CreateGrant(ctx context.Context, g GrantRow, a Audit) (GrantRow,
 
 // ActiveGrants returns the grants in force now (database clock) on the given budgets.
 func (s *Store) ActiveGrants(ctx context.Context, budgetIDs []int64) ([]GrantRow, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, budget_id, amount, starts_at, expires_at, reason, created_by, created_at
-		FROM budget_grants WHERE budget_id = ANY ($1) AND starts_at <= now() AND expires_at > now() ORDER BY id`, budgetIDs)
+	rows, err := s.pool.Query(ctx, `SELECT g.id, g.budget_id, g.amount, g.starts_at, g.expires_at, g.reason, g.created_by, g.created_at
+		FROM (SELECT DISTINCT t.id FROM unnest(@budget_ids::bigint[]) AS t(id)) AS b
+		CROSS JOIN LATERAL purser_grants_in_force(p_budget_id => b.id, p_from => now(), p_until => now()) AS g
+		ORDER BY g.id`, pgx.StrictNamedArgs{"budget_ids": budgetIDs})
 	if err != nil {
 		return nil, fmt.Errorf("active grants: %w", interpret(err))
 	}

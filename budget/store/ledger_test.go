@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/purser-dev/purser/budget/store"
@@ -52,7 +53,8 @@ SELECT p.proname, coalesce(array_agg(a.name ORDER BY a.name) FILTER (WHERE a.nam
 	files, err := filepath.Glob("*.go")
 	require.NoError(t, err)
 	call := regexp.MustCompile(`\b(purser_[a-z_]+)\(`)
-	arg := regexp.MustCompile(`^([a-z_]+) => @([a-z_]+)(::[a-z]+(\[\])?)?$`)
+	arg := regexp.MustCompile(`^([a-z_]+) => (.+)$`)
+	bound := regexp.MustCompile(`^@([a-z_]+)(::[a-z]+(\[\])?)?$`)
 	calls := 0
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
@@ -66,17 +68,21 @@ SELECT p.proname, coalesce(array_agg(a.name ORDER BY a.name) FILTER (WHERE a.nam
 			if !ok {
 				continue // not a function of the schema (a trigger name, a comment)
 			}
-			end := m[1] + strings.IndexByte(string(src[m[1]:]), ')')
-			require.Greater(t, end, m[1], "%s: the call of %s closes its parenthesis", f, fn)
+			args := topLevelArgs(t, string(src[m[1]:]))
 			var got []string
-			for _, a := range strings.Split(string(src[m[1]:end]), ",") {
+			for _, a := range args {
 				a = strings.Join(strings.Fields(a), " ")
 				if a == "" && len(want) == 0 {
 					continue
 				}
 				p := arg.FindStringSubmatch(a)
-				require.NotNil(t, p, "%s: argument %q of %s is `name => @name`, in named notation", f, a, fn)
-				require.Equal(t, p[1], p[2], "%s: %s's parameter %s is bound to the argument of the same name", f, fn, p[1])
+				require.NotNil(t, p, "%s: argument %q of %s is `name => value`, in named notation", f, a, fn)
+				if b := bound.FindStringSubmatch(p[2]); b != nil {
+					require.Equal(t, p[1], b[1], "%s: %s's parameter %s is bound to the Go argument of the same name", f, fn, p[1])
+				} else {
+					require.False(t, strings.Contains(p[2], "@") || strings.Contains(p[2], "$"),
+						"%s: %s's parameter %s is a SQL expression or one `@%s`, nothing else bound from Go", f, fn, p[1], p[1])
+				}
 				got = append(got, p[1])
 			}
 			slices.Sort(got)
@@ -84,7 +90,33 @@ SELECT p.proname, coalesce(array_agg(a.name ORDER BY a.name) FILTER (WHERE a.nam
 			calls++
 		}
 	}
-	require.GreaterOrEqual(t, calls, 5, "the ledger calls reserve, settle, charge_provisional, expire and record_unreserved")
+	require.GreaterOrEqual(t, calls, 8, "the store calls reserve, settle, charge_provisional, expire, record_unreserved, grants_in_force and effective_limit (alerts, verify)")
+}
+
+// topLevelArgs splits the argument list that starts src (just after the opening parenthesis)
+// at its top-level commas.
+func topLevelArgs(t *testing.T, src string) []string {
+	t.Helper()
+	var args []string
+	depth, start := 0, 0
+	for i, c := range src {
+		switch c {
+		case '(':
+			depth++
+		case ')':
+			if depth == 0 {
+				return append(args, src[start:i])
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				args = append(args, src[start:i])
+				start = i + 1
+			}
+		}
+	}
+	t.Fatalf("unclosed argument list: %.80q", src)
+	return nil
 }
 
 // Every value reaches the column it is meant for: each same-typed argument gets a distinct
@@ -165,4 +197,55 @@ func TestLedgerCalls_RoundTrip(t *testing.T) {
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT posted FROM budget_windows WHERE budget_id = $1 AND window_start = $2`,
 		budgetID, day).Scan(&posted))
 	require.Equal(t, int64(250+70), posted, "the window has posted the settlement and the unreserved charge")
+}
+
+// The effective limit is one rule, purser_effective_limit over purser_grants_in_force: at an
+// instant (admission, gauges, alerts, status) or over a window (verify), both ends included.
+func TestEffectiveLimit(t *testing.T) {
+	t.Parallel()
+	s := pgtest.New(t)
+	ctx := context.Background()
+	var id int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO budgets (name, subject, unit, limit_amount, window_kind)
+		VALUES ('b', 'team:a', 'usd', 1000, 'day') RETURNING id`).Scan(&id))
+	day := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	next := day.Add(24 * time.Hour)
+	_, err := s.Pool.Exec(ctx, `INSERT INTO budget_grants (budget_id, amount, starts_at, expires_at) VALUES
+		($1, 1, $2::timestamptz - interval '1 hour', $2),  -- expires as the day starts: never in it
+		($1, 10, $2::timestamptz - interval '1 hour', $2::timestamptz + interval '1 microsecond'),
+		($1, 100, $2::timestamptz + interval '12 hours', $3::timestamptz + interval '1 hour'),
+		($1, 1000, $3, $3::timestamptz + interval '1 hour')  -- starts as the day ends: never in it`, id, day, next)
+	require.NoError(t, err)
+	limit := func(from, until time.Time) int64 {
+		var l int64
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT effective_limit FROM purser_effective_limit(
+			p_budget_id => @id, p_limit => 1000, p_from => @from, p_until => @until)`,
+			pgx.StrictNamedArgs{"id": id, "from": from, "until": until}).Scan(&l))
+		return l
+	}
+	require.Equal(t, int64(1000+10), limit(day, day), "at the day's start: the grant of 10 only (1 has just expired)")
+	require.Equal(t, int64(1000), limit(day.Add(time.Hour), day.Add(time.Hour)), "an hour in: no grant")
+	require.Equal(t, int64(1000+100), limit(day.Add(12*time.Hour), day.Add(12*time.Hour)), "at noon: the grant of 100 starts")
+	require.Equal(t, int64(1000+10+100), limit(day, next.Add(-time.Microsecond)),
+		"over the day [start, end): every grant that overlapped it, not the one expiring at its start nor the one starting at its end")
+	require.Equal(t, int64(1000+100+1000), limit(next, next), "at the next day's start")
+}
+
+// Whether a grant is in force is written once, in migrations/functions/purser_grants_in_force.sql.
+func TestEffectiveLimit_DefinedOnce(t *testing.T) {
+	t.Parallel()
+	sources, err := filepath.Glob("*.go")
+	require.NoError(t, err)
+	fns, err := filepath.Glob("../../migrations/functions/*.sql")
+	require.NoError(t, err)
+	require.NotEmpty(t, fns, "the functions are in migrations/functions")
+	inForce := regexp.MustCompile("(?s)budget_grants\\b[^;`]{0,400}?(starts_at\\s*<|expires_at\\s*>)")
+	for _, f := range append(sources, fns...) {
+		if strings.HasSuffix(f, "_test.go") || strings.HasSuffix(f, "purser_grants_in_force.sql") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.NotRegexp(t, inForce, string(src), "%s restates when a grant is in force: use purser_grants_in_force or purser_effective_limit", f)
+	}
 }

@@ -86,18 +86,19 @@ type OverLimit struct {
 }
 
 // OverLimits lists hard calendar windows whose posted + pending exceed the limit plus every
-// grant that overlapped the window (the most admission could ever have allowed). Excess is
+// grant that overlapped the window (purser_effective_limit over the window: the most
+// admission could ever have allowed). Excess is
 // legitimate only when recorded overruns or unreserved spend explain it, or when the limit was
 // lowered after the spend (the audit log shows that).
 func (s *Store) OverLimits(ctx context.Context) ([]OverLimit, error) {
 	rows, err := s.pool.Query(ctx, `
 WITH over AS (
-    SELECT w.budget_id, w.window_start, w.posted, w.pending, b.limit_amount + coalesce(g.total, 0) AS lim
+    SELECT w.budget_id, w.window_start, w.posted, w.pending, el.effective_limit AS lim
       FROM budget_windows w
       JOIN budgets b ON b.id = w.budget_id AND b.hard AND b.window_kind <> 'rolling'
-      LEFT JOIN LATERAL (SELECT sum(amount)::bigint AS total FROM budget_grants
-                          WHERE budget_id = b.id AND starts_at < w.window_end AND expires_at > w.window_start) g ON true
-     WHERE w.posted + w.pending > b.limit_amount + coalesce(g.total, 0)),
+     CROSS JOIN LATERAL purser_effective_limit(p_budget_id => b.id, p_limit => b.limit_amount,
+                                               p_from => w.window_start, p_until => w.window_end - interval '1 microsecond') AS el
+     WHERE w.posted + w.pending > el.effective_limit),
 excess AS (
     SELECT x.budget_id, x.window_start, sum(x.total)::bigint AS total FROM (
         SELECT h.budget_id, h.window_start,

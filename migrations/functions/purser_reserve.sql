@@ -8,7 +8,7 @@
 -- between reserving, settling and expiring.
 
 -- purser_reserve admits a batch of requests in arrival order. A request is admitted when every
--- hard budget it touches still has room (posted + pending + amount <= limit + active grants),
+-- hard budget it touches still has room (posted + pending + amount <= purser_effective_limit),
 -- counting what earlier requests of the same batch were just given; all its holds are written
 -- together or none. This is exactly the outcome of serving the requests one by one in order.
 --
@@ -118,14 +118,12 @@ BEGIN
                    CASE WHEN t.f IS NULL THEN bw.posted + bw.pending
                         ELSE (SELECT coalesce(sum(o.posted + o.pending), 0)::bigint FROM budget_windows o
                                WHERE o.budget_id = t.b AND o.window_start >= t.f AND o.window_start <= t.s) END AS u,
-                   CASE WHEN b.deleted_at IS NOT NULL THEN NULL
-                        ELSE b.limit_amount + coalesce((SELECT sum(g.amount) FROM budget_grants g
-                                                         WHERE g.budget_id = b.id
-                                                           AND g.starts_at <= now()
-                                                           AND g.expires_at > now()), 0)::bigint END AS l
+                   CASE WHEN b.deleted_at IS NOT NULL THEN NULL ELSE el.effective_limit END AS l
               FROM unnest(w_budget, w_start, w_roll_from) WITH ORDINALITY AS t(b, s, f, x)
               JOIN budget_windows bw ON bw.budget_id = t.b AND bw.window_start = t.s
-              JOIN budgets b ON b.id = t.b) AS q;
+              JOIN budgets b ON b.id = t.b
+              CROSS JOIN LATERAL purser_effective_limit(p_budget_id => b.id, p_limit => b.limit_amount,
+                                                        p_from => now(), p_until => now()) AS el) AS q;
         IF coalesce(array_length(wused, 1), 0) <> nw THEN
             RAISE EXCEPTION 'purser_reserve: % windows requested, % found (unknown budget id?)',
                 nw, coalesce(array_length(wused, 1), 0);
