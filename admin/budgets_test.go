@@ -175,7 +175,7 @@ func TestAdmin_BudgetValidation(t *testing.T) {
 		"NoWindow":       {base("window", nil), "window", "window: is required"},
 		"Window":         {base("window", "fortnight"), "window", `window: window "fortnight": want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h`},
 		"ShortRolling":   {base("window", "10s"), "window", "window: rolling window must be between 1m0s and 9600h0m0s, got 10s"},
-		"Timezone":       {base("timezone", "Mars/Olympus"), "timezone", `timezone: timezone "Mars/Olympus": not a known IANA time zone`},
+		"Timezone":       {base("timezone", "Mars/Olympus"), "timezone", `timezone: "Mars/Olympus" is not a known IANA time zone`},
 		"AnchorDay":      {base("window", "week", "anchor_day", 5), "anchor_day", `anchor_day: anchor day applies to month, quarter and year windows, not "week"`},
 		"AnchorType":     {base("anchor_day", "5"), "anchor_day", "anchor_day: must be an integer"},
 		"WarnAt":         {base("warn_at", []int{50, 0}), "warn_at", "warn_at: 0 is not a percentage in 1..1000"},

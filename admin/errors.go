@@ -116,14 +116,12 @@ func notFoundMessage(r *http.Request) string {
 	return fmt.Sprintf("%s %s not found", kind, id)
 }
 
-// conflictMessage explains a conflict from the constraint the store reported.
+// conflictMessage explains a conflict the ledger named.
 func conflictMessage(err error) string {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "budgets_subject_name"):
-		return "a budget with this name already exists on this subject"
-	case strings.Contains(msg, "budget_templates_name"):
-		return "a template with this name already exists"
+	for _, kind := range []error{budget.ErrBudgetNameTaken, budget.ErrTemplateNameTaken} {
+		if errors.Is(err, kind) {
+			return kind.Error()
+		}
 	}
 	return "the change conflicts with existing data"
 }

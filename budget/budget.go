@@ -1,6 +1,7 @@
 package budget
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -91,7 +92,8 @@ type Definition struct {
 	Route     map[string]string
 }
 
-// ParseWindow parses a window name or rolling duration.
+// ParseWindow parses a window name or rolling duration. An error about the time zone or the
+// anchor day is a *FieldError naming that field.
 func ParseWindow(s, tz string, anchor int) (WindowSpec, error) {
 	spec := WindowSpec{Kind: WindowKind(s), AnchorDay: anchor}
 	switch spec.Kind {
@@ -108,7 +110,7 @@ func ParseWindow(s, tz string, anchor int) (WindowSpec, error) {
 	}
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
-		return WindowSpec{}, fmt.Errorf("timezone %q: not a known IANA time zone", tz)
+		return WindowSpec{}, fieldErr("timezone", "%q is not a known IANA time zone", tz)
 	}
 	spec.Location = loc
 	if err := spec.Validate(); err != nil {
@@ -169,13 +171,11 @@ func (d Definition) Build() (Budget, error) {
 	}
 	w, err := ParseWindow(d.Window, d.TimeZone, d.AnchorDay)
 	if err != nil {
-		field := "window"
-		if strings.Contains(err.Error(), "timezone") {
-			field = "timezone"
-		} else if strings.Contains(err.Error(), "anchor") {
-			field = "anchor_day"
+		var fe *FieldError
+		if errors.As(err, &fe) { // timezone, anchor_day
+			return Budget{}, fe
 		}
-		return Budget{}, &FieldError{Field: field, Err: err}
+		return Budget{}, &FieldError{Field: "window", Err: err}
 	}
 	b.Window = w
 	b.Hard = d.Hard

@@ -32,7 +32,7 @@ func TestDefinition_Build(t *testing.T) {
 		msg   string
 	}{
 		"NegativeLimit":     {func(d *Definition) { d.Limit = -1 }, "limit", "limit: must not be negative"},
-		"UnknownTimeZone":   {func(d *Definition) { d.TimeZone = "Mars/Olympus" }, "timezone", `timezone: timezone "Mars/Olympus": not a known IANA time zone`},
+		"UnknownTimeZone":   {func(d *Definition) { d.TimeZone = "Mars/Olympus" }, "timezone", `timezone: "Mars/Olympus" is not a known IANA time zone`},
 		"BadGlob":           {func(d *Definition) { d.Models = []string{"gpt-[4"} }, "models[0]", `models[0]: pattern "gpt-[4": unclosed '[' at byte 4`},
 		"EmptySubject":      {func(d *Definition) { d.Subject = "" }, "subject", "subject: subject is empty"},
 		"UnknownKind":       {func(d *Definition) { d.Subject = "tenant:x" }, "subject", `unknown kind "tenant"`},

@@ -16,6 +16,10 @@ func mapErr(err error) error {
 		return nil
 	case errors.Is(err, store.ErrNotFound):
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case errors.Is(err, store.ErrBudgetNameTaken):
+		return fmt.Errorf("%w: %w: %w", ErrConflict, ErrBudgetNameTaken, err)
+	case errors.Is(err, store.ErrTemplateNameTaken):
+		return fmt.Errorf("%w: %w: %w", ErrConflict, ErrTemplateNameTaken, err)
 	case errors.Is(err, store.ErrConflict):
 		return fmt.Errorf("%w: %w", ErrConflict, err)
 	case errors.Is(err, store.ErrUnavailable):

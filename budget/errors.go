@@ -11,6 +11,10 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict: the change collides with existing data (duplicate name, revoked key...).
 	ErrConflict = errors.New("conflict")
+	// ErrBudgetNameTaken: a budget of the same subject has the name (also ErrConflict).
+	ErrBudgetNameTaken = errors.New("a budget with this name already exists on this subject")
+	// ErrTemplateNameTaken: a template has the name (also ErrConflict).
+	ErrTemplateNameTaken = errors.New("a template with this name already exists")
 	// ErrUnavailable: the database cannot be reached; no decision was made.
 	ErrUnavailable = errors.New("ledger unavailable")
 	// ErrKeyUnknown: no key has this secret.

@@ -58,7 +58,7 @@ type Window struct {
 	RollFrom time.Time // zero unless rolling
 }
 
-// Validate checks a spec.
+// Validate checks a spec. An error about the anchor day is a *FieldError naming anchor_day.
 func (w WindowSpec) Validate() error {
 	switch w.Kind {
 	case Minute, Hour, Day, Week, Month, Quarter, Year, Lifetime:
@@ -76,10 +76,10 @@ func (w WindowSpec) Validate() error {
 		return fmt.Errorf("unknown window %q (want minute, hour, day, week, month, quarter, year, lifetime or a duration such as 72h)", w.Kind)
 	}
 	if w.AnchorDay < 0 || w.AnchorDay > 31 {
-		return fmt.Errorf("anchor day must be 1-31, got %d", w.AnchorDay)
+		return fieldErr("anchor_day", "anchor day must be 1-31, got %d", w.AnchorDay)
 	}
 	if w.AnchorDay > 1 && w.Kind != Month && w.Kind != Quarter && w.Kind != Year {
-		return fmt.Errorf("anchor day applies to month, quarter and year windows, not %q", w.Kind)
+		return fieldErr("anchor_day", "anchor day applies to month, quarter and year windows, not %q", w.Kind)
 	}
 	return nil
 }

@@ -12,12 +12,43 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Sentinel errors callers match with errors.Is.
+// Sentinel errors callers match with errors.Is. Every error the store returns for a
+// Postgres error keeps it in the chain (errors.As with *pgconn.PgError).
 var (
 	ErrNotFound    = errors.New("not found")
 	ErrConflict    = errors.New("conflict")
 	ErrUnavailable = errors.New("database unavailable")
+	// ErrBudgetNameTaken: a live budget of the same subject has the name (a *ConflictError,
+	// so also ErrConflict).
+	ErrBudgetNameTaken = errors.New("a budget with this name already exists on this subject")
+	// ErrTemplateNameTaken: a live template has the name (a *ConflictError).
+	ErrTemplateNameTaken = errors.New("a template with this name already exists")
 )
+
+// conflictKinds names the unique constraints callers tell apart. The constraint names are the
+// schema's (migrations/001_ledger.up.sql); they are matched here and nowhere else.
+var conflictKinds = map[string]error{
+	"budgets_subject_name":  ErrBudgetNameTaken,
+	"budget_templates_name": ErrTemplateNameTaken,
+}
+
+// ConflictError is a unique violation. It matches ErrConflict, the kind of conflict when the
+// constraint is one callers tell apart (ErrBudgetNameTaken...), and the *pgconn.PgError.
+type ConflictError struct {
+	Constraint string
+	Err        *pgconn.PgError
+}
+
+func (e *ConflictError) Error() string { return "conflict: " + e.Constraint }
+
+// Unwrap returns ErrConflict, the conflict's kind if known, and the Postgres error.
+func (e *ConflictError) Unwrap() []error {
+	errs := []error{ErrConflict}
+	if k := conflictKinds[e.Constraint]; k != nil {
+		errs = append(errs, k)
+	}
+	return append(errs, e.Err)
+}
 
 // Store runs purser's queries on a pool. It is safe for concurrent use.
 type Store struct {
@@ -50,7 +81,7 @@ func interpret(err error) error {
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "23505": // unique_violation
-			return fmt.Errorf("%w: %s", ErrConflict, pgErr.ConstraintName)
+			return &ConflictError{Constraint: pgErr.ConstraintName, Err: pgErr}
 		case "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006":
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
