@@ -2,23 +2,14 @@ package budget
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"strings"
 	"time"
+
+	"github.com/purser-dev/purser/budget/store"
 )
 
-// listenCheckEvery is how often an idle change listener asks its server whether it still
-// takes writes. After a switchover the old primary may stay up, read-only, and never send
-// another notification (admin changes now commit on the new primary): the listener must
-// move too, or the caches would only follow the new primary through their TTL.
-const listenCheckEvery = 5 * time.Second
-
-// errListenerReadOnly ends a listener whose server stopped taking writes.
-var errListenerReadOnly = errors.New("the database no longer takes writes (not the primary)")
-
-// Listen keeps the caches fresh: it LISTENs on purser_changes (sent by triggers on keys,
-// budgets, templates, grants and signing keys) and drops the caches whenever this schema's
+// Listen keeps the caches fresh: it LISTENs (store.Listen) on purser_changes (sent by triggers
+// on keys, budgets, templates, grants and signing keys) and drops the caches whenever this schema's
 // definitions change, so an admin change reaches every replica within moments; a key change
 // also reloads the index of key hashes, a signing key change wakes RunSigningKeys. It
 // reconnects on failure, purging and reloading on every reconnect (notifications may have been
@@ -47,54 +38,18 @@ func (s *Service) Listen(ctx context.Context, ready chan<- struct{}) {
 }
 
 func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error {
-	pooled, err := s.db.Pool().Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	// The connection carries a LISTEN: take it out of the pool for good.
-	conn := pooled.Hijack()
-	defer conn.Close(context.WithoutCancel(ctx))
-	var schema, readOnly string
-	if err := conn.QueryRow(ctx, `SELECT current_schema(), current_setting('transaction_read_only')`).Scan(&schema, &readOnly); err != nil {
-		return err
-	}
-	if readOnly == "on" {
-		return errListenerReadOnly
-	}
-	if _, err := conn.Exec(ctx, `LISTEN purser_changes`); err != nil {
-		return err
-	}
-	s.Invalidate() // anything cached before the LISTEN may be stale
-	s.wakeSigning()
-	if err := s.loadKeyIndex(ctx); err != nil {
-		return err
-	}
-	if *ready != nil {
-		close(*ready)
-		*ready = nil
-	}
-	prefix := schema + "."
-	for {
-		wctx, cancel := context.WithTimeout(ctx, listenCheckEvery)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			// Quiet for a while: still on a primary? (A timeout leaves the connection usable.)
-			if err := conn.QueryRow(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
-				return err
-			}
-			if readOnly == "on" {
-				return errListenerReadOnly
-			}
-			continue
-		}
-		if err != nil {
+	return s.db.Listen(ctx, []string{store.ChangesChannel}, func(ctx context.Context) error {
+		s.Invalidate() // anything cached before the LISTEN may be stale
+		s.wakeSigning()
+		if err := s.loadKeyIndex(ctx); err != nil {
 			return err
 		}
-		table, ours := strings.CutPrefix(n.Payload, prefix)
-		if !ours {
-			continue
+		if *ready != nil {
+			close(*ready)
+			*ready = nil
 		}
+		return nil
+	}, func(_, table string) {
 		switch table {
 		case "signing_keys":
 			s.wakeSigning() // not a definition: the caches stay
@@ -104,7 +59,7 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 		default:
 			s.Invalidate()
 		}
-	}
+	})
 }
 
 func (s *Service) wakeSigning() {

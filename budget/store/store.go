@@ -58,7 +58,7 @@ type Store struct {
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// Pool exposes the underlying pool (health checks, LISTEN).
+// Pool exposes the underlying pool (health checks). Listen to notifications with Listen.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Ping checks that the database answers.
