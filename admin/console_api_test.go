@@ -329,7 +329,7 @@ type failingLedger struct {
 
 func (f failingLedger) EachRequest(ctx context.Context, q budget.RequestQuery, fn func(budget.RequestRecord) error) error {
 	for i := range 3000 {
-		if err := fn(budget.RequestRecord{ReservationRow: budget.Reservation{ID: fmt.Sprint(i), State: "settled"}}); err != nil {
+		if err := fn(budget.RequestRecord{Reservation: budget.Reservation{ID: fmt.Sprint(i), State: "settled"}}); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package budget
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -377,7 +378,16 @@ func (s *Service) ResetBudgetAs(ctx context.Context, by Actor, id int64, reason 
 }
 
 // Grant is a temporary increase of a budget's limit.
-type Grant = store.GrantRow
+type Grant struct {
+	ID        int64
+	BudgetID  int64
+	Amount    int64
+	StartsAt  time.Time
+	ExpiresAt time.Time
+	Reason    string
+	CreatedBy string
+	CreatedAt time.Time
+}
 
 // AddGrant raises a budget's limit by amount until expiresAt, as an admin.
 func (s *Service) AddGrant(ctx context.Context, actor string, budgetID, amount int64, expiresAt time.Time, reason string) (Grant, error) {
@@ -411,13 +421,13 @@ func (s *Service) AddGrantAs(ctx context.Context, by Actor, budgetID, amount int
 		}
 	}
 	actor := by.Name
-	g, err := s.db.CreateGrant(ctx, Grant{BudgetID: budgetID, Amount: amount, ExpiresAt: expiresAt, Reason: reason, CreatedBy: actor},
+	g, err := s.db.CreateGrant(ctx, grantToRow(Grant{BudgetID: budgetID, Amount: amount, ExpiresAt: expiresAt, Reason: reason, CreatedBy: actor}),
 		store.Audit{Actor: actor, Action: "budget.grant", Details: map[string]any{"amount": amount, "expires_at": expiresAt, "reason": reason}})
 	if err != nil {
 		return Grant{}, mapErr(err)
 	}
 	s.Invalidate()
-	return g, nil
+	return grantFromRow(g), nil
 }
 
 // CreateTemplate stores a default-budget template for every new subject of d.Kind.
@@ -489,7 +499,14 @@ func (s *Service) Templates(ctx context.Context) ([]Template, error) {
 }
 
 // AuditEntry is one audit log entry.
-type AuditEntry = store.AuditRow
+type AuditEntry struct {
+	ID      int64
+	At      time.Time
+	Actor   string
+	Action  string
+	Target  string
+	Details json.RawMessage
+}
 
 // AuditLog lists audit entries newest first (target "" = all; before = id cursor, 0 = newest).
 func (s *Service) AuditLog(ctx context.Context, target string, before int64, limit int) ([]AuditEntry, error) {
@@ -497,7 +514,7 @@ func (s *Service) AuditLog(ctx context.Context, target string, before int64, lim
 		limit = 100
 	}
 	rows, err := s.db.AuditLog(ctx, target, before, limit)
-	return rows, mapErr(err)
+	return convertAll(rows, auditFromRow), mapErr(err)
 }
 
 func auditDef(d Definition) map[string]any {

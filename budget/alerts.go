@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/purser-dev/purser/budget/store"
 )
 
 // Alert kinds.
@@ -23,19 +21,50 @@ const (
 
 // AlertEvent is one alert of the outbox. IdempotencyKey is unique for ever:
 // AlertKey(budget, window start, kind, threshold).
-type AlertEvent = store.AlertEventRow
+type AlertEvent struct {
+	ID             int64
+	IdempotencyKey string
+	BudgetID       int64  // 0 for a missing_usage event
+	Kind           string // AlertThreshold | AlertProjected | AlertMissingUsage
+	Threshold      int
+	WindowStart    time.Time
+	WindowEnd      time.Time
+	Suppressed     bool
+	Payload        []byte // JSON
+	CreatedAt      time.Time
+}
 
 // AlertDelivery is one claimed attempt to deliver an event to one webhook.
-type AlertDelivery = store.AlertDeliveryRow
+type AlertDelivery struct {
+	EventID        int64
+	Webhook        string
+	Attempt        int // this attempt's number, from 1
+	IdempotencyKey string
+	Kind           string
+	Payload        []byte
+}
+
+// AlertDeliveryState is one delivery of an event as recorded.
+type AlertDeliveryState struct {
+	Webhook       string
+	State         string // DeliveryPending | DeliveryDelivered | DeliveryFailed
+	Attempts      int
+	NextAttemptAt time.Time
+	DeliveredAt   *time.Time
+	LastError     *string
+}
 
 // AlertRecord is an event with the state of its deliveries.
-type AlertRecord = store.AlertEventWithDeliveries
+type AlertRecord struct {
+	AlertEvent
+	Deliveries []AlertDeliveryState
+}
 
 // Alert delivery states.
 const (
-	DeliveryPending   = store.DeliveryPending
-	DeliveryDelivered = store.DeliveryDelivered
-	DeliveryFailed    = store.DeliveryFailed
+	DeliveryPending   = "pending"
+	DeliveryDelivered = "delivered"
+	DeliveryFailed    = "failed"
 )
 
 // AlertKey is the idempotency key of an alert: budget:<id>:<window start, RFC 3339 UTC>:<kind>:<threshold>.
@@ -125,15 +154,15 @@ func (s *Service) RecordAlerts(ctx context.Context, events []AlertEvent, webhook
 			return nil, fmt.Errorf("%w: alert key %q does not match its event", ErrInvalid, e.IdempotencyKey)
 		}
 	}
-	out, err := s.db.InsertAlertEvents(ctx, events, webhooks, firstAttempt)
-	return out, mapErr(err)
+	out, err := s.db.InsertAlertEvents(ctx, convertAll(events, alertEventToRow), webhooks, firstAttempt)
+	return convertAll(out, alertEventFromRow), mapErr(err)
 }
 
 // ClaimAlertDeliveries takes up to limit deliveries due at now for the given webhooks and
 // leases them until leaseUntil (see store.ClaimAlertDeliveries). Safe on every replica at once.
 func (s *Service) ClaimAlertDeliveries(ctx context.Context, webhooks []string, now, leaseUntil time.Time, limit int) ([]AlertDelivery, error) {
 	out, err := s.db.ClaimAlertDeliveries(ctx, webhooks, now, leaseUntil, limit)
-	return out, mapErr(err)
+	return convertAll(out, alertDeliveryFromRow), mapErr(err)
 }
 
 // FinishAlertDelivery records a claimed attempt's outcome: DeliveryDelivered (at: when),
@@ -151,5 +180,5 @@ func (s *Service) AlertEvents(ctx context.Context, budgetID, before int64, limit
 		limit = 100
 	}
 	out, err := s.db.AlertEvents(ctx, budgetID, before, limit)
-	return out, mapErr(err)
+	return convertAll(out, alertRecordFromRow), mapErr(err)
 }

@@ -10,8 +10,12 @@ import (
 )
 
 // RequestRecord is one reservation as a per-request record: who, what, the hold, the actual
-// charge and the outcome (see store.RequestRow).
-type RequestRecord = store.RequestRow
+// charge and the outcome.
+type RequestRecord struct {
+	Reservation
+	InputTokens  *int64 // from the normalised usage of a settled reservation
+	OutputTokens *int64
+}
 
 // Reservation states, the outcome of a request record.
 const (
@@ -71,7 +75,7 @@ func (s *Service) Requests(ctx context.Context, q RequestQuery) ([]RequestRecord
 		return nil, err
 	}
 	rows, err := s.db.Requests(ctx, f)
-	return rows, mapErr(err)
+	return convertAll(rows, requestFromRow), mapErr(err)
 }
 
 // EachRequest calls fn for every record q selects, newest first, fetching q.Limit at a time

@@ -184,8 +184,30 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration, batchS
 	}
 }
 
-// Reservation is a reservation as stored.
-type Reservation = store.ReservationRow
+// Reservation is a reservation as recorded in the ledger.
+type Reservation struct {
+	ID             string
+	State          string // StatePending | StateSettled | StateVoided | StateExpired
+	CreatedAt      time.Time
+	ExpiresAt      time.Time
+	ResolvedAt     *time.Time
+	KeyID          *string
+	Subjects       []string
+	Provider       string
+	Flavor         string
+	Model          string
+	Route          string
+	RequestID      *string
+	HoldCost       int64
+	HoldTokens     int64
+	ActualCost     *int64
+	ActualTokens   *int64
+	CatalogVersion *string
+	Cause          *string
+	OverrunCost    int64
+	OverrunTokens  int64
+	Unreserved     bool
+}
 
 // Reservation returns one reservation by id.
 func (s *Service) Reservation(ctx context.Context, id string) (Reservation, error) {
@@ -193,7 +215,7 @@ func (s *Service) Reservation(ctx context.Context, id string) (Reservation, erro
 		return Reservation{}, fmt.Errorf("%w: reservation id: %w", ErrInvalid, err)
 	}
 	r, err := s.db.Reservation(ctx, id)
-	return r, mapErr(err)
+	return reservationFromRow(r), mapErr(err)
 }
 
 // ReservationsForRequest finds the reservations made, within [from, to], for the downstream
@@ -208,7 +230,7 @@ func (s *Service) ReservationsForRequest(ctx context.Context, requestID string, 
 		return nil, nil
 	}
 	rs, err := s.db.ReservationsByRequestStart(ctx, requestID, RequestStartKey(start), from, to)
-	return rs, mapErr(err)
+	return convertAll(rs, reservationFromRow), mapErr(err)
 }
 
 // RequestStartKey is the first 8 bytes of a reservation's idempotency key: the request's start

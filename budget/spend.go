@@ -36,7 +36,19 @@ type SpendQuery struct {
 
 // SpendRow is one group of a spend report: the money (micro-USD) and tokens charged, request
 // counts, and the parts that were overruns or unreserved spend (included in the totals).
-type SpendRow = store.SpendRow
+type SpendRow struct {
+	Group            string
+	Cost             int64 // micro-USD
+	Tokens           int64
+	Requests         int64
+	Expired          int64 // charged in full because no access-log entry arrived
+	Overruns         int64 // requests that cost more than their reserved upper bound
+	OverrunCost      int64
+	OverrunTokens    int64
+	Unreserved       int64 // requests that reached purser without a reservation (fail-open)
+	UnreservedCost   int64
+	UnreservedTokens int64
+}
 
 // Spend reports settled and expired spend, grouped.
 func (s *Service) Spend(ctx context.Context, q SpendQuery) ([]SpendRow, error) {
@@ -69,5 +81,5 @@ func (s *Service) Spend(ctx context.Context, q SpendQuery) ([]SpendRow, error) {
 	if err != nil {
 		return nil, mapErr(fmt.Errorf("spend report: %w", err))
 	}
-	return rows, nil
+	return convertAll(rows, spendFromRow), nil
 }

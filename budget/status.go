@@ -87,7 +87,7 @@ func (s *Service) statusOf(ctx context.Context, budgets []Budget) ([]Status, err
 		}
 		for _, g := range grants {
 			if g.BudgetID == b.ID {
-				st.Grants = append(st.Grants, g)
+				st.Grants = append(st.Grants, grantFromRow(g))
 				st.Limit += g.Amount
 			}
 		}

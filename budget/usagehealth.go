@@ -3,20 +3,25 @@ package budget
 import (
 	"context"
 	"time"
-
-	"github.com/purser-dev/purser/budget/store"
 )
 
 // UsageHealth is the missing-usage watchdog's view of one (route, provider, model): of the
 // reservations resolved in a span, how many were charged their whole hold because the
 // provider's answer came without usage the data plane could read (compressed answers, streams
 // that carry no usage, a missing usage filter), or because no access-log entry arrived.
-type UsageHealth = store.UsageHealthRow
+type UsageHealth struct {
+	Route, Provider, Model string
+	Resolved               int64 // settled or expired (voided ones cost nothing and carry no usage)
+	WithoutUsage           int64 // settled at the hold: the answer had no (readable) usage
+	Compressed             int64 // ... of which the answer was compressed
+	Streams                int64 // ... of which the answer was an event stream
+	Expired                int64 // no access-log entry arrived: charged the hold at expiry
+}
 
 // UsageHealth reports the reservations resolved since from, by route, provider and model.
 func (s *Service) UsageHealth(ctx context.Context, from time.Time) ([]UsageHealth, error) {
 	rows, err := s.db.UsageHealth(ctx, from)
-	return rows, mapErr(err)
+	return convertAll(rows, usageHealthFromRow), mapErr(err)
 }
 
 // DatabaseClock is the database's now(), to compare with purser's own clock: reservations'
