@@ -173,20 +173,32 @@ func TestUp_RerunIsNoOp(t *testing.T) {
 }
 
 // historicFunctions lists the numbered migrations that created or changed functions before
-// functions/ existed. Later ones may not: the function's file is its only definition, and
-// anything a numbered migration defined would be replaced by it anyway.
+// functions/ existed. A later migration may not ALTER a function (the file's definition would
+// silently undo it), and may CREATE one only if functions/ has its file: say, so that a
+// trigger the migration creates can name it; the file then replaces the definition at once.
 var historicFunctions = map[int]bool{1: true, 2: true, 4: true, 7: true, 9: true}
 
 func TestFunctions_NotInNumberedMigrations(t *testing.T) {
 	all, err := migrations.All()
 	require.NoError(t, err)
-	ddl := regexp.MustCompile(`(?i)\b(CREATE(\s+OR\s+REPLACE)?|ALTER)\s+FUNCTION\b`)
+	fns, err := migrations.Functions()
+	require.NoError(t, err)
+	files := map[string]bool{}
+	for _, f := range fns {
+		files[f.Name] = true
+	}
+	alter := regexp.MustCompile(`(?i)\bALTER\s+FUNCTION\b`)
+	create := regexp.MustCompile(`(?i)\bCREATE\s+(OR\s+REPLACE\s+)?FUNCTION\s+(\w+)`)
 	for _, m := range all {
 		if historicFunctions[m.Version] {
 			continue
 		}
-		require.False(t, ddl.MatchString(m.SQL),
-			"migration %03d_%s creates or alters a function: define it in migrations/functions/ instead (see migrations/README.md)", m.Version, m.Name)
+		require.False(t, alter.MatchString(m.SQL),
+			"migration %03d_%s alters a function: change its file in migrations/functions/ instead (see migrations/README.md)", m.Version, m.Name)
+		for _, c := range create.FindAllStringSubmatch(m.SQL, -1) {
+			require.True(t, files[strings.ToLower(c[2])],
+				"migration %03d_%s creates function %s: its definition belongs in migrations/functions/%s.sql (see migrations/README.md)", m.Version, m.Name, c[2], c[2])
+		}
 	}
 }
 
