@@ -61,10 +61,13 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 	if readOnly == "on" {
 		return errListenerReadOnly
 	}
-	if _, err := conn.Exec(ctx, `LISTEN purser_changes`); err != nil {
+	if _, err := conn.Exec(ctx, `LISTEN purser_changes; LISTEN purser_room`); err != nil {
 		return err
 	}
 	s.Invalidate() // anything cached before the LISTEN may be stale
+	// Exhausted windows may be remembered only while room notifications arrive.
+	s.storm.setLive(true)
+	defer s.storm.setLive(false)
 	s.wakeSigning()
 	if err := s.loadKeyIndex(ctx); err != nil {
 		return err
@@ -80,7 +83,11 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 		cancel()
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			// Quiet for a while: still on a primary? (A timeout leaves the connection usable.)
-			if err := conn.QueryRow(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
+			// Bounded: a connection that died silently must not keep the storm memory live.
+			qctx, qcancel := context.WithTimeout(ctx, listenCheckEvery)
+			err := conn.QueryRow(qctx, `SHOW transaction_read_only`).Scan(&readOnly)
+			qcancel()
+			if err != nil {
 				return err
 			}
 			if readOnly == "on" {
@@ -90,6 +97,10 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 		}
 		if err != nil {
 			return err
+		}
+		if n.Channel == "purser_room" {
+			s.roomNotice(prefix, n.Payload)
+			continue
 		}
 		table, ours := strings.CutPrefix(n.Payload, prefix)
 		if !ours {
