@@ -32,10 +32,15 @@ import (
 //   - Nothing is remembered or denied while the change listener is down (notifications may be
 //     lost); reconnecting forgets everything.
 //   - A request carrying an idempotency key may repeat a Check the database admitted before
-//     (an Envoy retry): the database would answer it with its first reservation. It is denied
-//     from memory only if it started (the key's first 8 bytes, RequestStartKey) after the
-//     observation plus stormClockSkew, so any earlier attempt of it was reserved after the
-//     observation and therefore needed room that invalidated the entry.
+//     (an Envoy retry): the database would answer it with its first reservation and the
+//     request would go upstream on it. If it started (the key's first 8 bytes,
+//     RequestStartKey) after the observation plus stormClockSkew, any earlier attempt was
+//     reserved after the observation, needed room and dropped the entry: it cannot be a
+//     repeat. Otherwise it is denied all the same, and its key is handed to a background
+//     worker that voids, tentatively (as the batcher releases a caller that gave up), a
+//     pending reservation with that key: Envoy retried because it gave up on the first
+//     answer and acts on this denial, so the request never goes upstream on that hold. When
+//     that worker's queue is full, the database decides.
 //
 // The one window where the memory denies a request the database would admit is the time a
 // notification takes to arrive after the change committed (normally well under a millisecond
@@ -66,7 +71,12 @@ type stormMemory struct {
 	mu       sync.RWMutex
 	byBudget map[int64]*stormBudget
 	arming   map[int64]bool
+
+	repeats chan []byte // idempotency keys of possible repeats denied from memory
 }
+
+// stormRepeatQueue bounds the keys waiting for runStormRepeats.
+const stormRepeatQueue = 65_536
 
 // stormBudget is what a replica knows about one watched budget.
 type stormBudget struct {
@@ -90,6 +100,7 @@ func (b *stormBudget) trusted(t time.Time) bool {
 func (m *stormMemory) init() {
 	m.byBudget = map[int64]*stormBudget{}
 	m.arming = map[int64]bool{}
+	m.repeats = make(chan []byte, stormRepeatQueue)
 }
 
 // setLive records whether the change listener is connected; going down forgets everything.
@@ -281,11 +292,8 @@ func (s *Service) fromMemory(ctx context.Context, req *ReserveRequest) (Decision
 	if req.Cost < 0 || req.Tokens < 0 || req.Cost > MaxLimit || req.Tokens > MaxLimit || len(req.Subjects) == 0 {
 		return Decision{}, false
 	}
-	var start time.Time
-	if k := req.IdempotencyKey; k != nil {
-		if len(k) != 8+sha256.Size {
-			return Decision{}, false // it may repeat an admitted Check: only the database knows
-		}
+	var start time.Time // zero: unknown
+	if k := req.IdempotencyKey; len(k) == 8+sha256.Size {
 		start = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
 	}
 	bySubject := make(map[Subject][]*Budget, len(req.Subjects))
@@ -300,14 +308,15 @@ func (s *Service) fromMemory(ctx context.Context, req *ReserveRequest) (Decision
 	now, mono := s.cfg.Now(), time.Now()
 	d := Decision{Outcome: Denied, Budgets: make([]BudgetState, len(applicable))}
 	deny := -1
+	var seen time.Time
 	for i, b := range applicable {
 		w := b.Window.At(now, b.ResetAt)
 		st := BudgetState{Budget: b, Window: w, Amount: b.amountOf(req.Cost, req.Tokens)}
 		if b.Hard {
 			if e, ok := m.lookup(b.ID, w.Start, mono); ok {
 				st.Limit, st.Used, st.Enforced = e.limit, e.used, true
-				if deny < 0 && st.Amount > e.limit-e.used && (req.IdempotencyKey == nil || start.After(e.seen.Add(stormClockSkew))) {
-					deny = i
+				if deny < 0 && st.Amount > e.limit-e.used {
+					deny, seen = i, e.seen
 				}
 			}
 		}
@@ -315,6 +324,14 @@ func (s *Service) fromMemory(ctx context.Context, req *ReserveRequest) (Decision
 	}
 	if deny < 0 {
 		return Decision{}, false
+	}
+	if req.IdempotencyKey != nil && (start.IsZero() || !start.After(seen.Add(stormClockSkew))) {
+		// Possibly a repeat of a Check admitted before the observation: release that hold.
+		select {
+		case m.repeats <- req.IdempotencyKey:
+		default:
+			return Decision{}, false
+		}
 	}
 	d.DeniedBy = &d.Budgets[deny]
 	m.denied.Add(1)
@@ -339,4 +356,39 @@ func (s *Service) roomNotice(prefix, payload string) bool {
 	}
 	s.storm.bump(n)
 	return true
+}
+
+// runStormRepeats voids, tentatively, the pending reservations of possible repeats denied
+// from memory (see fromMemory), in batches, until ctx ends.
+func (s *Service) runStormRepeats(ctx context.Context) {
+	const batchMax = 1000
+	batch := make([][]byte, 0, batchMax)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case k := <-s.storm.repeats:
+			batch = append(batch, k)
+		}
+	fill:
+		for len(batch) < batchMax {
+			select {
+			case k := <-s.storm.repeats:
+				batch = append(batch, k)
+			default:
+				break fill
+			}
+		}
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stormArmTimeout)
+		ids, err := s.db.PendingByIdempotencyKeys(qctx, batch)
+		if err == nil && len(ids) > 0 {
+			_, err = s.voidTentative(qctx, ids, "storm_repeat")
+		}
+		cancel()
+		if err != nil {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "could not release the holds of repeated Checks denied from memory; they will expire",
+				slog.Int("count", len(batch)), slog.String("error", err.Error()))
+		}
+	}
 }

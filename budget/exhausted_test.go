@@ -244,14 +244,16 @@ func TestStorm_InvalidatedAcrossReplicas(t *testing.T) {
 	require.Zero(t, over, "zero overspend in every window")
 }
 
-// A repeated Check (same idempotency key) of a request admitted before the budget was known
-// exhausted is not denied from memory: the database answers it with its first reservation.
-// A new request (started after the observation) is denied from memory.
-func TestStorm_RepeatedCheckKeepsItsFirstAnswer(t *testing.T) {
+// A repeated Check (same idempotency key, an Envoy retry) of a request admitted before the
+// budget was known exhausted is denied from memory like any other; the caller acts on that
+// denial, so the first attempt's hold is released (voided tentatively, in the background)
+// rather than left to expire charged in full — and the room it frees is admitted again.
+func TestStorm_RepeatedCheckReleasesItsFirstHold(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
+	ctx := context.Background()
 	const cost = 10
-	e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 2 * cost, Window: "month", Hard: true})
+	b := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 2 * cost, Window: "month", Hard: true})
 	r := startReplica(t, e, e.clock.Now)
 	key := func(start time.Time, id string) []byte {
 		k := binary.BigEndian.AppendUint64(nil, uint64(start.UnixNano()))
@@ -264,24 +266,53 @@ func TestStorm_RepeatedCheckKeepsItsFirstAnswer(t *testing.T) {
 		return rq
 	}
 	t0 := e.clock.Now()
-	first, err := r.b.Reserve(context.Background(), withKey(t0, "a"))
+	first, err := r.b.Reserve(ctx, withKey(t0, "a"))
 	require.NoError(t, err)
 	require.Equal(t, budget.Admitted, first.Outcome)
-	_, err = r.b.Reserve(context.Background(), withKey(t0, "b"))
+	second, err := r.b.Reserve(ctx, withKey(t0, "b"))
 	require.NoError(t, err)
+	require.Equal(t, budget.Admitted, second.Outcome)
 	untilStormDenied(t, r, req("team:ml"))
 
-	again, err := r.b.Reserve(context.Background(), withKey(t0, "a"))
-	require.NoError(t, err)
-	require.Equal(t, budget.Duplicate, again.Outcome, "a repeat of an admitted Check gets its first answer, not a denial from memory")
-	require.Equal(t, first.ReservationID, again.ReservationID)
-
+	// A request that started after the observation cannot be a repeat: denied, nothing to release.
 	before := r.svc.StormDenials()
-	late := e.clock.Now().Add(2 * time.Second) // started after the observation and the clock skew
-	d, err := r.b.Reserve(context.Background(), withKey(late, "c"))
+	d, err := r.b.Reserve(ctx, withKey(e.clock.Now().Add(2*time.Second), "c"))
 	require.NoError(t, err)
 	require.Equal(t, budget.Denied, d.Outcome)
-	require.Equal(t, before+1, r.svc.StormDenials(), "a request that started after the observation is denied from memory")
+	require.Equal(t, before+1, r.svc.StormDenials(), "denied from memory")
+
+	again, err := r.b.Reserve(ctx, withKey(t0, "a"))
+	require.NoError(t, err)
+	require.Equal(t, budget.Denied, again.Outcome, "the repeat is denied from memory")
+	require.Equal(t, before+2, r.svc.StormDenials())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, err := e.svc.Reservation(ctx, first.ReservationID)
+		require.NoError(t, err)
+		if res.State == "voided" {
+			require.NotNil(t, res.Cause)
+			require.Equal(t, "storm_repeat", *res.Cause, "released as a repeat denied from memory")
+			break
+		}
+		require.Equal(t, "pending", res.State)
+		require.False(t, time.Now().After(deadline), "the first attempt's hold was not released within 30s")
+		_, err = e.schema.Pool.Exec(ctx, `SELECT pg_sleep(0.01)`) // wait on the database, not a timer
+		require.NoError(t, err)
+	}
+	res, err := e.svc.Reservation(ctx, second.ReservationID)
+	require.NoError(t, err)
+	require.Equal(t, "pending", res.State, "another request's hold is untouched")
+
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		d, err := r.b.Reserve(ctx, req("team:ml"))
+		require.NoError(t, err)
+		if d.Outcome == budget.Admitted {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "the released room was not admitted within 30s")
+	}
+	reconcile(t, e, b.ID, 2*cost, 2*cost)
 }
 
 // Without a change listener nothing is remembered: the database answers every request.

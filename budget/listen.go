@@ -28,6 +28,7 @@ func (s *Service) Listen(ctx context.Context, ready chan<- struct{}) {
 	ictx, stop := context.WithCancel(ctx)
 	defer stop()
 	go s.runKeyIndex(ictx)
+	go s.runStormRepeats(ictx)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.listenOnce(ctx, &ready)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // WatchBudget makes every later change that adds room to the budget's windows notify
@@ -26,4 +28,18 @@ func (s *Store) WatchBudget(ctx context.Context, budgetID int64, ttl time.Durati
 		return -1, nil
 	}
 	return time.Duration(*nextGrantMs * float64(time.Millisecond)), nil
+}
+
+// PendingByIdempotencyKeys returns the ids of pending reservations holding these idempotency
+// keys.
+func (s *Store) PendingByIdempotencyKeys(ctx context.Context, keys [][]byte) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id::text FROM reservations WHERE idempotency_key = ANY ($1::bytea[]) AND state = 'pending'`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("reservations by idempotency key: %w", interpret(err))
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("reservations by idempotency key: %w", interpret(err))
+	}
+	return ids, nil
 }
