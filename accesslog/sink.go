@@ -85,8 +85,15 @@ type Config struct {
 	// UnsignedShare is the part of the queue that entries without a proof (the x-request-id
 	// fallback) may fill (default 1/8), so that a flood of them cannot crowd out proven ones.
 	UnsignedShare float64
-	Logger        *slog.Logger
-	Meter         metric.Meter
+	// DrainQuiet: on shutdown (CloseStreams) a stream is ended once it has delivered nothing
+	// for this long (default 250ms), so that what Envoy already sent — buffered in the
+	// connection, not read yet — is read and settled first. A stream that never goes quiet is
+	// ended after DrainMax (default 3s), right after a message was read (when the least is
+	// likely to wait behind it). Needs Tap.
+	DrainQuiet time.Duration
+	DrainMax   time.Duration
+	Logger     *slog.Logger
+	Meter      metric.Meter
 }
 
 func (c Config) withDefaults() Config {
@@ -122,6 +129,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StreamRate <= 0 {
 		c.StreamRate = 10_000
+	}
+	if c.DrainQuiet <= 0 {
+		c.DrainQuiet = 250 * time.Millisecond
+	}
+	if c.DrainMax <= 0 {
+		c.DrainMax = 3 * time.Second
 	}
 	if c.UnsignedShare <= 0 || c.UnsignedShare > 1 {
 		c.UnsignedShare = 1.0 / 8
@@ -187,6 +200,8 @@ type Sink struct {
 	draining    chan struct{}
 	drainOne    sync.Once
 	workers     sync.WaitGroup
+	handlers    atomic.Int64  // StreamAccessLogs calls running
+	handlerGone chan struct{} // signalled when one returns (Drain waits on it)
 	started     atomic.Bool
 	stopped     chan struct{}
 	closing     chan struct{} // CloseStreams: open streams end so the gRPC server can stop
@@ -207,6 +222,7 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 		cfg: cfg, extract: cfg.Extract.withDefaults(), ledger: ledger, catalog: catalog, m: m,
 		queue: make(chan Entry, cfg.QueueSize), progress: make(chan struct{}, 1),
 		draining: make(chan struct{}), stopped: make(chan struct{}), closing: make(chan struct{}),
+		handlerGone: make(chan struct{}, 1),
 		maxUnsigned: max(1, int64(float64(cfg.QueueSize)*cfg.UnsignedShare)),
 		ctls:        map[*streamCtl]struct{}{},
 		refusals:    rate.NewLimiter(1, 5),
@@ -218,6 +234,74 @@ func New(ledger Ledger, catalog func() *pricing.Catalog, cfg Config) (*Sink, err
 type streamCtl struct {
 	cancel context.CancelCauseFunc
 	active atomic.Int64 // Unix nanoseconds of the last message (or the opening)
+
+	mu      sync.Mutex
+	timer   *time.Timer // ends the stream when quiet: IdleTimeout, or DrainQuiet once closing
+	closing bool        // CloseStreams was called
+	endBy   time.Time   // when closing: a stream still busy then ends after its next message
+}
+
+// arm starts the stream's quiet timer (the handler, once).
+func (c *streamCtl) arm(idle, quiet time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := idle
+	if c.closing {
+		d = quiet
+	}
+	c.timer = time.AfterFunc(d, c.quiet)
+}
+
+// quiet ends a stream that delivered nothing for its timer's duration.
+func (c *streamCtl) quiet() {
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		c.cancel(errClosing)
+		return
+	}
+	c.cancel(errIdle)
+}
+
+// touch re-arms the quiet timer after a message.
+func (c *streamCtl) touch(idle, quiet time.Duration) {
+	c.active.Store(time.Now().UnixNano())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer == nil {
+		return
+	}
+	if c.closing {
+		c.timer.Reset(quiet)
+		return
+	}
+	c.timer.Reset(idle)
+}
+
+// close makes the stream end once quiet for quiet, or after its first message past endBy.
+func (c *streamCtl) close(quiet time.Duration, endBy time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closing, c.endBy = true, endBy
+	if c.timer != nil {
+		c.timer.Reset(quiet)
+	}
+}
+
+// overdue reports whether a closing stream has been drained for long enough.
+func (c *streamCtl) overdue(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing && now.After(c.endBy)
+}
+
+func (c *streamCtl) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
 }
 
 type ctlKey struct{}
@@ -293,6 +377,14 @@ func (s *Sink) evictQuietest() bool {
 // alone. It never waits for the database: entries go to the queue, or are dropped and counted
 // when it is full. Entries that would move money are proven before they take a slot.
 func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsServer) error {
+	s.handlers.Add(1)
+	defer func() {
+		s.handlers.Add(-1)
+		select {
+		case s.handlerGone <- struct{}{}:
+		default:
+		}
+	}()
 	ctx := stream.Context()
 	ctl, _ := ctx.Value(ctlKey{}).(*streamCtl)
 	if ctl == nil {
@@ -305,10 +397,10 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 		}
 		defer s.streams.Add(-1)
 	} else {
-		idle := time.AfterFunc(s.cfg.IdleTimeout, func() { ctl.cancel(errIdle) })
-		defer idle.Stop()
+		ctl.arm(s.cfg.IdleTimeout, s.cfg.DrainQuiet)
+		defer ctl.stop()
 		defer ctl.cancel(nil)
-		stream = idleReset{stream, idle, s.cfg.IdleTimeout, ctl}
+		stream = idleReset{stream, s.cfg.IdleTimeout, s.cfg.DrainQuiet, ctl}
 	}
 	authenticated := s.cfg.Authenticated == nil || s.cfg.Authenticated(ctx)
 	limit := rate.NewLimiter(rate.Limit(s.cfg.StreamRate), int(2*s.cfg.StreamRate)+1)
@@ -360,22 +452,25 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 			}
 			s.admit(ctx, e, authenticated, now)
 		}
+		if ctl != nil && ctl.overdue(now) {
+			// Shutting down and never quiet: end it now, just after a message, rather than
+			// cancel it while another may be waiting unread.
+			return status.Error(codes.Unavailable, "purser is shutting down")
+		}
 	}
 }
 
-// idleReset re-arms the stream's idle timer, and notes its activity, on every message.
+// idleReset re-arms the stream's quiet timer, and notes its activity, on every message.
 type idleReset struct {
 	alsv3.AccessLogService_StreamAccessLogsServer
-	timer *time.Timer
-	d     time.Duration
-	ctl   *streamCtl
+	idle, quiet time.Duration
+	ctl         *streamCtl
 }
 
 func (r idleReset) RecvMsg(m any) error {
 	err := r.AccessLogService_StreamAccessLogsServer.RecvMsg(m)
 	if err == nil {
-		r.timer.Reset(r.d)
-		r.ctl.active.Store(time.Now().UnixNano())
+		r.ctl.touch(r.idle, r.quiet)
 	}
 	return err
 }
@@ -458,14 +553,27 @@ func (w *wireMessage) UnmarshalBinary(b []byte) error {
 
 // CloseStreams ends every open access-log stream (and refuses new ones): call it when the
 // server starts shutting down, so a graceful stop does not wait for streams Envoy keeps open.
+// A stream is not cut at once: what Envoy already sent may wait, received but not read, in
+// the connection's buffers (cancelling the stream's context would discard it, and those
+// reservations would expire charged in full). Each stream ends once it has delivered nothing
+// for DrainQuiet, or after DrainMax.
 func (s *Sink) CloseStreams() {
 	s.closeOne.Do(func() {
 		close(s.closing)
+		endBy := time.Now().Add(s.cfg.DrainMax)
 		s.ctlMu.Lock()
 		for ctl := range s.ctls {
-			ctl.cancel(errClosing)
+			ctl.close(s.cfg.DrainQuiet, endBy)
 		}
 		s.ctlMu.Unlock()
+		// The last resort, for a stream stuck in the middle of a message.
+		time.AfterFunc(2*s.cfg.DrainMax, func() {
+			s.ctlMu.Lock()
+			defer s.ctlMu.Unlock()
+			for ctl := range s.ctls {
+				ctl.cancel(errClosing)
+			}
+		})
 	})
 }
 
@@ -488,8 +596,20 @@ func (s *Sink) Run(ctx context.Context) {
 }
 
 // Drain settles everything already received, then stops the workers. Call it after the gRPC
-// server stopped accepting streams. It returns early if ctx ends first.
+// server stopped accepting streams (and CloseStreams). It waits for stream handlers still
+// reading first: the workers stop only once nothing can be queued any more. It returns early
+// if ctx ends first.
 func (s *Sink) Drain(ctx context.Context) {
+	for s.handlers.Load() > 0 {
+		select {
+		case <-s.handlerGone:
+		case <-ctx.Done():
+			s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log drain timed out waiting for streams",
+				slog.Int64("streams", s.handlers.Load()), slog.Int("queued", len(s.queue)))
+			s.drainOne.Do(func() { close(s.draining) })
+			return
+		}
+	}
 	s.drainOne.Do(func() { close(s.draining) })
 	if !s.started.Load() {
 		return

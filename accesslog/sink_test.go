@@ -510,10 +510,11 @@ func TestSink_CloseStreamsEndsOpenStreams(t *testing.T) {
 	}))
 	require.Eventually(t, func() bool { return h.state(id) == "settled" }, 30*time.Second, 10*time.Millisecond)
 	h.sink.CloseStreams()
-	_, err = stream.CloseAndRecv()
-	// The handler waited in Recv: the sink cancelled the stream's context (Tap), and gRPC
-	// answers an interrupted Recv with CANCELLED itself. Envoy opens a new stream at its next
-	// flush whatever the status.
+	// Like Envoy, the client never half-closes. The handler waited in Recv; once the stream
+	// was quiet for DrainQuiet the sink cancelled its context (Tap), and gRPC answers an
+	// interrupted Recv with CANCELLED itself. Envoy opens a new stream at its next flush
+	// whatever the status.
+	err = stream.RecvMsg(&alsv3.StreamAccessLogsResponse{})
 	require.Equal(t, codes.Canceled, status.Code(err), "the server ended the stream")
 	require.Eventually(t, func() bool { return h.sink.Streams() == 0 }, 10*time.Second, 5*time.Millisecond, "and forgot it")
 	again, err := h.client.StreamAccessLogs(context.Background())

@@ -99,6 +99,9 @@ var ErrStopped = fmt.Errorf("%w: reservation batcher stopped", ErrUnavailable)
 // Reserve queues one reservation and waits for its batch. If ctx ends first it returns
 // ctx's error and the reservation, if the batch admits it, is voided at once.
 func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, error) {
+	if d, ok := b.svc.fromMemory(ctx, &req); ok {
+		return d, nil // an exhausted budget: no queue, no round trip (exhausted.go)
+	}
 	if req.ID == "" {
 		req.ID = uuidV7()
 	}
@@ -194,6 +197,10 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
 	for _, c := range batch {
 		if c.state.Load() == callAbandoned {
 			continue // its caller is gone and nothing was reserved yet: skip it
+		}
+		if d, ok := b.svc.fromMemory(ctx, &c.req); ok {
+			b.deliver(c, callResult{d: d}) // queued before an earlier batch found it exhausted
+			continue
 		}
 		live = append(live, c)
 		reqs = append(reqs, c.req)

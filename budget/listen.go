@@ -19,6 +19,7 @@ func (s *Service) Listen(ctx context.Context, ready chan<- struct{}) {
 	ictx, stop := context.WithCancel(ctx)
 	defer stop()
 	go s.runKeyIndex(ictx)
+	go s.runStormRepeats(ictx)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.listenOnce(ctx, &ready)
@@ -38,8 +39,11 @@ func (s *Service) Listen(ctx context.Context, ready chan<- struct{}) {
 }
 
 func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error {
-	return s.db.Listen(ctx, []string{store.ChangesChannel}, func(ctx context.Context) error {
+	defer s.storm.setLive(false)
+	return s.db.Listen(ctx, []string{store.ChangesChannel, store.RoomChannel}, func(ctx context.Context) error {
 		s.Invalidate() // anything cached before the LISTEN may be stale
+		// Exhausted windows may be remembered only while room notifications arrive.
+		s.storm.setLive(true)
 		s.wakeSigning()
 		if err := s.loadKeyIndex(ctx); err != nil {
 			return err
@@ -49,7 +53,11 @@ func (s *Service) listenOnce(ctx context.Context, ready *chan<- struct{}) error 
 			*ready = nil
 		}
 		return nil
-	}, func(_, table string) {
+	}, func(channel, table string) {
+		if channel == store.RoomChannel {
+			s.roomNotice(table) // a watched budget's window gained room
+			return
+		}
 		switch table {
 		case "signing_keys":
 			s.wakeSigning() // not a definition: the caches stay

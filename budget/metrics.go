@@ -18,6 +18,7 @@ type Metrics struct {
 	pruned      metric.Int64Counter
 	templates   metric.Int64Counter
 	batchSize   metric.Int64Histogram
+	storm       metric.Int64Counter
 }
 
 // NewMetrics creates the instruments on meter.
@@ -57,7 +58,18 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithExplicitBucketBoundaries(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)); err != nil {
 		return nil, fmt.Errorf("metric purser.reservation.batch_size: %w", err)
 	}
+	if m.storm, err = meter.Int64Counter("purser.reservations.storm_denied",
+		metric.WithDescription("Reservations denied from memory (a remembered exhausted budget window), without a database round trip; also counted in purser.reservations")); err != nil {
+		return nil, fmt.Errorf("metric purser.reservations.storm_denied: %w", err)
+	}
 	return &m, nil
+}
+
+func (m *Metrics) stormDenied(ctx context.Context) {
+	if m == nil {
+		return
+	}
+	m.storm.Add(ctx, 1)
 }
 
 func (m *Metrics) batch(ctx context.Context, n int) {

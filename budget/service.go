@@ -108,13 +108,14 @@ type Service struct {
 	keyLookups *rate.Limiter // database lookups of secrets the index does not know
 	templates  templateGate
 	signing    chan struct{} // a signing key change was notified (RunSigningKeys reloads)
+	storm      stormMemory   // exhausted budget windows (exhausted.go)
 }
 
 // New returns a Service. hot serves the request path (reserve, settle, expire); db serves the
 // rest. They may be the same store.
 func New(hot, db *store.Store, cfg Config) *Service {
 	cfg = cfg.withDefaults()
-	return &Service{
+	s := &Service{
 		hot:     hot,
 		db:      db,
 		cfg:     cfg,
@@ -128,6 +129,8 @@ func New(hot, db *store.Store, cfg Config) *Service {
 		templates:  newTemplateGate(cfg.Templates),
 		signing:    make(chan struct{}, 1),
 	}
+	s.storm.init()
+	return s
 }
 
 // Invalidate drops every cached key and budget definition.
@@ -137,6 +140,7 @@ func (s *Service) Invalidate() {
 	s.unknown.Purge()
 	s.budgets.Purge()
 	s.templates.live.Store(nil)
+	s.storm.reset()
 }
 
 // Authenticate returns the key whose secret this is, if it may be used now. A secret that
@@ -411,6 +415,7 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 	}
 	batch.Windows = windows.sorted(batch.Lines)
 
+	snap := s.storm.snapshot()
 	res, err := s.hot.Reserve(ctx, batch)
 	if err != nil {
 		return nil, mapErr(err)
@@ -462,6 +467,7 @@ func (s *Service) Reserve(ctx context.Context, reqs []ReserveRequest) ([]Decisio
 		}
 	}
 	s.cfg.Metrics.reserved(ctx, out)
+	s.learnStorm(snap, out)
 	return out, nil
 }
 

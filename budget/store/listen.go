@@ -13,6 +13,10 @@ import (
 // definition row changes: keys, budgets, templates, grants, signing keys.
 const ChangesChannel = "purser_changes"
 
+// RoomChannel is the channel purser_notify_room (migrations/functions) notifies when a
+// watched budget's window spend goes down (budget_storm_watch): its payload is the budget id.
+const RoomChannel = "purser_room"
+
 // ListenCheckEvery is how often an idle listener asks its server whether it still takes
 // writes. After a switchover the old primary may stay up, read-only, and never send another
 // notification (changes now commit on the new primary): the listener must move too.
@@ -24,8 +28,8 @@ var ErrReadOnly = errors.New("the database no longer takes writes (not the prima
 // Listen takes a connection out of the pool for good, LISTENs on channels, calls ready once
 // the LISTENs are in place (notifications sent from then on are delivered), then notify for
 // each notification, in order, on Listen's goroutine. On ChangesChannel only this schema's
-// notifications are delivered, with the changed table's name as payload (the trigger sends
-// "schema.table"). Listen returns when the connection fails, the server no longer takes
+// notifications are delivered, without the schema: the changed table's name on
+// ChangesChannel, the budget id on RoomChannel (the triggers send "schema.payload"). Listen returns when the connection fails, the server no longer takes
 // writes (ErrReadOnly; checked on connecting and every ListenCheckEvery of quiet), ready
 // fails, or ctx ends; it never returns nil. The caller reconnects.
 func (s *Store) Listen(ctx context.Context, channels []string, ready func(context.Context) error, notify func(channel, payload string)) error {
@@ -58,7 +62,11 @@ func (s *Store) Listen(ctx context.Context, channels []string, ready func(contex
 		cancel()
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			// Quiet for a while: still on a primary? (A timeout leaves the connection usable.)
-			if err := conn.QueryRow(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
+			// Bounded: a connection that died silently must not keep a listener "live".
+			qctx, qcancel := context.WithTimeout(ctx, ListenCheckEvery)
+			err := conn.QueryRow(qctx, `SHOW transaction_read_only`).Scan(&readOnly)
+			qcancel()
+			if err != nil {
 				return interpret(err)
 			}
 			if readOnly == "on" {
@@ -72,13 +80,9 @@ func (s *Store) Listen(ctx context.Context, channels []string, ready func(contex
 			}
 			return interpret(err)
 		}
-		payload := n.Payload
-		if n.Channel == ChangesChannel {
-			table, ours := strings.CutPrefix(payload, prefix)
-			if !ours {
-				continue
-			}
-			payload = table
+		payload, ours := strings.CutPrefix(n.Payload, prefix)
+		if !ours {
+			continue // another schema's (tests share a server)
 		}
 		notify(n.Channel, payload)
 	}

@@ -12,8 +12,8 @@ import (
 	"github.com/purser-dev/purser/budget/store/pgtest"
 )
 
-// Listen delivers this schema's definition changes as table names, other channels' payloads
-// as sent, and drops other schemas' changes.
+// Listen delivers this schema's notifications without the schema (a table name on
+// ChangesChannel, whatever follows "schema." on the others) and drops other schemas'.
 func TestStore_Listen(t *testing.T) {
 	t.Parallel()
 	s := pgtest.New(t)
@@ -38,7 +38,9 @@ func TestStore_Listen(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.Pool.Exec(ctx, `INSERT INTO budgets (name, subject, unit, limit_amount, window_kind) VALUES ('b', 'team:a', 'usd', 1, 'day')`)
 	require.NoError(t, err)
-	_, err = s.Pool.Exec(ctx, `SELECT pg_notify('purser_test other', 'hello')`)
+	_, err = s.Pool.Exec(ctx, `SELECT pg_notify('purser_test other', 'another_schema.42')`)
+	require.NoError(t, err)
+	_, err = s.Pool.Exec(ctx, `SELECT pg_notify('purser_test other', current_schema() || '.hello')`)
 	require.NoError(t, err)
 	timeout := time.After(30 * time.Second)
 	for _, want := range []note{{store.ChangesChannel, "budgets"}, {"purser_test other", "hello"}} {

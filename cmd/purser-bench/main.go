@@ -7,6 +7,7 @@
 //	go run ./cmd/purser-bench                      # everything (~3-4 minutes)
 //	go run ./cmd/purser-bench -only hot,burst -duration 3s
 //	go run ./cmd/purser-bench -only hot -callers 256 -profile=false
+//	go run ./cmd/purser-bench -only storm -profile=false   # exhausted-budget storm (seconds)
 //
 // It needs a PostgreSQL superuser on $DATABASE_URL's server (default the local trust-auth
 // server): it creates purser_bench_<random> databases and drops them at the end.
@@ -39,7 +40,7 @@ func main() {
 }
 
 // scenarios, in the order they run.
-var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "replicas", "partition"}
+var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "storm", "replicas", "partition"}
 
 type config struct {
 	duration, warmup, cooldown time.Duration
@@ -53,6 +54,7 @@ type config struct {
 	settleN, settleLagRate     int
 	settleLagFor               time.Duration
 	burstK                     int
+	stormK                     int
 	hotPoolSize                int
 	originalPool               int
 	adminURL                   string
@@ -85,6 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.settleLagRate, "settle-lag-rate", 5000, "entries/s of the paced settlement-lag run")
 	fs.DurationVar(&c.settleLagFor, "settle-lag-for", 3*time.Second, "length of the paced settlement-lag run")
 	fs.IntVar(&c.burstK, "burst-k", 1000, "overspend check: the hard budget has room for exactly K requests; 10×K are fired at once")
+	fs.IntVar(&c.stormK, "storm-k", 1000, "exhausted-budget storm: room for exactly K requests; 10×K Checks at once, then a closed-loop storm on the exhausted budget")
 	fs.IntVar(&c.hotPoolSize, "hot-pool-size", 4, "purser -hot-pool-size")
 	fs.IntVar(&c.originalPool, "original-pool", 16, "connections of the original strategy's pool")
 	fs.StringVar(&c.adminURL, "admin-url", "", "maintenance database URL (default: $DATABASE_URL's server, database postgres)")
@@ -153,7 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	default:
 		return c, fmt.Errorf("-autovacuum: want auto, on or off")
 	}
-	if c.burstK < 1 || c.settleN < 1 || c.zipfBudgets < 2 || c.hotKeys < 1 || c.conns < 1 {
+	if c.burstK < 1 || c.stormK < 1 || c.settleN < 1 || c.zipfBudgets < 2 || c.hotKeys < 1 || c.conns < 1 {
 		return c, fmt.Errorf("-burst-k, -settle-n, -hot-keys, -conns must be positive and -zipf-budgets at least 2")
 	}
 	return c, nil

@@ -114,6 +114,7 @@ func (b *benchRun) render() string {
 		p("`purser verify` reconciles the whole bench ledger (every scenario's reservations).\n\n")
 	}
 
+	b.renderStorm(p)     // storm.go
 	b.renderReplicas(p)  // replicas.go
 	b.renderPartition(p) // partition.go
 	b.renderTargets(p)
@@ -191,6 +192,12 @@ func (b *benchRun) renderTargets(p func(string, ...any)) {
 		ok = ok && over == 0 && last.exact()
 		ts = append(ts, target{"zero overspend; exactly K admitted; verify exit 0",
 			fmt.Sprintf("overspend %d; %s; verify exit %d", over, strings.Join(parts, "; "), last.verifyCode), verdict(ok)})
+	}
+	if r := b.storm; r != nil {
+		ts = append(ts, target{"storm: exactly K admitted, 0 errors, zero overspend",
+			fmt.Sprintf("burst %d admitted of K=%d, %d failed (10s deadline: %d admitted, %d failed); storm %d admitted, %d failed, %.0f%% of allow-all from memory; overspend %d",
+				r.burst.OK, r.k, r.burst.Failed, r.relaxed.OK, r.relaxed.Failed, r.storm.OK, r.storm.Failed, 100*r.storm.Throughput()/max(r.ceiling.Throughput(), 1), r.overspend()),
+			verdict(r.burst.OK == r.k && r.burst.Failed == 0 && r.relaxed.OK == r.k && r.relaxed.Failed == 0 && r.storm.OK == 0 && r.storm.Failed == 0 && r.overspend() == 0)})
 	}
 	if s := b.settle; s != nil {
 		ts = append(ts, target{"settlement ≥ 20,000 entries/s", thousands(s.rate()) + "/s", verdict(s.rate() >= 20000 && s.settledDB == s.n)})

@@ -56,6 +56,7 @@ type benchRun struct {
 	open    []openRow
 	settle  *settleResult
 	bursts  []*burstResult
+	storm   *stormResult // storm.go
 	verifyB *verifyResult
 	profs   []*profileResult
 	// replicas.go, partition.go
@@ -603,6 +604,11 @@ func (b *benchRun) scenarios(ctx context.Context) error {
 	if b.cfg.only["burst"] {
 		if err := b.runBurst(ctx); err != nil {
 			return fmt.Errorf("overspend check: %w", err)
+		}
+	}
+	if b.cfg.only["storm"] {
+		if err := b.runStorm(ctx); err != nil {
+			return fmt.Errorf("storm: %w", err)
 		}
 	}
 	if b.cfg.only["replicas"] {

@@ -604,9 +604,12 @@ func (s *server) serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 		s.grpc.Stop()
 	}
 	_ = s.http.Shutdown(shutdownCtx)
-	// 3. Drain what was received (access-log entries) while the database is still open.
+	// 3. Drain what was received (access-log entries) while the database is still open, with
+	// a time budget of its own: a slow graceful stop must not leave the drain none.
+	drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.shutdownTimeout)
+	defer cancelDrain()
 	for _, c := range s.components {
-		c.Drain(shutdownCtx)
+		c.Drain(drainCtx)
 	}
 	// 4. Background loops end; the pools close on return.
 	stopBG()
