@@ -65,7 +65,7 @@ func TestParse_Recognition(t *testing.T) {
 			require.Equal(t, tt.billable, r.Billable, "billable")
 			require.Equal(t, tt.unpriced, r.Unpriced, "unpriced")
 			require.Equal(t, tt.provider, r.Provider, "provider")
-			require.Equal(t, tt.flavor, r.Flavor, "flavor")
+			require.Equal(t, tt.flavor, string(r.Flavor), "flavor")
 			require.Equal(t, tt.model, r.Model, "model")
 			require.Equal(t, tt.stream, r.Stream, "stream")
 			if tt.billable {
