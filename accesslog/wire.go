@@ -1,7 +1,6 @@
 package accesslog
 
 import (
-	"errors"
 	"math"
 	"strings"
 	"unicode/utf8"
@@ -12,6 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/internal/pbwire"
 )
 
 // The sink reads StreamAccessLogsMessages straight from the wire. protobuf's decoder built
@@ -71,8 +72,6 @@ const (
 	fieldValueString protowire.Number = 3
 	fieldValueBool   protowire.Number = 4
 )
-
-var errFieldNumber = errors.New("invalid field number")
 
 // message is one StreamAccessLogsMessage as the sink needs it.
 type message struct {
@@ -547,37 +546,18 @@ func secondsNanos(b []byte, seconds *int64, nanos *int32) error {
 
 // fields calls fn with each field of b in order: v for a length-delimited field, x for a
 // varint or a fixed64; any other wire type is skipped. It fails on malformed wire data, as
-// protobuf does.
+// protobuf does (pbwire).
 func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
+		f, rest, err := pbwire.Next(b)
+		if err != nil {
+			return err
 		}
-		if num > protowire.MaxValidNumber {
-			return errFieldNumber
-		}
-		b = b[n:]
-		var v []byte
-		var x uint64
-		switch typ {
-		case protowire.BytesType:
-			v, n = protowire.ConsumeBytes(b)
-		case protowire.VarintType:
-			x, n = protowire.ConsumeVarint(b)
-		case protowire.Fixed64Type:
-			x, n = protowire.ConsumeFixed64(b)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-		}
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if typ != protowire.BytesType && typ != protowire.VarintType && typ != protowire.Fixed64Type {
+		b = rest
+		if f.Type != protowire.BytesType && f.Type != protowire.VarintType && f.Type != protowire.Fixed64Type {
 			continue
 		}
-		if err := fn(num, typ, v, x); err != nil {
+		if err := fn(f.Num, f.Type, f.Bytes, f.Scalar); err != nil {
 			return err
 		}
 	}
