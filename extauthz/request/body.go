@@ -148,12 +148,11 @@ type bodyParser struct {
 	scanner // nlExtra: toolNewline inside tool definitions, else 0
 	dialect dialect
 
-	tokens    int64
-	images    int64
-	refs      int64 // media references not yet classified (see objectLoop)
-	external  bool
-	tools     bool
-	toolDepth int
+	tokens   int64
+	images   int64
+	refs     int64 // media references not yet classified (see objectLoop)
+	external bool
+	tools    bool
 
 	model       string
 	stream      bool

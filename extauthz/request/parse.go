@@ -209,10 +209,3 @@ func firstNonEmpty(vs ...string) string {
 	}
 	return ""
 }
-
-func ceilDiv(a, b int64) int64 {
-	if a <= 0 {
-		return 0
-	}
-	return (a + b - 1) / b
-}
