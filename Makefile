@@ -68,9 +68,10 @@ bench: db-up build ## measure Check throughput and latency against baselines (pr
 verify: build ## reconcile the ledger in DATABASE_URL
 	$(BIN)/purser verify
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet and staticcheck (a tool dependency in go.mod: go tool staticcheck)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 depcheck: ## check the import direction rules
 	$(GO) test -run TestImportDirection .

@@ -213,10 +213,12 @@ type common struct {
 func commonOf(e *alsdata.HTTPAccessLogEntry) common {
 	c := e.GetCommonProperties()
 	p := common{
-		typ: c.GetAccessLogType(), intermediate: c.GetIntermediateLogEntry(), route: c.GetRouteName(),
+		typ: c.GetAccessLogType(), route: c.GetRouteName(),
 		requestID: e.GetRequest().GetRequestId(), details: e.GetResponse().GetResponseCodeDetails(),
 		sent: c.GetTimeToFirstUpstreamTxByte() != nil, answered: c.GetTimeToFirstUpstreamRxByte() != nil,
 	}
+	//lint:ignore SA1019 pre-1.27 Envoys mark periodic entries only with intermediate_log_entry (see entry)
+	p.intermediate = c.GetIntermediateLogEntry()
 	if st := c.GetStartTime(); st != nil {
 		p.hasStart, p.startSeconds, p.startNanos = true, st.GetSeconds(), st.GetNanos()
 	}

@@ -157,7 +157,7 @@ func (s *Sink) price(e *Entry, provider, flavor, model string) (cost, tokens int
 		}
 		cost = c.Total
 	} else {
-		body := pricing.Unflatten(e.Usage)
+		body := unflatten(e.Usage)
 		priced, perr := cat.PriceResponse(provider, flavor, model, body, e.Start)
 		if errors.Is(perr, pricing.ErrUnknownModel) && s.cfg.UnknownModel == UnknownModelDefaultPrice {
 			if dm, ok := cat.DefaultModel(); ok {

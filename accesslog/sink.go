@@ -178,7 +178,8 @@ func lowerASCII(s string) string {
 
 // Sink implements envoy.service.accesslog.v3.AccessLogService. It reads messages straight
 // from the wire (decodeMessage): serve it on a gRPC server with purser's codec
-// (grpccodec.ServerOption), which hands it the bytes.
+// (grpccodec.ServerOption), which hands it the bytes. On a server without it the sink still
+// reads every message, through protobuf first, and says so in the log (wireMessage).
 type Sink struct {
 	alsv3.UnimplementedAccessLogServiceServer
 	cfg     Config
@@ -206,6 +207,7 @@ type Sink struct {
 	stopped     chan struct{}
 	closing     chan struct{} // CloseStreams: open streams end so the gRPC server can stop
 	closeOne    sync.Once
+	noCodec     sync.Once // the warning that the server lacks purser's codec
 }
 
 // New returns a Sink. catalog returns the price catalog in force.
@@ -408,6 +410,9 @@ func (s *Sink) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsSe
 	for {
 		w := &wireMessage{conf: &s.extract}
 		err := stream.RecvMsg(w)
+		if err == nil && !w.decoded {
+			err = s.decodeFallback(ctx, w)
+		}
 		if err == io.EOF {
 			return stream.SendAndClose(&alsv3.StreamAccessLogsResponse{})
 		}
@@ -533,22 +538,6 @@ func (s *Sink) refuse(ctx context.Context, e *Entry, outcome string) {
 	s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log entry refused: it would move money without purser's proof",
 		slog.String("outcome", outcome), slog.String("node", e.NodeID), slog.String("decision", e.Decision),
 		slog.String("reservation_id", e.ReservationID), slog.Int64("refusals_not_logged", s.refusedN.Swap(0)))
-}
-
-// wireMessage receives one StreamAccessLogsMessage: the codec hands it the message's bytes.
-type wireMessage struct {
-	conf *ExtractConfig
-	m    message
-}
-
-// UnmarshalBinary implements encoding.BinaryUnmarshaler.
-func (w *wireMessage) UnmarshalBinary(b []byte) error {
-	m, err := decodeMessage(b, w.conf)
-	if err != nil {
-		return fmt.Errorf("access-log message: %w", err)
-	}
-	w.m = m
-	return nil
 }
 
 // CloseStreams ends every open access-log stream (and refuses new ones): call it when the

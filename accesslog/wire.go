@@ -1,17 +1,25 @@
 package accesslog
 
 import (
-	"errors"
+	"context"
+	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 	"unicode/utf8"
 
 	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/internal/pbwire"
 )
 
 // The sink reads StreamAccessLogsMessages straight from the wire. protobuf's decoder built
@@ -72,8 +80,6 @@ const (
 	fieldValueBool   protowire.Number = 4
 )
 
-var errFieldNumber = errors.New("invalid field number")
-
 // message is one StreamAccessLogsMessage as the sink needs it.
 type message struct {
 	identifier *alsv3.StreamAccessLogsMessage_Identifier // nil unless the message carries one
@@ -120,6 +126,45 @@ func decodeMessage(b []byte, conf *ExtractConfig) (message, error) {
 		return nil
 	})
 	return m, err
+}
+
+// wireMessage receives one StreamAccessLogsMessage. purser's codec (grpccodec) hands it the
+// message's bytes (UnmarshalBinary). A server with the stock protobuf codec cannot: the sink
+// would lose every entry if wireMessage were not also a proto.Message, one that keeps every
+// field unknown (emptypb.Empty), so that protobuf checks the wire format and keeps the
+// message's bytes, which the sink then decodes (Sink.decodeFallback) and warns once about the
+// missing codec.
+type wireMessage struct {
+	conf    *ExtractConfig
+	m       message
+	decoded bool          // UnmarshalBinary ran
+	raw     emptypb.Empty // the stock codec's target: all of the message in its unknown fields
+}
+
+// UnmarshalBinary implements encoding.BinaryUnmarshaler.
+func (w *wireMessage) UnmarshalBinary(b []byte) error {
+	m, err := decodeMessage(b, w.conf)
+	if err != nil {
+		return fmt.Errorf("access-log message: %w", err)
+	}
+	w.m, w.decoded = m, true
+	return nil
+}
+
+// ProtoReflect makes wireMessage a proto.Message for the stock codec: it decodes into raw.
+func (w *wireMessage) ProtoReflect() protoreflect.Message { return w.raw.ProtoReflect() }
+
+// decodeFallback decodes a message that the stock protobuf codec received into w.raw, and
+// warns, once per sink, that the server lacks purser's codec.
+func (s *Sink) decodeFallback(ctx context.Context, w *wireMessage) error {
+	s.noCodec.Do(func() {
+		s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "access-log sink served without purser's gRPC codec: "+
+			"every message is decoded twice; create the server with grpccodec.ServerOption")
+	})
+	if err := w.UnmarshalBinary(w.raw.ProtoReflect().GetUnknown()); err != nil {
+		return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
+	}
+	return nil
 }
 
 // entryWire is what decodeEntry gathers before it builds the Entry: the common parts, and the
@@ -547,37 +592,18 @@ func secondsNanos(b []byte, seconds *int64, nanos *int32) error {
 
 // fields calls fn with each field of b in order: v for a length-delimited field, x for a
 // varint or a fixed64; any other wire type is skipped. It fails on malformed wire data, as
-// protobuf does.
+// protobuf does (pbwire).
 func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
+		f, rest, err := pbwire.Next(b)
+		if err != nil {
+			return err
 		}
-		if num > protowire.MaxValidNumber {
-			return errFieldNumber
-		}
-		b = b[n:]
-		var v []byte
-		var x uint64
-		switch typ {
-		case protowire.BytesType:
-			v, n = protowire.ConsumeBytes(b)
-		case protowire.VarintType:
-			x, n = protowire.ConsumeVarint(b)
-		case protowire.Fixed64Type:
-			x, n = protowire.ConsumeFixed64(b)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-		}
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if typ != protowire.BytesType && typ != protowire.VarintType && typ != protowire.Fixed64Type {
+		b = rest
+		if f.Type != protowire.BytesType && f.Type != protowire.VarintType && f.Type != protowire.Fixed64Type {
 			continue
 		}
-		if err := fn(num, typ, v, x); err != nil {
+		if err := fn(f.Num, f.Type, f.Bytes, f.Scalar); err != nil {
 			return err
 		}
 	}

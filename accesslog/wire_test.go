@@ -77,6 +77,7 @@ func wireFixtures(t testing.TB) map[string]*alsdata.HTTPAccessLogEntry {
 	odd.CommonProperties.Metadata.FilterMetadata[ExtAuthzNamespace].Fields["subjects"] = structpb.NewNumberValue(3)
 	odd.CommonProperties.ResponseFlags = &alsdata.ResponseFlags{UpstreamRequestTimeout: true, StreamIdleTimeout: true, NoRouteFound: true}
 	odd.CommonProperties.AccessLogType = alsdata.AccessLogType_NotSet
+	//lint:ignore SA1019 pre-1.27 Envoys send it, and the sink still reads it
 	odd.CommonProperties.IntermediateLogEntry = true
 	odd.CommonProperties.Duration = nil
 	odd.Response.ResponseCode = &wrapperspb.UInt32Value{}

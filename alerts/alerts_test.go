@@ -289,7 +289,7 @@ func TestAlerts_ExactlyOnceAcrossReplicas(t *testing.T) {
 			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
 				var labels []string
 				for _, kv := range dp.Attributes.ToSlice() {
-					labels = append(labels, string(kv.Key)+"="+kv.Value.Emit())
+					labels = append(labels, string(kv.Key)+"="+kv.Value.String())
 				}
 				counts[m.Name+"{"+strings.Join(labels, ",")+"}"] += dp.Value
 			}

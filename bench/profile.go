@@ -18,11 +18,10 @@ type ProfileShare struct {
 
 // ProfileFunc is one function's flat and cumulative time.
 type ProfileFunc struct {
-	Name       string
-	Flat, Cum  float64 // seconds
-	FlatPct    float64
-	CumPct     float64
-	categoryOf string
+	Name      string
+	Flat, Cum float64 // seconds
+	FlatPct   float64
+	CumPct    float64
 }
 
 // categories classify functions by import path, first match wins.
@@ -115,11 +114,11 @@ func SummarizeProfile(ctx context.Context, path, tagFocus string) ([]ProfileShar
 	if tagFocus != "" {
 		args = append(args, "-tagfocus="+tagFocus)
 	}
-	flat, total, err := runTop(ctx, append(args, path))
+	flat, _, err := runTop(ctx, append(args, path))
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	total = 0
+	var total float64
 	for _, f := range flat {
 		total += f.Flat
 	}
@@ -133,7 +132,7 @@ func SummarizeProfile(ctx context.Context, path, tagFocus string) ([]ProfileShar
 	}
 	sort.Slice(shares, func(i, j int) bool { return shares[i].Seconds > shares[j].Seconds })
 
-	cum, _, err := runTop(ctx, append(append([]string{}, args[:len(args)]...), "-cum", path))
+	cum, _, err := runTop(ctx, append(append([]string{}, args...), "-cum", path))
 	if err != nil {
 		return nil, nil, 0, err
 	}

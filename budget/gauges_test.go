@@ -43,7 +43,7 @@ func collectGauges(t *testing.T, r *sdkmetric.ManualReader) gaugeValues {
 					name, _ := dp.Attributes.Value("budget.name")
 					sub, _ := dp.Attributes.Value("budget.subject")
 					v.util[id.AsInt64()] = dp.Value
-					v.attrs[id.AsInt64()] = [3]string{id.Emit(), name.AsString(), sub.AsString()}
+					v.attrs[id.AsInt64()] = [3]string{id.String(), name.AsString(), sub.AsString()}
 				}
 			}
 		}

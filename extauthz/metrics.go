@@ -115,7 +115,7 @@ func (s *Server) observe(ctx context.Context, r *request.Request, v verdict, too
 		slog.String("decision", name),
 		slog.String("request_id", r.RequestID),
 		slog.String("model", r.Model),
-		slog.String("api_flavor", r.Flavor),
+		slog.String("api_flavor", string(r.Flavor)),
 		slog.Duration("duration", took),
 	}
 	if v.reason != "" {

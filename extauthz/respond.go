@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/extauthz/request"
 	"github.com/purser-dev/purser/proof"
 )
@@ -149,7 +150,7 @@ func (s *Server) metadataFor(decision string, r *request.Request, v verdict) (*s
 		f[MetaProvider] = structpb.NewStringValue(r.Provider)
 	}
 	if r.Flavor != "" {
-		f[MetaFlavor] = structpb.NewStringValue(r.Flavor)
+		f[MetaFlavor] = structpb.NewStringValue(string(r.Flavor))
 	}
 	if r.Model != "" {
 		f[MetaModel] = structpb.NewStringValue(r.Model)
@@ -174,7 +175,7 @@ func (s *Server) metadataFor(decision string, r *request.Request, v verdict) (*s
 		f[MetaReservedTokens] = structpb.NewStringValue(c.ReservedTokens)
 	}
 	if s.cfg.Signer != nil && (decision == DecisionUnverified || (decision == DecisionReserved && c.ReservationID != "")) {
-		c.Decision, c.Provider, c.Flavor, c.Model = decision, r.Provider, r.Flavor, r.Model
+		c.Decision, c.Provider, c.Flavor, c.Model = decision, r.Provider, string(r.Flavor), r.Model
 		c.KeyID, c.Subjects = f[MetaKeyID].GetStringValue(), f[MetaSubjects].GetStringValue()
 		now := time.Now()
 		ttl := s.ttl(r)
@@ -298,12 +299,12 @@ func grpcCodeFor(httpStatus int) code.Code {
 // errorBody renders the error in the caller's API's envelope, so official SDKs raise their
 // usual errors (OpenAI: RateLimitError for 429 with type insufficient_quota; Anthropic:
 // rate_limit_error; Gemini: RESOURCE_EXHAUSTED).
-func errorBody(flavor string, httpStatus int, reason, message string) string {
+func errorBody(flavor pricing.Flavor, httpStatus int, reason, message string) string {
 	var v any
 	switch flavor {
-	case request.FlavorAnthropic:
+	case pricing.FlavorAnthropic:
 		v = map[string]any{"type": "error", "error": map[string]any{"type": anthropicType(httpStatus), "message": message}}
-	case request.FlavorGemini, request.FlavorGeminiEmbeddings:
+	case pricing.FlavorGemini, pricing.FlavorGeminiEmbeddings:
 		v = map[string]any{"error": map[string]any{"code": httpStatus, "message": message, "status": googleStatus(httpStatus)}}
 	default:
 		v = map[string]any{"error": map[string]any{"message": message, "type": openAIType(httpStatus), "param": nil, "code": reason}}

@@ -151,7 +151,7 @@ func (s *Server) decide(ctx context.Context, r *request.Request, start time.Time
 	rr := budget.ReserveRequest{
 		Subjects: v.subjects,
 		Target:   budget.Target{Model: r.Model, Path: r.Path, Route: r.Route.Raw},
-		Provider: r.Provider, Flavor: r.Flavor, Route: r.Route.Route, RequestID: r.RequestID,
+		Provider: r.Provider, Flavor: string(r.Flavor), Route: r.Route.Route, RequestID: r.RequestID,
 		Cost: v.cost, Tokens: v.tokens, TTL: s.ttl(r),
 	}
 	if v.key != nil {
@@ -341,10 +341,10 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 			return deny(v, 400, "unknown_model", fmt.Sprintf("purser has no price for model %q, so it cannot admit the request; an operator can add it to the price overrides", r.Model)), false
 		}
 	}
-	if !r.HasOutputCap && s.cfg.MissingCap == MissingCapDeny && r.Flavor != request.FlavorEmbeddings && r.Flavor != request.FlavorGeminiEmbeddings {
+	if !r.HasOutputCap && s.cfg.MissingCap == MissingCapDeny && r.Flavor != pricing.FlavorEmbeddings && r.Flavor != pricing.FlavorGeminiEmbeddings {
 		return deny(v, 400, "output_cap_required", "set an output-token cap (max_tokens, max_completion_tokens or max_output_tokens): purser reserves the worst case before the request runs"), false
 	}
-	if r.Stream && !r.StreamUsage && s.cfg.StreamWithoutUsage == StreamUsageDeny && (r.Flavor == request.FlavorChat || r.Flavor == request.FlavorCompletions) {
+	if r.Stream && !r.StreamUsage && s.cfg.StreamWithoutUsage == StreamUsageDeny && (r.Flavor == pricing.FlavorChat || r.Flavor == pricing.FlavorCompletions) {
 		return deny(v, 400, "stream_usage_required", `set "stream_options": {"include_usage": true} on streamed requests: without it the response reports no usage and purser would charge the whole reservation`), false
 	}
 	input := r.InputTokens
@@ -386,7 +386,7 @@ func (s *Server) bound(r *request.Request, v verdict) (verdict, bool) {
 // Without a cap, policies.missing_output_cap decides: model_max (the default) holds the
 // model's limit, default holds DefaultOutputCap (the operator's assertion, not a bound).
 func (s *Server) outputBound(r *request.Request, m *pricing.Model) (int64, bool) {
-	if r.Flavor == request.FlavorEmbeddings || r.Flavor == request.FlavorGeminiEmbeddings {
+	if r.Flavor == pricing.FlavorEmbeddings || r.Flavor == pricing.FlavorGeminiEmbeddings {
 		return 0, true
 	}
 	limit := m.MaxOutputTokens
@@ -397,7 +397,7 @@ func (s *Server) outputBound(r *request.Request, m *pricing.Model) (int64, bool)
 	switch {
 	case r.HasOutputCap:
 		out = r.OutputCap
-		if r.Flavor == request.FlavorGemini && request.IsGeminiThinking(r.Model) && (!r.HasThinkingBudget || r.ThinkingBudget != 0) {
+		if r.Flavor == pricing.FlavorGemini && request.IsGeminiThinking(r.Model) && (!r.HasThinkingBudget || r.ThinkingBudget != 0) {
 			switch {
 			case r.HasThinkingBudget && r.ThinkingBudget > 0:
 				out = addSat(out, r.ThinkingBudget)

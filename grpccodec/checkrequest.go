@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/purser-dev/purser/internal/pbwire"
 )
 
 // A CheckRequest spends most of its decoding time in two string maps, the request headers
@@ -278,18 +280,14 @@ func setString(dst *string, v []byte) error {
 // well-typed socket_address, however often; a malformed b answers false.
 func onlySocket(b []byte) bool {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		f, rest, err := pbwire.Next(b)
+		if err != nil {
 			return false
 		}
-		vn := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if vn < 0 {
+		if f.Num >= 1 && f.Num <= 3 && (f.Num != fieldAddressSocket || f.Type != protowire.BytesType) {
 			return false
 		}
-		if num >= 1 && num <= 3 && (num != fieldAddressSocket || typ != protowire.BytesType) {
-			return false
-		}
-		b = b[n+vn:]
+		b = rest
 	}
 	return true
 }
@@ -381,37 +379,24 @@ func decodeHTTP(b []byte, m *authv3.AttributeContext_HttpRequest) error {
 
 // walk hands each length-delimited or varint field of b to take (v: the bytes, or x: the
 // varint), in order; it returns the fields take declined, and every field of another wire
-// type, as they were, for protobuf to decode.
+// type, as they were, for protobuf to decode. Malformed wire data fails (pbwire).
 func walk(b []byte, take func(num protowire.Number, typ protowire.Type, v []byte, x uint64) (bool, error)) (rest []byte, err error) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		vn := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if vn < 0 {
-			return nil, protowire.ParseError(vn)
-		}
-		field := b[:n+vn]
-		b = b[n+vn:]
-		var v []byte
-		var x uint64
-		switch typ {
-		case protowire.BytesType:
-			v, _ = protowire.ConsumeBytes(field[n:])
-		case protowire.VarintType:
-			x, _ = protowire.ConsumeVarint(field[n:])
-		default:
-			rest = append(rest, field...)
-			continue
-		}
-		taken, err := take(num, typ, v, x)
+		f, next, err := pbwire.Next(b)
 		if err != nil {
 			return nil, err
 		}
-		if !taken {
-			rest = append(rest, field...)
+		b = next
+		if f.Type == protowire.BytesType || f.Type == protowire.VarintType {
+			taken, err := take(f.Num, f.Type, f.Bytes, f.Scalar)
+			if err != nil {
+				return nil, err
+			}
+			if taken {
+				continue
+			}
 		}
+		rest = append(rest, f.Raw...)
 	}
 	return rest, nil
 }
@@ -447,31 +432,17 @@ func (e entries) add(kv [2][]byte) entries {
 // repeated field's last occurrence wins and other fields are skipped, as protobuf does.
 func readEntry(b []byte) (kv [2][]byte, err error) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return kv, protowire.ParseError(n)
+		f, rest, err := pbwire.Next(b)
+		if err != nil {
+			return kv, fmt.Errorf("map entry: %w", err)
 		}
-		if num > protowire.MaxValidNumber { // as protobuf's map decoder (ConsumeTag allows 2^31-1)
-			return kv, errors.New("map entry: invalid field number")
-		}
-		b = b[n:]
-		if (num == fieldMapKey || num == fieldMapValue) && typ == protowire.BytesType {
-			s, sn := protowire.ConsumeBytes(b)
-			if sn < 0 {
-				return kv, protowire.ParseError(sn)
-			}
-			if !utf8.Valid(s) {
+		b = rest
+		if (f.Num == fieldMapKey || f.Num == fieldMapValue) && f.Type == protowire.BytesType {
+			if !utf8.Valid(f.Bytes) {
 				return kv, fmt.Errorf("map entry: %w", errInvalidUTF8)
 			}
-			kv[num-1] = s
-			b = b[sn:]
-			continue
+			kv[f.Num-1] = f.Bytes
 		}
-		vn := protowire.ConsumeFieldValue(num, typ, b)
-		if vn < 0 {
-			return kv, protowire.ParseError(vn)
-		}
-		b = b[vn:]
 	}
 	return kv, nil
 }

@@ -138,13 +138,4 @@ func BenchmarkExtractUsage(b *testing.B) {
 			}
 		}
 	})
-	flat := map[string]any{"usage.prompt_tokens": 12.0, "usage.completion_tokens": 5.0, "usage.prompt_tokens_details.cached_tokens": 4.0, "model": "gpt-4o"}
-	b.Run("UnflattenPriceResponse", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := c.PriceResponse("openai", "", "gpt-4o", Unflatten(flat), time.Time{}); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
 }

@@ -43,8 +43,8 @@
 //
 // # Usage extraction
 //
-// ExtractUsage reads a response body (or the usage fragment rebuilt from Envoy metadata with
-// Unflatten) with the catalog's extractors for the provider and API flavour, plus reasoning
+// ExtractUsage reads a response body (or the usage fragment the access-log sink rebuilds from
+// Envoy metadata) with the catalog's extractors for the provider and API flavour, plus reasoning
 // counts, the Anthropic streaming merge and OpenAI responses streaming. Token counts must be
 // integers in [0, 2^53]; missing usage is ErrNoUsage or ErrIncompleteUsage, never zero.
 //

@@ -23,17 +23,6 @@ var (
 	ErrUnknownFlavor = errors.New("unknown api flavor")
 )
 
-// API flavours understood by ExtractUsage.
-const (
-	FlavorChat        = "chat"        // OpenAI chat completions (and OpenAI-compatible servers)
-	FlavorCompletions = "completions" // legacy OpenAI completions: same usage shape as chat
-	FlavorResponses   = "responses"   // OpenAI responses API
-	FlavorEmbeddings  = "embeddings"  // OpenAI embeddings
-	FlavorAnthropic   = "anthropic"   // Anthropic messages
-	FlavorGemini      = "gemini"      // Google generateContent (genai-prices "default" for google)
-	FlavorDefault     = "default"     // the provider's default extractor
-)
-
 // maxTokenCount is the largest token count accepted from a response: 2^53, the largest
 // integer a JSON number (a double) carries exactly.
 const maxTokenCount = 1 << 53
@@ -425,11 +414,11 @@ func parseCount(s string) (int64, error) {
 }
 
 // ExtractUsage normalises the usage of one provider response. body is the response body (or
-// the fragment holding its usage, e.g. {"usage": {...}} rebuilt from Envoy metadata with
-// Unflatten). provider is a provider id or name (empty or unknown: an OpenAI-compatible
-// server). flavor is one of the Flavor constants, "openai-compatible" (= chat), a provider's
-// own extractor name, or "" to infer it from the body (InferFlavor). It returns the usage,
-// the model named in the body ("" if none) and:
+// the fragment holding its usage, e.g. {"usage": {...}} rebuilt from Envoy metadata by the
+// access-log sink). provider is a provider id or name (empty or unknown: an OpenAI-compatible
+// server). flavor is a Flavor (openai-compatible and completions read as chat), a
+// provider's own extractor name, or "" to infer it from the body (InferFlavor). It returns
+// the usage, the model named in the body ("" if none) and:
 //
 //   - ErrNoUsage when there is no usage at all;
 //   - ErrIncompleteUsage when a required count is missing (the message names the field);
@@ -453,7 +442,7 @@ func (c *Catalog) ExtractUsage(provider, flavor string, body map[string]any) (Us
 	if len(body) == 0 {
 		return Usage{}, "", fmt.Errorf("%w: empty body", ErrNoUsage)
 	}
-	f := strings.ToLower(strings.TrimSpace(flavor))
+	f := Flavor(strings.ToLower(strings.TrimSpace(flavor)))
 	if f == "" {
 		f = InferFlavor(body)
 		if f == "" {
@@ -461,7 +450,7 @@ func (c *Catalog) ExtractUsage(provider, flavor string, body map[string]any) (Us
 		}
 	}
 	switch f {
-	case "openai-compatible", "openai", FlavorCompletions:
+	case FlavorOpenAICompatible, "openai", FlavorCompletions:
 		f = FlavorChat
 	case "messages":
 		f = FlavorAnthropic
@@ -524,7 +513,7 @@ func (c *Catalog) bodyModel(body map[string]any, cands []*extractor) string {
 }
 
 // canonical names the provider and extractor that define each flavour's standard shape.
-var canonical = map[string][2]string{
+var canonical = map[Flavor][2]string{
 	FlavorChat:       {"openai", "chat"},
 	FlavorResponses:  {"openai", "responses"},
 	FlavorEmbeddings: {"openai", "embeddings"},
@@ -535,14 +524,14 @@ var canonical = map[string][2]string{
 
 // extractorsFor appends to out the extractors to try, in order, without duplicates: the
 // provider's own for the flavour and its chat/default twin, then the flavour's canonical one.
-func (c *Catalog) extractorsFor(p *provider, f string, out []*extractor) []*extractor {
+func (c *Catalog) extractorsFor(p *provider, f Flavor, out []*extractor) []*extractor {
 	add := func(ex *extractor) {
 		if ex != nil && !slices.Contains(out, ex) {
 			out = append(out, ex)
 		}
 	}
 	if p != nil {
-		add(p.extractors[f])
+		add(p.extractors[string(f)])
 		switch f {
 		case FlavorChat:
 			add(p.extractors["default"])
@@ -606,7 +595,7 @@ func mergeAnthropicStream(body map[string]any) (map[string]any, error) {
 // or total_tokens equal to prompt_tokens), "chat" (any other prompt_tokens). It returns ""
 // when the body has no usage it recognises. An explicit flavour is always better: inference
 // exists for `purser cost` and for entries whose flavour was not recorded.
-func InferFlavor(body map[string]any) string {
+func InferFlavor(body map[string]any) Flavor {
 	if _, ok := body["usageMetadata"].(map[string]any); ok {
 		return FlavorGemini
 	}
@@ -656,71 +645,4 @@ func InferFlavor(body map[string]any) string {
 		return FlavorAnthropic
 	}
 	return ""
-}
-
-// Unflatten rebuilds a nested JSON object from Envoy metadata whose keys are dot-joined JSON
-// paths: {"usage.prompt_tokens": 12, "model": "gpt-4o"} → {"usage": {"prompt_tokens": 12},
-// "model": "gpt-4o"}. A value that is already an object (a Lua filter's whole usage table) is
-// deep-merged. Dotted keys are applied after object values, in sorted order, so a scalar at a
-// dotted path wins over the same field inside an object value, and a deeper path replaces a
-// scalar at its prefix. The input and its nested objects are not modified.
-func Unflatten(flat map[string]any) map[string]any {
-	out := make(map[string]any, len(flat))
-	keys := make([]string, 0, len(flat))
-	for k := range flat {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	// Pass 1: plain keys; pass 2: dotted keys. Within a pass, sorted order.
-	for pass := range 2 {
-		for _, k := range keys {
-			if strings.Contains(k, ".") != (pass == 1) {
-				continue
-			}
-			setPath(out, k, flat[k])
-		}
-	}
-	return out
-}
-
-// setPath sets the dot-joined path in dst to v, creating the objects on the way.
-func setPath(dst map[string]any, path string, v any) {
-	for {
-		seg, rest, more := strings.Cut(path, ".")
-		if !more {
-			break
-		}
-		next, ok := dst[seg].(map[string]any)
-		if !ok {
-			next = make(map[string]any)
-			dst[seg] = next
-		}
-		dst, path = next, rest
-	}
-	last := path
-	if src, ok := v.(map[string]any); ok {
-		cur, ok := dst[last].(map[string]any)
-		if !ok {
-			cur = make(map[string]any, len(src))
-			dst[last] = cur
-		}
-		deepMerge(cur, src)
-		return
-	}
-	dst[last] = v
-}
-
-func deepMerge(dst, src map[string]any) {
-	for k, v := range src {
-		if sm, ok := v.(map[string]any); ok {
-			dm, ok := dst[k].(map[string]any)
-			if !ok {
-				dm = make(map[string]any, len(sm))
-				dst[k] = dm
-			}
-			deepMerge(dm, sm)
-			continue
-		}
-		dst[k] = v
-	}
 }

@@ -161,11 +161,6 @@ func TestCatalog_ExtractUsage(t *testing.T) {
 			want: Usage{InputTokens: 3, OutputTokens: 4},
 		},
 		{
-			name: "UnflattenedMetadata", provider: "openai", flavor: "chat",
-			body: `{"usage.prompt_tokens": 12, "usage.completion_tokens": 5, "usage.prompt_tokens_details.cached_tokens": 4, "model": "gpt-4o"}`,
-			want: Usage{InputTokens: 12, CacheReadTokens: 4, OutputTokens: 5}, wantModel: "gpt-4o",
-		},
-		{
 			name: "StringNumbers", provider: "openai", flavor: "chat",
 			body: `{"usage": {"prompt_tokens": "12", "completion_tokens": "5"}}`,
 			want: Usage{InputTokens: 12, OutputTokens: 5},
@@ -186,9 +181,6 @@ func TestCatalog_ExtractUsage(t *testing.T) {
 			t.Parallel()
 			for _, decode := range []func(testing.TB, string) map[string]any{body, bodyNumbers} {
 				b := decode(t, tt.body)
-				if strings.Contains(tt.name, "Unflattened") {
-					b = Unflatten(b)
-				}
 				u, model, err := c.ExtractUsage(tt.provider, tt.flavor, b)
 				require.NoError(t, err)
 				require.Equal(t, tt.want, u)
@@ -282,7 +274,7 @@ func TestCatalog_ExtractUsageErrors(t *testing.T) {
 
 func TestInferFlavor(t *testing.T) {
 	t.Parallel()
-	tests := map[string]string{
+	tests := map[string]Flavor{
 		`{"usage": {"prompt_tokens": 1, "completion_tokens": 2}}`:                                   FlavorChat,
 		`{"usage": {"prompt_tokens": 1, "total_tokens": 1}}`:                                        FlavorEmbeddings,
 		`{"object": "list", "usage": {"prompt_tokens": 1}}`:                                         FlavorEmbeddings,
@@ -303,60 +295,6 @@ func TestInferFlavor(t *testing.T) {
 	}
 	for in, want := range tests {
 		require.Equal(t, want, InferFlavor(body(t, in)), in)
-	}
-}
-
-func TestUnflatten(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		in   string
-		want string
-	}{
-		{
-			name: "DottedKeys",
-			in:   `{"usage.prompt_tokens": 12, "usage.prompt_tokens_details.cached_tokens": 3, "model": "gpt-4o"}`,
-			want: `{"usage": {"prompt_tokens": 12, "prompt_tokens_details": {"cached_tokens": 3}}, "model": "gpt-4o"}`,
-		},
-		{
-			name: "AnthropicStream",
-			in:   `{"message.usage.input_tokens": 5, "message.usage.output_tokens": 1, "usage.output_tokens": 40, "message.model": "claude"}`,
-			want: `{"message": {"usage": {"input_tokens": 5, "output_tokens": 1}, "model": "claude"}, "usage": {"output_tokens": 40}}`,
-		},
-		{
-			name: "StructValueMerged",
-			in:   `{"usage": {"prompt_tokens": 1, "completion_tokens": 2}, "usage.prompt_tokens_details.cached_tokens": 1}`,
-			want: `{"usage": {"prompt_tokens": 1, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 1}}}`,
-		},
-		{
-			name: "DottedScalarWinsOverStructField",
-			in:   `{"usage": {"prompt_tokens": 1}, "usage.prompt_tokens": 2}`,
-			want: `{"usage": {"prompt_tokens": 2}}`,
-		},
-		{
-			name: "DeeperPathReplacesScalar",
-			in:   `{"usage": 5, "usage.prompt_tokens": 2}`,
-			want: `{"usage": {"prompt_tokens": 2}}`,
-		},
-		{
-			name: "DottedObjectsMerged",
-			in:   `{"response.usage": {"input_tokens": 1}, "response.usage.output_tokens": 2, "response.model": "m"}`,
-			want: `{"response": {"usage": {"input_tokens": 1, "output_tokens": 2}, "model": "m"}}`,
-		},
-		{name: "Empty", in: `{}`, want: `{}`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			in := body(t, tt.in)
-			before, err := json.Marshal(in)
-			require.NoError(t, err)
-			got := Unflatten(in)
-			require.Equal(t, body(t, tt.want), got)
-			after, err := json.Marshal(in)
-			require.NoError(t, err)
-			require.JSONEq(t, string(before), string(after), "input modified")
-		})
 	}
 }
 
@@ -394,19 +332,17 @@ func FuzzExtractUsage(f *testing.F) {
 		}
 		flavor := fuzzFlavors[uint(fi)%uint(len(fuzzFlavors))]
 		provider := fuzzProviders[uint(pi)%uint(len(fuzzProviders))]
-		for _, in := range []map[string]any{b, Unflatten(b)} {
-			u, _, err := c.ExtractUsage(provider, flavor, in)
-			if err != nil {
-				continue
-			}
-			for _, v := range []int64{u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens,
-				u.ReasoningTokens, u.InputAudioTokens, u.OutputAudioTokens, u.CacheAudioReadTokens} {
-				require.GreaterOrEqual(t, v, int64(0))
-				require.LessOrEqual(t, v, int64(4)<<53) // a field sums at most a few counts ≤ 2^53
-			}
-			if m, ok := c.Lookup(provider, "gpt-4o"); ok {
-				_, _ = m.Cost(u) // must not panic
-			}
+		u, _, err := c.ExtractUsage(provider, flavor, b)
+		if err != nil {
+			return
+		}
+		for _, v := range []int64{u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens,
+			u.ReasoningTokens, u.InputAudioTokens, u.OutputAudioTokens, u.CacheAudioReadTokens} {
+			require.GreaterOrEqual(t, v, int64(0))
+			require.LessOrEqual(t, v, int64(4)<<53) // a field sums at most a few counts ≤ 2^53
+		}
+		if m, ok := c.Lookup(provider, "gpt-4o"); ok {
+			_, _ = m.Cost(u) // must not panic
 		}
 	})
 }

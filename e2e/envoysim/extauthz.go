@@ -160,8 +160,9 @@ func (st *stream) extAuthz(az *ExtAuthzConfig) (*bodyReader, bool) {
 	// ingestion is enabled; the deprecated OkHttpResponse.dynamic_metadata overrides the
 	// top-level field; OK answers get ext_authz_duration (reference 3.2, 3.4).
 	md := resp.GetDynamicMetadata()
+	//lint:ignore SA1019 Envoy still honours the deprecated field, so the simulator does
 	if okr := resp.GetOkResponse(); okr != nil && okr.GetDynamicMetadata() != nil {
-		md = okr.GetDynamicMetadata()
+		md = okr.GetDynamicMetadata() //lint:ignore SA1019 as above
 	}
 	if len(md.GetFields()) > 0 && az.IngestDynamicMetadata {
 		md = proto.Clone(md).(*structpb.Struct)
@@ -297,6 +298,7 @@ func applyHeaderOption(h http.Header, o *corev3.HeaderValueOption) {
 		v = string(o.GetHeader().GetRawValue())
 	}
 	action := o.GetAppendAction()
+	//lint:ignore SA1019 Envoy still honours the deprecated field, so the simulator does
 	if a := o.GetAppend(); a != nil {
 		action = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 		if a.GetValue() {

@@ -34,6 +34,7 @@ type LuaFilter struct {
 }
 
 func luaFilter(name string, disabled bool, l *luav3.Lua) (*LuaFilter, error) {
+	//lint:ignore SA1019 a configuration may still use it: refused, not ignored
 	if l.GetInlineCode() != "" || len(l.GetSourceCodes()) > 0 || l.GetDefaultSourceCode().GetFilename() != "" {
 		return nil, fmt.Errorf("envoysim: lua %s: only default_source_code.inline_string is simulated", name)
 	}

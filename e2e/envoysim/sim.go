@@ -838,6 +838,7 @@ func (st *stream) localReply(code int, body string, headers []*corev3.HeaderValu
 			body = b.GetInlineString()
 		}
 		if bf := m.GetBodyFormatOverride(); bf != nil {
+			//lint:ignore SA1019 Envoy still honours the deprecated field, so the simulator does
 			body = strings.ReplaceAll(bf.GetTextFormat(), "%LOCAL_REPLY_BODY%", body)
 			if bf.GetContentType() != "" {
 				contentType = bf.GetContentType()

@@ -4,6 +4,8 @@ import (
 	"net/url"
 	"path"
 	"strings"
+
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // API recognition.
@@ -48,7 +50,7 @@ const (
 
 type endpoint struct {
 	kind      epKind
-	flavor    string
+	flavor    pricing.Flavor
 	dialect   dialect
 	provider  string // from the path shape
 	model     string // from the path
@@ -59,7 +61,7 @@ type endpoint struct {
 type suffixRule struct {
 	suffix   string
 	kind     epKind
-	flavor   string
+	flavor   pricing.Flavor
 	dialect  dialect
 	provider string
 }
@@ -68,13 +70,13 @@ type suffixRule struct {
 var suffixRules = [...]suffixRule{
 	{"/messages/count_tokens", epFree, "", dialectNone, ProviderAnthropic},
 	{"/messages/batches", epUnpriced, "", dialectNone, ProviderAnthropic},
-	{"/v1/messages", epBillable, FlavorAnthropic, dialectAnthropic, ProviderAnthropic},
-	{"/chat/completions", epBillable, FlavorChat, dialectChat, ""},
-	{"/completions", epBillable, FlavorCompletions, dialectCompletions, ""},
-	{"/embeddings", epBillable, FlavorEmbeddings, dialectEmbeddings, ""},
+	{"/v1/messages", epBillable, pricing.FlavorAnthropic, dialectAnthropic, ProviderAnthropic},
+	{"/chat/completions", epBillable, pricing.FlavorChat, dialectChat, ""},
+	{"/completions", epBillable, pricing.FlavorCompletions, dialectCompletions, ""},
+	{"/embeddings", epBillable, pricing.FlavorEmbeddings, dialectEmbeddings, ""},
 	{"/responses/input_tokens", epFree, "", dialectNone, ""},
 	{"/responses/compact", epUnpriced, "", dialectNone, ""},
-	{"/responses", epBillable, FlavorResponses, dialectResponses, ""},
+	{"/responses", epBillable, pricing.FlavorResponses, dialectResponses, ""},
 	{"/moderations", epFree, "", dialectNone, ""},
 	{"/tokenize", epFree, "", dialectNone, ""},
 	{"/detokenize", epFree, "", dialectNone, ""},
@@ -157,17 +159,17 @@ func recognizeModelVerb(p string) (endpoint, bool) {
 	ep := endpoint{provider: ProviderGoogle, model: model, pathModel: true, kind: epUnpriced}
 	switch {
 	case strings.EqualFold(verb, "generateContent"):
-		ep.kind, ep.flavor, ep.dialect = epBillable, FlavorGemini, dialectGemini
+		ep.kind, ep.flavor, ep.dialect = epBillable, pricing.FlavorGemini, dialectGemini
 	case strings.EqualFold(verb, "streamGenerateContent"):
-		ep.kind, ep.flavor, ep.dialect, ep.stream = epBillable, FlavorGemini, dialectGemini, true
+		ep.kind, ep.flavor, ep.dialect, ep.stream = epBillable, pricing.FlavorGemini, dialectGemini, true
 	case strings.EqualFold(verb, "embedContent"), strings.EqualFold(verb, "batchEmbedContents"):
-		ep.kind, ep.flavor, ep.dialect = epBillable, FlavorGeminiEmbeddings, dialectGeminiEmbeddings
+		ep.kind, ep.flavor, ep.dialect = epBillable, pricing.FlavorGeminiEmbeddings, dialectGeminiEmbeddings
 	case strings.EqualFold(verb, "countTokens"), strings.EqualFold(verb, "computeTokens"):
 		ep.kind = epFree
 	case anthropic && strings.EqualFold(verb, "rawPredict"):
-		ep.kind, ep.flavor, ep.dialect = epBillable, FlavorAnthropic, dialectAnthropic
+		ep.kind, ep.flavor, ep.dialect = epBillable, pricing.FlavorAnthropic, dialectAnthropic
 	case anthropic && strings.EqualFold(verb, "streamRawPredict"):
-		ep.kind, ep.flavor, ep.dialect, ep.stream = epBillable, FlavorAnthropic, dialectAnthropic, true
+		ep.kind, ep.flavor, ep.dialect, ep.stream = epBillable, pricing.FlavorAnthropic, dialectAnthropic, true
 	}
 	return ep, true
 }
@@ -191,23 +193,23 @@ func matchPath(p string) string {
 
 // flavorDialect maps a route-context api_flavor to a body dialect. openai-compatible keeps
 // the dialect of an OpenAI path; unknown flavours read the body generically.
-func flavorDialect(flavor string, pathDialect dialect) (d dialect, known bool) {
+func flavorDialect(flavor pricing.Flavor, pathDialect dialect) (d dialect, known bool) {
 	switch flavor {
-	case FlavorChat:
+	case pricing.FlavorChat:
 		return dialectChat, true
-	case FlavorCompletions:
+	case pricing.FlavorCompletions:
 		return dialectCompletions, true
-	case FlavorResponses:
+	case pricing.FlavorResponses:
 		return dialectResponses, true
-	case FlavorEmbeddings:
+	case pricing.FlavorEmbeddings:
 		return dialectEmbeddings, true
-	case FlavorAnthropic:
+	case pricing.FlavorAnthropic:
 		return dialectAnthropic, true
-	case FlavorGemini:
+	case pricing.FlavorGemini:
 		return dialectGemini, true
-	case FlavorGeminiEmbeddings:
+	case pricing.FlavorGeminiEmbeddings:
 		return dialectGeminiEmbeddings, true
-	case FlavorOpenAICompatible:
+	case pricing.FlavorOpenAICompatible:
 		switch pathDialect {
 		case dialectChat, dialectCompletions, dialectResponses, dialectEmbeddings:
 			return pathDialect, true

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // FuzzParse fuzzes method, path, host, one header and the body, seeded with the fixtures.
@@ -56,7 +57,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		var text any = v
-		if r.Flavor == FlavorEmbeddings {
+		if r.Flavor == pricing.FlavorEmbeddings {
 			text = v["input"]
 		} else {
 			delete(v, "model")

@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // Parse reads an ext_authz CheckRequest. It is pure (no I/O) and never panics; it never
@@ -62,7 +64,7 @@ func Parse(req *authv3.CheckRequest, cfg *Config) Request {
 	}
 	if r.Billable && r.Route.Flavor != "" {
 		d, _ = flavorDialect(r.Route.Flavor, ep.dialect)
-		if r.Route.Flavor != FlavorOpenAICompatible || d == dialectGeneric {
+		if r.Route.Flavor != pricing.FlavorOpenAICompatible || d == dialectGeneric {
 			r.Flavor = r.Route.Flavor
 		}
 	}
@@ -206,11 +208,4 @@ func firstNonEmpty(vs ...string) string {
 		}
 	}
 	return ""
-}
-
-func ceilDiv(a, b int64) int64 {
-	if a <= 0 {
-		return 0
-	}
-	return (a + b - 1) / b
 }

@@ -7,6 +7,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/require"
+
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // checkRequest builds a minimal Envoy-shaped CheckRequest (raw_body, pseudo-headers,
@@ -43,7 +45,7 @@ func TestParse(t *testing.T) {
 		{"openai_chat", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
 			require.Equal(t, "openai", r.Provider)
-			require.Equal(t, FlavorChat, r.Flavor)
+			require.Equal(t, pricing.FlavorChat, r.Flavor)
 			require.Equal(t, "gpt-4o-mini", r.Model)
 			require.False(t, r.Stream)
 			require.Equal(t, int64(256), r.OutputCap)
@@ -65,7 +67,7 @@ func TestParse(t *testing.T) {
 		{"openai_chat_stream", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
 			require.Equal(t, "openai", r.Provider) // from context_extensions
-			require.Equal(t, FlavorChat, r.Flavor)
+			require.Equal(t, pricing.FlavorChat, r.Flavor)
 			require.True(t, r.Stream)
 			require.True(t, r.StreamUsage)
 			require.Equal(t, int64(1024), r.OutputCap)
@@ -78,18 +80,18 @@ func TestParse(t *testing.T) {
 			require.Equal(t, []string{"route:openai-chat"}, r.Subjects)
 		}},
 		{"openai_completions", func(t *testing.T, r Request) {
-			require.Equal(t, FlavorCompletions, r.Flavor)
+			require.Equal(t, pricing.FlavorCompletions, r.Flavor)
 			require.Equal(t, int64(64), r.OutputCap)
 			require.Equal(t, int64(6), r.Choices) // best_of 3 x 2 prompts
 		}},
 		{"openai_responses", func(t *testing.T, r Request) {
-			require.Equal(t, FlavorResponses, r.Flavor)
+			require.Equal(t, pricing.FlavorResponses, r.Flavor)
 			require.Equal(t, "gpt-5", r.Model)
 			require.Equal(t, int64(4000), r.OutputCap)
 			require.True(t, r.ExternalInput) // web_search tool
 		}},
 		{"openai_embeddings", func(t *testing.T, r Request) {
-			require.Equal(t, FlavorEmbeddings, r.Flavor)
+			require.Equal(t, pricing.FlavorEmbeddings, r.Flavor)
 			require.Equal(t, int64(7), r.InputTokens) // token arrays count exactly
 			require.False(t, r.HasOutputCap)
 			require.Equal(t, int64(0), r.OutputBound(8192))
@@ -97,7 +99,7 @@ func TestParse(t *testing.T) {
 		{"anthropic_messages", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
 			require.Equal(t, "anthropic", r.Provider)
-			require.Equal(t, FlavorAnthropic, r.Flavor)
+			require.Equal(t, pricing.FlavorAnthropic, r.Flavor)
 			require.Equal(t, "claude-sonnet-4-5", r.Model)
 			require.Equal(t, int64(2048), r.OutputCap)
 			require.Equal(t, []Credential{{Source: "x-api-key", Header: "x-api-key", Secret: "sk-ant-test-0001"}}, r.Credentials)
@@ -119,7 +121,7 @@ func TestParse(t *testing.T) {
 		}},
 		{"gemini_generate", func(t *testing.T, r Request) {
 			require.Equal(t, "google", r.Provider)
-			require.Equal(t, FlavorGemini, r.Flavor)
+			require.Equal(t, pricing.FlavorGemini, r.Flavor)
 			require.Equal(t, "gemini-2.5-flash", r.Model)
 			require.False(t, r.Stream)
 			require.Equal(t, int64(800), r.OutputCap)
@@ -143,14 +145,14 @@ func TestParse(t *testing.T) {
 		}},
 		{"azure_chat_deployment", func(t *testing.T, r Request) {
 			require.Equal(t, "azure", r.Provider)
-			require.Equal(t, FlavorChat, r.Flavor)
+			require.Equal(t, pricing.FlavorChat, r.Flavor)
 			require.Equal(t, "gpt4o-prod", r.Model)
 			require.Equal(t, "api-key", r.Credentials[0].Source)
 		}},
 		{"selfhosted_vllm_chat", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
 			require.Equal(t, "", r.Provider)
-			require.Equal(t, FlavorChat, r.Flavor)
+			require.Equal(t, pricing.FlavorChat, r.Flavor)
 			require.Equal(t, "meta-llama/Llama-3.1-8B-Instruct", r.Model)
 			require.Nil(t, r.Credentials)
 		}},
@@ -177,7 +179,7 @@ func TestParse(t *testing.T) {
 		{"route_context", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
 			require.Equal(t, "", r.Provider)
-			require.Equal(t, FlavorChat, r.Flavor) // openai-compatible refined by the path
+			require.Equal(t, pricing.FlavorChat, r.Flavor) // openai-compatible refined by the path
 			require.Equal(t, "ollama", r.Route.Route)
 			require.Equal(t, []string{"self-hosted", "gpu", "eu"}, r.Route.Tags) // route metadata wins
 			require.Equal(t, FailureOpen, r.Route.FailurePolicy)
@@ -188,14 +190,14 @@ func TestParse(t *testing.T) {
 		}},
 		{"route_flavor_unknown_path", func(t *testing.T, r Request) {
 			require.True(t, r.Billable)
-			require.Equal(t, FlavorOpenAICompatible, r.Flavor)
+			require.Equal(t, pricing.FlavorOpenAICompatible, r.Flavor)
 			require.Equal(t, "self-hosted", r.Provider)
 			require.Equal(t, "tgi", r.Model)
 			require.Positive(t, r.InputTokens)
 		}},
 		{"get_models", func(t *testing.T, r Request) {
 			require.False(t, r.Billable)
-			require.Equal(t, "", r.Flavor)
+			require.Equal(t, pricing.Flavor(""), r.Flavor, "no flavour")
 			require.Equal(t, int64(-1), r.ContentLength)
 			require.Len(t, r.Credentials, 1)
 		}},
@@ -210,7 +212,7 @@ func TestParse(t *testing.T) {
 			require.NoError(t, r.BodyError)
 		}},
 		{"raw_headers", func(t *testing.T, r Request) {
-			require.Equal(t, FlavorEmbeddings, r.Flavor)
+			require.Equal(t, pricing.FlavorEmbeddings, r.Flavor)
 			require.Equal(t, "text-embedding-3-large", r.Model)
 			require.Equal(t, []Credential{{Source: "authorization", Header: "authorization", Secret: "sk-test-openai-0010"}}, r.Credentials)
 			require.Equal(t, "0b9d2c1e-7c55-4f3a-9a8e-6791ecd9c920", r.RequestID) // read from header_map

@@ -5,19 +5,8 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-)
 
-// API flavours: how a request body is read and which usage extractor settles it. They travel
-// as the api_flavor dynamic-metadata value and route-context key (docs/architecture.md).
-const (
-	FlavorChat             = "chat"              // OpenAI Chat Completions
-	FlavorCompletions      = "completions"       // OpenAI legacy Completions
-	FlavorResponses        = "responses"         // OpenAI Responses
-	FlavorEmbeddings       = "embeddings"        // OpenAI Embeddings
-	FlavorAnthropic        = "anthropic"         // Anthropic Messages
-	FlavorGemini           = "gemini"            // Gemini generateContent / streamGenerateContent
-	FlavorGeminiEmbeddings = "gemini-embeddings" // Gemini embedContent / batchEmbedContents
-	FlavorOpenAICompatible = "openai-compatible" // route-context only: self-hosted server, OpenAI paths
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // Provider ids as detected from the host or the path shape. Route context may name others.
@@ -48,8 +37,8 @@ type Request struct {
 	// Provider is the provider id ("openai", "anthropic", "google", "azure", or a route
 	// context value); "" for an unknown host speaking an OpenAI-compatible API.
 	Provider string
-	// Flavor is the API flavour (Flavor* constants, or a route-context value).
-	Flavor string
+	// Flavor is the API flavour (pricing.Flavor* constants, or a route-context value).
+	Flavor pricing.Flavor
 	// Model is the model as requested: from the body, the path (Gemini, Vertex, Azure
 	// deployment when the body has none) or Config.ModelHeader.
 	Model string
@@ -143,12 +132,12 @@ type Credential struct {
 // RouteContext is context_extensions merged with route_metadata_context.filter_metadata
 // ["purser"] (route metadata wins on conflict).
 type RouteContext struct {
-	Route         string   // route name
-	Tags          []string // from the comma-separated tags value
-	Provider      string   // provider override
-	Flavor        string   // api_flavor override
-	FailurePolicy string   // FailureClosed (default) or FailureOpen
-	BudgetSubject string   // an extra subject for every request on the route
+	Route         string         // route name
+	Tags          []string       // from the comma-separated tags value
+	Provider      string         // provider override
+	Flavor        pricing.Flavor // api_flavor override
+	FailurePolicy string         // FailureClosed (default) or FailureOpen
+	BudgetSubject string         // an extra subject for every request on the route
 	// Raw holds every key as a string (lists joined with ","). It may alias the
 	// CheckRequest's context_extensions map: treat it as read-only.
 	Raw map[string]string
@@ -160,7 +149,7 @@ const redacted = "REDACTED"
 // model's maximum output (modelMax, 0 when unknown): the cap when one is given and lower than
 // modelMax, else modelMax, times Choices. Embeddings produce no output.
 func (r *Request) OutputBound(modelMax int64) int64 {
-	if r.Flavor == FlavorEmbeddings || r.Flavor == FlavorGeminiEmbeddings {
+	if r.Flavor == pricing.FlavorEmbeddings || r.Flavor == pricing.FlavorGeminiEmbeddings {
 		return 0
 	}
 	out := modelMax
@@ -227,7 +216,7 @@ func (r Request) LogValue() slog.Value {
 	attrs = append(attrs,
 		slog.String("method", r.Method), slog.String("host", r.Host), slog.String("path", r.Path),
 		slog.Bool("billable", r.Billable), slog.Bool("unpriced", r.Unpriced),
-		slog.String("provider", r.Provider), slog.String("api_flavor", r.Flavor),
+		slog.String("provider", r.Provider), slog.String("api_flavor", string(r.Flavor)),
 		slog.String("model", r.Model), slog.Bool("stream", r.Stream),
 		slog.Int64("output_cap", r.OutputCap), slog.Bool("has_output_cap", r.HasOutputCap),
 		slog.Int64("choices", r.Choices), slog.Int64("input_tokens", r.InputTokens),

@@ -9,6 +9,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/purser-dev/purser/budget/pricing"
 )
 
 // RouteMetadataNamespace is the route_metadata_context.filter_metadata namespace read for
@@ -60,8 +62,8 @@ func routeContext(a *authv3.AttributeContext) (RouteContext, error) {
 	}
 	if f, ok := raw[keyFlavor]; ok {
 		if f = strings.TrimSpace(f); validToken(f) {
-			rc.Flavor = f
-			if _, known := flavorDialect(f, dialectNone); !known {
+			rc.Flavor = pricing.Flavor(f)
+			if _, known := flavorDialect(rc.Flavor, dialectNone); !known {
 				errs = append(errs, fmt.Errorf("route context %s %q: unknown flavour, body read generically", keyFlavor, f))
 			}
 		} else {

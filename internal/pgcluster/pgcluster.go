@@ -145,7 +145,6 @@ type Server struct {
 	Port int
 
 	c    *Cluster
-	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  *tail
