@@ -18,6 +18,7 @@ type Metrics struct {
 	pruned      metric.Int64Counter
 	templates   metric.Int64Counter
 	batchSize   metric.Int64Histogram
+	shed        metric.Int64Counter
 }
 
 // NewMetrics creates the instruments on meter.
@@ -57,7 +58,18 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithExplicitBucketBoundaries(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)); err != nil {
 		return nil, fmt.Errorf("metric purser.reservation.batch_size: %w", err)
 	}
+	if m.shed, err = meter.Int64Counter("purser.reservations.shed",
+		metric.WithDescription("Reservations refused at once as over capacity (answered 503 with Retry-After), by reason (queue: the expected wait exceeded the caller's deadline or the queue was full; deadline: the deadline came too close while waiting)")); err != nil {
+		return nil, fmt.Errorf("metric purser.reservations.shed: %w", err)
+	}
 	return &m, nil
+}
+
+func (m *Metrics) shedN(ctx context.Context, reason string, n int64) {
+	if m == nil {
+		return
+	}
+	m.shed.Add(ctx, n, metric.WithAttributes(attribute.String("reason", reason)))
 }
 
 func (m *Metrics) batch(ctx context.Context, n int) {

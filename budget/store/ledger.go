@@ -137,7 +137,7 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 		resid  []*string
 	)
 	call := func(checkIdem bool) error {
-		return s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
+		return s.hotRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
 		$1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
 		$15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`,
 			ids, idem, ttl, keyIDs, subjects, providers, flavors, models, routes, reqIDs, holdCost, holdTokens, first, count,
@@ -227,7 +227,7 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 		}
 	}
 	out := make([]SettleOutcome, 0, n)
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6, $7::jsonb[], $8, $9)`,
+	q, err := s.hotQuery(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle($1::uuid[], $2, $3, $4, $5, $6, $7::jsonb[], $8, $9)`,
 		ids, voids, tentative, holds, costs, tokens, usages, cats, causes)
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))

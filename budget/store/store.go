@@ -17,6 +17,9 @@ var (
 	ErrNotFound    = errors.New("not found")
 	ErrConflict    = errors.New("conflict")
 	ErrUnavailable = errors.New("database unavailable")
+	// ErrTimeout (with ErrUnavailable) is a statement the server cancelled at its
+	// lock_timeout or statement_timeout: its transaction rolled back, nothing was written.
+	ErrTimeout = errors.New("database gave up at the deadline")
 )
 
 // Store runs purser's queries on a pool. It is safe for concurrent use.
@@ -51,6 +54,8 @@ func interpret(err error) error {
 		switch pgErr.Code {
 		case "23505": // unique_violation
 			return fmt.Errorf("%w: %s", ErrConflict, pgErr.ConstraintName)
+		case "55P03", "57014": // lock_not_available, query_canceled (lock_timeout, statement_timeout)
+			return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrTimeout, err)
 		case "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006":
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
