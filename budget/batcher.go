@@ -214,14 +214,23 @@ func (b *Batcher) enqueue(c *call) error {
 }
 
 // expectedWaitLocked is how long a request arriving behind ahead others should wait for its
-// answer: the batch in flight, then the requests ahead at the measured rate. Before anything
-// was measured it is zero.
+// answer: what is left of the batch in flight (half a batch on average), then one batch per
+// MaxBatch requests ahead, its own included, at the measured batch duration. A batch costs
+// mostly its round trip and commit, so requests ahead count in batches, not one by one.
+// Before anything was measured it is zero.
 func (b *Batcher) expectedWaitLocked(ahead int) time.Duration {
 	if b.ewmaN == 0 {
 		return 0
 	}
-	perRequest := b.ewmaDur / b.ewmaN
-	return time.Duration(b.ewmaDur + float64(ahead)*perRequest)
+	batches := (ahead + b.cfg.MaxBatch) / b.cfg.MaxBatch
+	return time.Duration(b.ewmaDur/2 + float64(batches)*b.ewmaDur)
+}
+
+// minLeftLocked is the least time a request must have left to join a batch: one batch
+// duration and a half (the batch ends at its earliest caller's deadline, so a request that
+// joins with less would doom its batch mates too), and never less than two margins.
+func (b *Batcher) minLeftLocked() time.Duration {
+	return max(2*b.cfg.Margin, time.Duration(1.5*b.ewmaDur))
 }
 
 func (b *Batcher) signal() {
@@ -284,6 +293,7 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 		return nil, 0
 	}
 	now := time.Now()
+	minLeft := b.minLeftLocked()
 	var (
 		batch    []*call
 		class    string
@@ -297,7 +307,7 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 		if c.state.Load() == callAbandoned {
 			continue // its caller is gone and nothing was reserved yet: drop it
 		}
-		if !c.deadline.IsZero() && c.deadline.Sub(now) < 2*b.cfg.Margin {
+		if !c.deadline.IsZero() && c.deadline.Sub(now) < minLeft {
 			tooLate = append(tooLate, c) // cannot be decided in the time left
 			continue
 		}

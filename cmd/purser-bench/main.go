@@ -39,7 +39,7 @@ func main() {
 }
 
 // scenarios, in the order they run.
-var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "replicas", "partition"}
+var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "replicas", "partition", "noisy", "overload"}
 
 type config struct {
 	duration, warmup, cooldown time.Duration
