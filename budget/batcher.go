@@ -93,6 +93,10 @@ type Batcher struct {
 	suspect  map[int64]struct{} // budgets whose last batch timed out
 	inflight int
 	stopping bool
+	// limit is the current batch size cap (at most MaxBatch): halved when a batch of clean
+	// budgets times out, grown again by a quarter with every batch that succeeds, so a batch
+	// too large to finish within its callers' deadlines does not fail again and again.
+	limit int
 	// Measured service (successful batches only): exponentially weighted batch duration and
 	// size, for the expected wait of a new request.
 	ewmaDur, ewmaN float64
@@ -128,7 +132,7 @@ func NewBatcher(svc *Service, cfg BatcherConfig) *Batcher {
 	cfg = cfg.withDefaults()
 	return &Batcher{
 		svc: svc, cfg: cfg, wake: make(chan struct{}, 1), done: make(chan struct{}),
-		busy: map[int64]bool{}, suspect: map[int64]struct{}{},
+		busy: map[int64]bool{}, suspect: map[int64]struct{}{}, limit: cfg.MaxBatch,
 	}
 }
 
@@ -200,7 +204,10 @@ func (b *Batcher) enqueue(c *call) error {
 		b.mu.Unlock()
 		return fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, b.cfg.QueueSize)
 	}
-	if !c.deadline.IsZero() {
+	// An idle batcher never refuses: the request runs alone at once, and its batch refreshes
+	// the estimate (which would otherwise stay as the last batch left it).
+	idle := b.inflight == 0 && len(b.pending) == 0
+	if !c.deadline.IsZero() && !idle {
 		wait := b.expectedWaitLocked(len(b.pending))
 		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
 			b.mu.Unlock()
@@ -311,7 +318,7 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 			tooLate = append(tooLate, c) // cannot be decided in the time left
 			continue
 		}
-		take := len(batch) < b.cfg.MaxBatch
+		take := len(batch) < b.limit
 		for _, id := range c.budgets {
 			if b.busy[id] || blocked[id] {
 				take = false
@@ -387,6 +394,11 @@ func (b *Batcher) refuseLate(c *call) {
 func (b *Batcher) finished(batch []*call, n int, took time.Duration, err error) {
 	b.mu.Lock()
 	timedOut := err != nil && (errors.Is(err, store.ErrTimeout) || errors.Is(err, context.DeadlineExceeded))
+	if timedOut && n > 1 && !b.isSuspectLocked(batch[0]) {
+		b.limit = max(1, n/2)
+	} else if err == nil {
+		b.limit = min(b.cfg.MaxBatch, b.limit+max(1, b.limit/4))
+	}
 	for _, c := range batch {
 		for _, id := range c.budgets {
 			delete(b.busy, id)
