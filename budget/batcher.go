@@ -145,10 +145,7 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 	if req.ID == "" {
 		req.ID = uuidV7()
 	}
-	ids, err := b.budgetIDs(ctx, req.Subjects)
-	if err != nil {
-		return Decision{}, err
-	}
+	ids := b.budgetIDs(req.Subjects)
 	c := &call{req: req, budgets: ids, class: fmt.Sprint(ids), out: make(chan callResult, 1)}
 	c.deadline, _ = ctx.Deadline()
 	if err := b.enqueue(c); err != nil {
@@ -176,21 +173,23 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 	}
 }
 
-// budgetIDs lists the budgets of the subjects (from the definition cache; the database on a
-// miss, as Reserve would), sorted: a request's conflict set.
-func (b *Batcher) budgetIDs(ctx context.Context, subjects []Subject) ([]int64, error) {
-	bySubject, _, err := b.svc.budgetsFor(ctx, subjects)
-	if err != nil {
-		return nil, err
-	}
+// budgetIDs lists the budgets of the subjects, sorted: a request's conflict set. It reads
+// the definition cache only (a miss would cost every caller a query; the batch loads them
+// once): with a subject not cached the set is empty and the request conflicts with nothing,
+// which only costs isolation, never correctness (the database's row locks order batches).
+func (b *Batcher) budgetIDs(subjects []Subject) []int64 {
 	var ids []int64
-	for _, bs := range bySubject {
+	for _, sub := range subjects {
+		bs, ok := b.svc.budgets.Peek(sub)
+		if !ok {
+			return nil
+		}
 		for _, bu := range bs {
 			ids = append(ids, bu.ID)
 		}
 	}
 	slices.Sort(ids)
-	return slices.Compact(ids), nil
+	return slices.Compact(ids)
 }
 
 // enqueue admits c to the queue, or refuses it when it cannot be decided in time.
@@ -204,9 +203,9 @@ func (b *Batcher) enqueue(c *call) error {
 		b.mu.Unlock()
 		return fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, b.cfg.QueueSize)
 	}
-	// An idle batcher never refuses: the request runs alone at once, and its batch refreshes
-	// the estimate (which would otherwise stay as the last batch left it).
-	idle := b.inflight == 0 && len(b.pending) == 0
+	// An idle batcher (no batch in flight) never refuses: the request runs at once, and its
+	// batch refreshes the estimate, which would otherwise stay as the last batch left it.
+	idle := b.inflight == 0
 	if !c.deadline.IsZero() && !idle {
 		wait := b.expectedWaitLocked(len(b.pending))
 		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
@@ -229,7 +228,7 @@ func (b *Batcher) expectedWaitLocked(ahead int) time.Duration {
 	if b.ewmaN == 0 {
 		return 0
 	}
-	batches := (ahead + b.cfg.MaxBatch) / b.cfg.MaxBatch
+	batches := (ahead + b.limit) / b.limit
 	return time.Duration(b.ewmaDur/2 + float64(batches)*b.ewmaDur)
 }
 
@@ -300,7 +299,10 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 		return nil, 0
 	}
 	now := time.Now()
-	minLeft := b.minLeftLocked()
+	minLeft := 2 * b.cfg.Margin
+	if b.inflight > 0 { // idle: the estimate may be stale; let the batch refresh it
+		minLeft = b.minLeftLocked()
+	}
 	var (
 		batch    []*call
 		class    string
@@ -413,7 +415,7 @@ func (b *Batcher) finished(batch []*call, n int, took time.Duration, err error) 
 		}
 	}
 	if err == nil && n > 0 {
-		const alpha = 0.2
+		const alpha = 0.5 // a slow batch is forgotten within a few
 		if b.ewmaN == 0 {
 			b.ewmaDur, b.ewmaN = float64(took), float64(n)
 		} else {

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -285,6 +286,9 @@ func faultOverload(t *testing.T, bin string) {
 		default:
 			other++
 		}
+	}
+	if os.Getenv("FAULTS_DEBUG") != "" {
+		t.Log(tail(w.p.current().Log(), 20000))
 	}
 	t.Logf("overload: %d admitted, %d shed (503), %d other denials, %d failed", ok, shed, other, failed)
 	require.Positive(t, ok, "some Checks are admitted")
