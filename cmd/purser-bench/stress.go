@@ -47,6 +47,7 @@ func (b *benchRun) runNoisy(ctx context.Context) error {
 	r := &noisyResult{}
 	b.logf("noisy neighbour: baseline, %d Checks/s on the hot budget, %s deadline", noisyRate, stressTimeout)
 	r.base = bench.OpenLoopDetail(ctx, b.targets[purser], b.stressWorkload(secrets(b.hotKeys)), noisyRate, 3*time.Second)
+	b.logf("  baseline: %d OK, %d shed, %d denied, %d failed (first error: %v)", r.base.OK, r.base.Shed, r.base.Denied, r.base.Failed, r.base.FirstErr)
 
 	tx, err := b.qC.Begin(ctx)
 	if err != nil {
