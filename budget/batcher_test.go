@@ -2,6 +2,7 @@ package budget_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -296,4 +297,45 @@ func TestBatcher_StoppedRefuses(t *testing.T) {
 	_, err := b.Reserve(context.Background(), req("team:ml"))
 	require.ErrorIs(t, err, budget.ErrStopped)
 	require.ErrorIs(t, err, budget.ErrUnavailable)
+}
+
+// Above capacity a request is refused at once (ErrOverloaded), not queued to its deadline:
+// here the queue is full while a batch waits on a locked row.
+func TestBatcher_FullQueueSheds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	tb := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{QueueSize: 1})
+	_, err := b.Reserve(ctx, req("team:ml")) // the window row exists, the definition is cached
+	require.NoError(t, err)
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
+	require.NoError(t, err)
+
+	waiting, cancel := context.WithCancel(ctx)
+	errs := make(chan error, 2)
+	go func() { _, err := b.Reserve(waiting, req("team:ml")); errs <- err }() // in flight, blocked
+	waitLockWaiters(t, e, 1)
+	go func() { _, err := b.Reserve(waiting, req("team:ml")); errs <- err }() // queued behind it
+	require.Eventually(t, func() bool {
+		// A probe that finds room waits its second out (abandoned, it still fills the queue).
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := b.Reserve(c, req("team:ml"))
+		return errors.Is(err, budget.ErrOverloaded)
+	}, 20*time.Second, 5*time.Millisecond, "with the queue full a request is refused at once")
+	start := time.Now()
+	_, err = b.Reserve(ctx, req("team:ml"))
+	require.ErrorIs(t, err, budget.ErrOverloaded)
+	require.False(t, errors.Is(err, budget.ErrUnavailable), "over capacity is not ledger unavailable")
+	require.Less(t, time.Since(start), time.Second, "refused without waiting")
+	cancel()
+	require.NoError(t, tx.Rollback(ctx))
+	for range 2 {
+		err := <-errs
+		require.True(t, errors.Is(err, context.Canceled) || errors.Is(err, budget.ErrOverloaded), "the waiting callers gave up or were refused: %v", err)
+	}
+	e.requireClean(t)
 }
