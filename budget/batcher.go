@@ -4,29 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/purser-dev/purser/budget/store"
 )
 
 // BatcherConfig tunes a Batcher. The zero value means "use the defaults".
 type BatcherConfig struct {
 	// MaxBatch caps how many reservations one transaction admits (default 512).
 	MaxBatch int
-	// Lanes is how many batches may be in flight at once per process (default 1). One lane
-	// per replica keeps a hot budget's row lock uncontended inside the replica; more lanes
-	// only help when traffic is spread over many unrelated budgets.
+	// Lanes is how many batches may be in flight at once per process (default 4). Batches in
+	// flight never share a budget, so a hot budget's batches still run one at a time (its row
+	// lock stays uncontended inside the replica), while a budget stuck on a lock holds one
+	// lane, not the process: requests that do not touch it go on in the other lanes.
 	Lanes int
-	// QueueSize bounds the requests waiting per lane (default 8192); a full queue makes
-	// callers wait, within their own deadline.
+	// QueueSize bounds the requests waiting for a batch (default 8192); past it a request is
+	// refused at once with ErrOverloaded.
 	QueueSize int
-	// BatchTimeout bounds one batch's database call (default 5s). Batches run on their own
-	// context: one caller giving up must not fail its neighbours.
+	// BatchTimeout bounds one batch when none of its callers has a deadline (default 5s). A
+	// batch otherwise ends at its earliest caller's deadline less Margin: no reservation is
+	// committed after its Check's deadline.
 	BatchTimeout time.Duration
-	Logger       *slog.Logger
+	// Margin is taken off the earliest caller's deadline for the answer's way back (default
+	// 5ms).
+	Margin time.Duration
+	Logger *slog.Logger
 }
 
 func (c BatcherConfig) withDefaults() BatcherConfig {
@@ -34,7 +40,7 @@ func (c BatcherConfig) withDefaults() BatcherConfig {
 		c.MaxBatch = 512
 	}
 	if c.Lanes <= 0 {
-		c.Lanes = 1
+		c.Lanes = 4
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 8192
@@ -42,27 +48,62 @@ func (c BatcherConfig) withDefaults() BatcherConfig {
 	if c.BatchTimeout <= 0 {
 		c.BatchTimeout = 5 * time.Second
 	}
+	if c.Margin <= 0 {
+		c.Margin = 5 * time.Millisecond
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
 
-// Batcher groups concurrent reservations into batches: while one batch is in flight the next
+// ErrOverloaded is returned by Batcher.Reserve, at once, when the request cannot be decided
+// within its deadline: the queue is full, or the expected wait (the requests ahead at the
+// measured rate) exceeds the time the caller has left. Nothing was reserved; the caller may
+// retry shortly. It is not ErrUnavailable: the ledger works, it is only busy.
+var ErrOverloaded = errors.New("ledger over capacity")
+
+// Batcher groups concurrent reservations into batches: while a batch is in flight the next
 // one accumulates, and when nothing is in flight a request goes alone, so an idle system pays
 // no extra latency and a busy one pays one round trip per batch instead of per request.
-// Decisions are exactly those of serving the requests one by one in arrival order.
+// Decisions are exactly those of serving the requests one by one in arrival order: requests
+// that share a budget are taken in arrival order and never run in two batches at once.
+//
+// Isolation: up to Lanes batches run at once on disjoint sets of budgets, each ending at its
+// earliest caller's deadline (the database gives up by itself then: lock_timeout and
+// statement_timeout, see store.ServerTimeout). The budgets of a batch that timed out are
+// suspect until one of their batches succeeds: a request touching a suspect budget is batched
+// only with requests of the same budgets, so a budget stuck on a lock delays only the
+// requests that touch it.
+//
+// Admission: a request that cannot be decided within its deadline is refused at once with
+// ErrOverloaded instead of queueing to its deadline.
 //
 // Run must be running for Reserve to make progress.
 type Batcher struct {
-	svc   *Service
-	cfg   BatcherConfig
-	lanes []chan *call
-	done  chan struct{} // closed when Run has returned
-	once  sync.Once
+	svc  *Service
+	cfg  BatcherConfig
+	wake chan struct{} // buffered 1: a request arrived or a batch ended
+	done chan struct{} // closed when Run has returned
+	once sync.Once
+
+	mu       sync.Mutex
+	pending  []*call
+	busy     map[int64]bool     // budgets of batches in flight
+	suspect  map[int64]struct{} // budgets whose last batch timed out
+	inflight int
+	stopping bool
+	// limit is the current batch size cap (at most MaxBatch): halved when a batch of clean
+	// budgets times out, grown again by a quarter with every batch that succeeds, so a batch
+	// too large to finish within its callers' deadlines does not fail again and again.
+	limit int
+	// Measured service (successful batches only): exponentially weighted batch duration and
+	// size, for the expected wait of a new request.
+	ewmaDur, ewmaN float64
 
 	batches  atomic.Int64
 	reserved atomic.Int64
+	shed     atomic.Int64
 }
 
 // call states: the worker and the caller agree through one CAS on who owns the outcome.
@@ -73,9 +114,12 @@ const (
 )
 
 type call struct {
-	req   ReserveRequest
-	state atomic.Int32
-	out   chan callResult // buffered 1
+	req      ReserveRequest
+	budgets  []int64   // ids of the budgets of the request's subjects: its conflict set
+	class    string    // the budgets as a key: suspect requests batch only within their class
+	deadline time.Time // zero: none
+	state    atomic.Int32
+	out      chan callResult // buffered 1
 }
 
 type callResult struct {
@@ -86,11 +130,10 @@ type callResult struct {
 // NewBatcher returns a Batcher in front of svc.
 func NewBatcher(svc *Service, cfg BatcherConfig) *Batcher {
 	cfg = cfg.withDefaults()
-	b := &Batcher{svc: svc, cfg: cfg, done: make(chan struct{})}
-	for range cfg.Lanes {
-		b.lanes = append(b.lanes, make(chan *call, cfg.QueueSize))
+	return &Batcher{
+		svc: svc, cfg: cfg, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		busy: map[int64]bool{}, suspect: map[int64]struct{}{}, limit: cfg.MaxBatch,
 	}
-	return b
 }
 
 // ErrStopped is returned by Reserve after the Batcher stopped.
@@ -105,14 +148,15 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 	if req.ID == "" {
 		req.ID = uuidV7()
 	}
-	c := &call{req: req, out: make(chan callResult, 1)}
-	lane := b.lanes[b.laneOf(&req)]
-	select {
-	case lane <- c:
-	case <-ctx.Done():
-		return Decision{}, ctx.Err()
-	case <-b.done:
-		return Decision{}, ErrStopped
+	ids := b.budgetIDs(req.Subjects)
+	c := &call{req: req, budgets: ids, class: fmt.Sprint(ids), out: make(chan callResult, 1)}
+	c.deadline, _ = ctx.Deadline()
+	if err := b.enqueue(c); err != nil {
+		if errors.Is(err, ErrOverloaded) {
+			b.shed.Add(1)
+			b.svc.cfg.Metrics.shedN(ctx, "queue", 1)
+		}
+		return Decision{}, err
 	}
 	select {
 	case r := <-c.out:
@@ -132,15 +176,77 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 	}
 }
 
-func (b *Batcher) laneOf(r *ReserveRequest) int {
-	if len(b.lanes) == 1 || len(r.Subjects) == 0 {
+// budgetIDs lists the budgets of the subjects, sorted: a request's conflict set. It reads
+// the definition cache only (a miss would cost every caller a query; the batch loads them
+// once): with a subject not cached the set is empty and the request conflicts with nothing,
+// which only costs isolation, never correctness (the database's row locks order batches).
+func (b *Batcher) budgetIDs(subjects []Subject) []int64 {
+	var ids []int64
+	for _, sub := range subjects {
+		bs, ok := b.svc.budgets.Peek(sub)
+		if !ok {
+			return nil
+		}
+		for _, bu := range bs {
+			ids = append(ids, bu.ID)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// enqueue admits c to the queue, or refuses it when it cannot be decided in time.
+func (b *Batcher) enqueue(c *call) error {
+	b.mu.Lock()
+	if b.stopping {
+		b.mu.Unlock()
+		return ErrStopped
+	}
+	if len(b.pending) >= b.cfg.QueueSize {
+		b.mu.Unlock()
+		return fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, b.cfg.QueueSize)
+	}
+	// An idle batcher (no batch in flight) never refuses: the request runs at once, and its
+	// batch refreshes the estimate, which would otherwise stay as the last batch left it.
+	idle := b.inflight == 0
+	if !c.deadline.IsZero() && !idle {
+		wait := b.expectedWaitLocked(len(b.pending))
+		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
+			b.mu.Unlock()
+			return fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
+		}
+	}
+	b.pending = append(b.pending, c)
+	b.mu.Unlock()
+	b.signal()
+	return nil
+}
+
+// expectedWaitLocked is how long a request arriving behind ahead others should wait for its
+// answer: what is left of the batch in flight (half a batch on average), then one batch per
+// MaxBatch requests ahead, its own included, at the measured batch duration. A batch costs
+// mostly its round trip and commit, so requests ahead count in batches, not one by one.
+// Before anything was measured it is zero.
+func (b *Batcher) expectedWaitLocked(ahead int) time.Duration {
+	if b.ewmaN == 0 {
 		return 0
 	}
-	h := fnv.New32a()
-	for _, s := range r.Subjects {
-		_, _ = h.Write([]byte(s))
+	batches := (ahead + b.limit) / b.limit
+	return time.Duration(b.ewmaDur/2 + float64(batches)*b.ewmaDur)
+}
+
+// minLeftLocked is the least time a request must have left to join a batch: one batch
+// duration and a half (the batch ends at its earliest caller's deadline, so a request that
+// joins with less would doom its batch mates too), and never less than two margins.
+func (b *Batcher) minLeftLocked() time.Duration {
+	return max(2*b.cfg.Margin, time.Duration(1.5*b.ewmaDur))
+}
+
+func (b *Batcher) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
 	}
-	return int(h.Sum32() % uint32(len(b.lanes)))
 }
 
 // Stats reports how many batches ran and how many reservations they carried.
@@ -148,50 +254,192 @@ func (b *Batcher) Stats() (batches, reservations int64) {
 	return b.batches.Load(), b.reserved.Load()
 }
 
+// Shed reports how many requests were refused with ErrOverloaded.
+func (b *Batcher) Shed() int64 { return b.shed.Load() }
+
 // Run processes batches until ctx ends; requests still queued then are refused with
 // ErrStopped. Run once.
 func (b *Batcher) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, lane := range b.lanes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			b.work(ctx, lane)
-		}()
-	}
-	wg.Wait()
-	b.once.Do(func() { close(b.done) })
-	for _, lane := range b.lanes { // nothing else receives now
-		for len(lane) > 0 {
-			b.deliver(<-lane, callResult{err: ErrStopped})
-		}
-	}
-}
-
-func (b *Batcher) work(ctx context.Context, lane chan *call) {
-	batch := make([]*call, 0, b.cfg.MaxBatch)
 	for {
-		batch = batch[:0]
 		select {
 		case <-ctx.Done():
-			return
-		case c := <-lane:
-			batch = append(batch, c)
-		}
-	fill:
-		for len(batch) < b.cfg.MaxBatch {
-			select {
-			case c := <-lane:
-				batch = append(batch, c)
-			default:
-				break fill
+			b.mu.Lock()
+			b.stopping = true
+			b.mu.Unlock()
+			wg.Wait()
+			b.once.Do(func() { close(b.done) })
+			b.mu.Lock()
+			rest := b.pending
+			b.pending = nil
+			b.mu.Unlock()
+			for _, c := range rest {
+				b.deliver(c, callResult{err: ErrStopped})
 			}
+			return
+		case <-b.wake:
 		}
-		b.runBatch(ctx, batch)
+		for {
+			batch, timeout := b.next()
+			if len(batch) == 0 {
+				break
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b.runBatch(ctx, batch, timeout)
+			}()
+		}
 	}
 }
 
-func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
+// next takes the next batch when a lane is free: the oldest waiting requests that touch no
+// budget in flight, in arrival order per budget. It marks the batch's budgets busy.
+func (b *Batcher) next() ([]*call, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inflight >= b.cfg.Lanes || len(b.pending) == 0 {
+		return nil, 0
+	}
+	now := time.Now()
+	minLeft := 2 * b.cfg.Margin
+	if b.inflight > 0 { // idle: the estimate may be stale; let the batch refresh it
+		minLeft = b.minLeftLocked()
+	}
+	var (
+		batch    []*call
+		class    string
+		suspect  bool
+		blocked  map[int64]bool // budgets of requests left waiting: later ones wait too
+		earliest time.Time
+		tooLate  []*call
+	)
+	keep := b.pending[:0]
+	for _, c := range b.pending {
+		if c.state.Load() == callAbandoned {
+			continue // its caller is gone and nothing was reserved yet: drop it
+		}
+		if !c.deadline.IsZero() && c.deadline.Sub(now) < minLeft {
+			tooLate = append(tooLate, c) // cannot be decided in the time left
+			continue
+		}
+		take := len(batch) < b.limit
+		for _, id := range c.budgets {
+			if b.busy[id] || blocked[id] {
+				take = false
+				break
+			}
+		}
+		if take {
+			sus := b.isSuspectLocked(c)
+			switch {
+			case len(batch) == 0:
+				class, suspect = c.class, sus
+			case suspect || sus:
+				take = suspect && sus && c.class == class
+			}
+		}
+		if !take {
+			if blocked == nil {
+				blocked = map[int64]bool{}
+			}
+			for _, id := range c.budgets {
+				blocked[id] = true
+			}
+			keep = append(keep, c)
+			continue
+		}
+		batch = append(batch, c)
+		if !c.deadline.IsZero() && (earliest.IsZero() || c.deadline.Before(earliest)) {
+			earliest = c.deadline
+		}
+	}
+	clear(b.pending[len(keep):])
+	b.pending = keep
+	for _, c := range tooLate {
+		b.refuseLate(c)
+	}
+	if len(batch) == 0 {
+		return nil, 0
+	}
+	for _, c := range batch {
+		for _, id := range c.budgets {
+			b.busy[id] = true
+		}
+	}
+	b.inflight++
+	timeout := b.cfg.BatchTimeout
+	if !earliest.IsZero() {
+		timeout = min(timeout, earliest.Sub(now)-b.cfg.Margin)
+	}
+	return batch, timeout
+}
+
+func (b *Batcher) isSuspectLocked(c *call) bool {
+	if len(b.suspect) == 0 {
+		return false
+	}
+	for _, id := range c.budgets {
+		if _, ok := b.suspect[id]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// refuseLate answers a waiting request whose deadline is too close for any batch.
+func (b *Batcher) refuseLate(c *call) {
+	if b.deliver(c, callResult{err: fmt.Errorf("%w: deadline too close to run a batch", ErrOverloaded)}) {
+		b.shed.Add(1)
+		b.svc.cfg.Metrics.shedN(context.Background(), "deadline", 1)
+	}
+}
+
+// finished releases a batch's budgets and records how it went.
+func (b *Batcher) finished(batch []*call, n int, took time.Duration, err error) {
+	b.mu.Lock()
+	timedOut := err != nil && (errors.Is(err, store.ErrTimeout) || errors.Is(err, context.DeadlineExceeded))
+	if timedOut && n > 1 && !b.isSuspectLocked(batch[0]) {
+		b.limit = max(1, n/2)
+	} else if err == nil {
+		b.limit = min(b.cfg.MaxBatch, b.limit+max(1, b.limit/4))
+	}
+	for _, c := range batch {
+		for _, id := range c.budgets {
+			delete(b.busy, id)
+			switch {
+			case timedOut:
+				if len(b.suspect) < maxSuspects {
+					b.suspect[id] = struct{}{}
+				}
+			case err == nil:
+				delete(b.suspect, id)
+			}
+		}
+	}
+	if err == nil && n > 0 {
+		const alpha = 0.5 // a slow batch is forgotten within a few
+		if b.ewmaN == 0 {
+			b.ewmaDur, b.ewmaN = float64(took), float64(n)
+		} else {
+			b.ewmaDur += alpha * (float64(took) - b.ewmaDur)
+			b.ewmaN += alpha * (float64(n) - b.ewmaN)
+		}
+	}
+	b.inflight--
+	b.mu.Unlock()
+	b.signal()
+}
+
+// maxSuspects bounds the suspect set (a database down times out every budget).
+const maxSuspects = 10_000
+
+// voidTimeout bounds the release of holds whose callers have gone: its own context, never the
+// batch's (which may have expired with the callers).
+const voidTimeout = 2 * time.Second
+
+func (b *Batcher) runBatch(ctx context.Context, batch []*call, timeout time.Duration) {
+	start := time.Now()
 	live := make([]*call, 0, len(batch))
 	reqs := make([]ReserveRequest, 0, len(batch))
 	for _, c := range batch {
@@ -206,12 +454,15 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
 		reqs = append(reqs, c.req)
 	}
 	if len(reqs) == 0 {
+		b.finished(batch, 0, 0, nil)
 		return
 	}
-	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.BatchTimeout)
-	defer cancel()
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	ds, err := b.svc.Reserve(bctx, reqs)
-	b.svc.cfg.Metrics.batch(bctx, len(reqs))
+	cancel()
+	took := time.Since(start)
+	b.finished(batch, len(reqs), took, err)
+	b.svc.cfg.Metrics.batch(ctx, len(reqs))
 	b.batches.Add(1)
 	b.reserved.Add(int64(len(reqs)))
 
@@ -226,32 +477,39 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call) {
 			if err == nil {
 				answered[ds[i].ReservationID] = true
 			}
-		} else if err != nil || ds[i].Outcome == Admitted {
+		} else if err == nil && ds[i].Outcome == Admitted {
 			orphans = append(orphans, c.req.ID)
 		}
 	}
 	// A repeat of the same Check in this batch was answered with an orphan's reservation:
 	// that request goes upstream on it, so it stays.
 	orphans = slices.DeleteFunc(orphans, func(id string) bool { return answered[id] })
+	cause := "caller_gone"
 	if err != nil {
-		// The outcome is unknown (the commit may have happened): release every hold the
-		// batch may have made. Unknown ids are harmless; if this fails too, the holds expire.
-		orphans = orphans[:0]
-		for _, c := range live {
-			orphans = append(orphans, c.req.ID)
+		b.cfg.Logger.LogAttrs(ctx, slog.LevelError, "reservation batch failed",
+			slog.Int("size", len(reqs)), slog.Duration("timeout", timeout), slog.String("error", err.Error()))
+		if !errors.Is(err, store.ErrTimeout) && !errors.Is(err, ErrInvalid) {
+			// The outcome is unknown (the commit may have happened): release every hold the
+			// batch may have made. Unknown ids are harmless; if this fails too, the holds
+			// expire. A server-side timeout rolled back: nothing to release.
+			cause = "reserve_error"
+			for _, c := range live {
+				orphans = append(orphans, c.req.ID)
+			}
 		}
-		b.cfg.Logger.LogAttrs(bctx, slog.LevelError, "reservation batch failed",
-			slog.Int("size", len(reqs)), slog.String("error", err.Error()))
 	}
 	if len(orphans) > 0 {
-		cause := "caller_gone"
-		if err != nil {
-			cause = "reserve_error"
-		}
-		if _, verr := b.svc.voidTentative(bctx, orphans, cause); verr != nil && !errors.Is(verr, context.Canceled) {
-			b.cfg.Logger.LogAttrs(bctx, slog.LevelWarn, "could not void abandoned reservations; they will expire",
-				slog.Int("count", len(orphans)), slog.String("error", verr.Error()))
-		}
+		b.voidOrphans(ctx, orphans, cause)
+	}
+}
+
+// voidOrphans releases holds no caller received, on their own short context.
+func (b *Batcher) voidOrphans(ctx context.Context, ids []string, cause string) {
+	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), voidTimeout)
+	defer cancel()
+	if _, err := b.svc.voidTentative(vctx, ids, cause); err != nil {
+		b.cfg.Logger.LogAttrs(vctx, slog.LevelWarn, "could not void abandoned reservations; they will expire",
+			slog.Int("count", len(ids)), slog.String("error", err.Error()))
 	}
 }
 

@@ -95,6 +95,17 @@ func TestBatcher_HotBudgetExact(t *testing.T) {
 	e.requireClean(t)
 }
 
+// waitLockWaiters waits until n backends of the test's database wait on a lock.
+func waitLockWaiters(t *testing.T, e *env, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var got int
+		err := e.schema.Pool.QueryRow(context.Background(),
+			`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&got)
+		return err == nil && got >= n
+	}, 10*time.Second, 5*time.Millisecond, "want %d backends waiting on a lock", n)
+}
+
 // A caller that gives up while its batch is in flight must not leave a hold behind.
 func TestBatcher_AbandonedReservationIsVoided(t *testing.T) {
 	t.Parallel()
@@ -112,23 +123,25 @@ func TestBatcher_AbandonedReservationIsVoided(t *testing.T) {
 	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
 	require.NoError(t, err)
 
-	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	defer cancel()
+	gone, cancel := context.WithCancel(ctx) // no deadline: the batch waits for the lock
 	r := req("team:ml")
 	r.ID = "018f0000-0000-7000-8000-00000000abcd"
-	_, err = b.Reserve(short, r)
-	require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
-	require.NoError(t, tx.Rollback(ctx)) // the blocked batch now commits
+	errc := make(chan error, 1)
+	go func() { _, err := b.Reserve(gone, r); errc <- err }()
+	waitLockWaiters(t, e, 1)
+	cancel()
+	require.ErrorIs(t, <-errc, context.Canceled)
+	require.NoError(t, tx.Rollback(ctx)) // the blocked batch now commits, then voids
 
-	// The next request runs in the worker's next batch, after the void of the abandoned one.
-	_, err = b.Reserve(ctx, req("team:ml"))
-	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		res, err := e.svc.Reservation(ctx, r.ID)
+		return err == nil && res.State == "voided"
+	}, 10*time.Second, 5*time.Millisecond, "the abandoned reservation is voided")
 	res, err := e.svc.Reservation(ctx, r.ID)
 	require.NoError(t, err)
-	require.Equal(t, "voided", res.State)
 	require.Equal(t, "caller_gone", *res.Cause)
 	_, pending := e.window(t, tb.ID, start)
-	require.Equal(t, int64(20), pending, "only the two delivered reservations hold budget")
+	require.Equal(t, int64(10), pending, "only the delivered reservation holds budget")
 	e.requireClean(t)
 }
 
@@ -149,14 +162,22 @@ func TestBatcher_RetryAfterAbandonReservesAfresh(t *testing.T) {
 	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
 	require.NoError(t, err)
 	r := req("team:ml")
+	r.ID = "018f0000-0000-7000-8000-00000000abce"
 	r.IdempotencyKey = []byte("key|req-1|stream-1")
-	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	defer cancel()
-	_, err = b.Reserve(short, r)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	gone, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { _, err := b.Reserve(gone, r); errc <- err }()
+	waitLockWaiters(t, e, 1)
+	cancel()
+	require.ErrorIs(t, <-errc, context.Canceled)
 	require.NoError(t, tx.Rollback(ctx))
+	require.Eventually(t, func() bool {
+		res, err := e.svc.Reservation(ctx, r.ID)
+		return err == nil && res.State == "voided"
+	}, 10*time.Second, 5*time.Millisecond, "the abandoned reservation is voided")
 
-	retry, err := b.Reserve(ctx, r) // runs after the abandoned batch and its release
+	r.ID = ""
+	retry, err := b.Reserve(ctx, r)
 	require.NoError(t, err)
 	require.Equal(t, budget.Admitted, retry.Outcome)
 	got, err := e.svc.Reservation(ctx, retry.ReservationID)
@@ -164,6 +185,103 @@ func TestBatcher_RetryAfterAbandonReservesAfresh(t *testing.T) {
 	require.Equal(t, "pending", got.State, "the retry's request goes upstream on a live hold")
 	_, pending := e.window(t, tb.ID, start)
 	require.Equal(t, int64(20), pending)
+	e.requireClean(t)
+}
+
+// A batch that cannot finish before its caller's deadline gives up in the database (its
+// lock_timeout) and leaves nothing behind: no hold written, none to void.
+func TestBatcher_DeadlineRollsBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	tb := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{})
+	first, err := b.Reserve(ctx, req("team:ml"))
+	require.NoError(t, err)
+	start := first.Budgets[0].Window.Start
+
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	r := req("team:ml")
+	r.ID = "018f0000-0000-7000-8000-00000000abcf"
+	_, err = b.Reserve(short, r)
+	require.Error(t, err, "the locked budget cannot be decided in time")
+	require.NoError(t, tx.Rollback(ctx))
+
+	_, err = e.svc.Reservation(ctx, r.ID)
+	require.ErrorIs(t, err, budget.ErrNotFound, "the timed-out batch rolled back: no hold was ever written")
+	require.Zero(t, e.count(t, `SELECT count(*) FROM reservations WHERE state = 'voided'`), "nothing written then voided")
+	_, pending := e.window(t, tb.ID, start)
+	require.Equal(t, int64(10), pending)
+	e.requireClean(t)
+}
+
+// A budget whose window row is locked delays only the requests that touch it: another
+// tenant's requests keep being decided within their deadlines while it stays locked.
+func TestBatcher_LockedBudgetDelaysOnlyItsRequests(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	locked := e.budget(t, budget.Definition{Name: "a", Subject: "team:a", Limit: 1_000_000, Window: "month", Hard: true})
+	e.budget(t, budget.Definition{Name: "b", Subject: "team:b", Limit: 1_000_000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{})
+	for _, s := range []budget.Subject{"team:a", "team:b"} {
+		_, err := b.Reserve(ctx, req(s)) // window rows exist
+		require.NoError(t, err)
+	}
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, locked.ID)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+
+	// The locked tenant keeps asking (each attempt waits for its own deadline) while the other
+	// tenant's callers run: their deadlines are far shorter than the lock.
+	stop := make(chan struct{})
+	var noisy sync.WaitGroup
+	for range 4 {
+		noisy.Add(1)
+		go func() {
+			defer noisy.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				_, _ = b.Reserve(c, req("team:a"))
+				cancel()
+			}
+		}()
+	}
+	waitLockWaiters(t, e, 1) // a batch of team:a waits behind the lock
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	const callers, each = 8, 25
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				c, cancel := context.WithTimeout(ctx, 2*time.Second)
+				d, err := b.Reserve(c, req("team:b"))
+				cancel()
+				if err != nil || d.Outcome != budget.Admitted {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	noisy.Wait()
+	require.Zero(t, failed.Load(), "the unrelated tenant's %d requests all succeed while team:a is locked", callers*each)
+	require.NoError(t, tx.Rollback(ctx))
 	e.requireClean(t)
 }
 
@@ -179,4 +297,45 @@ func TestBatcher_StoppedRefuses(t *testing.T) {
 	_, err := b.Reserve(context.Background(), req("team:ml"))
 	require.ErrorIs(t, err, budget.ErrStopped)
 	require.ErrorIs(t, err, budget.ErrUnavailable)
+}
+
+// Above capacity a request is refused at once (ErrOverloaded), not queued to its deadline:
+// here the queue is full while a batch waits on a locked row.
+func TestBatcher_FullQueueSheds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	tb := e.budget(t, budget.Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	b := startBatcher(t, e.svc, budget.BatcherConfig{QueueSize: 1})
+	_, err := b.Reserve(ctx, req("team:ml")) // the window row exists, the definition is cached
+	require.NoError(t, err)
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
+	require.NoError(t, err)
+
+	waiting, cancel := context.WithCancel(ctx)
+	errs := make(chan error, 2)
+	go func() { _, err := b.Reserve(waiting, req("team:ml")); errs <- err }() // in flight, blocked
+	waitLockWaiters(t, e, 1)
+	go func() { _, err := b.Reserve(waiting, req("team:ml")); errs <- err }() // queued behind it
+	require.Eventually(t, func() bool {
+		// A probe that finds room waits its second out (abandoned, it still fills the queue).
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := b.Reserve(c, req("team:ml"))
+		return errors.Is(err, budget.ErrOverloaded)
+	}, 20*time.Second, 5*time.Millisecond, "with the queue full a request is refused at once")
+	start := time.Now()
+	_, err = b.Reserve(ctx, req("team:ml"))
+	require.ErrorIs(t, err, budget.ErrOverloaded)
+	require.False(t, errors.Is(err, budget.ErrUnavailable), "over capacity is not ledger unavailable")
+	require.Less(t, time.Since(start), time.Second, "refused without waiting")
+	cancel()
+	require.NoError(t, tx.Rollback(ctx))
+	for range 2 {
+		err := <-errs
+		require.True(t, errors.Is(err, context.Canceled) || errors.Is(err, budget.ErrOverloaded), "the waiting callers gave up or were refused: %v", err)
+	}
+	e.requireClean(t)
 }

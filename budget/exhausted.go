@@ -21,7 +21,7 @@ import (
 //     settlement below its hold, a void, a late entry refunding an expiry, a grant, a limit
 //     change or deletion, a new window — drops the entry: definitions through the
 //     purser_changes notification (Invalidate), a window's spend going down through the
-//     purser_room notification of migrations/011 (trigger on budget_windows), a new window
+//     purser_room notification of migrations/010 (trigger on budget_windows), a new window
 //     because entries are keyed by the window's start, and a grant scheduled to start later
 //     because the watch reports when (the entry is not trusted past it).
 //   - purser_room fires only for budgets some replica watches. A replica watches a budget

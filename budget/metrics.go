@@ -19,6 +19,7 @@ type Metrics struct {
 	templates   metric.Int64Counter
 	batchSize   metric.Int64Histogram
 	storm       metric.Int64Counter
+	shed        metric.Int64Counter
 }
 
 // NewMetrics creates the instruments on meter.
@@ -62,6 +63,10 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithDescription("Reservations denied from memory (a remembered exhausted budget window), without a database round trip; also counted in purser.reservations")); err != nil {
 		return nil, fmt.Errorf("metric purser.reservations.storm_denied: %w", err)
 	}
+	if m.shed, err = meter.Int64Counter("purser.reservations.shed",
+		metric.WithDescription("Reservations refused at once as over capacity (answered 503 with Retry-After), by reason (queue: the expected wait exceeded the caller's deadline or the queue was full; deadline: the deadline came too close while waiting)")); err != nil {
+		return nil, fmt.Errorf("metric purser.reservations.shed: %w", err)
+	}
 	return &m, nil
 }
 
@@ -70,6 +75,13 @@ func (m *Metrics) stormDenied(ctx context.Context) {
 		return
 	}
 	m.storm.Add(ctx, 1)
+}
+
+func (m *Metrics) shedN(ctx context.Context, reason string, n int64) {
+	if m == nil {
+		return
+	}
+	m.shed.Add(ctx, n, metric.WithAttributes(attribute.String("reason", reason)))
 }
 
 func (m *Metrics) batch(ctx context.Context, n int) {

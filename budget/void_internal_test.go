@@ -3,6 +3,7 @@ package budget
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -58,4 +59,27 @@ func TestVoidTentative_RespectsRepeatedCheck(t *testing.T) {
 	var pending int64
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT pending FROM budget_windows`).Scan(&pending))
 	require.Equal(t, int64(20), pending, "the kept first reservation and the fresh one")
+}
+
+// The release of holds whose callers have gone runs on its own context: a batch context that
+// expired (the callers' deadlines passed) must not lose it, or the holds would expire charged.
+func TestBatcher_VoidOutlivesBatchContext(t *testing.T) {
+	t.Parallel()
+	s := pgtest.New(t)
+	st := store.New(s.Pool)
+	svc := New(st, st, Config{})
+	ctx := context.Background()
+	_, err := svc.CreateBudget(ctx, "t", Definition{Name: "team", Subject: "team:ml", Limit: 1000, Window: "month", Hard: true})
+	require.NoError(t, err)
+	ds, err := svc.Reserve(ctx, []ReserveRequest{{Subjects: []Subject{"team:ml"}, Cost: 10}})
+	require.NoError(t, err)
+	id := ds[0].ReservationID
+
+	expired, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	b := NewBatcher(svc, BatcherConfig{})
+	b.voidOrphans(expired, []string{id}, "caller_gone")
+	got, err := svc.Reservation(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "voided", got.State, "the void ran although the batch's context had expired")
 }

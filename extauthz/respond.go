@@ -252,7 +252,7 @@ func (s *Server) denied(r *request.Request, v verdict) *authv3.CheckResponse {
 		// (openai-go and anthropic-sdk-go internal/requestconfig: shouldRetry).
 		hs = append(hs, header("x-should-retry", "false"))
 	}
-	if v.reason == "new_subject_rate_limited" {
+	if v.reason == "new_subject_rate_limited" || v.reason == ReasonOverloaded {
 		hs = append(hs, header("retry-after", "1"))
 	}
 	if v.status == 429 && v.decision != nil && v.decision.DeniedBy != nil {
@@ -292,6 +292,8 @@ func grpcCodeFor(httpStatus int) code.Code {
 		return code.Code_UNAUTHENTICATED
 	case 403:
 		return code.Code_PERMISSION_DENIED
+	case 503:
+		return code.Code_UNAVAILABLE
 	}
 	return code.Code_INVALID_ARGUMENT
 }

@@ -159,6 +159,11 @@ func (s *Server) decide(ctx context.Context, r *request.Request, start time.Time
 	}
 	rr.IdempotencyKey = idempotencyKey(rr.KeyID, v.subjects, r, start)
 	d, err := s.res.Reserve(ctx, rr)
+	if errors.Is(err, budget.ErrOverloaded) {
+		// Shed at once, on every route (even one that fails open: the ledger works, it is
+		// busy): a denied answer, so Envoy's failure mode and version do not matter.
+		return deny(v, 503, ReasonOverloaded, "purser is over capacity: retry in a moment")
+	}
 	if err != nil {
 		return s.cannotDecide(r, v, err)
 	}
@@ -179,6 +184,10 @@ func (s *Server) decide(ctx context.Context, r *request.Request, start time.Time
 	}
 	return v
 }
+
+// ReasonOverloaded is the reason of a request shed because purser could not decide it within
+// its deadline (503 with Retry-After; nothing was reserved).
+const ReasonOverloaded = "overloaded"
 
 // ReasonExceedsBudget is the reason of a request whose worst case is larger than a hard
 // budget's whole effective limit: it cannot be admitted even in an empty window.

@@ -480,6 +480,39 @@ func (failingReserver) Reserve(context.Context, budget.ReserveRequest) (budget.D
 	return budget.Decision{}, budget.ErrUnavailable
 }
 
+type overloadedReserver struct{}
+
+func (overloadedReserver) Reserve(context.Context, budget.ReserveRequest) (budget.Decision, error) {
+	return budget.Decision{}, fmt.Errorf("%w: expected wait 300ms, 150ms left", budget.ErrOverloaded)
+}
+
+// Shedding answers at once with a denial Envoy sends as is: 503 with Retry-After, on every
+// route (a fail-open route too: the ledger works, it is busy), whatever Envoy's failure mode.
+func TestCheck_OverloadedIsShed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := serve(t, extauthz.Config{}, overloadedReserver{})
+	_, secret := h.key(t, "team:ml")
+	for i, ext := range []map[string]string{nil, {"failure_policy": "open", "route": "batch-jobs"}} {
+		req := withKey(fixture(t, "openai_chat"), secret, i+1)
+		req.Attributes.ContextExtensions = ext
+		resp, err := h.client.Check(ctx, req)
+		require.NoError(t, err, "shedding is an answer, not a gRPC error")
+		d := resp.GetDeniedResponse()
+		require.NotNil(t, d, "want a denied response, got %v", resp)
+		require.Equal(t, int32(codes.Unavailable), resp.GetStatus().GetCode())
+		require.EqualValues(t, 503, d.GetStatus().GetCode())
+		hs := map[string]string{}
+		for _, h := range d.GetHeaders() {
+			hs[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		}
+		require.Equal(t, "1", hs["retry-after"], "want Retry-After, got %v", hs)
+		require.Equal(t, extauthz.ReasonOverloaded, hs[extauthz.HeaderReason])
+		require.Empty(t, meta(resp, extauthz.MetaReservationID))
+	}
+	require.Equal(t, map[string]int64{"denied/overloaded": 2}, h.counter(t, "purser.check.decisions", "decision,reason"))
+}
+
 func TestCheck_CannotDecide(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

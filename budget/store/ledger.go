@@ -137,7 +137,7 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 		resid  []*string
 	)
 	call := func(checkIdem bool) error {
-		return s.pool.QueryRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
+		return s.hotRow(ctx, `SELECT out_status, out_reservation_id::text[], out_deny_line, out_line_limit, out_line_used FROM purser_reserve(
 		r_id => @r_id::uuid[], r_idem => @r_idem, r_ttl_ms => @r_ttl_ms, r_key_id => @r_key_id,
 		r_subjects => @r_subjects, r_provider => @r_provider, r_flavor => @r_flavor, r_model => @r_model,
 		r_route => @r_route, r_request_id => @r_request_id, r_hold_cost => @r_hold_cost,
@@ -239,7 +239,7 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 		}
 	}
 	out := make([]SettleOutcome, 0, n)
-	q, err := s.pool.Query(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle(
+	q, err := s.hotQuery(ctx, `SELECT out_id::text, out_outcome, out_overrun FROM purser_settle(
 		s_id => @s_id::uuid[], s_void => @s_void, s_tentative => @s_tentative, s_hold => @s_hold,
 		s_cost => @s_cost, s_tokens => @s_tokens, s_usage => @s_usage::jsonb[], s_catalog => @s_catalog,
 		s_cause => @s_cause)`,

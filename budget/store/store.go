@@ -23,6 +23,9 @@ var (
 	ErrBudgetNameTaken = errors.New("a budget with this name already exists on this subject")
 	// ErrTemplateNameTaken: a live template has the name (a *ConflictError).
 	ErrTemplateNameTaken = errors.New("a template with this name already exists")
+	// ErrTimeout (with ErrUnavailable) is a statement the server cancelled at its
+	// lock_timeout or statement_timeout: its transaction rolled back, nothing was written.
+	ErrTimeout = errors.New("database gave up at the deadline")
 )
 
 // conflictKinds names the unique constraints callers tell apart. The constraint names are the
@@ -82,6 +85,8 @@ func interpret(err error) error {
 		switch pgErr.Code {
 		case "23505": // unique_violation
 			return &ConflictError{Constraint: pgErr.ConstraintName, Err: pgErr}
+		case "55P03", "57014": // lock_not_available, query_canceled (lock_timeout, statement_timeout)
+			return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrTimeout, err)
 		case "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006":
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}

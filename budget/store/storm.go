@@ -9,7 +9,7 @@ import (
 )
 
 // WatchBudget makes every later change that adds room to the budget's windows notify
-// purser_room (migrations/011), for ttl on the database clock. It returns how long until the
+// purser_room (migrations/010), for ttl on the database clock. It returns how long until the
 // next of the budget's grants starts (a grant starting later adds room without a change to
 // notify), or a negative duration when none is scheduled.
 func (s *Store) WatchBudget(ctx context.Context, budgetID int64, ttl time.Duration) (time.Duration, error) {

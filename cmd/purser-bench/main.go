@@ -40,7 +40,7 @@ func main() {
 }
 
 // scenarios, in the order they run.
-var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "storm", "replicas", "partition"}
+var allScenarios = []string{"hot", "zipf", "open", "settle", "burst", "storm", "replicas", "partition", "noisy", "overload"}
 
 type config struct {
 	duration, warmup, cooldown time.Duration

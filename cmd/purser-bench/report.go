@@ -42,7 +42,7 @@ func (b *benchRun) render() string {
 	}
 	p(". Load average at start %s, at end %s.\n\n", m.LoadAvg, bench.LoadAvg())
 	p("The load generator, the in-process baselines, the purser subprocess and Postgres share these cores with whatever else runs on the machine (the *other load* column: cores used by other processes during each measured window). Absolute numbers drift with that load; the ratios compare runs of the same minutes.\n\n")
-	p("**Servers.** *allow-all*: an Authorization server that answers OK without looking at the request (the ceiling of the gRPC path); it and *original* are served in the bench process with `purser serve`'s gRPC options and codec (`bench.NewGRPCServer`). *original*: the original service's strategy on purser's schema: per request one transaction — `SELECT … FOR UPDATE` of the budget window row (budget-id order; each request here has one applicable budget, so the order changes nothing), check `posted + pending + amount <= limit`, `UPDATE` pending, `INSERT` the reservation and its hold, `COMMIT`; pool of %d connections; purser's parser, key lookup, price catalog and bound around it. *purser*: the `purser serve` binary built from ./cmd/purser, `-hot-pool-size %d`, default batcher (one lane, batches up to 512). Each server has its own fresh database; each is driven over %d HTTP/2 connections with the fixtures %s, every request with its own x-request-id and stream id; the generator encodes with the same codec (go-control-plane's generated marshallers), the cheapest client it can be on shared cores.\n\n",
+	p("**Servers.** *allow-all*: an Authorization server that answers OK without looking at the request (the ceiling of the gRPC path); it and *original* are served in the bench process with `purser serve`'s gRPC options and codec (`bench.NewGRPCServer`). *original*: the original service's strategy on purser's schema: per request one transaction — `SELECT … FOR UPDATE` of the budget window row (budget-id order; each request here has one applicable budget, so the order changes nothing), check `posted + pending + amount <= limit`, `UPDATE` pending, `INSERT` the reservation and its hold, `COMMIT`; pool of %d connections; purser's parser, key lookup, price catalog and bound around it. *purser*: the `purser serve` binary built from ./cmd/purser, `-hot-pool-size %d`, default batcher (four lanes on disjoint budgets, batches up to 512). Each server has its own fresh database; each is driven over %d HTTP/2 connections with the fixtures %s, every request with its own x-request-id and stream id; the generator encodes with the same codec (go-control-plane's generated marshallers), the cheapest client it can be on shared cores.\n\n",
 		b.cfg.originalPool, b.cfg.hotPoolSize, b.cfg.conns, fixtureNames(b.templates))
 	p("Each ledger starts with %s settled reservations of history (then `ANALYZE`), as a ledger in service would. Each load run: %s warm-up, then %s measured.\n\n", thousands(float64(b.cfg.history)), b.cfg.warmup, b.cfg.duration)
 
@@ -117,6 +117,7 @@ func (b *benchRun) render() string {
 	b.renderStorm(p)     // storm.go
 	b.renderReplicas(p)  // replicas.go
 	b.renderPartition(p) // partition.go
+	b.renderStress(p)    // stress.go
 	b.renderTargets(p)
 	b.renderCPU(p)
 	b.renderProfile(p)

@@ -62,8 +62,11 @@ type benchRun struct {
 	// replicas.go, partition.go
 	replicas  []replicaRow
 	partition *partitionResult
-	notes     []string
-	batchOK   bool // pg_stat_user_functions counts purser_reserve
+	// stress.go
+	noisy    *noisyResult
+	overload []overloadRow
+	notes    []string
+	batchOK  bool // pg_stat_user_functions counts purser_reserve
 
 	notifies         *bench.Notifications // purser_changes on purser's database
 	serverAutovacuum string               // the server's autovacuum setting
@@ -619,6 +622,16 @@ func (b *benchRun) scenarios(ctx context.Context) error {
 	if b.cfg.only["partition"] {
 		if err := b.runPartition(ctx); err != nil {
 			return fmt.Errorf("partition: %w", err)
+		}
+	}
+	if b.cfg.only["noisy"] {
+		if err := b.runNoisy(ctx); err != nil {
+			return fmt.Errorf("noisy neighbour: %w", err)
+		}
+	}
+	if b.cfg.only["overload"] {
+		if err := b.runOverload(ctx); err != nil {
+			return fmt.Errorf("overload: %w", err)
 		}
 	}
 	if err := b.verifyOriginal(ctx); err != nil {

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/purser-dev/purser/bench"
+)
+
+// Stress scenarios (issue 15): a noisy neighbour (one budget's window row locked by another
+// transaction) and overload (open loop above the measured capacity).
+const (
+	stressTimeout   = 200 * time.Millisecond // Envoy's default ext_authz timeout
+	noisyLock       = 7 * time.Second
+	noisyRate       = 500 // Checks/s of the unrelated tenant
+	noisyLockedRate = 50  // Checks/s of the locked tenant
+	overloadRun     = 4 * time.Second
+)
+
+var overloadFactors = []float64{2, 5}
+
+type noisyResult struct {
+	base, during, locked bench.Detail
+}
+
+type overloadRow struct {
+	factor, capacity float64
+	d                bench.Detail
+	shed             float64 // purser_reservations_shed_total over the run
+	rssBefore        int64
+	rssAfter         int64
+}
+
+func (b *benchRun) stressWorkload(secrets []string) *bench.Workload {
+	return &bench.Workload{Templates: b.templates, Secrets: secrets, CallTimeout: stressTimeout}
+}
+
+// runNoisy measures an unrelated tenant's Checks (the hot budget) while another budget's
+// window row is locked by a long transaction, against the same load without the lock.
+func (b *benchRun) runNoisy(ctx context.Context) error {
+	lockedKey := b.zipfKeys[len(b.zipfKeys)-1]
+	lockedID := b.zipfIDs[len(b.zipfIDs)-1]
+	if _, err := bench.CheckOnce(ctx, b.targets[purser], b.templates[0], lockedKey.Secret); err != nil {
+		return err // its window row now exists
+	}
+	r := &noisyResult{}
+	b.logf("noisy neighbour: baseline, %d Checks/s on the hot budget, %s deadline", noisyRate, stressTimeout)
+	r.base = bench.OpenLoopDetail(ctx, b.targets[purser], b.stressWorkload(secrets(b.hotKeys)), noisyRate, 3*time.Second)
+	b.logf("  baseline: %d OK, %d shed, %d denied, %d failed (first error: %v)", r.base.OK, r.base.Shed, r.base.Denied, r.base.Failed, r.base.FirstErr)
+
+	tx, err := b.qC.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, lockedID); err != nil {
+		return err
+	}
+	b.logf("noisy neighbour: window row of budget %d locked for %s; its tenant sends %d Checks/s, the hot budget %d/s", lockedID, noisyLock, noisyLockedRate, noisyRate)
+	done := make(chan bench.Detail, 1)
+	go func() {
+		done <- bench.OpenLoopDetail(ctx, b.targets[purser], b.stressWorkload([]string{lockedKey.Secret}), noisyLockedRate, noisyLock-500*time.Millisecond)
+	}()
+	r.during = bench.OpenLoopDetail(ctx, b.targets[purser], b.stressWorkload(secrets(b.hotKeys)), noisyRate, noisyLock-500*time.Millisecond)
+	r.locked = <-done
+	if err := tx.Rollback(ctx); err != nil {
+		return err
+	}
+	b.logf("  unrelated tenant: %d/%d OK (%.2f%%, baseline %d/%d), p99 %s (baseline %s); locked tenant: %d OK, %d shed, %d failed",
+		r.during.OK, r.during.Calls, 100*float64(r.during.OK)/float64(max(r.during.Calls, 1)), r.base.OK, r.base.Calls, ms(bench.Percentile(r.during.OKLat, 99)),
+		ms(bench.Percentile(r.base.OKLat, 99)), r.locked.OK, r.locked.Shed, r.locked.Failed)
+	b.noisy = r
+	return nil
+}
+
+// runOverload measures purser's capacity on the hot budget (closed loop, 256 callers, Envoy's
+// deadline), then offers 2× and 5× that rate open loop.
+func (b *benchRun) runOverload(ctx context.Context) error {
+	w := b.stressWorkload(secrets(b.hotKeys))
+	b.logf("overload: measuring capacity (closed loop, 256 callers, %s deadline)", stressTimeout)
+	res := bench.ClosedLoop(ctx, b.targets[purser], w, 256, time.Second, 3*time.Second)
+	capacity := float64(res.OK) / (3 * time.Second).Seconds()
+	b.logf("  capacity %.0f Checks/s (p99 %s, %d failed)", capacity, ms(res.Pct(99)), res.Failed)
+	if capacity <= 0 {
+		return fmt.Errorf("no Check succeeded while measuring capacity: %v", res.FirstErr)
+	}
+	for _, f := range overloadFactors {
+		row := overloadRow{factor: f, capacity: capacity, rssBefore: bench.RSS(b.purser.Pid())}
+		shed0 := b.shedCount(ctx)
+		b.logf("overload: %.0f× capacity, %.0f Checks/s open loop for %s", f, f*capacity, overloadRun)
+		row.d = bench.OpenLoopDetail(ctx, b.targets[purser], b.stressWorkload(secrets(b.hotKeys)), f*capacity, overloadRun)
+		sleep(ctx, 2*time.Second)
+		row.rssAfter = bench.RSS(b.purser.Pid())
+		row.shed = b.shedCount(ctx) - shed0
+		b.logf("  goodput %.0f/s (%.0f%% of capacity), p99 of successes %s, %d shed (p99 %s), %d failed, RSS %d → %d MiB",
+			row.d.Goodput(), 100*row.d.Goodput()/capacity, ms(bench.Percentile(row.d.OKLat, 99)), row.d.Shed,
+			ms(bench.Percentile(row.d.ShedLat, 99)), row.d.Failed, row.rssBefore>>20, row.rssAfter>>20)
+		b.overload = append(b.overload, row)
+	}
+	return nil
+}
+
+func (b *benchRun) shedCount(ctx context.Context) float64 {
+	m, err := b.purser.Metrics(ctx)
+	if err != nil {
+		return 0
+	}
+	return m.Sum("purser_reservations_shed_total")
+}
+
+func (b *benchRun) renderStress(p func(string, ...any)) {
+	if r := b.noisy; r != nil {
+		p("## Noisy neighbour (one budget's window row locked for %s by another transaction)\n\n", noisyLock)
+		p("| tenant | offered | Checks | OK | success | success without the lock | p99 of successes | p99 without the lock | shed (503) | failed | generator lag p99 |\n")
+		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("| unrelated (hot budget) | %d/s | %d | %d | **%s** | %s | %s | %s | %d | %d | %s |\n", noisyRate, r.during.Calls, r.during.OK,
+			pct(r.during.OK, r.during.Calls), pct(r.base.OK, r.base.Calls), msf(bench.Percentile(r.during.OKLat, 99)), msf(bench.Percentile(r.base.OKLat, 99)),
+			r.during.Shed, r.during.Failed, msf(bench.Percentile(r.during.GenLag, 99)))
+		p("| locked budget | %d/s | %d | %d | %s | | %s | | %d | %d | %s |\n\n", noisyLockedRate, r.locked.Calls, r.locked.OK,
+			pct(r.locked.OK, r.locked.Calls), msf(bench.Percentile(r.locked.OKLat, 99)), r.locked.Shed, r.locked.Failed, msf(bench.Percentile(r.locked.GenLag, 99)))
+		p("Open loop, %s client deadline (Envoy's default). Target: unrelated success ≥ 99%%.\n\n", stressTimeout)
+	}
+	if len(b.overload) > 0 {
+		p("## Overload (one hot budget, open loop above the measured capacity)\n\n")
+		p("| offered | × capacity | goodput | goodput ÷ capacity | p99 of successes | shed (503) | shed p99 | shed counted by purser | failed | generator lag p99 | purser RSS before → 2 s after |\n")
+		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, r := range b.overload {
+			p("| %s/s | %.0f× | %s/s | **%.0f%%** | %s | %s | %s | %.0f | %s | %s | %d → %d MiB |\n", thousands(r.factor*r.capacity), r.factor,
+				thousands(r.d.Goodput()), 100*r.d.Goodput()/r.capacity, msf(bench.Percentile(r.d.OKLat, 99)), thousands(float64(r.d.Shed)),
+				msf(bench.Percentile(r.d.ShedLat, 99)), r.shed, thousands(float64(r.d.Failed)), msf(bench.Percentile(r.d.GenLag, 99)), r.rssBefore>>20, r.rssAfter>>20)
+		}
+		p("\nCapacity: successful Checks/s of a closed loop of 256 callers on the hot budget with a %s deadline, measured just before (%s/s). Each overload run lasts %s; target: goodput ≥ 80%% of capacity at 2×.\n\n",
+			stressTimeout, thousands(b.overload[0].capacity), overloadRun)
+	}
+}
