@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -229,4 +230,50 @@ func TestCLI_AuditShowsMoney(t *testing.T) {
 		require.Contains(t, out, want, "purser audit shows %s", want)
 	}
 	require.NotContains(t, out, "1500000", "no raw micro-USD in the audit table")
+}
+
+// The README's list of commands is the CLI's: every command, each with its summary, and no
+// command the CLI does not have (it once listed keys get and alerts).
+func TestREADME_CommandList(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	readme := string(data)
+	_, after, ok := strings.Cut(readme, "`TestREADME_CommandList` checks")
+	require.True(t, ok, "the README introduces its command list")
+	_, after, ok = strings.Cut(after, "```text\n")
+	require.True(t, ok, "the README's command list is a text block")
+	block, _, ok := strings.Cut(after, "```")
+	require.True(t, ok, "the README's command list ends")
+
+	listed := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(block), "\n") {
+		name, summary, ok := strings.Cut(line, "  ")
+		require.True(t, ok, "README command line %q: name, two spaces, summary", line)
+		path := strings.TrimPrefix(name, "purser ")
+		require.NotContains(t, listed, path, "the README lists %s once", path)
+		listed[path] = strings.TrimSpace(summary)
+	}
+	_, leaves := commandPaths()
+	for _, p := range leaves {
+		s, ok := listed[p]
+		require.True(t, ok, "the README lists purser %s", p)
+		require.Equal(t, summaryOf(p), s, "the README's summary of purser %s is the CLI's", p)
+	}
+	require.Len(t, listed, len(leaves), "the README lists no command the CLI does not have")
+
+	// Commands named anywhere in the README exist: `purser keys get` would fail here.
+	root := group("", commands())
+	mention := regexp.MustCompile("`purser ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?")
+	for _, m := range mention.FindAllStringSubmatch(readme, -1) {
+		if m[1] == "help" {
+			continue
+		}
+		c, ok := root.subs[m[1]]
+		require.True(t, ok, "the README mentions `purser %s`, which is not a command", m[1])
+		if c.subs != nil && m[2] != "" && m[2] != "help" {
+			_, ok := c.subs[m[2]]
+			require.True(t, ok, "the README mentions `purser %s %s`, which is not a command", m[1], m[2])
+		}
+	}
 }
