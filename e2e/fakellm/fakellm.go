@@ -121,6 +121,7 @@ type Server struct {
 	records []Record
 	mux     *http.ServeMux
 	busy    atomic.Int64 // requests being served, not yet recorded
+	delayed atomic.Int64 // requests waiting out their x-fake-delay-ms
 }
 
 // New returns a fake provider ready to serve.
@@ -163,6 +164,10 @@ func (s *Server) Requests() []Record {
 // returns, which may be after its client read the whole response (openai-go stops reading at
 // "data: [DONE]"): wait for Busy to reach 0 before reading the record of a request just made.
 func (s *Server) Busy() int { return int(s.busy.Load()) }
+
+// Delayed returns how many requests are waiting out their x-fake-delay-ms: a test that
+// cancels a delayed request waits for it to be there first.
+func (s *Server) Delayed() int { return int(s.delayed.Load()) }
 
 // Count returns how many requests were served since the last Reset.
 func (s *Server) Count() int {
@@ -350,6 +355,8 @@ func (c *call) delay() error {
 	}
 	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
 	defer t.Stop()
+	c.s.delayed.Add(1)
+	defer c.s.delayed.Add(-1)
 	select {
 	case <-t.C:
 		return nil
