@@ -381,8 +381,14 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	ctx := context.Background()
 	keyID, secret := st.key("timeout")
 	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
+	checkStarted := make(chan struct{}, 1) // (d)'s Check reached Envoy's ext_authz filter
 	st.sim.SetCheckFault(func(r *http.Request) envoysim.CheckFault {
 		switch r.Header.Get("x-e2e-fault") {
+		case "client-gives-up":
+			select {
+			case checkStarted <- struct{}{}:
+			default:
+			}
 		case "envoy-timeout":
 			return envoysim.CheckFault{TimeoutAfter: 300 * time.Millisecond}
 		case "late-answer":
@@ -415,10 +421,21 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	requireFailClosed(err)
 	// (d) In the same stall, a client that gives up during the Check: Envoy cancels the call
 	// (onDestroy); the entry has no response code and no ext_authz metadata.
-	cctx, ccancel := context.WithTimeout(ctx, 150*time.Millisecond)
-	_, err = st.openai(secret, nil).Chat.Completions.New(cctx, chat(100))
+	// The client gives up once its Check has started (an event, not a timer: on a loaded
+	// machine a fixed delay could end before the request reached Envoy).
+	cctx, ccancel := context.WithCancel(ctx)
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := st.openai(secret, map[string]string{"x-e2e-fault": "client-gives-up"}).Chat.Completions.New(cctx, chat(100))
+		gaveUp <- err
+	}()
+	select {
+	case <-checkStarted:
+	case err := <-gaveUp:
+		t.Fatalf("the request ended before its Check started: %v", err)
+	}
 	ccancel()
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, <-gaveUp, context.Canceled, "the client sees its own cancellation")
 	var idA, idD string
 	eventually(t, 10*time.Second, "both entries delivered while the row is still locked", func() (bool, string) {
 		ids := st.requestIDsWithDetails("ext_authz_error")
@@ -723,7 +740,7 @@ func scenarioKill(t *testing.T, bin string) {
 	})
 	var want, settled, expired int64
 	for _, rec := range recs {
-		require.True(t, rec.Complete)
+		require.True(t, rec.Complete, "the fake finished forwarded request %s (status %d)", rec.RequestID, rec.Status)
 		rs := st.reservationsFor(rec.RequestID)
 		require.Len(t, rs, 1, "one reservation per forwarded request")
 		r := rs[0]

@@ -193,8 +193,12 @@ type call struct {
 	rec      *Record
 	cutAfter int  // SSE events or JSON bytes; 0 = never
 	aborted  bool // abort() cut the response
-	created  int64
-	id       string
+	// wrote is set by the first write of the response body; live says whether the client was
+	// still there at the last one, failed whether a write failed. A client that closes once it
+	// has read the end (openai-go stops at "data: [DONE]") leaves a complete response.
+	wrote, live, failed bool
+	created             int64
+	id                  string
 }
 
 // request holds the request-body fields any of the APIs uses.
@@ -260,7 +264,7 @@ func (s *Server) handle(api string, h func(*call) error) http.HandlerFunc {
 			c.error(http.StatusBadRequest, err.Error())
 			return
 		}
-		if c.r.Context().Err() == nil {
+		if c.complete() {
 			c.rec.Complete = true
 		}
 	}
@@ -427,7 +431,23 @@ func (c *call) json(v any) {
 		_, _ = c.w.Write(b[:c.cutAfter])
 		c.abort()
 	}
-	_, _ = c.w.Write(b)
+	c.writing()
+	if _, err := c.w.Write(b); err != nil {
+		c.failed = true
+	}
+}
+
+// writing records, before a write of the response body, whether the client is still there.
+func (c *call) writing() {
+	c.wrote, c.live = true, c.r.Context().Err() == nil
+}
+
+// complete reports whether the whole response was written while the client was connected.
+func (c *call) complete() bool {
+	if !c.wrote {
+		return c.r.Context().Err() == nil
+	}
+	return c.live && !c.failed
 }
 
 // abort flushes what was written and drops the connection without a clean end of response.
@@ -476,7 +496,9 @@ func (e *sse) event(name string, data any, report func(*Usage)) {
 	sb.WriteString("data: ")
 	sb.Write(payload)
 	sb.WriteString("\n\n")
+	e.c.writing()
 	if _, err := io.WriteString(e.c.w, sb.String()); err != nil {
+		e.c.failed = true
 		return
 	}
 	if f, ok := e.c.w.(http.Flusher); ok {
