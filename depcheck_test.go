@@ -38,6 +38,7 @@ var allowedImports = map[string][]string{
 	"internal/pbwire":    {},
 	"internal/pgcluster": {},
 	"internal/testkit":   {},
+	"internal/testdb":    {"budget/store/pgtest"}, // make test-db: creates the test database
 	"migrations":         {},
 	"proof":              {}, // proofs are pure: keys come from the caller
 

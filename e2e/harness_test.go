@@ -295,9 +295,17 @@ func (st *stack) expireNow(ids ...string) {
 	require.NoError(st.t, err)
 }
 
+// eventuallyFloor is the least time eventually gives a condition before failing. The
+// timeouts the tests name are what the condition takes on an idle machine; on a busy 2-core
+// machine (a CPU hog on each core, other suites compiling) deliveries and settlements take
+// several times longer, and a deadline is only ever a failure bound: a condition that holds
+// returns at once.
+const eventuallyFloor = 90 * time.Second
+
 // eventually polls cond until it holds or the deadline passes (never a bare sleep).
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
+	timeout = max(timeout, eventuallyFloor)
 	deadline := time.Now().Add(timeout)
 	last := ""
 	for {

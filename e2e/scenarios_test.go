@@ -84,8 +84,8 @@ func scenarioRefund(t *testing.T, bin string) {
 
 	var httpRes *http.Response
 	resp, err := st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500), option.WithResponseInto(&httpRes))
-	require.NoError(t, err)
-	require.EqualValues(t, 40, resp.Usage.PromptTokens)
+	require.NoError(t, err, "the call succeeds")
+	require.EqualValues(t, 40, resp.Usage.PromptTokens, "resp.Usage.PromptTokens is 40")
 	require.NotEmpty(t, httpRes.Header.Get("x-budget-remaining"), "ext_authz response_headers_to_add reach the client")
 	r1 := st.assertSettledAtReportedPrice(st.lastRequestID())
 	require.EqualValues(t, 42, *r1.Actual, "by hand: 40 x $0.15/M + 60 x $0.60/M = 6 + 36 micro-USD")
@@ -97,17 +97,17 @@ func scenarioRefund(t *testing.T, bin string) {
 	prompt := strings.Repeat("lorem ", 200_000)
 	raw := `{"model":"gpt-4o-mini","max_tokens":500,"messages":[{"role":"user","content":"` + prompt + `"}]}`
 	req, err := http.NewRequest(http.MethodPost, st.baseURL+"/v1/chat/completions", strings.NewReader(raw))
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	req.Header.Set("authorization", "Bearer "+secret)
 	req.Header.Set("content-type", "application/json")
 	for k, v := range usage(40, 60) {
 		req.Header.Set(k, v)
 	}
 	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	drain(res.Body)
 	res.Body.Close()
-	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Equal(t, http.StatusOK, res.StatusCode, "res.StatusCode is http.StatusOK")
 	rBig := st.assertSettledAtReportedPrice(st.lastRequestID())
 	require.GreaterOrEqual(t, rBig.Hold, int64(128_000*15/100), "the unseen part is bounded by the context window, not ignored")
 	// The same prompt through openai-go: the SDK writes "messages" before "model", so the
@@ -119,21 +119,21 @@ func scenarioRefund(t *testing.T, bin string) {
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, big)
 	apiErr, ok := errors.AsType[*openai.Error](err)
 	require.True(t, ok, "%T %v", err, err)
-	require.Equal(t, http.StatusRequestEntityTooLarge, apiErr.StatusCode)
-	require.Equal(t, "body_truncated", apiErr.Code)
-	require.Equal(t, served, len(st.served()))
+	require.Equal(t, http.StatusRequestEntityTooLarge, apiErr.StatusCode, "apiErr.StatusCode is http.StatusRequestEntityTooLarge")
+	require.Equal(t, "body_truncated", apiErr.Code, "apiErr.Code is \"body_truncated\"")
+	require.Equal(t, served, len(st.served()), "len(st.served()) is served")
 
 	msg, err := st.anthropic(secret, usage(30, 20)).Messages.New(ctx, messages(1024))
-	require.NoError(t, err)
-	require.EqualValues(t, 20, msg.Usage.OutputTokens)
+	require.NoError(t, err, "the call succeeds")
+	require.EqualValues(t, 20, msg.Usage.OutputTokens, "msg.Usage.OutputTokens is 20")
 	r2 := st.assertSettledAtReportedPrice(st.lastRequestID())
 	require.EqualValues(t, 390, *r2.Actual, "by hand: 30 x $3/M + 20 x $15/M = 90 + 300 micro-USD")
-	require.Greater(t, r2.Hold, *r2.Actual)
+	require.Greater(t, r2.Hold, *r2.Actual, "r2.Hold > *r2.Actual")
 
 	for _, b := range []int64{team, key} {
 		posted, pending := st.window(b)
 		require.EqualValues(t, 42+42+390, posted, "posted = the real costs, the rest of the holds released")
-		require.Zero(t, pending)
+		require.Zero(t, pending, "pending is zero")
 	}
 	st.verify()
 }
@@ -192,8 +192,8 @@ func scenarioDeny(t *testing.T, bin string) {
 	_, err := st.openai(secret, nil).Chat.Completions.New(ctx, chat(1000))
 	apiErr, ok := errors.AsType[*openai.Error](err)
 	require.True(t, ok, "openai SDK error type, got %T %v", err, err)
-	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
-	require.Equal(t, "insufficient_quota", apiErr.Type)
+	require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode, "apiErr.StatusCode is http.StatusTooManyRequests")
+	require.Equal(t, "insufficient_quota", apiErr.Type, "apiErr.Type is \"insufficient_quota\"")
 	require.Contains(t, apiErr.Message, `budget "key tiny"`, "names the budget")
 	reset := apiErr.Response.Header.Get("x-budget-reset")
 	_, perr := time.Parse(time.RFC3339, reset)
@@ -201,21 +201,21 @@ func scenarioDeny(t *testing.T, bin string) {
 	require.Contains(t, apiErr.Message, reset, "names the reset time")
 	ra, err := strconv.Atoi(apiErr.Response.Header.Get("retry-after"))
 	require.NoError(t, err, "retry-after present")
-	require.Positive(t, ra)
+	require.Positive(t, ra, "ra is positive")
 
 	// Anthropic caller, a worst case above the whole limit: it can never fit, so not a 429
 	// but 400 request_exceeds_budget, without Retry-After (e2e/bounds_test.go has more).
 	_, err = st.anthropic(secret, nil).Messages.New(ctx, messages(1024))
 	aErr, ok := errors.AsType[*anthropic.Error](err)
 	require.True(t, ok, "anthropic SDK error type, got %T %v", err, err)
-	require.Equal(t, http.StatusBadRequest, aErr.StatusCode)
-	require.EqualValues(t, "invalid_request_error", aErr.Type())
-	require.Empty(t, aErr.Response.Header.Get("retry-after"))
+	require.Equal(t, http.StatusBadRequest, aErr.StatusCode, "aErr.StatusCode is http.StatusBadRequest")
+	require.EqualValues(t, "invalid_request_error", aErr.Type(), "aErr.Type() is \"invalid_request_error\"")
+	require.Empty(t, aErr.Response.Header.Get("retry-after"), "aErr.Response.Header.Get(\"retry-after\") is empty")
 	require.Equal(t, before, len(st.served()), "denied requests never reach the provider")
 
 	// A finishes and settles; C fits beside A's real cost; D (worst case above the limit) never fits.
 	g.open()
-	require.NoError(t, <-aDone)
+	require.NoError(t, <-aDone, "<-aDone: no error")
 	reqA := st.lastRequestID()
 	rA := st.assertSettledAtReportedPrice(reqA)
 	_, err = st.openai(secret, usage(20, 30)).Chat.Completions.New(ctx, chat(1000))
@@ -223,13 +223,13 @@ func scenarioDeny(t *testing.T, bin string) {
 	rC := st.assertSettledAtReportedPrice(st.lastRequestID())
 	_, err = st.openai(secret, nil).Chat.Completions.New(ctx, chat(2000))
 	apiErr, ok = errors.AsType[*openai.Error](err)
-	require.True(t, ok)
-	require.Equal(t, http.StatusBadRequest, apiErr.StatusCode)
-	require.Equal(t, "request_exceeds_budget", apiErr.Code)
+	require.True(t, ok, "an *openai.Error, got %T %v", err, err)
+	require.Equal(t, http.StatusBadRequest, apiErr.StatusCode, "apiErr.StatusCode is http.StatusBadRequest")
+	require.Equal(t, "request_exceeds_budget", apiErr.Code, "apiErr.Code is \"request_exceeds_budget\"")
 
 	posted, pending := st.window(b)
-	require.Equal(t, *rA.Actual+*rC.Actual, posted)
-	require.Zero(t, pending)
+	require.Equal(t, *rA.Actual+*rC.Actual, posted, "posted is *rA.Actual+*rC.Actual")
+	require.Zero(t, pending, "pending is zero")
 	require.Len(t, st.allReservations(), 2, "denials hold nothing")
 	st.verify()
 }
@@ -250,38 +250,38 @@ func scenarioStreaming(t *testing.T, bin string) {
 	for s.Next() {
 		acc.AddChunk(s.Current())
 	}
-	require.NoError(t, s.Err())
-	require.EqualValues(t, 300, acc.Usage.CompletionTokens)
+	require.NoError(t, s.Err(), "s.Err(): no error")
+	require.EqualValues(t, 300, acc.Usage.CompletionTokens, "acc.Usage.CompletionTokens is 300")
 	rOpenAI := st.assertSettledAtReportedPrice(st.lastRequestID())
 	// by hand: 200 uncached x $0.15/M + 1000 cached x $0.075/M + 300 x $0.60/M = 30 + 75 + 180
-	require.EqualValues(t, 285, *rOpenAI.Actual)
+	require.EqualValues(t, 285, *rOpenAI.Actual, "*rOpenAI.Actual is 285")
 
 	as := st.anthropic(secret, map[string]string{fakellm.HeaderInputTokens: "800", fakellm.HeaderOutputTokens: "40",
 		fakellm.HeaderCachedTokens: "2000", fakellm.HeaderCacheCreationTokens: "100"}).Messages.NewStreaming(ctx, messages(256))
 	var msg anthropic.Message
 	for as.Next() {
-		require.NoError(t, msg.Accumulate(as.Current()))
+		require.NoError(t, msg.Accumulate(as.Current()), "msg.Accumulate(as.Current()): no error")
 	}
-	require.NoError(t, as.Err())
-	require.EqualValues(t, 40, msg.Usage.OutputTokens)
+	require.NoError(t, as.Err(), "as.Err(): no error")
+	require.EqualValues(t, 40, msg.Usage.OutputTokens, "msg.Usage.OutputTokens is 40")
 	rAnthropic := st.assertSettledAtReportedPrice(st.lastRequestID())
 	// by hand: 800 x $3/M + 2000 x $0.30/M + 100 x $3.75/M + 40 x $15/M = 2400 + 600 + 375 + 600
-	require.EqualValues(t, 3975, *rAnthropic.Actual)
+	require.EqualValues(t, 3975, *rAnthropic.Actual, "*rAnthropic.Actual is 3975")
 
 	// OpenAI stream without include_usage: no usage anywhere, the hold is charged.
 	s = st.openai(secret, usage(10, 10)).Chat.Completions.NewStreaming(ctx, chat(100))
 	for s.Next() {
 	}
-	require.NoError(t, s.Err())
+	require.NoError(t, s.Err(), "s.Err(): no error")
 	r := st.waitState(st.lastRequestID(), "settled")
 	// openai-go closes the connection as soon as it reads "data: [DONE]", which may be before
 	// Envoy saw the upstream's end of stream: then the entry says downstream_connection_termination (DC).
-	require.Contains(t, []string{"missing_usage:stream", "cut_off:downstream_connection_termination"}, r.Cause)
+	require.Contains(t, []string{"missing_usage:stream", "cut_off:downstream_connection_termination"}, r.Cause, "[]string{\"missing_usage:stream\", \"cut_off:downstream_connection_termination\"} contains r.Cause")
 	require.Equal(t, r.Hold, *r.Actual, "unknown usage is charged the hold, never zero")
 
 	posted, pending := st.window(b)
-	require.Equal(t, *rOpenAI.Actual+*rAnthropic.Actual+r.Hold, posted)
-	require.Zero(t, pending)
+	require.Equal(t, *rOpenAI.Actual+*rAnthropic.Actual+r.Hold, posted, "posted is *rOpenAI.Actual+*rAnthropic.Actual+r.Hold")
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }
 
@@ -350,11 +350,11 @@ func scenarioDisconnect(t *testing.T, bin string) {
 	})
 	var holds int64
 	for _, rec := range st.fake.Requests() {
-		require.False(t, rec.Complete)
+		require.False(t, rec.Complete, "not rec.Complete")
 		r := st.waitState(rec.RequestID, "settled", "expired")
-		require.Equal(t, "settled", r.State)
+		require.Equal(t, "settled", r.State, "r.State is \"settled\"")
 		require.Equal(t, r.Hold, *r.Actual, "%s: charged the hold (cause %s)", rec.API, r.Cause)
-		require.NotEqual(t, "usage", r.Cause)
+		require.NotEqual(t, "usage", r.Cause, "r.Cause is not \"usage\"")
 		holds += r.Hold
 	}
 	var resets int
@@ -365,8 +365,8 @@ func scenarioDisconnect(t *testing.T, bin string) {
 	}
 	require.Equal(t, 2, resets, "Envoy logged both as downstream_connection_termination (HTTP/1.1 client gone)")
 	posted, pending := st.window(b)
-	require.Equal(t, holds, posted)
-	require.Zero(t, pending)
+	require.Equal(t, holds, posted, "posted is holds")
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }
 
@@ -381,8 +381,14 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	ctx := context.Background()
 	keyID, secret := st.key("timeout")
 	b := st.budget("key daily", "key:"+keyID, 1_000_000, "day")
+	checkStarted := make(chan struct{}, 1) // (d)'s Check reached Envoy's ext_authz filter
 	st.sim.SetCheckFault(func(r *http.Request) envoysim.CheckFault {
 		switch r.Header.Get("x-e2e-fault") {
+		case "client-gives-up":
+			select {
+			case checkStarted <- struct{}{}:
+			default:
+			}
 		case "envoy-timeout":
 			return envoysim.CheckFault{TimeoutAfter: 300 * time.Millisecond}
 		case "late-answer":
@@ -391,7 +397,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 		return envoysim.CheckFault{}
 	})
 	_, err := st.openai(secret, usage(10, 10)).Chat.Completions.New(ctx, chat(100)) // creates the window row
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	warm := st.assertSettledAtReportedPrice(st.lastRequestID())
 	served := len(st.served())
 
@@ -401,24 +407,35 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 		require.True(t, ok, "got %T %v", err, err)
 		require.Equal(t, http.StatusServiceUnavailable, apiErr.StatusCode, "status_on_error")
 		require.Equal(t, "budget_service_unavailable", apiErr.Code, "local_reply_config body")
-		require.Equal(t, "1", apiErr.Response.Header.Get("retry-after"))
+		require.Equal(t, "1", apiErr.Response.Header.Get("retry-after"), "apiErr.Response.Header.Get(\"retry-after\") is \"1\"")
 	}
 
 	// (a) The budget's window row is locked: purser's reservation waits; Envoy's timer fires
 	// and cancels the call; the hold commits once the lock goes, for a caller that is gone.
 	tx, err := st.db.Pool.Begin(ctx)
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	defer func() { _ = tx.Rollback(ctx) }()
 	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, b)
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	_, err = st.openai(secret, map[string]string{"x-e2e-fault": "envoy-timeout"}).Chat.Completions.New(ctx, chat(100))
 	requireFailClosed(err)
 	// (d) In the same stall, a client that gives up during the Check: Envoy cancels the call
 	// (onDestroy); the entry has no response code and no ext_authz metadata.
-	cctx, ccancel := context.WithTimeout(ctx, 150*time.Millisecond)
-	_, err = st.openai(secret, nil).Chat.Completions.New(cctx, chat(100))
+	// The client gives up once its Check has started (an event, not a timer: on a loaded
+	// machine a fixed delay could end before the request reached Envoy).
+	cctx, ccancel := context.WithCancel(ctx)
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := st.openai(secret, map[string]string{"x-e2e-fault": "client-gives-up"}).Chat.Completions.New(cctx, chat(100))
+		gaveUp <- err
+	}()
+	select {
+	case <-checkStarted:
+	case err := <-gaveUp:
+		t.Fatalf("the request ended before its Check started: %v", err)
+	}
 	ccancel()
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, <-gaveUp, context.Canceled, "the client sees its own cancellation")
 	var idA, idD string
 	eventually(t, 10*time.Second, "both entries delivered while the row is still locked", func() (bool, string) {
 		ids := st.requestIDsWithDetails("ext_authz_error")
@@ -431,7 +448,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 		idA, idD = ids[0], resets[0]
 		return st.delivered(idA) && st.delivered(idD), "not delivered yet"
 	})
-	require.NoError(t, tx.Rollback(ctx)) // the database answers again
+	require.NoError(t, tx.Rollback(ctx), "tx.Rollback(ctx): no error") // the database answers again
 	// The batcher voids the hold of a caller that gave up. A's entry (no proof, no upstream)
 	// may reach the x-request-id fallback first, which charges the hold provisionally: the
 	// void then still releases it (a provisional charge is not final), so wait for the end
@@ -462,7 +479,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	rB := st.waitState(idB, "voided", "expired")
 	require.Equal(t, "expired", rB.State, "charged, not voided: the entry carries no proof")
 	require.True(t, strings.HasPrefix(rB.Cause, "request_id_join:"), "through the x-request-id fallback, cause %q", rB.Cause)
-	require.Equal(t, rB.Hold, *rB.Actual)
+	require.Equal(t, rB.Hold, *rB.Actual, "*rB.Actual is rB.Hold")
 
 	// (c) As (b), but the entry is late too: the ghost hold expires first (charged); the late
 	// ext_authz_error entry, without proof and without usage, changes nothing.
@@ -486,7 +503,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	require.Equal(t, *warm.Actual+rB.Hold+rC.Hold, posted, "the ghost hold expired: charged (and B's, provisionally)")
 	noReservation := func() float64 {
 		m, err := st.pursers[0].current().Metrics(ctx)
-		require.NoError(t, err)
+		require.NoError(t, err, "the call succeeds")
 		return m.Sum("purser_accesslog_entries_total", `outcome="no_reservation"`)
 	}
 	before := noReservation()
@@ -501,7 +518,7 @@ func scenarioCheckTimeout(t *testing.T, bin string) {
 	require.Equal(t, served, len(st.served()), "nothing reached the provider without a decision")
 	posted, pending := st.window(b)
 	require.Equal(t, *warm.Actual+rB.Hold+rC.Hold, posted, "the lost answers cost their holds; the caller-gone ones nothing")
-	require.Zero(t, pending)
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }
 
@@ -516,7 +533,7 @@ func scenarioALSDown(t *testing.T, bin string) {
 
 	st.sim.BlockAccessLog(true)
 	_, err := st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500))
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	idA := st.lastRequestID()
 	eventually(t, 10*time.Second, "A's entry buffered in Envoy", func() (bool, string) {
 		return st.sim.PendingEntries() == 1 && st.sim.ALSStats().StreamFailures > 0, fmt.Sprint(st.sim.PendingEntries())
@@ -524,13 +541,13 @@ func scenarioALSDown(t *testing.T, bin string) {
 	st.pursers[0].stop() // purser restarts while the entry waits in Envoy's buffer
 	st.pursers[0].restart()
 	rs := st.reservationsFor(idA)
-	require.Len(t, rs, 1)
-	require.Equal(t, "pending", rs[0].State)
+	require.Len(t, rs, 1, "rs has 1 elements")
+	require.Equal(t, "pending", rs[0].State, "rs[0].State is \"pending\"")
 	st.expireNow(rs[0].ID)
 	st.waitState(idA, "expired")
 	posted, pending := st.window(b)
 	require.Equal(t, rs[0].Hold, posted, "expiry charges the whole hold")
-	require.Zero(t, pending)
+	require.Zero(t, pending, "pending is zero")
 
 	st.sim.BlockAccessLog(false) // the sink is back: the next flush delivers the late entry
 	rA := st.assertSettledAtReportedPrice(idA)
@@ -540,23 +557,23 @@ func scenarioALSDown(t *testing.T, bin string) {
 	// A batch handed to a stream that breaks is lost: only expiry resolves it.
 	st.sim.LoseAccessLogBatches(1)
 	_, err = st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500))
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	idB := st.lastRequestID()
 	eventually(t, 10*time.Second, "B's batch lost", func() (bool, string) {
 		return st.sim.ALSStats().Lost == 1, fmt.Sprintf("%+v", st.sim.ALSStats())
 	})
 	rB := st.reservationsFor(idB)
-	require.Len(t, rB, 1)
+	require.Len(t, rB, 1, "rB has 1 elements")
 	st.expireNow(rB[0].ID)
 	st.waitState(idB, "expired")
 	// A later request on a fresh stream still settles normally.
 	_, err = st.openai(secret, usage(40, 60)).Chat.Completions.New(ctx, chat(500))
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	rC := st.assertSettledAtReportedPrice(st.lastRequestID())
 	require.Equal(t, "expired", st.reservationsFor(idB)[0].State, "no entry ever came for B")
 	posted, pending = st.window(b)
-	require.Equal(t, *rA.Actual+rB[0].Hold+*rC.Actual, posted)
-	require.Zero(t, pending)
+	require.Equal(t, *rA.Actual+rB[0].Hold+*rC.Actual, posted, "posted is *rA.Actual+rB[0].Hold+*rC.Actual")
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }
 
@@ -573,12 +590,12 @@ func scenarioDuplicates(t *testing.T, bin string) {
 		hdr := usage(10+i, 20+i)
 		if i%2 == 0 {
 			_, err := st.openai(secret, hdr).Chat.Completions.New(ctx, chat(300))
-			require.NoError(t, err)
+			require.NoError(t, err, "the call succeeds")
 		} else {
 			as := st.anthropic(secret, hdr).Messages.NewStreaming(ctx, messages(300))
 			for as.Next() {
 			}
-			require.NoError(t, as.Err())
+			require.NoError(t, as.Err(), "as.Err(): no error")
 		}
 		ids = append(ids, st.lastRequestID())
 	}
@@ -587,7 +604,7 @@ func scenarioDuplicates(t *testing.T, bin string) {
 		want += *st.assertSettledAtReportedPrice(id).Actual
 	}
 	st.sim.BreakAccessLogStreams()
-	require.NoError(t, st.sim.ReplayAccessLogs())
+	require.NoError(t, st.sim.ReplayAccessLogs(), "st.sim.ReplayAccessLogs(): no error")
 	// purser counts each entry it judged (copies included): wait until it judged every copy
 	// (each request twice, then once more replayed), then push a sentinel through.
 	copies := int64(3 * len(ids))
@@ -600,16 +617,16 @@ func scenarioDuplicates(t *testing.T, bin string) {
 		return n >= copies, fmt.Sprint(n)
 	})
 	_, err := st.openai(secret, usage(5, 5)).Chat.Completions.New(ctx, chat(300))
-	require.NoError(t, err)
+	require.NoError(t, err, "the call succeeds")
 	want += *st.assertSettledAtReportedPrice(st.lastRequestID()).Actual
 	for _, id := range ids {
 		r := st.reservationsFor(id)
-		require.Len(t, r, 1)
-		require.Equal(t, "settled", r[0].State)
+		require.Len(t, r, 1, "r has 1 elements")
+		require.Equal(t, "settled", r[0].State, "r[0].State is \"settled\"")
 	}
 	posted, pending := st.window(b)
 	require.Equal(t, want, posted, "nothing charged twice")
-	require.Zero(t, pending)
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }
 
@@ -723,14 +740,14 @@ func scenarioKill(t *testing.T, bin string) {
 	})
 	var want, settled, expired int64
 	for _, rec := range recs {
-		require.True(t, rec.Complete)
+		require.True(t, rec.Complete, "the fake finished forwarded request %s (status %d)", rec.RequestID, rec.Status)
 		rs := st.reservationsFor(rec.RequestID)
 		require.Len(t, rs, 1, "one reservation per forwarded request")
 		r := rs[0]
 		switch r.State {
 		case "settled":
-			require.Equal(t, "usage", r.Cause)
-			require.Equal(t, st.price(rec), *r.Actual)
+			require.Equal(t, "usage", r.Cause, "r.Cause is \"usage\"")
+			require.Equal(t, st.price(rec), *r.Actual, "*r.Actual is st.price(rec)")
 			want += *r.Actual
 			settled++
 		case "expired":
@@ -757,8 +774,8 @@ func scenarioKill(t *testing.T, bin string) {
 	}
 	t.Logf("forwarded %d (settled %d, expired %d), failed closed %d", len(recs), settled, expired, failed.Load())
 	posted, pending := st.window(b)
-	require.Equal(t, want, posted)
-	require.Zero(t, pending)
+	require.Equal(t, want, posted, "posted is want")
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }
 
@@ -798,21 +815,21 @@ func scenarioReplicas(t *testing.T, bin string) {
 		return int(g.waiting.Load())+denied == n, fmt.Sprintf("admitted %d denied %d", g.waiting.Load(), denied)
 	})
 	rs := st.allReservations()
-	require.Len(t, rs, int(g.waiting.Load()))
+	require.Len(t, rs, int(g.waiting.Load()), "rs has int(g.waiting.Load()) elements")
 	hold := rs[0].Hold
 	for _, r := range rs {
 		require.Equal(t, hold, r.Hold, "identical requests, identical holds")
 	}
 	require.EqualValues(t, limit/hold, len(rs), "exactly as many holds as fit: hold %d, limit %d", hold, limit)
 	_, pending := st.window(b)
-	require.LessOrEqual(t, pending, int64(limit))
+	require.LessOrEqual(t, pending, int64(limit), "pending <= int64(limit)")
 
 	for addr, s := range st.sim.HostStats("purser") {
 		require.Positive(t, s[0], "replica %s got Checks", addr)
 	}
 	g.open()
 	for range n - denied {
-		require.Equal(t, http.StatusOK, <-codes)
+		require.Equal(t, http.StatusOK, <-codes, "<-codes is http.StatusOK")
 	}
 	var want int64
 	for _, rec := range st.served() {
@@ -822,7 +839,7 @@ func scenarioReplicas(t *testing.T, bin string) {
 		require.Positive(t, s[1], "replica %s got an access-log stream", addr)
 	}
 	posted, pending := st.window(b)
-	require.Equal(t, want, posted)
-	require.Zero(t, pending)
+	require.Equal(t, want, posted, "posted is want")
+	require.Zero(t, pending, "pending is zero")
 	st.verify()
 }

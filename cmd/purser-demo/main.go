@@ -77,6 +77,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
+	// A port another process holds (an earlier demo, make run) is said before anything
+	// starts, and before seeding gives the demo key a new secret.
+	for _, a := range []struct{ addr, flag string }{{*envoyAddr, "envoy-addr"}, {*llmAddr, "llm-addr"}, {*grpcAddr, "grpc-addr"}, {*httpAddr, "http-addr"}} {
+		if err := portFree(a.addr, a.flag); err != nil {
+			return err
+		}
+	}
 	key, err := seed(ctx, *bin, *dsn, *httpAddr)
 	if err != nil {
 		return err
@@ -122,11 +129,24 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 var secretRE = regexp.MustCompile(`(?m)^\s+(pk_\S+)\s*$`)
 
-// seed runs `purser seed` (idempotent; it rotates the demo key to show a usable secret) and
-// returns the demo key's secret.
+// portFree reports, in one sentence, an address another process listens on.
+func portFree(addr, flagName string) error {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		return l.Close()
+	}
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%s is already in use (another `make demo` or `make run` still running?): stop that process, or choose another address with -%s", addr, flagName)
+	}
+	return fmt.Errorf("-%s %s: %w", flagName, addr, err)
+}
+
+// seed runs `purser seed -rotate` and returns the demo key's secret. The seed is idempotent,
+// but a secret is shown only once, so each demo start gives the demo key a new one (printed
+// with the demo's instructions, which say the previous one stopped working).
 func seed(ctx context.Context, bin, dsn, httpAddr string) (string, error) {
 	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "seed", "-database-url", dsn, "-http-addr", httpAddr)
+	cmd := exec.CommandContext(ctx, bin, "seed", "-rotate", "-database-url", dsn, "-http-addr", httpAddr)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("purser seed: %w\n%s", err, out.String())
@@ -147,6 +167,7 @@ purser demo is running (Ctrl-C stops it):
   fake LLM provider                  %s
   purser gRPC / HTTP                 %s / %s
   demo key                           %s
+                                     (new at each start: the previous demo key's secret no longer works)
 
 Try (the x-fake-* headers choose the usage the fake provider reports):
 

@@ -47,7 +47,7 @@ import (
 // revoked by apply (revocation cannot be undone): revoke them with `purser keys revoke`.
 
 func applyCommand() command {
-	return command{"make the keys, budgets and templates of a YAML file exist as declared", runApply}
+	return leaf("make the keys, budgets and templates of a YAML file exist as declared", runApply)
 }
 
 // maxApplyFile bounds the file.
@@ -328,7 +328,7 @@ func (b defDecl) state(path string, template bool) (defState, error) {
 	if err != nil {
 		var fe *budget.FieldError
 		if errors.As(err, &fe) {
-			return defState{}, fmt.Errorf("%s.%s: %w", path, fe.Field, fe.Err)
+			return defState{}, errors.New(tidyMessage(fmt.Sprintf("%s.%s: %v", path, fe.Field, fe.Err)))
 		}
 		return defState{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -635,7 +635,7 @@ func runApply(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	if *file == "" {
-		return exitError{code: 2, msg: "apply: -f FILE is required"}
+		return f.misuse("-f FILE is required")
 	}
 	d, err := loadApplyFile(e.stdin, *file)
 	if err != nil {

@@ -13,23 +13,23 @@ import (
 )
 
 func budgetsCommand() command {
-	return command{"manage budgets (list, create, get, update, delete, reset, grant)", subcommands("budgets", map[string]command{
-		"list":   {"list budgets (all, or -subject S)", runBudgetsList},
-		"create": {"create a budget", runBudgetsCreate},
-		"get":    {"show a budget and its current window", runBudgetsGet},
-		"update": {"change the given fields of a budget", runBudgetsUpdate},
-		"delete": {"delete a budget (its history stays)", runBudgetsDelete},
-		"reset":  {"start a fresh window now", runBudgetsReset},
-		"grant":  {"raise a budget's limit temporarily", runBudgetsGrant},
-	})}
+	return group("manage budgets (list, create, get, update, delete, reset, grant)", map[string]command{
+		"list":   leaf("list budgets (all, or -subject S)", runBudgetsList),
+		"create": leaf("create a budget", runBudgetsCreate),
+		"get":    leaf("show a budget and its current window", runBudgetsGet),
+		"update": leaf("change the given fields of a budget", runBudgetsUpdate),
+		"delete": leaf("delete a budget (its history stays)", runBudgetsDelete),
+		"reset":  leaf("start a fresh window now", runBudgetsReset),
+		"grant":  leaf("raise a budget's limit temporarily", runBudgetsGrant),
+	})
 }
 
 func templatesCommand() command {
-	return command{"manage default-budget templates (list, create, delete)", subcommands("templates", map[string]command{
-		"list":   {"list templates", runTemplatesList},
-		"create": {"create a template for every new subject of a kind", runTemplatesCreate},
-		"delete": {"delete a template", runTemplatesDelete},
-	})}
+	return group("manage default-budget templates (list, create, delete)", map[string]command{
+		"list":   leaf("list templates", runTemplatesList),
+		"create": leaf("create a template for every new subject of a kind", runTemplatesCreate),
+		"delete": leaf("delete a template", runTemplatesDelete),
+	})
 }
 
 // defFlags are the definition flags shared by budgets create/update and templates create.
@@ -40,8 +40,16 @@ type defFlags struct {
 	warnAt, models, endpoints, route                   listFlag
 }
 
-func addDefFlags(f *cliFlags, template bool) *defFlags {
+// addDefFlags adds the definition flags. For an update (creation false) the flags have no
+// defaults: only the flags given change, so -h must not show creation defaults.
+func addDefFlags(f *cliFlags, template, creation bool) *defFlags {
 	d := &defFlags{}
+	def := func(v string) string {
+		if creation {
+			return v
+		}
+		return ""
+	}
 	d.name = f.FlagSet.String("name", "", "budget name")
 	if template {
 		d.kind = f.FlagSet.String("kind", "", "subject kind the template attaches to: user, team, org, key, workload, namespace, tag, route, global")
@@ -49,11 +57,15 @@ func addDefFlags(f *cliFlags, template bool) *defFlags {
 		d.subject = f.FlagSet.String("subject", "", "subject, e.g. team:ml, user:alice, global")
 	}
 	d.limit = f.FlagSet.String("limit", "", `limit in the unit: "12.50" USD, "150000" tokens or "600" requests`)
-	d.unit = f.FlagSet.String("unit", "usd", "usd, tokens or requests")
-	d.window = f.FlagSet.String("window", "", "day, week, month, quarter, year, lifetime or a rolling duration (72h)")
-	d.timezone = f.FlagSet.String("timezone", "UTC", "IANA time zone of calendar windows")
+	d.unit = f.FlagSet.String("unit", def("usd"), "usd, tokens or requests")
+	d.window = f.FlagSet.String("window", "", "minute, hour, day, week, month, quarter, year, lifetime or a rolling duration (72h)")
+	d.timezone = f.FlagSet.String("timezone", def("UTC"), "IANA time zone of calendar windows")
 	d.anchorDay = f.FlagSet.Int("anchor-day", 0, "day of the month month/quarter/year windows start on")
-	d.hard = f.FlagSet.Bool("hard", true, "deny when exhausted (-hard=false: only warn)")
+	hardText := "deny when exhausted (-hard=false: only warn)"
+	if !creation {
+		hardText = "-hard=true: deny when exhausted; -hard=false: only warn"
+	}
+	d.hard = f.FlagSet.Bool("hard", creation, hardText)
 	f.Var(&d.warnAt, "warn-at", "alert thresholds in percent, e.g. 50,80")
 	f.Var(&d.models, "model", "only requests whose model matches this glob (repeat)")
 	f.Var(&d.endpoints, "endpoint", "only requests whose path matches this glob (repeat)")
@@ -175,7 +187,7 @@ func filtersLabel(b admin.Budget) string {
 
 func runBudgetsCreate(ctx context.Context, e env, args []string) error {
 	f := newCLIFlags("budgets create", e)
-	d := addDefFlags(f, false)
+	d := addDefFlags(f, false, true)
 	if _, err := f.parse(args, 0, 0, "-name NAME -subject S -limit AMOUNT -window W [flags]"); err != nil {
 		return err
 	}
@@ -188,7 +200,7 @@ func runBudgetsCreate(ctx context.Context, e env, args []string) error {
 
 func runBudgetsUpdate(ctx context.Context, e env, args []string) error {
 	f := newCLIFlags("budgets update", e)
-	d := addDefFlags(f, false)
+	d := addDefFlags(f, false, false)
 	pos, err := f.parse(args, 1, 1, "ID [-limit AMOUNT] [-window W] [...only the flags given change]")
 	if err != nil {
 		return err
@@ -198,7 +210,7 @@ func runBudgetsUpdate(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	if len(body) == 0 {
-		return exitError{code: 2, msg: "budgets update: nothing to change (give -limit, -window, -warn-at, ...)"}
+		return f.misuse("nothing to change (give -limit, -window, -warn-at, ...)")
 	}
 	return budgetCall(ctx, e, f, "PATCH", "/v1/budgets/"+url.PathEscape(pos[0]), body, "updated")
 }
@@ -303,7 +315,7 @@ func runBudgetsGrant(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	if *until == "" {
-		return exitError{code: 2, msg: "budgets grant: -until is required"}
+		return f.misuse("-until is required")
 	}
 	t, err := parseWhen("until", *until, time.Now())
 	if err != nil {
@@ -335,7 +347,7 @@ func runTemplatesList(ctx context.Context, e env, args []string) error {
 
 func runTemplatesCreate(ctx context.Context, e env, args []string) error {
 	f := newCLIFlags("templates create", e)
-	d := addDefFlags(f, true)
+	d := addDefFlags(f, true, true)
 	if _, err := f.parse(args, 0, 0, "-name NAME -kind KIND -limit AMOUNT -window W [flags]"); err != nil {
 		return err
 	}

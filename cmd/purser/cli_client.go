@@ -51,11 +51,13 @@ func newCLIFlags(name string, e env) *cliFlags {
 }
 
 // parse parses flags placed anywhere among the arguments and returns the positional ones,
-// checking their count is between lo and hi (hi < 0: no upper bound).
-func (f *cliFlags) parse(args []string, lo, hi int, usage string) ([]string, error) {
+// checking their count is between lo and hi (hi < 0: no upper bound). synopsis is the usage
+// line after the command's name: the positional arguments first ("KEY_ID", "SUBJECT...").
+func (f *cliFlags) parse(args []string, lo, hi int, synopsis string) ([]string, error) {
+	f.synopsis = synopsis
 	var pos []string
 	for {
-		if err := f.FlagSet.Parse(args); err != nil {
+		if err := f.parseFlags(args); err != nil {
 			return nil, err
 		}
 		if f.NArg() == 0 {
@@ -68,12 +70,31 @@ func (f *cliFlags) parse(args []string, lo, hi int, usage string) ([]string, err
 		return nil, err
 	}
 	if len(pos) < lo || (hi >= 0 && len(pos) > hi) {
-		return nil, exitError{code: 2, msg: "usage: purser " + strings.TrimPrefix(f.Name(), "purser ") + " " + usage}
+		return nil, f.misuse(argCount(lo, hi, len(pos)))
 	}
 	if *f.output != "table" && *f.output != "json" && !slices.Contains(f.exports, *f.output) {
 		return nil, fmt.Errorf("-o %q: want %s", *f.output, strings.Join(append([]string{"table", "json"}, f.exports...), ", "))
 	}
 	return pos, nil
+}
+
+// argCount says how many positional arguments a command takes.
+func argCount(lo, hi, got int) string {
+	plural := func(n int) string {
+		if n == 1 {
+			return "1 argument"
+		}
+		return strconv.Itoa(n) + " arguments"
+	}
+	switch {
+	case hi == 0:
+		return fmt.Sprintf("takes no arguments, got %d", got)
+	case lo == hi:
+		return fmt.Sprintf("takes %s, got %d", plural(lo), got)
+	case hi < 0:
+		return fmt.Sprintf("takes at least %s, got %d", plural(lo), got)
+	}
+	return fmt.Sprintf("takes %d to %d arguments, got %d", lo, hi, got)
 }
 
 func (f *cliFlags) json() bool { return *f.output == "json" }
@@ -234,7 +255,7 @@ type apiError struct {
 	Field   string `json:"field"`
 }
 
-func (e *apiError) Error() string { return e.Message }
+func (e *apiError) Error() string { return tidyMessage(e.Message) }
 
 // do sends a request and decodes a 2xx answer into out (when not nil); it returns the raw
 // body too, for -o json.
@@ -308,27 +329,6 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
-}
-
-// subcommands dispatches "purser <group> <sub> ...".
-func subcommands(group string, subs map[string]command) func(context.Context, env, []string) error {
-	return func(ctx context.Context, e env, args []string) error {
-		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-			fmt.Fprintf(e.stderr, "usage: purser %s <command> [flags]\n\n", group)
-			for _, n := range sortedKeys(subs) {
-				fmt.Fprintf(e.stderr, "  %-8s %s\n", n, subs[n].summary)
-			}
-			if len(args) == 0 {
-				return exitError{code: 2}
-			}
-			return nil
-		}
-		c, ok := subs[args[0]]
-		if !ok {
-			return exitError{code: 2, msg: fmt.Sprintf("unknown command %q for purser %s (want %s)", args[0], group, strings.Join(sortedKeys(subs), ", "))}
-		}
-		return c.run(ctx, e, args[1:])
-	}
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

@@ -13,12 +13,12 @@ import (
 )
 
 func keysCommand() command {
-	return command{"manage API keys (list, create, revoke, rotate)", subcommands("keys", map[string]command{
-		"list":   {"list every key (no secrets)", runKeysList},
-		"create": {"issue a key and print its secret once", runKeysCreate},
-		"revoke": {"revoke a key", runKeysRevoke},
-		"rotate": {"give a key a new secret (printed once)", runKeysRotate},
-	})}
+	return group("manage API keys (list, create, revoke, rotate)", map[string]command{
+		"list":   leaf("list every key (no secrets)", runKeysList),
+		"create": leaf("issue a key and print its secret once", runKeysCreate),
+		"revoke": leaf("revoke a key", runKeysRevoke),
+		"rotate": leaf("give a key a new secret (printed once)", runKeysRotate),
+	})
 }
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }

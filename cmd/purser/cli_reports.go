@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/purser-dev/purser/admin"
@@ -12,15 +15,15 @@ import (
 )
 
 func statusCommand() command {
-	return command{"show every budget of a subject: spend, remaining, burn rate, projection", runStatus}
+	return leaf("show every budget of a subject: spend, remaining, burn rate, projection", runStatus)
 }
 
 func spendCommand() command {
-	return command{"report settled spend grouped by subject, model, key or day", runSpend}
+	return leaf("report settled spend grouped by subject, model, key or day", runSpend)
 }
 
 func auditCommand() command {
-	return command{"show the audit log (newest first)", runAudit}
+	return leaf("show the audit log (newest first)", runAudit)
 }
 
 func runStatus(ctx context.Context, e env, args []string) error {
@@ -165,10 +168,11 @@ func runAudit(ctx context.Context, e env, args []string) error {
 	if printed, err := f.call(ctx, e, "GET", "/v1/audit", q, nil, &out); printed || err != nil {
 		return err
 	}
+	units := budgetUnits{f: f, ctx: ctx, units: map[string]string{}}
 	tw := newTable(e.stdout)
 	fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tTARGET\tDETAILS")
 	for _, en := range out.Entries {
-		d := string(en.Details)
+		d := orDash(formatDetails(en.Details, func() string { return units.of(en.Target) }))
 		if r := []rune(d); len(r) > 120 { // whole characters: names may be any UTF-8
 			d = string(r[:117]) + "..."
 		}
@@ -200,4 +204,97 @@ func usageLine(u admin.UsageWatch) string {
 		line += fmt.Sprintf("; worst: route %q (%s %s) %d of %d", w.Route, w.Provider, w.Model, w.WithoutUsage+w.Expired, w.Resolved)
 	}
 	return line + "; run purser doctor"
+}
+
+// budgetUnits finds the unit of a budget an audit entry names (a grant's details carry its
+// amount, not the budget's unit), once per budget.
+type budgetUnits struct {
+	f     *cliFlags
+	ctx   context.Context
+	units map[string]string
+}
+
+func (b budgetUnits) of(target string) string {
+	id, ok := strings.CutPrefix(target, "budget:")
+	if !ok {
+		return ""
+	}
+	if u, ok := b.units[id]; ok {
+		return u
+	}
+	c, err := b.f.client()
+	var bud admin.Budget
+	if err == nil {
+		_, err = c.do(b.ctx, "GET", "/v1/budgets/"+url.PathEscape(id), nil, nil, &bud)
+	}
+	b.units[id] = bud.Unit // "" when the budget is gone: its amounts stay raw
+	return bud.Unit
+}
+
+// formatDetails writes an audit entry's details as key=value pairs, sorted, with amounts in
+// their unit: limit and amount in money as $1.50 (the API keeps integer micro-USD), tokens and
+// requests as counts. unitOf gives the unit of the entry's budget when the details do not.
+func formatDetails(raw json.RawMessage, unitOf func() string) string {
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if dec.Decode(&m) != nil || m == nil {
+		return string(raw)
+	}
+	unit, _ := m["unit"].(string)
+	parts := make([]string, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		v := m[k]
+		var s string
+		switch x := v.(type) {
+		case string:
+			s = x
+			if s == "" || strings.ContainsAny(s, " \t\"=") {
+				s = strconv.Quote(s)
+			}
+		case json.Number:
+			s = x.String()
+			if k == "limit" || k == "amount" {
+				s = formatAmountIn(unit, x, unitOf)
+			}
+		default:
+			b, _ := json.Marshal(x)
+			s = string(b)
+		}
+		parts = append(parts, k+"="+s)
+	}
+	return strings.Join(parts, " ")
+}
+
+// formatAmountIn formats an amount of the details: unit "" asks unitOf for the budget's.
+func formatAmountIn(unit string, n json.Number, unitOf func() string) string {
+	v, err := n.Int64()
+	if err != nil {
+		return n.String()
+	}
+	if unit == "" && unitOf != nil {
+		unit = unitOf()
+	}
+	switch unit {
+	case "usd":
+		return formatUSD(v)
+	case "tokens", "requests":
+		return n.String() + " " + unit
+	}
+	return n.String() + " (micro-units of the budget's unit)"
+}
+
+// formatUSD writes micro-USD as dollars with at least two decimals: $1.50, $0.00036, -$2.00.
+func formatUSD(micros int64) string {
+	sign := ""
+	u := uint64(micros)
+	if micros < 0 {
+		sign, u = "-", uint64(-micros)
+	}
+	frac := fmt.Sprintf("%06d", u%1_000_000)
+	frac = strings.TrimRight(frac, "0")
+	for len(frac) < 2 {
+		frac += "0"
+	}
+	return fmt.Sprintf("%s$%d.%s", sign, u/1_000_000, frac)
 }

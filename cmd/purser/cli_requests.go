@@ -12,7 +12,7 @@ import (
 )
 
 func requestsCommand() command {
-	return command{"list per-request records (holds, charges, outcomes), or export them as CSV or JSON lines", runRequests}
+	return leaf("list per-request records (holds, charges, outcomes), or export them as CSV or JSON lines", runRequests)
 }
 
 func runRequests(ctx context.Context, e env, args []string) error {

@@ -118,7 +118,7 @@ func TestCLI_Keys(t *testing.T) {
 	_, err = h.cli("", "keys", "create", "-subject", "team:ml")
 	require.EqualError(t, err, "name: is required")
 	_, err = h.cli("", "keys", "revoke")
-	require.EqualError(t, err, "usage: purser keys revoke KEY_ID")
+	require.EqualError(t, err, "keys revoke: takes 1 argument, got 0")
 	_, err = h.cli("", "keys", "burn")
 	require.EqualError(t, err, `unknown command "burn" for purser keys (want create, list, revoke, rotate)`)
 	_, err = h.cli("", "keys", "list", "-o", "yaml")
@@ -186,7 +186,7 @@ func TestCLI_BudgetsTemplatesReports(t *testing.T) {
 	require.Regexp(t, `^1\s+team:ml\s+ml monthly\s+120\.000000\s+700\.000000 usd\s+17%\s+580\.000000\s+`, lines[1])
 	require.Regexp(t, `^2\s+team:ml\s+ml tokens\s+1500\s+150000 tok\s+1%\s+148500\s+`, lines[2])
 	_, err = h.cli("", "status")
-	require.EqualError(t, err, "usage: purser status SUBJECT... [-o json]")
+	require.EqualError(t, err, "status: takes at least 1 argument, got 0")
 
 	out = h.ok("spend", "-group-by", "model")
 	require.Equal(t, strings.Join([]string{
@@ -218,7 +218,7 @@ func TestCLI_BudgetsTemplatesReports(t *testing.T) {
 	out = h.ok("audit", "-limit", "3")
 	lines = strings.Split(strings.TrimSpace(out), "\n")
 	require.Regexp(t, `^ID\s+AT\s+ACTOR\s+ACTION\s+TARGET\s+DETAILS$`, lines[0])
-	require.Regexp(t, `^\d+\s+TIME\s+`+regexp.QuoteMeta(admin.Actor(cliToken))+`\s+template\.delete\s+template:1\s+\{\}$`, normalise(lines[1]))
+	require.Regexp(t, `^\d+\s+TIME\s+`+regexp.QuoteMeta(admin.Actor(cliToken))+`\s+template\.delete\s+template:1\s+-$`, normalise(lines[1]))
 	require.Regexp(t, `^more: purser audit -before \d+$`, lines[len(lines)-1])
 	out = h.ok("audit", "-target", "budget:2", "-o", "json")
 	var audit struct {
@@ -247,10 +247,9 @@ func TestCLI_TokenNotInUsage(t *testing.T) {
 	env := func(k string) string { return map[string]string{"PURSER_ADMIN_TOKEN": cliToken}[k] }
 	for _, args := range [][]string{{"keys", "list", "-h"}, {"budgets", "create", "-bogus"}, {"apply", "-h"}} {
 		var out, errb bytes.Buffer
-		err := run(context.Background(), args, env, strings.NewReader(""), &out, &errb)
-		require.Error(t, err, "%v", args)
-		require.Contains(t, errb.String(), "admin bearer token (env PURSER_ADMIN_TOKEN)", "%v", args)
-		require.NotContains(t, errb.String()+out.String(), cliToken, "%v", args)
+		_ = run(context.Background(), args, env, strings.NewReader(""), &out, &errb)
+		require.Contains(t, errb.String()+out.String(), "admin bearer token (env PURSER_ADMIN_TOKEN)", "%v prints the flags", args)
+		require.NotContains(t, errb.String()+out.String(), cliToken, "%v does not print the token", args)
 	}
 }
 

@@ -11,11 +11,11 @@ import (
 )
 
 func tokensCommand() command {
-	return command{"manage admin tokens (list, create, revoke); admins only", subcommands("tokens", map[string]command{
-		"list":   {"list every admin token (no secrets)", runTokensList},
-		"create": {"issue an admin token and print its secret once", runTokensCreate},
-		"revoke": {"revoke an admin token", runTokensRevoke},
-	})}
+	return group("manage admin tokens (list, create, revoke); admins only", map[string]command{
+		"list":   leaf("list every admin token (no secrets)", runTokensList),
+		"create": leaf("issue an admin token and print its secret once", runTokensCreate),
+		"revoke": leaf("revoke an admin token", runTokensRevoke),
+	})
 }
 
 func runTokensList(ctx context.Context, e env, args []string) error {

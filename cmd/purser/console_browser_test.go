@@ -235,7 +235,7 @@ func TestConsole_Browser(t *testing.T) {
 	require.NoError(t, err)
 	t.Logf("seeded 50,000 budgets in %s", time.Since(start).Round(time.Millisecond))
 	var demoOut bytes.Buffer
-	require.NoError(t, seedDemo(ctx, &demoOut, schema.Pool, svc, time.Now().UTC()))
+	require.NoError(t, seedDemo(ctx, &demoOut, schema.Pool, svc, time.Now().UTC(), false))
 	keys, err := svc.Keys(ctx, budget.KeyQuery{Name: "ml-bot"})
 	require.NoError(t, err)
 	mlBot := keys[0]

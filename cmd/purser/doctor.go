@@ -48,7 +48,7 @@ import (
 )
 
 func doctorCommand() command {
-	return command{"read the recent ledger and the running config; report what charges whole holds (exit 1 on a problem)", runDoctor}
+	return leaf("read the recent ledger and the running config; report what charges whole holds (exit 1 on a problem)", runDoctor)
 }
 
 // finding is one line of the report.

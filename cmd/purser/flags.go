@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -14,6 +17,9 @@ type flags struct {
 	e       env
 	errs    []error
 	secrets []secretFlag
+	// synopsis follows the command's name in its usage line: the positional arguments and
+	// the notable flags ("KEY_ID", "-f FILE [-dry-run]").
+	synopsis string
 }
 
 // secretFlag is filled from its environment variable after parsing, so the value never
@@ -25,8 +31,50 @@ type secretFlag struct {
 
 func newFlags(name string, e env) *flags {
 	fs := flag.NewFlagSet("purser "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	return &flags{FlagSet: fs, e: e}
+	fs.SetOutput(e.stderr) // the flag package's own messages ("flag provided but not defined")
+	fs.Usage = func() {}   // printUsage prints it, on stdout or stderr as the case may be
+	return &flags{FlagSet: fs, e: e, synopsis: "[flags]"}
+}
+
+// printUsage writes the command's usage line, summary and flags.
+func (f *flags) printUsage(w io.Writer) {
+	name := strings.TrimPrefix(f.Name(), "purser ")
+	fmt.Fprintf(w, "usage: purser %s %s\n", name, f.synopsis)
+	if s := summaryOf(name); s != "" {
+		fmt.Fprintf(w, "\n%s\n", s)
+	}
+	n := 0
+	f.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nflags:\n")
+	out := f.Output()
+	f.SetOutput(w)
+	f.PrintDefaults()
+	f.SetOutput(out)
+}
+
+// parseFlags parses the command line: -h prints the usage on stdout and returns
+// flag.ErrHelp (exit 0); a flag error (already printed by the flag package) prints the usage
+// on stderr and exits 2.
+func (f *flags) parseFlags(args []string) error {
+	err := f.FlagSet.Parse(args)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		f.printUsage(f.e.stdout)
+		return flag.ErrHelp
+	}
+	f.printUsage(f.e.stderr)
+	return exitError{code: 2}
+}
+
+// misuse prints the usage on stderr and exits 2 with msg.
+func (f *flags) misuse(msg string) error {
+	f.printUsage(f.e.stderr)
+	return exitError{code: 2, msg: strings.TrimPrefix(f.Name(), "purser ") + ": " + msg}
 }
 
 func (f *flags) usage(envVar, text string) string {
@@ -94,18 +142,16 @@ func (f *flags) env(name string) string {
 	return f.e.getenv(name)
 }
 
-// Parse parses args and reports environment values that did not parse.
+// Parse parses args (flags only: a positional argument is misuse) and reports environment
+// values that did not parse.
 func (f *flags) Parse(args []string) error {
-	if err := f.FlagSet.Parse(args); err != nil {
-		return err
-	}
-	if err := f.finish(); err != nil {
+	if err := f.parseFlags(args); err != nil {
 		return err
 	}
 	if f.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", f.Args())
+		return f.misuse(fmt.Sprintf("takes no arguments, got %q", strings.Join(f.Args(), " ")))
 	}
-	return nil
+	return f.finish()
 }
 
 // finish runs after the command line is parsed: it fills the secrets not given as flags from

@@ -12,7 +12,9 @@
 //	purser apply -f budgets.yaml [-dry-run] [-prune]             declarative budgets, templates, keys
 //	purser version   print the version
 //
-// Run `purser <command> -h` for a command's flags. Flags fall back to environment variables.
+// Run `purser help <command>` or `purser <command> -h` for a command's usage and flags (on
+// stdout, exit 0). Misuse prints the usage on stderr and exits 2; errors go to stderr with a
+// non-zero exit. Flags fall back to environment variables.
 package main
 
 import (
@@ -23,7 +25,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
+	"regexp"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -38,13 +42,11 @@ func main() {
 		var ex exitError
 		if errors.As(err, &ex) {
 			if ex.msg != "" {
-				fmt.Fprintln(os.Stderr, "purser:", ex.msg)
+				fmt.Fprintln(os.Stderr, "purser:", tidyMessage(ex.msg))
 			}
 			os.Exit(ex.code)
 		}
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "purser:", err)
-		}
+		fmt.Fprintln(os.Stderr, "purser:", tidyMessage(err.Error()))
 		os.Exit(1)
 	}
 }
@@ -65,21 +67,31 @@ type env struct {
 	stderr io.Writer
 }
 
+// command is a leaf (run) or a group of commands (subs).
 type command struct {
 	summary string
 	run     func(ctx context.Context, e env, args []string) error
+	subs    map[string]command
+}
+
+func leaf(summary string, run func(ctx context.Context, e env, args []string) error) command {
+	return command{summary: summary, run: run}
+}
+
+func group(summary string, subs map[string]command) command {
+	return command{summary: summary, subs: subs}
 }
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":        {"run the ext_authz, access-log, health, metrics and admin servers", runServe},
-		"migrate":      {"create the database if needed and apply schema migrations", runMigrate},
-		"seed":         {"load a small sample (a key, budgets) and print how to use it", runSeed},
-		"verify":       {"reconcile the ledger (exit 1 on any mismatch)", runVerify},
+		"serve":        leaf("run the ext_authz, access-log, health, metrics and admin servers", runServe),
+		"migrate":      leaf("create the database if needed and apply schema migrations", runMigrate),
+		"seed":         leaf("load a small sample (a key, budgets) and print how to use it", runSeed),
+		"verify":       leaf("reconcile the ledger (exit 1 on any mismatch)", runVerify),
 		"doctor":       doctorCommand(),
-		"prune":        {"remove resolved reservations older than -older-than, keeping daily spend rollups", runPrune},
-		"cost":         {"price provider responses read as JSON lines on stdin", runCost},
-		"check-config": {"validate a configuration file and price overrides offline", runCheckConfig},
+		"prune":        leaf("remove resolved reservations older than -older-than, keeping daily spend rollups", runPrune),
+		"cost":         leaf("price provider responses read as JSON lines on stdin", runCost),
+		"check-config": leaf("validate a configuration file and price overrides offline", runCheckConfig),
 		"keys":         keysCommand(),
 		"budgets":      budgetsCommand(),
 		"templates":    templatesCommand(),
@@ -89,42 +101,122 @@ func commands() map[string]command {
 		"tokens":       tokensCommand(),
 		"requests":     requestsCommand(),
 		"apply":        applyCommand(),
-		"version": {"print the version", func(_ context.Context, e env, _ []string) error {
-			_, err := fmt.Fprintln(e.stdout, "purser", version)
-			return err
-		}},
+		"version":      leaf("print the version", runVersion),
 	}
 }
 
+func runVersion(_ context.Context, e env, args []string) error {
+	if err := newFlags("version", e).Parse(args); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(e.stdout, "purser", version)
+	return err
+}
+
+// run runs the command line args. Help asked for (-h, --help, help) goes to stdout and
+// exits 0; misuse prints the usage on stderr and exits 2; errors go to stderr, exit 1.
 func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	e := env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
-	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stderr, cmds)
-		if len(args) == 0 {
-			return exitError{code: 2}
-		}
-		return nil
+	err := dispatch(ctx, e, nil, group("", commands()), args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil // the help was asked for and printed
 	}
-	c, ok := cmds[args[0]]
-	if !ok {
-		usage(stderr, cmds)
-		return exitError{code: 2, msg: fmt.Sprintf("unknown command %q", args[0])}
-	}
-	return c.run(ctx, e, args[1:])
+	return err
 }
 
-func usage(w io.Writer, cmds map[string]command) {
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	fmt.Fprintln(w, "usage: purser <command> [flags]")
-	fmt.Fprintln(w)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run `purser <command> -h` for the command's flags.")
+// isHelp reports whether arg asks for help.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
 }
+
+// dispatch runs c (reached by path) with args: a leaf parses its own flags; a group picks
+// its subcommand.
+func dispatch(ctx context.Context, e env, path []string, c command, args []string) error {
+	if c.subs == nil {
+		return c.run(ctx, e, args)
+	}
+	switch {
+	case len(args) == 0:
+		groupUsage(e.stderr, path, c)
+		return exitError{code: 2, msg: "missing command"}
+	case args[0] == "help" && len(args) > 1:
+		return help(ctx, e, path, c, args[1:])
+	case isHelp(args[0]):
+		groupUsage(e.stdout, path, c)
+		return flag.ErrHelp
+	}
+	sub, ok := c.subs[args[0]]
+	if !ok {
+		groupUsage(e.stderr, path, c)
+		return exitError{code: 2, msg: fmt.Sprintf("unknown command %q for %s (want %s)", args[0], cmdName(path), strings.Join(sortedKeys(c.subs), ", "))}
+	}
+	return dispatch(ctx, e, append(slices.Clone(path), args[0]), sub, args[1:])
+}
+
+// help prints the help of the command named by names under c: `purser help serve`,
+// `purser keys help create`.
+func help(ctx context.Context, e env, path []string, c command, names []string) error {
+	for i, n := range names {
+		if c.subs == nil {
+			return exitError{code: 2, msg: fmt.Sprintf("%s has no subcommands (got %q)", cmdName(path), strings.Join(names[i:], " "))}
+		}
+		sub, ok := c.subs[n]
+		if !ok {
+			groupUsage(e.stderr, path, c)
+			return exitError{code: 2, msg: fmt.Sprintf("unknown command %q for %s", n, cmdName(path))}
+		}
+		path, c = append(slices.Clone(path), n), sub
+	}
+	if c.subs != nil {
+		groupUsage(e.stdout, path, c)
+		return flag.ErrHelp
+	}
+	return c.run(ctx, e, []string{"-h"})
+}
+
+func cmdName(path []string) string { return strings.Join(append([]string{"purser"}, path...), " ") }
+
+// groupUsage lists a group's commands.
+func groupUsage(w io.Writer, path []string, c command) {
+	name := cmdName(path)
+	fmt.Fprintf(w, "usage: %s <command> [flags] [arguments]\n", name)
+	if c.summary != "" {
+		fmt.Fprintf(w, "\n%s\n", c.summary)
+	}
+	fmt.Fprintln(w)
+	names := sortedKeys(c.subs)
+	width := 0
+	for _, n := range names {
+		width = max(width, len(n))
+	}
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-*s  %s\n", width, n, c.subs[n].summary)
+	}
+	fmt.Fprintf(w, "\nRun `%s help <command>` (or `%s <command> -h`) for a command's usage and flags.\n", name, name)
+}
+
+// summaryOf returns the summary of the command at path ("keys revoke").
+func summaryOf(path string) string {
+	c := group("", commands())
+	for _, n := range strings.Fields(path) {
+		sub, ok := c.subs[n]
+		if !ok {
+			return ""
+		}
+		c = sub
+	}
+	return c.summary
+}
+
+// tidyMessage drops a word repeated across a field prefix ("timezone: timezone \"Mars\": ..."
+// becomes "timezone \"Mars\": ..."), as errors wrapped at two layers can read.
+func tidyMessage(msg string) string {
+	for _, m := range repeatedPrefix.FindAllStringSubmatchIndex(msg, -1) {
+		if msg[m[2]:m[3]] == msg[m[4]:m[5]] {
+			return tidyMessage(msg[:m[2]] + msg[m[4]:])
+		}
+	}
+	return msg
+}
+
+var repeatedPrefix = regexp.MustCompile(`\b([a-z_]+): ([a-z_]+)\b`)

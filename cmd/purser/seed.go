@@ -13,13 +13,16 @@ import (
 const demoKeyName = "demo"
 
 // runSeed loads a small sample: a demo key owned by user:demo and team:demo, a hard monthly
-// team budget and a hard daily budget on the key. It is idempotent; the key's secret is only
-// ever shown once, so a second run rotates the demo key to print a usable secret again.
+// team budget and a hard daily budget on the key. It is idempotent: a second run keeps the
+// demo key, its budgets and (with -demo) the manager token, and says so. A secret is only
+// ever shown once, so -rotate gives the demo key (and the manager token) a new one, printed,
+// and the old one stops working; the output says that too.
 func runSeed(ctx context.Context, e env, args []string) error {
 	f := newFlags("seed", e)
 	dsn := databaseFlag(f)
 	httpAddr := f.String("http-addr", "PURSER_HTTP_ADDR", defaultHTTPAddr, "where `purser serve` answers HTTP (for the printed examples)")
 	demo := f.FlagSet.Bool("demo", false, "also load demo teams, keys, budgets (money, tokens, requests), a manager token and this month's spend history, for the console")
+	rotate := f.FlagSet.Bool("rotate", false, "give an existing demo key (and with -demo the manager token) a new secret, printed once; the old one stops working")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
@@ -42,10 +45,15 @@ func runSeed(ctx context.Context, e env, args []string) error {
 			break
 		}
 	}
-	if key.ID == "" {
+	keyState := "created"
+	switch {
+	case key.ID == "":
 		key, secret, err = svc.CreateKey(ctx, actor, budget.KeySpec{Name: demoKeyName, Subjects: []string{"user:demo", "team:demo"}})
-	} else {
+	case *rotate:
+		keyState = "rotated"
 		key, secret, err = svc.RotateKey(ctx, actor, key.ID)
+	default:
+		keyState = "kept"
 	}
 	if err != nil {
 		return err
@@ -55,11 +63,13 @@ func runSeed(ctx context.Context, e env, args []string) error {
 		{Name: "demo team monthly", Subject: "team:demo", Unit: "usd", Limit: 10_000_000, Window: "month", Hard: true, WarnAt: []int{50, 80}},
 		{Name: "demo key daily", Subject: string(budget.KeySubject(key.ID)), Unit: "usd", Limit: 1_000_000, Window: "day", Hard: true},
 	}
-	for _, d := range samples {
+	budgetState := make([]string, len(samples))
+	for i, d := range samples {
 		existing, err := svc.Budgets(ctx, budget.BudgetQuery{Subject: d.Subject})
 		if err != nil {
 			return err
 		}
+		budgetState[i] = "kept"
 		found := false
 		for _, b := range existing {
 			found = found || b.Name == d.Name
@@ -67,17 +77,28 @@ func runSeed(ctx context.Context, e env, args []string) error {
 		if found {
 			continue
 		}
-		if _, err := svc.CreateBudget(ctx, actor, d); err != nil && !errors.Is(err, budget.ErrConflict) {
+		if _, err := svc.CreateBudget(ctx, actor, d); err == nil {
+			budgetState[i] = "created"
+		} else if !errors.Is(err, budget.ErrConflict) {
 			return err
 		}
 	}
 
 	w := e.stdout
 	fmt.Fprintf(w, "Sample loaded.\n\n")
-	fmt.Fprintf(w, "  demo API key (shown once, stored only as a SHA-256 hash):\n    %s\n", secret)
+	switch keyState {
+	case "created":
+		fmt.Fprintf(w, "  demo API key (shown once, stored only as a SHA-256 hash):\n    %s\n", secret)
+	case "rotated":
+		fmt.Fprintf(w, "  demo API key ROTATED (-rotate): the previous secret no longer works; the new one (shown once):\n    %s\n", secret)
+	default:
+		secret = "<the demo key>"
+		fmt.Fprintf(w, "  demo API key: kept from an earlier run (its secret was shown then and is stored only as a hash);\n")
+		fmt.Fprintf(w, "    run `purser seed -rotate` for a new secret (the old one then stops working)\n")
+	}
 	fmt.Fprintf(w, "  key id %s, owners user:demo and team:demo\n", key.ID)
-	for _, d := range samples {
-		fmt.Fprintf(w, "  budget %-18s on %-22s $%s per %s (hard)\n", fmt.Sprintf("%q", d.Name), d.Subject, pricing.FormatMicros(d.Limit), d.Window)
+	for i, d := range samples {
+		fmt.Fprintf(w, "  budget %-18s on %-22s $%s per %s (hard; %s)\n", fmt.Sprintf("%q", d.Name), d.Subject, pricing.FormatMicros(d.Limit), d.Window, budgetState[i])
 	}
 	fmt.Fprintf(w, "\nUse it:\n")
 	fmt.Fprintf(w, "  - point Envoy's ext_authz and http_grpc access log at purser's gRPC port (envoy/envoy.yaml, or `docker compose up`)\n")
@@ -93,5 +114,5 @@ func runSeed(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer pool.Close()
-	return seedDemo(ctx, w, pool, svc, time.Now().UTC())
+	return seedDemo(ctx, w, pool, svc, time.Now().UTC(), *rotate)
 }

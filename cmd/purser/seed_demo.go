@@ -38,7 +38,7 @@ var demoTeams = []demoTeam{
 
 const demoManagerToken = "ml lead (demo)"
 
-func seedDemo(ctx context.Context, w io.Writer, pool *pgxpool.Pool, svc *budget.Service, now time.Time) error {
+func seedDemo(ctx context.Context, w io.Writer, pool *pgxpool.Pool, svc *budget.Service, now time.Time, rotate bool) error {
 	admin := budget.AdminActor("seed")
 	long := []budget.Definition{
 		{Name: "acme monthly", Subject: "org:acme", Limit: 1_000_000_000, Window: "month", Hard: true, WarnAt: []int{80}},
@@ -77,21 +77,31 @@ func seedDemo(ctx context.Context, w io.Writer, pool *pgxpool.Pool, svc *budget.
 		return err
 	}
 
-	// A manager token for team:ml, new at each run (the secret is shown once).
+	// A manager token for team:ml: kept when an earlier run made it (its secret was shown
+	// then), replaced with rotate.
 	ts, err := svc.Tokens(ctx, budget.TokenQuery{})
 	if err != nil {
 		return err
 	}
+	kept, revoked := false, false
 	for _, t := range ts {
-		if t.Name == demoManagerToken && t.RevokedAt.IsZero() {
-			if _, err := svc.RevokeToken(ctx, admin, t.ID); err != nil {
-				return err
-			}
+		if t.Name != demoManagerToken || !t.RevokedAt.IsZero() {
+			continue
 		}
+		if !rotate {
+			kept = true
+			continue
+		}
+		if _, err := svc.RevokeToken(ctx, admin, t.ID); err != nil {
+			return err
+		}
+		revoked = true
 	}
-	_, mgrSecret, err := svc.CreateToken(ctx, admin, budget.TokenSpec{Name: demoManagerToken, Role: "manager", Scope: []string{"team:ml"}})
-	if err != nil {
-		return err
+	mgrSecret := ""
+	if !kept {
+		if _, mgrSecret, err = svc.CreateToken(ctx, admin, budget.TokenSpec{Name: demoManagerToken, Role: "manager", Scope: []string{"team:ml"}}); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(w, "\nDemo data: teams ml, web and research of org:acme, each with a key and a monthly budget,\n")
 	fmt.Fprintf(w, "request-count budgets (ml-bot: 120 requests per minute), ")
@@ -100,7 +110,14 @@ func seedDemo(ctx context.Context, w io.Writer, pool *pgxpool.Pool, svc *budget.
 	} else {
 		fmt.Fprintf(w, "(spend history was loaded by an earlier run).\n")
 	}
-	fmt.Fprintf(w, "  manager token for team:ml (shown once): %s\n", mgrSecret)
+	switch {
+	case kept:
+		fmt.Fprintf(w, "  manager token for team:ml: kept from an earlier run (`purser seed -demo -rotate` replaces it)\n")
+	case revoked:
+		fmt.Fprintf(w, "  manager token for team:ml REPLACED (-rotate; the previous one is revoked), shown once: %s\n", mgrSecret)
+	default:
+		fmt.Fprintf(w, "  manager token for team:ml (shown once): %s\n", mgrSecret)
+	}
 	return nil
 }
 

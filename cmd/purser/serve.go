@@ -511,14 +511,14 @@ func guarded(method string) bool {
 // run serves until ctx ends, then shuts down in order: health NOT_SERVING, (delay), stop
 // accepting and let in-flight calls finish, drain components, close the pools.
 func (s *server) run(ctx context.Context) error {
-	grpcLis, err := net.Listen("tcp", s.cfg.grpcAddr)
+	grpcLis, err := listen(s.cfg.grpcAddr, "grpc-addr", "PURSER_GRPC_ADDR")
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", s.cfg.grpcAddr, err)
+		return err
 	}
-	httpLis, err := net.Listen("tcp", s.cfg.httpAddr)
+	httpLis, err := listen(s.cfg.httpAddr, "http-addr", "PURSER_HTTP_ADDR")
 	if err != nil {
 		grpcLis.Close()
-		return fmt.Errorf("listen %s: %w", s.cfg.httpAddr, err)
+		return err
 	}
 	return s.serve(ctx, grpcLis, httpLis)
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -42,8 +45,12 @@ func runVerify(ctx context.Context, e env, args []string) error {
 	return nil
 }
 
+// runCost prices JSON lines (pricing.RunCost): one JSON line per input line on stdout, in
+// order. A line that cannot be priced is {"error": ...} on stdout (so output lines stay aligned
+// with input lines), reported on stderr too, and makes the exit status 1.
 func runCost(ctx context.Context, e env, args []string) error {
 	f := newFlags("cost", e)
+	f.synopsis = "[-prices FILE] < responses.jsonl"
 	prices := f.String("prices", "PURSER_PRICES", "", "price override file (YAML or JSON)")
 	if err := f.Parse(args); err != nil {
 		return err
@@ -52,5 +59,60 @@ func runCost(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return pricing.RunCost(ctx, cat, e.stdin, e.stdout)
+	out := &costOutput{w: e.stdout, errw: e.stderr}
+	if err := pricing.RunCost(ctx, cat, e.stdin, out); err != nil {
+		return err
+	}
+	if out.failed > 0 {
+		return exitError{code: 1, msg: fmt.Sprintf("cost: %d of %d lines could not be priced", out.failed, out.lines)}
+	}
+	return nil
+}
+
+// costOutput passes RunCost's output through and reports its error lines on errw.
+type costOutput struct {
+	w, errw       io.Writer
+	line          []byte // the start of the current line, while it may be an error line
+	skip          bool   // the current line is a priced result: pass it through
+	lines, failed int
+}
+
+var costErrorPrefix = []byte(`{"error":`)
+
+func (c *costOutput) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	for rest := p[:n]; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		chunk := rest
+		if i >= 0 {
+			chunk = rest[:i]
+		}
+		if !c.skip {
+			c.line = append(c.line, chunk...)
+			k := min(len(c.line), len(costErrorPrefix))
+			c.skip = !bytes.Equal(c.line[:k], costErrorPrefix[:k])
+		}
+		if i < 0 {
+			break
+		}
+		c.endLine()
+		rest = rest[i+1:]
+	}
+	return n, err
+}
+
+func (c *costOutput) endLine() {
+	c.lines++
+	if !c.skip && bytes.HasPrefix(c.line, costErrorPrefix) {
+		var e struct {
+			Error string `json:"error"`
+		}
+		msg := string(c.line)
+		if json.Unmarshal(c.line, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		c.failed++
+		fmt.Fprintln(c.errw, "purser cost:", msg)
+	}
+	c.line, c.skip = c.line[:0], false
 }

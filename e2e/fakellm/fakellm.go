@@ -121,6 +121,7 @@ type Server struct {
 	records []Record
 	mux     *http.ServeMux
 	busy    atomic.Int64 // requests being served, not yet recorded
+	delayed atomic.Int64 // requests waiting out their x-fake-delay-ms
 }
 
 // New returns a fake provider ready to serve.
@@ -164,6 +165,10 @@ func (s *Server) Requests() []Record {
 // "data: [DONE]"): wait for Busy to reach 0 before reading the record of a request just made.
 func (s *Server) Busy() int { return int(s.busy.Load()) }
 
+// Delayed returns how many requests are waiting out their x-fake-delay-ms: a test that
+// cancels a delayed request waits for it to be there first.
+func (s *Server) Delayed() int { return int(s.delayed.Load()) }
+
 // Count returns how many requests were served since the last Reset.
 func (s *Server) Count() int {
 	s.mu.Lock()
@@ -188,8 +193,12 @@ type call struct {
 	rec      *Record
 	cutAfter int  // SSE events or JSON bytes; 0 = never
 	aborted  bool // abort() cut the response
-	created  int64
-	id       string
+	// wrote is set by the first write of the response body; live says whether the client was
+	// still there at the last one, failed whether a write failed. A client that closes once it
+	// has read the end (openai-go stops at "data: [DONE]") leaves a complete response.
+	wrote, live, failed bool
+	created             int64
+	id                  string
 }
 
 // request holds the request-body fields any of the APIs uses.
@@ -255,7 +264,7 @@ func (s *Server) handle(api string, h func(*call) error) http.HandlerFunc {
 			c.error(http.StatusBadRequest, err.Error())
 			return
 		}
-		if c.r.Context().Err() == nil {
+		if c.complete() {
 			c.rec.Complete = true
 		}
 	}
@@ -350,6 +359,8 @@ func (c *call) delay() error {
 	}
 	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
 	defer t.Stop()
+	c.s.delayed.Add(1)
+	defer c.s.delayed.Add(-1)
 	select {
 	case <-t.C:
 		return nil
@@ -420,7 +431,23 @@ func (c *call) json(v any) {
 		_, _ = c.w.Write(b[:c.cutAfter])
 		c.abort()
 	}
-	_, _ = c.w.Write(b)
+	c.writing()
+	if _, err := c.w.Write(b); err != nil {
+		c.failed = true
+	}
+}
+
+// writing records, before a write of the response body, whether the client is still there.
+func (c *call) writing() {
+	c.wrote, c.live = true, c.r.Context().Err() == nil
+}
+
+// complete reports whether the whole response was written while the client was connected.
+func (c *call) complete() bool {
+	if !c.wrote {
+		return c.r.Context().Err() == nil
+	}
+	return c.live && !c.failed
 }
 
 // abort flushes what was written and drops the connection without a clean end of response.
@@ -469,7 +496,9 @@ func (e *sse) event(name string, data any, report func(*Usage)) {
 	sb.WriteString("data: ")
 	sb.Write(payload)
 	sb.WriteString("\n\n")
+	e.c.writing()
 	if _, err := io.WriteString(e.c.w, sb.String()); err != nil {
+		e.c.failed = true
 		return
 	}
 	if f, ok := e.c.w.(http.Flusher); ok {

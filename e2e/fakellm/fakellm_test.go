@@ -452,16 +452,28 @@ func TestCutAfter(t *testing.T) {
 func TestDelayHonoursCancellation(t *testing.T) {
 	t.Parallel()
 	fake, ts := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	client := openaiClient(ts, map[string]string{fakellm.HeaderDelayMs: "60000"})
-	_, err := client.Chat.Completions.New(ctx, chatParams())
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-	// The handler notices the cancellation and records the request without blocking for 60 s.
-	require.Eventually(t, func() bool { return fake.Count() == 1 }, 5*time.Second, 5*time.Millisecond)
+	client := openaiClient(ts, map[string]string{fakellm.HeaderDelayMs: "600000"})
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.Chat.Completions.New(ctx, chatParams())
+		done <- err
+	}()
+	// Cancel once the handler is waiting out its delay (not on a timer: a loaded machine may
+	// not have delivered the request yet).
+	require.Eventually(t, func() bool { return fake.Delayed() == 1 }, time.Minute, time.Millisecond,
+		"the request reaches the handler's delay")
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled, "the client sees its own cancellation")
+	// The handler notices the cancellation and records the request long before the 10-minute
+	// delay would end.
+	require.Eventually(t, func() bool { return fake.Count() == 1 && fake.Busy() == 0 }, time.Minute, time.Millisecond,
+		"the cancelled request is recorded")
 	rec := lastRecord(t, fake)
-	require.Equal(t, 499, rec.Status)
-	require.False(t, rec.Complete)
+	require.Equal(t, 499, rec.Status, "a request cancelled during its delay is recorded as 499 (client closed)")
+	require.False(t, rec.Complete, "a cancelled request is not complete")
+	require.Zero(t, fake.Delayed(), "no request is left waiting")
 }
 
 func TestGemini(t *testing.T) {

@@ -113,11 +113,15 @@ func (c *call) jsonArray(ws []string, chunk func(text string, candidates int64, 
 		if i > 0 {
 			prefix = "\n,\r\n"
 		}
+		c.writing()
 		if _, err := io.WriteString(c.w, prefix+string(b)); err != nil {
+			c.failed = true
 			return
 		}
 		if final {
-			_, _ = io.WriteString(c.w, "\n]")
+			if _, err := io.WriteString(c.w, "\n]"); err != nil {
+				c.failed = true
+			}
 		}
 		if f, ok := c.w.(http.Flusher); ok {
 			f.Flush()
