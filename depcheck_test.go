@@ -69,8 +69,8 @@ var forbiddenExternal = []struct {
 // layer ranks the module's packages: an allowed import never points to a higher layer.
 func layer(pkg string) int {
 	switch {
-	case pkg == "", under(pkg, "cmd"), under(pkg, "bench"), under(pkg, "e2e"):
-		return 4 // binaries, and the harnesses that drive the whole server
+	case pkg == "", under(pkg, "cmd"), under(pkg, "bench"), under(pkg, "e2e"), pkg == "internal/testdb":
+		return 4 // binaries (internal/testdb is make test-db's), and the harnesses that drive the whole server
 	case under(pkg, "extauthz"), under(pkg, "accesslog"), under(pkg, "admin"), under(pkg, "alerts"), under(pkg, "console"):
 		return 3
 	case pkg == "budget", under(pkg, "budget/store/pgtest"):
