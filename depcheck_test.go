@@ -17,9 +17,9 @@ const module = "github.com/purser-dev/purser"
 var allowedImports = map[string][]string{
 	"":                 {},
 	"cmd/purser":       {"accesslog", "admin", "alerts", "budget", "budget/pricing", "budget/store", "console", "extauthz", "extauthz/request", "grpccodec", "migrations", "proof"},
-	"cmd/purser-bench": {"bench", "budget", "budget/pricing", "budget/store"},
-	"cmd/purser-demo":  {"bench", "e2e/envoysim", "e2e/fakellm"},
-	"cmd/fakellm":      {"e2e/fakellm"},
+	"cmd/purser-bench": {"internal/bench", "budget", "budget/pricing", "budget/store"},
+	"cmd/purser-demo":  {"internal/bench", "internal/envoysim", "internal/fakellm"},
+	"cmd/fakellm":      {"internal/fakellm"},
 
 	// The Envoy-facing adapters reach the ledger through budget, never through the store.
 	"extauthz":         {"budget", "budget/pricing", "extauthz/request", "proof"},
@@ -42,12 +42,12 @@ var allowedImports = map[string][]string{
 	"migrations":         {},
 	"proof":              {}, // proofs are pure: keys come from the caller
 
-	"bench":        {"accesslog", "budget", "budget/pricing", "budget/store", "extauthz", "extauthz/request", "grpccodec", "migrations", "proof"},
-	"deploy":       {},
-	"e2e":          {},
-	"e2e/envoysim": {"envoy"},
-	"e2e/fakellm":  {},
-	"envoy":        {},
+	"internal/bench":    {"accesslog", "budget", "budget/pricing", "budget/store", "extauthz", "extauthz/request", "grpccodec", "migrations", "proof"},
+	"deploy":            {},
+	"e2e":               {},
+	"internal/envoysim": {"envoy"},
+	"internal/fakellm":  {},
+	"envoy":             {},
 }
 
 // forbiddenExternal lists third-party import prefixes a package (and its sub-packages) must
@@ -69,7 +69,7 @@ var forbiddenExternal = []struct {
 // layer ranks the module's packages: an allowed import never points to a higher layer.
 func layer(pkg string) int {
 	switch {
-	case pkg == "", under(pkg, "cmd"), under(pkg, "bench"), under(pkg, "e2e"), pkg == "internal/testdb":
+	case pkg == "", under(pkg, "cmd"), under(pkg, "e2e"), under(pkg, "internal/bench"), under(pkg, "internal/envoysim"), under(pkg, "internal/fakellm"), pkg == "internal/testdb":
 		return 4 // binaries (internal/testdb is make test-db's), and the harnesses that drive the whole server
 	case under(pkg, "extauthz"), under(pkg, "accesslog"), under(pkg, "admin"), under(pkg, "alerts"), under(pkg, "console"):
 		return 3

@@ -16,12 +16,12 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 // TestBounds runs the money-bound scenarios of issue 13 against the real binary, Postgres,
 // envoysim and the fake provider, which reports the real o200k_base count of OpenAI prompts
-// (e2e/fakellm/tokens.go): expensive scripts against a hard budget, an o3 request without
+// (internal/fakellm/tokens.go): expensive scripts against a hard budget, an o3 request without
 // max_tokens, and a request that can never fit.
 func TestBounds(t *testing.T) {
 	bin := buildPurser(t)

@@ -19,8 +19,8 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/bench"
-	"github.com/purser-dev/purser/e2e/envoysim"
+	"github.com/purser-dev/purser/internal/bench"
+	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/envoy"
 )
 

@@ -18,8 +18,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/e2e/envoysim"
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/envoysim"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 // TestPurserBehindEnvoy runs purser's end-to-end scenarios: the real binary, envoysim

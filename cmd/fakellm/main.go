@@ -1,4 +1,4 @@
-// Command fakellm serves the deterministic fake LLM provider of package e2e/fakellm (OpenAI,
+// Command fakellm serves the deterministic fake LLM provider of package internal/fakellm (OpenAI,
 // Anthropic and Gemini shaped responses, token usage chosen per request by x-fake-* headers).
 // docker-compose.yaml uses it as the upstream of the demo Envoy.
 //
@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 func main() {

@@ -15,7 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/purser-dev/purser/bench"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 func startCPUProfile(f *os.File) error { return pprof.StartCPUProfile(f) }

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/purser-dev/purser/bench"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // The replicas scenario: how many reservations per second one Postgres primary sustains with

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/purser-dev/purser/bench"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // render builds the markdown report.

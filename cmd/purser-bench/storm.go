@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/purser-dev/purser/bench"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // stormResult is the exhausted-budget storm: a burst of 10×K Checks at room K, then a

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/purser-dev/purser/bench"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // Stress scenarios (issue 15): a noisy neighbour (one budget's window row locked by another

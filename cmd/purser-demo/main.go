@@ -1,6 +1,6 @@
 // Command purser-demo runs the whole chain on this machine without Docker: `purser serve`
-// (the binary given), the fake LLM provider of e2e/fakellm, and the Envoy stand-in of
-// e2e/envoysim playing the shipped envoy/envoy.yaml, each on a loopback port, with a seeded
+// (the binary given), the fake LLM provider of internal/fakellm, and the Envoy stand-in of
+// internal/envoysim playing the shipped envoy/envoy.yaml, each on a loopback port, with a seeded
 // demo key and budgets. It prints requests to try (curl, and the OpenAI SDK) and runs until
 // interrupted. `make demo` builds and starts it on fixed ports; docker-compose.yaml runs the
 // same chain with a real Envoy.
@@ -26,9 +26,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/purser-dev/purser/bench"
-	"github.com/purser-dev/purser/e2e/envoysim"
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/bench"
+	"github.com/purser-dev/purser/internal/envoysim"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 func main() {

@@ -14,8 +14,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/e2e/envoysim"
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/envoysim"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 // rawPost sends a request with exactly the given Accept-Encoding (none when empty) through a

@@ -19,7 +19,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 func start(t *testing.T) (*fakellm.Server, *httptest.Server) {

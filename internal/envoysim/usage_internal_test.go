@@ -10,12 +10,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/fakellm"
 )
 
 // TestSSERules_EveryChunkBoundary feeds the fake's real SSE bodies to the sse_to_metadata
 // imitation cut at (nearly) every byte: the metadata must not depend on where chunks end, and must
-// equal what e2e/fakellm's envoyrules_test.go expects from envoy.yaml's rules.
+// equal what internal/fakellm's envoyrules_test.go expects from envoy.yaml's rules.
 func TestSSERules_EveryChunkBoundary(t *testing.T) {
 	t.Parallel()
 	cfg, err := LoadShipped()

@@ -2,7 +2,7 @@ package fakellm_test
 
 // This file checks the shipped Envoy usage extraction against the fake's responses, which are
 // shaped like the real APIs: the json_to_metadata and sse_to_metadata rules of envoy/envoy.yaml
-// (applied by e2e/envoysim's emulation of the two filters, the one the e2e suite runs), and the Lua
+// (applied by internal/envoysim's emulation of the two filters, the one the e2e suite runs), and the Lua
 // script of envoy/envoy-lua.yaml (run in gopher-lua, a Lua 5.1 VM like Envoy's LuaJIT, with the
 // body cut at every byte boundary). No Envoy binary is involved.
 
@@ -30,8 +30,8 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
-	"github.com/purser-dev/purser/e2e/envoysim"
-	"github.com/purser-dev/purser/e2e/fakellm"
+	"github.com/purser-dev/purser/internal/envoysim"
+	"github.com/purser-dev/purser/internal/fakellm"
 	"github.com/purser-dev/purser/envoy"
 )
 

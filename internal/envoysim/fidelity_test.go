@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 
-	"github.com/purser-dev/purser/e2e/envoysim"
+	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/internal/testkit"
 )
 

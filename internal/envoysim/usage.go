@@ -17,7 +17,7 @@ import (
 // sse_to_metadata with the JSON content parser (5.2: per event, never holding the stream,
 // on_present at once, on_missing/on_error deferred to a clean end of stream). The request path
 // runs them incrementally on the live response; ResponseMetadata runs them on a whole one
-// (e2e/fakellm's envoyrules_test.go checks envoy.yaml's rules against the fake with it).
+// (internal/fakellm's envoyrules_test.go checks envoy.yaml's rules against the fake with it).
 
 // metadataWriter stores one value of dynamic metadata.
 type metadataWriter func(ns, key string, v *structpb.Value, preserveExisting bool)
