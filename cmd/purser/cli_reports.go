@@ -222,12 +222,12 @@ func (b budgetUnits) of(target string) string {
 	if u, ok := b.units[id]; ok {
 		return u
 	}
-	c, err := b.f.client()
 	var bud admin.Budget
-	if err == nil {
-		_, err = c.do(b.ctx, "GET", "/v1/budgets/"+url.PathEscape(id), nil, nil, &bud)
+	if c, err := b.f.client(); err == nil {
+		// An error leaves bud empty: the budget is gone or unreachable, its amounts stay raw.
+		_, _ = c.do(b.ctx, "GET", "/v1/budgets/"+url.PathEscape(id), nil, nil, &bud)
 	}
-	b.units[id] = bud.Unit // "" when the budget is gone: its amounts stay raw
+	b.units[id] = bud.Unit
 	return bud.Unit
 }
 
