@@ -37,8 +37,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
+	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/proof"
 )

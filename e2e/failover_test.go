@@ -22,11 +22,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/internal/fakellm"
 	"github.com/purser-dev/purser/internal/pgcluster"

@@ -22,10 +22,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // faultWorld is one fault scenario: a schema, a ledger to set it up with, one purser.

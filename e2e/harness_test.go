@@ -23,11 +23,11 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/internal/fakellm"
 )

@@ -19,9 +19,9 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/stretchr/testify/require"
 
+	"github.com/purser-dev/purser/envoy"
 	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/internal/envoysim"
-	"github.com/purser-dev/purser/envoy"
 )
 
 // 10. The same world with a real Envoy (ENVOY_BIN, 1.38+) instead of envoysim: envoy-demo.yaml

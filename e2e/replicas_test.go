@@ -10,10 +10,10 @@ import (
 
 	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/store"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/proof"
 )
 

@@ -14,9 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // The partition scenario measures the prototype of docs/capacity.md: budgets split by subject

@@ -16,10 +16,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
 	"github.com/purser-dev/purser/budget/store"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // Server names, as the table prints them.

@@ -10,8 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/internal/testkit"
 )
 

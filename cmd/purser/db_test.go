@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/purser-dev/purser/internal/bench"
 	"github.com/purser-dev/purser/budget/store/pgtest"
+	"github.com/purser-dev/purser/internal/bench"
 )
 
 // testPool opens purser's pool (openPool: the failover hooks included) on the test server,

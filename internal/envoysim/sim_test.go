@@ -28,9 +28,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/purser-dev/purser/envoy"
 	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/internal/fakellm"
-	"github.com/purser-dev/purser/envoy"
 	"github.com/purser-dev/purser/internal/testkit"
 )
 

@@ -30,9 +30,9 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
+	"github.com/purser-dev/purser/envoy"
 	"github.com/purser-dev/purser/internal/envoysim"
 	"github.com/purser-dev/purser/internal/fakellm"
-	"github.com/purser-dev/purser/envoy"
 )
 
 func loadHCM(t *testing.T, file string) *hcmv3.HttpConnectionManager {
