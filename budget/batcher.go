@@ -208,8 +208,11 @@ func (b *Batcher) enqueue(c *call) error {
 	}
 	// An idle batcher (no batch in flight) never refuses: the request runs at once, and its
 	// batch refreshes the estimate, which would otherwise stay as the last batch left it.
+	// Nor does one with less than a batch waiting: the request joins the next batch, and an
+	// estimate from a slow batch or two must not refuse a handful of requests (refuseLate
+	// still answers one whose deadline comes too close before its batch starts).
 	idle := b.inflight == 0
-	if !c.deadline.IsZero() && !idle {
+	if !c.deadline.IsZero() && !idle && len(b.pending) >= b.limit {
 		wait := b.expectedWaitLocked(len(b.pending))
 		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
 			b.mu.Unlock()

@@ -292,7 +292,10 @@ func faultOverload(t *testing.T, bin string) {
 	}
 	t.Logf("overload: %d admitted, %d shed (503), %d other denials, %d failed", ok, shed, other, failed)
 	require.Positive(t, ok, "some Checks are admitted")
-	require.Positive(t, shed+failed, "more load than purser can take: some Checks are refused")
+	// Whether this burst overloads purser depends on the machine: on a quiet one it may keep
+	// up (every Check admitted in time). What must hold either way: no budget denial, shed
+	// answers come fast from purser, and no hold is orphaned. (That a full queue or a hopeless
+	// deadline is refused at once is budget's batcher tests.)
 	require.Zero(t, other, "no budget denial: the budget has room")
 	if shed > 0 {
 		slices.Sort(shedLat)

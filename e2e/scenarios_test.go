@@ -784,7 +784,11 @@ func scenarioKill(t *testing.T, bin string) {
 func scenarioReplicas(t *testing.T, bin string) {
 	g := newGate()
 	defer g.open()
-	st := newStack(t, bin, stackOpts{replicas: 2, wrapUpstream: g.wrap})
+	// About admission across replicas, not deadlines: a Check must not miss Envoy's deadline
+	// (or be shed) on a loaded machine under -race, or the count of holds would be short.
+	st := newStack(t, bin, stackOpts{replicas: 2, wrapUpstream: g.wrap,
+		purserArgs: []string{"-check-timeout", "4s"},
+		configure:  func(c *envoysim.Config) { c.ExtAuthz.Timeout = 5 * time.Second }})
 	keyID, secret := st.key("replicas")
 	const limit = 5000
 	b := st.budget("key tiny", "key:"+keyID, limit, "day")
