@@ -16,7 +16,7 @@ export DATABASE_URL TEST_DATABASE_URL GOFLAGS
 GOTESTSUM := $(GO) tool gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg --
 # What `make test` takes on the 2-core development machine when nothing else runs (11m21s
 # measured in issue 17; said before it starts). Other work on the same cores stretches it.
-TEST_MINUTES := 11
+TEST_MINUTES := 6
 
 .PHONY: help build run demo test e2e fuzz bench lint depcheck db-up test-db chromium migrate seed verify clean
 
