@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/purser-dev/purser/budget"
@@ -118,10 +119,7 @@ func TestBatcher_AbandonedReservationIsVoided(t *testing.T) {
 	start := first.Budgets[0].Window.Start
 
 	// Hold the window's row lock so the next batch blocks inside the database.
-	tx, err := e.schema.Pool.Begin(ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
-	require.NoError(t, err)
+	tx := e.lockWindows(t, tb.ID)
 
 	gone, cancel := context.WithCancel(ctx) // no deadline: the batch waits for the lock
 	r := req("team:ml")
@@ -157,10 +155,7 @@ func TestBatcher_RetryAfterAbandonReservesAfresh(t *testing.T) {
 	require.NoError(t, err)
 	start := first.Budgets[0].Window.Start
 
-	tx, err := e.schema.Pool.Begin(ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
-	require.NoError(t, err)
+	tx := e.lockWindows(t, tb.ID)
 	r := req("team:ml")
 	r.ID = "018f0000-0000-7000-8000-00000000abce"
 	r.IdempotencyKey = []byte("key|req-1|stream-1")
@@ -200,10 +195,7 @@ func TestBatcher_DeadlineRollsBack(t *testing.T) {
 	require.NoError(t, err)
 	start := first.Budgets[0].Window.Start
 
-	tx, err := e.schema.Pool.Begin(ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
-	require.NoError(t, err)
+	tx := e.lockWindows(t, tb.ID)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	r := req("team:ml")
@@ -233,10 +225,7 @@ func TestBatcher_LockedBudgetDelaysOnlyItsRequests(t *testing.T) {
 		_, err := b.Reserve(ctx, req(s)) // window rows exist
 		require.NoError(t, err)
 	}
-	tx, err := e.schema.Pool.Begin(ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, locked.ID)
-	require.NoError(t, err)
+	tx := e.lockWindows(t, locked.ID)
 	defer func() { _ = tx.Rollback(ctx) }()
 
 	// The locked tenant keeps asking (each attempt waits for its own deadline) while the other
@@ -309,10 +298,7 @@ func TestBatcher_FullQueueSheds(t *testing.T) {
 	b := startBatcher(t, e.svc, budget.BatcherConfig{QueueSize: 1})
 	_, err := b.Reserve(ctx, req("team:ml")) // the window row exists, the definition is cached
 	require.NoError(t, err)
-	tx, err := e.schema.Pool.Begin(ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, tb.ID)
-	require.NoError(t, err)
+	tx := e.lockWindows(t, tb.ID)
 
 	waiting, cancel := context.WithCancel(ctx)
 	errs := make(chan error, 2)
@@ -338,4 +324,17 @@ func TestBatcher_FullQueueSheds(t *testing.T) {
 		require.True(t, errors.Is(err, context.Canceled) || errors.Is(err, budget.ErrOverloaded), "the waiting callers gave up or were refused: %v", err)
 	}
 	e.requireClean(t)
+}
+
+// lockWindows holds the row locks of a budget's windows in a transaction of its own (as a long
+// admin transaction would), until the caller rolls it back.
+func (e *env) lockWindows(t *testing.T, budgetID int64) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := e.schema.Pool.Begin(ctx)
+	require.NoError(t, err, "begin the locking transaction")
+	_, err = tx.Exec(ctx, `SELECT 1 FROM budget_windows WHERE budget_id = $1 FOR UPDATE`, budgetID)
+	require.NoError(t, err, "lock the budget's window rows")
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	return tx
 }
