@@ -170,6 +170,17 @@ func TestConsole_PagesAndSessions(t *testing.T) {
 		require.Contains(t, p.body, `<main id="main"`, path)
 		require.Equal(t, "no-store", p.header.Get("Cache-Control"), path)
 	}
+	// The audit page writes amounts in their unit, a grant's too (its details carry no unit:
+	// the page looks up the budget's).
+	_, err = e.svc.AddGrant(ctx, "t", b1.ID, 25_000_000, time.Now().Add(48*time.Hour), "launch")
+	require.NoError(t, err)
+	p = br.do("GET", "/ui/audit", nil)
+	require.Equal(t, http.StatusOK, p.status, p.body)
+	for _, want := range []string{"limit=$50.00", "amount=$25.00", "reason=launch"} {
+		require.Contains(t, p.body, want, "the audit page shows %s", want)
+	}
+	require.NotContains(t, p.body, "50000000", "no raw micro-USD on the audit page")
+	require.NotContains(t, p.body, "25000000", "no raw micro-USD on the audit page")
 	p = br.do("GET", fmt.Sprintf("/ui/budgets/%d", b1.ID), nil)
 	require.Contains(t, p.body, `<svg class="chart"`)
 	require.Contains(t, p.body, `class="limit"`, "the limit line")

@@ -568,9 +568,15 @@ func (c *Console) revokeToken(w http.ResponseWriter, r *http.Request, s *session
 }
 
 type auditData struct {
-	Entries    []admin.AuditEntry
+	Entries    []auditRow
 	NextBefore string
 	Target     string
+}
+
+// auditRow is an audit entry with its details written for people (amounts in their unit).
+type auditRow struct {
+	admin.AuditEntry
+	Text string
 }
 
 func (c *Console) audit(w http.ResponseWriter, r *http.Request, s *session) {
@@ -589,7 +595,24 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, s *session) {
 		c.fail(w, r, s, err)
 		return
 	}
-	d := auditData{Entries: out.Entries, Target: in.Get("target")}
+	d := auditData{Entries: make([]auditRow, len(out.Entries)), Target: in.Get("target")}
+	units := map[string]string{} // one lookup per budget named on the page
+	unitOf := func(target string) string {
+		if u, ok := units[target]; ok {
+			return u
+		}
+		var b admin.Budget
+		if id, ok := strings.CutPrefix(target, "budget:"); ok {
+			// A budget that is gone (or not visible to this principal) leaves its amounts raw,
+			// said to be raw.
+			_ = c.get(r.Context(), s.p, "/v1/budgets/"+url.PathEscape(id), nil, &b)
+		}
+		units[target] = b.Unit
+		return b.Unit
+	}
+	for i, e := range out.Entries {
+		d.Entries[i] = auditRow{AuditEntry: e, Text: e.DetailsText(unitOf)}
+	}
 	if out.NextBefore != nil {
 		q.Del("limit")
 		q.Set("before", strconv.FormatInt(*out.NextBefore, 10))

@@ -210,13 +210,6 @@ func TestCLI_TidyMessage(t *testing.T) {
 	require.False(t, regexp.MustCompile(`timezone: timezone`).MatchString(err.Error()), "no repeated prefix: %s", err)
 }
 
-func TestCLI_FormatUSD(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[int64]string{1_500_000: "$1.50", 360: "$0.00036", 10_000_000: "$10.00", 0: "$0.00", -2_000_000: "-$2.00", 1: "$0.000001"} {
-		require.Equal(t, want, formatUSD(in), "formatUSD(%d)", in)
-	}
-}
-
 // Audit details show amounts in their unit: money as $1.50, not micro-USD.
 func TestCLI_AuditShowsMoney(t *testing.T) {
 	t.Parallel()

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -172,7 +170,7 @@ func runAudit(ctx context.Context, e env, args []string) error {
 	tw := newTable(e.stdout)
 	fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tTARGET\tDETAILS")
 	for _, en := range out.Entries {
-		d := orDash(formatDetails(en.Details, func() string { return units.of(en.Target) }))
+		d := orDash(en.DetailsText(units.of))
 		if r := []rune(d); len(r) > 120 { // whole characters: names may be any UTF-8
 			d = string(r[:117]) + "..."
 		}
@@ -229,72 +227,4 @@ func (b budgetUnits) of(target string) string {
 	}
 	b.units[id] = bud.Unit
 	return bud.Unit
-}
-
-// formatDetails writes an audit entry's details as key=value pairs, sorted, with amounts in
-// their unit: limit and amount in money as $1.50 (the API keeps integer micro-USD), tokens and
-// requests as counts. unitOf gives the unit of the entry's budget when the details do not.
-func formatDetails(raw json.RawMessage, unitOf func() string) string {
-	var m map[string]any
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if dec.Decode(&m) != nil || m == nil {
-		return string(raw)
-	}
-	unit, _ := m["unit"].(string)
-	parts := make([]string, 0, len(m))
-	for _, k := range sortedKeys(m) {
-		v := m[k]
-		var s string
-		switch x := v.(type) {
-		case string:
-			s = x
-			if s == "" || strings.ContainsAny(s, " \t\"=") {
-				s = strconv.Quote(s)
-			}
-		case json.Number:
-			s = x.String()
-			if k == "limit" || k == "amount" {
-				s = formatAmountIn(unit, x, unitOf)
-			}
-		default:
-			b, _ := json.Marshal(x)
-			s = string(b)
-		}
-		parts = append(parts, k+"="+s)
-	}
-	return strings.Join(parts, " ")
-}
-
-// formatAmountIn formats an amount of the details: unit "" asks unitOf for the budget's.
-func formatAmountIn(unit string, n json.Number, unitOf func() string) string {
-	v, err := n.Int64()
-	if err != nil {
-		return n.String()
-	}
-	if unit == "" && unitOf != nil {
-		unit = unitOf()
-	}
-	switch unit {
-	case "usd":
-		return formatUSD(v)
-	case "tokens", "requests":
-		return n.String() + " " + unit
-	}
-	return n.String() + " (micro-units of the budget's unit)"
-}
-
-// formatUSD writes micro-USD as dollars with at least two decimals: $1.50, $0.00036, -$2.00.
-func formatUSD(micros int64) string {
-	sign := ""
-	u := uint64(micros)
-	if micros < 0 {
-		sign, u = "-", uint64(-micros)
-	}
-	frac := fmt.Sprintf("%06d", u%1_000_000)
-	frac = strings.TrimRight(frac, "0")
-	for len(frac) < 2 {
-		frac += "0"
-	}
-	return fmt.Sprintf("%s$%d.%s", sign, u/1_000_000, frac)
 }
