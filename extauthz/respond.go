@@ -192,13 +192,17 @@ func purserCredentials(cs []request.Credential) (headers, params []string) {
 // tokens: the parser joins repeated headers and query parameters with ",", and a header read
 // verbatim may carry a scheme ("Bearer pk_…"), so "sk-…, Bearer pk_…" carries one.
 func carriesPurserKey(v string) bool {
-	for _, tok := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
-		if strings.HasPrefix(tok, keyPrefix) {
+	// Each token starts after a separator (or at 0); keyPrefix holds no separator, so a token
+	// starts with it exactly when the text at the token's start does. No allocation.
+	for i := 0; i < len(v); i++ {
+		if (i == 0 || isCredentialSep(v[i-1])) && strings.HasPrefix(v[i:], keyPrefix) {
 			return true
 		}
 	}
 	return false
 }
+
+func isCredentialSep(c byte) bool { return c == ',' || c == ' ' || c == '\t' }
 
 // metadataFor builds the dynamic metadata the access-log sink joins on, with its proof when
 // the sink acts on it (reserved, unverified). Amounts are strings: Struct numbers are doubles.
