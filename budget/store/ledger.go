@@ -247,8 +247,8 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 		s_cause => @s_cause)`,
 		pgx.StrictNamedArgs{
 			"s_id": ids, "s_void": voids, "s_tentative": tentative, "s_hold": holds,
-			"s_cost": costs, "s_tokens": tokens, "s_usage": usages, "s_catalog": cats,
-			"s_cause": causes,
+			"s_cost": int64s(costs), "s_tokens": int64s(tokens), "s_usage": usages, "s_catalog": texts(cats),
+			"s_cause": texts(causes), // int64s, texts: no allocation per element (arrays.go)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
