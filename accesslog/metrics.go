@@ -21,6 +21,40 @@ type metrics struct {
 
 	mu     sync.Mutex
 	groups map[usageGroup]metric.MeasurementOption // label sets seen, at most maxUsageGroups
+
+	// The outcome and event attribute sets, built once each: building one sorts and
+	// allocates, and every entry counts two or three outcomes.
+	outcomes, settleOutcomes, events attrCache
+}
+
+// attrCache holds the measurement option of each value of one attribute, up to
+// maxCachedValues of them (values from the wire, such as an unknown decision, could be
+// many): past that a value's option is built for each use, as without the cache.
+type attrCache struct {
+	key string
+	mu  sync.RWMutex
+	m   map[string]metric.MeasurementOption
+}
+
+const maxCachedValues = 256
+
+func (c *attrCache) option(v string) metric.MeasurementOption {
+	c.mu.RLock()
+	o, ok := c.m[v]
+	c.mu.RUnlock()
+	if ok {
+		return o
+	}
+	o = metric.WithAttributeSet(attribute.NewSet(attribute.String(c.key, v)))
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]metric.MeasurementOption{}
+	}
+	if len(c.m) < maxCachedValues {
+		c.m[v] = o
+	}
+	c.mu.Unlock()
+	return o
 }
 
 // usageGroup is one label set of purser.accesslog.usage.
@@ -37,7 +71,7 @@ func newMetrics(meter metric.Meter) (*metrics, error) {
 	if meter == nil {
 		return nil, nil
 	}
-	var m metrics
+	m := metrics{outcomes: attrCache{key: "outcome"}, settleOutcomes: attrCache{key: "outcome"}, events: attrCache{key: "event"}}
 	var err error
 	if m.entries, err = meter.Int64Counter("purser.accesslog.entries",
 		metric.WithDescription("Access-log entries by what became of them (received, dropped, settled, voided, charged_hold, unreserved, no_reservation, not_final, ...)")); err != nil {
@@ -72,21 +106,21 @@ func (m *metrics) entry(ctx context.Context, outcome string, n int64) {
 	if m == nil || n == 0 {
 		return
 	}
-	m.entries.Add(ctx, n, metric.WithAttributes(attribute.String("outcome", outcome)))
+	m.entries.Add(ctx, n, m.outcomes.option(outcome))
 }
 
 func (m *metrics) stream(ctx context.Context, event string) {
 	if m == nil {
 		return
 	}
-	m.streams.Add(ctx, 1, metric.WithAttributes(attribute.String("event", event)))
+	m.streams.Add(ctx, 1, m.events.option(event))
 }
 
-func (m *metrics) settled(ctx context.Context, outcome string) {
-	if m == nil {
+func (m *metrics) settled(ctx context.Context, outcome string, n int64) {
+	if m == nil || n == 0 {
 		return
 	}
-	m.settles.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", outcome)))
+	m.settles.Add(ctx, n, m.settleOutcomes.option(outcome))
 }
 
 func (m *metrics) usageProblem(kind string) {

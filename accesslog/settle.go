@@ -175,13 +175,50 @@ func (s *Sink) price(e *Entry, provider, flavor, model string) (cost, tokens int
 		u, m, cost = priced.Usage, priced.Model, priced.Cost.Total
 	}
 	tokens = u.InputTokens + u.OutputTokens
-	rec := struct {
-		pricing.Usage
-		Model    string `json:"model"`
-		Provider string `json:"provider"`
-	}{u, m.ID, m.Provider}
-	usage, _ = json.Marshal(rec) // a struct of ints and strings always marshals
-	return cost, tokens, usage, version, nil
+	return cost, tokens, usageRecord(u, m.ID, m.Provider), version, nil
+}
+
+// usageRecord is what a settlement stores as its usage: json.Marshal of the usage with the
+// model and provider that priced it, written without reflection (the same bytes:
+// TestUsageRecord_MatchesJSONMarshal).
+func usageRecord(u pricing.Usage, model, provider string) json.RawMessage {
+	b := make([]byte, 0, 224+len(model)+len(provider))
+	b = append(b, `{"input_tokens":`...)
+	b = strconv.AppendInt(b, u.InputTokens, 10)
+	b = append(b, `,"output_tokens":`...)
+	b = strconv.AppendInt(b, u.OutputTokens, 10)
+	b = append(b, `,"cache_read_tokens":`...)
+	b = strconv.AppendInt(b, u.CacheReadTokens, 10)
+	b = append(b, `,"cache_write_tokens":`...)
+	b = strconv.AppendInt(b, u.CacheWriteTokens, 10)
+	b = append(b, `,"reasoning_tokens":`...)
+	b = strconv.AppendInt(b, u.ReasoningTokens, 10)
+	b = append(b, `,"input_audio_tokens":`...)
+	b = strconv.AppendInt(b, u.InputAudioTokens, 10)
+	b = append(b, `,"output_audio_tokens":`...)
+	b = strconv.AppendInt(b, u.OutputAudioTokens, 10)
+	b = append(b, `,"cache_audio_read_tokens":`...)
+	b = strconv.AppendInt(b, u.CacheAudioReadTokens, 10)
+	b = append(b, `,"model":`...)
+	b = appendJSONString(b, model)
+	b = append(b, `,"provider":`...)
+	b = appendJSONString(b, provider)
+	return append(b, '}')
+}
+
+// appendJSONString appends s as json.Marshal writes it: as is when every byte is printable
+// ASCII that encoding/json leaves alone, else through json.Marshal (escapes, HTML-safe
+// characters, invalid UTF-8).
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func (s *Sink) unknownModel(cat *pricing.Catalog) (*pricing.Model, error) {

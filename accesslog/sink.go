@@ -672,39 +672,43 @@ func (s *Sink) Flush(ctx context.Context) error {
 func (s *Sink) process(ctx context.Context, batch []Entry) {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.SettleTimeout)
 	defer cancel()
-	var settles []budget.Settlement
-	var ends []time.Time
+	settles := make([]budget.Settlement, 0, len(batch))
+	ends := make([]time.Time, 0, len(batch))
 	var unreserved []budget.Unreserved
+	var outcomes tally // counted per batch: one metric update per outcome, not per entry
 	for i := range batch {
 		e := &batch[i]
 		switch {
 		case e.Decision == "reserved" && e.ReservationID != "":
 			v := s.judge(e, e.ReservationID, e.Provider, e.Flavor, e.Model)
-			s.m.entry(bctx, v.outcome, 1)
+			outcomes = outcomes.add(v.outcome)
 			settles = append(settles, v.settle)
 			ends = append(ends, e.End)
 		case e.Decision == "" && e.RequestID != "":
 			// No ext_authz metadata: the Check's answer never reached Envoy (timeout, reset)
 			// but its hold may have committed. Join on x-request-id and start time, carefully.
 			if v, ok := s.fallback(bctx, e); ok {
-				s.m.entry(bctx, v.outcome, 1)
+				outcomes = outcomes.add(v.outcome)
 				settles = append(settles, v.settle)
 				ends = append(ends, e.End)
 			} else if u, ok := s.unreservedFor(e); ok {
 				unreserved = append(unreserved, u)
 			} else {
-				s.m.entry(bctx, "no_reservation", 1)
+				outcomes = outcomes.add("no_reservation")
 			}
 		case e.Decision == "unverified":
 			if u, ok := s.unreservedFor(e); ok {
 				unreserved = append(unreserved, u)
 			} else {
-				s.m.entry(bctx, "unverified_no_usage", 1)
+				outcomes = outcomes.add("unverified_no_usage")
 			}
 		default:
 			// A reserved entry without a reservation id, or no request id to join on.
-			s.m.entry(bctx, "not_reserved_"+nonEmpty(e.Decision, "unknown"), 1)
+			outcomes = outcomes.add("not_reserved_" + nonEmpty(e.Decision, "unknown"))
 		}
+	}
+	for _, o := range outcomes {
+		s.m.entry(bctx, o.key, o.n)
 	}
 	if len(settles) > 0 {
 		res, err := s.ledger.Settle(bctx, settles)
@@ -716,20 +720,24 @@ func (s *Sink) process(ctx context.Context, batch []Entry) {
 			// The ledger answers once per distinct reservation, in its own order: pair by id.
 			// Copies of one entry in the batch beyond the first changed nothing: duplicates.
 			seen := make(map[string]bool, len(res))
+			var settled tally
 			for _, r := range res {
 				seen[r.ReservationID] = true
-				s.m.settled(bctx, r.Outcome)
+				settled = settled.add(r.Outcome)
 			}
 			now := time.Now()
 			for i, st := range settles {
 				if !seen[st.ReservationID] {
-					s.m.settled(bctx, budget.OutcomeDuplicate)
+					settled = settled.add(budget.OutcomeDuplicate)
 					continue
 				}
 				delete(seen, st.ReservationID)
 				if !ends[i].IsZero() {
 					s.m.lag(bctx, now.Sub(ends[i]))
 				}
+			}
+			for _, o := range settled {
+				s.m.settled(bctx, o.key, o.n)
 			}
 		}
 	}
@@ -743,6 +751,25 @@ func (s *Sink) process(ctx context.Context, batch []Entry) {
 			s.m.entry(bctx, "unreserved_duplicate", int64(len(unreserved)-n))
 		}
 	}
+}
+
+// tally counts occurrences of a few distinct keys (a batch's outcomes), in first-seen order.
+type tally []struct {
+	key string
+	n   int64
+}
+
+func (t tally) add(key string) tally {
+	for i := range t {
+		if t[i].key == key {
+			t[i].n++
+			return t
+		}
+	}
+	return append(t, struct {
+		key string
+		n   int64
+	}{key, 1})
 }
 
 // fallback finds the reservation of an entry without ext_authz metadata: the one made for the

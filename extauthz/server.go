@@ -41,6 +41,8 @@ type Server struct {
 
 	denialLog      *rate.Limiter
 	denialsDropped atomic.Int64 // denials not logged since the last line that was
+
+	reset atomic.Pointer[lastReset] // resetFormat's last answer
 }
 
 // New returns a Server. catalog returns the price catalog in force (it may change on reload).

@@ -87,21 +87,130 @@ func unmarshalCheckRequest(b []byte, m *authv3.CheckRequest) error {
 }
 
 func decodeCheckRequest(b []byte, m *authv3.CheckRequest) error {
+	var slab *messages
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
 		if num != fieldCheckAttributes || typ != protowire.BytesType {
 			return false, nil
 		}
 		if m.Attributes == nil {
-			m.Attributes = &authv3.AttributeContext{}
+			slab = new(messages)
+			m.Attributes = &slab.attrs
 		}
-		return true, decodeAttributes(v, m.Attributes)
+		return true, decodeAttributes(v, m.Attributes, slab)
 	})
 	return finish(rest, err, m, 0)
 }
 
-func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
+// messages holds the messages a CheckRequest's decoding creates, so that they cost one
+// allocation instead of one each (fourteen for a request with both peers' socket addresses
+// and the request time). Each is handed out at most once (its taken bit); a message needed
+// again, which only a request repeating a oneof member can cause, comes from the heap.
+type messages struct {
+	attrs   authv3.AttributeContext
+	request authv3.AttributeContext_Request
+	http    authv3.AttributeContext_HttpRequest
+	time    timestamppb.Timestamp
+	peers   [2]peerMessages // source, destination
+	taken   uint8
+}
+
+// peerMessages are one Peer's messages.
+type peerMessages struct {
+	peer   authv3.AttributeContext_Peer
+	addr   corev3.Address
+	socket corev3.Address_SocketAddress
+	sa     corev3.SocketAddress
+	port   corev3.SocketAddress_PortValue
+	taken  uint8
+}
+
+// take reports whether the message of bit is still free, and marks it taken.
+func take(taken *uint8, bit uint8) bool {
+	if *taken&bit != 0 {
+		return false
+	}
+	*taken |= bit
+	return true
+}
+
+const (
+	takenRequest uint8 = 1 << iota
+	takenHTTP
+	takenTime
+	takenSource
+	takenDestination
+)
+
+const (
+	takenPeer uint8 = 1 << iota
+	takenAddress
+	takenSocket
+	takenPort
+)
+
+func (s *messages) newRequest() *authv3.AttributeContext_Request {
+	if s == nil || !take(&s.taken, takenRequest) {
+		return &authv3.AttributeContext_Request{}
+	}
+	return &s.request
+}
+
+func (s *messages) newHTTP() *authv3.AttributeContext_HttpRequest {
+	if s == nil || !take(&s.taken, takenHTTP) {
+		return &authv3.AttributeContext_HttpRequest{}
+	}
+	return &s.http
+}
+
+func (s *messages) newTime() *timestamppb.Timestamp {
+	if s == nil || !take(&s.taken, takenTime) {
+		return &timestamppb.Timestamp{}
+	}
+	return &s.time
+}
+
+// peer returns the slab of the source (0) or destination (1) peer, nil when none is left.
+func (s *messages) peer(i int) *peerMessages {
+	if s == nil || !take(&s.taken, takenSource<<i) {
+		return nil
+	}
+	return &s.peers[i]
+}
+
+func (p *peerMessages) newPeer() *authv3.AttributeContext_Peer {
+	if p == nil || !take(&p.taken, takenPeer) {
+		return &authv3.AttributeContext_Peer{}
+	}
+	return &p.peer
+}
+
+func (p *peerMessages) newAddress() *corev3.Address {
+	if p == nil || !take(&p.taken, takenAddress) {
+		return &corev3.Address{}
+	}
+	return &p.addr
+}
+
+func (p *peerMessages) newSocket() *corev3.Address_SocketAddress {
+	if p == nil || !take(&p.taken, takenSocket) {
+		return &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{}}
+	}
+	p.socket.SocketAddress = &p.sa
+	return &p.socket
+}
+
+func (p *peerMessages) newPort(v uint32) *corev3.SocketAddress_PortValue {
+	if p == nil || !take(&p.taken, takenPort) {
+		return &corev3.SocketAddress_PortValue{PortValue: v}
+	}
+	p.port.PortValue = v
+	return &p.port
+}
+
+func decodeAttributes(b []byte, m *authv3.AttributeContext, slab *messages) error {
 	var small [32][2][]byte
 	ext := entries{kv: small[:0]}
+	var src, dst *peerMessages // the peers' slabs (nil: the heap)
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
 		if typ != protowire.BytesType {
 			return false, nil
@@ -109,19 +218,21 @@ func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
 		switch num {
 		case fieldAttrSource:
 			if m.Source == nil {
-				m.Source = &authv3.AttributeContext_Peer{}
+				src = slab.peer(0)
+				m.Source = src.newPeer()
 			}
-			return true, decodePeer(v, m.Source)
+			return true, decodePeer(v, m.Source, src)
 		case fieldAttrDestination:
 			if m.Destination == nil {
-				m.Destination = &authv3.AttributeContext_Peer{}
+				dst = slab.peer(1)
+				m.Destination = dst.newPeer()
 			}
-			return true, decodePeer(v, m.Destination)
+			return true, decodePeer(v, m.Destination, dst)
 		case fieldAttrRequest:
 			if m.Request == nil {
-				m.Request = &authv3.AttributeContext_Request{}
+				m.Request = slab.newRequest()
 			}
-			return true, decodeRequest(v, m.Request)
+			return true, decodeRequest(v, m.Request, slab)
 		case fieldAttrContextExtensions:
 			kv, err := readEntry(v)
 			if err != nil {
@@ -138,7 +249,7 @@ func decodeAttributes(b []byte, m *authv3.AttributeContext) error {
 	return finish(rest, err, m, 1)
 }
 
-func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
+func decodeRequest(b []byte, m *authv3.AttributeContext_Request, slab *messages) error {
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
 		if typ != protowire.BytesType {
 			return false, nil
@@ -146,12 +257,12 @@ func decodeRequest(b []byte, m *authv3.AttributeContext_Request) error {
 		switch num {
 		case fieldRequestHTTP:
 			if m.Http == nil {
-				m.Http = &authv3.AttributeContext_HttpRequest{}
+				m.Http = slab.newHTTP()
 			}
 			return true, decodeHTTP(v, m.Http)
 		case fieldRequestTime:
 			if m.Time == nil {
-				m.Time = &timestamppb.Timestamp{}
+				m.Time = slab.newTime()
 			}
 			return true, decodeTimestamp(v, m.Time)
 		}
@@ -180,7 +291,7 @@ func decodeTimestamp(b []byte, m *timestamppb.Timestamp) error {
 
 // decodePeer decodes a Peer's address and short strings; its labels, and anything
 // unexpected, go to protobuf.
-func decodePeer(b []byte, m *authv3.AttributeContext_Peer) error {
+func decodePeer(b []byte, m *authv3.AttributeContext_Peer, slab *peerMessages) error {
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) (bool, error) {
 		if typ != protowire.BytesType {
 			return false, nil
@@ -189,9 +300,9 @@ func decodePeer(b []byte, m *authv3.AttributeContext_Peer) error {
 		switch num {
 		case fieldPeerAddress:
 			if m.Address == nil {
-				m.Address = &corev3.Address{}
+				m.Address = slab.newAddress()
 			}
-			return true, decodeAddress(v, m.Address)
+			return true, decodeAddress(v, m.Address, slab)
 		case fieldPeerService:
 			dst = &m.Service
 		case fieldPeerPrincipal:
@@ -209,7 +320,7 @@ func decodePeer(b []byte, m *authv3.AttributeContext_Peer) error {
 // decodeAddress decodes an Address holding a socket address. The order of a oneof's members
 // on the wire decides which one stays, so an Address with any other member (or a member of
 // the wrong wire type) goes to protobuf whole.
-func decodeAddress(b []byte, m *corev3.Address) error {
+func decodeAddress(b []byte, m *corev3.Address, slab *peerMessages) error {
 	if !onlySocket(b) {
 		return proto.UnmarshalOptions{Merge: true, RecursionLimit: protowire.DefaultRecursionLimit - 3}.Unmarshal(b, m)
 	}
@@ -219,24 +330,24 @@ func decodeAddress(b []byte, m *corev3.Address) error {
 		}
 		sa, ok := m.Address.(*corev3.Address_SocketAddress)
 		if !ok || sa.SocketAddress == nil {
-			sa = &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{}}
+			sa = slab.newSocket()
 			m.Address = sa
 		}
-		return true, decodeSocketAddress(v, sa.SocketAddress)
+		return true, decodeSocketAddress(v, sa.SocketAddress, slab)
 	})
 	return finish(rest, err, m, 3)
 }
 
 // decodeSocketAddress decodes a SocketAddress. Both members of its port oneof are decoded
 // here, in wire order, so the last one stays as with protobuf.
-func decodeSocketAddress(b []byte, m *corev3.SocketAddress) error {
+func decodeSocketAddress(b []byte, m *corev3.SocketAddress, slab *peerMessages) error {
 	rest, err := walk(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) (bool, error) {
 		if typ == protowire.VarintType {
 			switch num {
 			case fieldSocketProtocol:
 				m.Protocol = corev3.SocketAddress_Protocol(int32(x))
 			case fieldSocketPortValue:
-				m.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(x)}
+				m.PortSpecifier = slab.newPort(uint32(x))
 			case fieldSocketIPv4Compat:
 				m.Ipv4Compat = x != 0
 			default:

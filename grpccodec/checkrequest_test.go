@@ -94,8 +94,13 @@ func oddities(t testing.TB) map[string][]byte {
 	peers := map[string][]byte{
 		"PeerEveryField": peer(1, sock(vint(1, 1), field(2, []byte("10.0.0.1")), vint(3, 8443), field(5, []byte("r")), vint(6, 1), field(7, []byte("/ns"))),
 			field(2, []byte("svc")), field(3, entry("app", "web")), field(4, []byte("spiffe://td/ns/a/sa/b")), field(5, []byte("cert")), field(9, []byte("unknown"))),
-		"PeerPipeThenSocket":        peer(2, pipe, sock(field(2, []byte("10.0.0.2")))),
-		"PeerSocketThenPipe":        peer(2, sock(field(2, []byte("10.0.0.2"))), pipe),
+		"PeerPipeThenSocket": peer(2, pipe, sock(field(2, []byte("10.0.0.2")))),
+		"PeerSocketThenPipe": peer(2, sock(field(2, []byte("10.0.0.2"))), pipe),
+		// A socket address again after a pipe replaced the first: a second SocketAddress
+		// (the decoder's one-allocation messages hand out each message once).
+		"PeerSocketPipeSocket":      peer(1, sock(field(2, []byte("10.0.0.2")), vint(3, 1)), pipe, sock(vint(3, 2))),
+		"PortValueNamedValue":       peer(1, sock(vint(3, 80), field(4, []byte("http")), vint(3, 81))),
+		"SourceSplitAndDest":        cat(peer(1, sock(vint(3, 1))), peer(2, sock(vint(3, 2))), peer(1, pipe, sock(vint(3, 3)))),
 		"AddressPipeThenSocket":     peer(1, field(1, cat(pipeMember, sockMember))),
 		"AddressSocketThenPipe":     peer(1, field(1, cat(sockMember, pipeMember))),
 		"AddressSocketThenInternal": peer(1, field(1, cat(sockMember, internalMember))),

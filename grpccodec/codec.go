@@ -97,18 +97,21 @@ func marshalInto(m vtMarshaler, buf []byte) error {
 // BinaryUnmarshaler through its UnmarshalBinary (the bytes are valid only during the call),
 // every other message through protobuf.
 func (c *Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	var decode func([]byte) error
+	// A direct call in each case: a closure over the message would cost an allocation.
+	var err error
 	switch m := v.(type) {
 	case *authv3.CheckRequest:
-		decode = func(b []byte) error { return unmarshalCheckRequest(b, m) }
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		err = unmarshalCheckRequest(buf.ReadOnlyData(), m)
+		buf.Free()
 	case stdencoding.BinaryUnmarshaler:
-		decode = m.UnmarshalBinary
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		err = m.UnmarshalBinary(buf.ReadOnlyData())
+		buf.Free()
 	default:
 		return c.fallback.Unmarshal(data, v)
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	if err := decode(buf.ReadOnlyData()); err != nil {
+	if err != nil {
 		return fmt.Errorf("grpccodec: unmarshal %T: %w", v, err)
 	}
 	return nil

@@ -19,23 +19,20 @@ var ErrInvalidAmount = errors.New("invalid amount")
 // int64 is formatted exactly (no rounding, no float).
 func FormatMicros(micros int64) string {
 	u := uint64(micros)
-	sign := ""
+	var buf [28]byte // "-", 14 digits of whole dollars, ".", 6 decimals
+	b := buf[:0]
 	if micros < 0 {
-		sign = "-"
+		b = append(b, '-')
 		u = -u // two's complement: exact for math.MinInt64 too
 	}
 	whole, frac := u/MicrosPerUSD, u%MicrosPerUSD
-	var b strings.Builder
-	b.Grow(28)
-	b.WriteString(sign)
-	b.WriteString(strconv.FormatUint(whole, 10))
-	b.WriteByte('.')
-	f := strconv.FormatUint(frac, 10)
-	for range 6 - len(f) {
-		b.WriteByte('0')
+	b = strconv.AppendUint(b, whole, 10)
+	b = append(b, '.', '0', '0', '0', '0', '0', '0')
+	for i := len(b) - 1; frac > 0; i-- {
+		b[i] = byte('0' + frac%10)
+		frac /= 10
 	}
-	b.WriteString(f)
-	return b.String()
+	return string(b) // the only allocation (headers format two of these per Check)
 }
 
 // ParseMicros parses a non-negative decimal USD string ("12", "12.5", "0.000150") into

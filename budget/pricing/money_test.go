@@ -1,6 +1,7 @@
 package pricing
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -30,6 +31,34 @@ func TestFormatMicros(t *testing.T) {
 			t.Parallel()
 			require.Equal(t, tt.want, FormatMicros(tt.in))
 		})
+	}
+}
+
+// TestFormatMicros_MatchesSprintf compares FormatMicros with the obvious fmt formulation on
+// values around every power of ten and a pseudo-random spread (allocation-free formatting
+// must not change a single output).
+func TestFormatMicros_MatchesSprintf(t *testing.T) {
+	t.Parallel()
+	ref := func(v int64) string {
+		sign, u := "", uint64(v)
+		if v < 0 {
+			sign, u = "-", -u
+		}
+		return fmt.Sprintf("%s%d.%06d", sign, u/MicrosPerUSD, u%MicrosPerUSD)
+	}
+	var vals []int64
+	for p := int64(1); p > 0 && p <= math.MaxInt64/10; p *= 10 {
+		vals = append(vals, p-1, p, p+1, -p+1, -p, -p-1, 7*p, -7*p)
+	}
+	x := uint64(0x9e3779b97f4a7c15)
+	for range 10_000 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		vals = append(vals, int64(x), int64(x>>(x%64)))
+	}
+	for _, v := range vals {
+		require.Equal(t, ref(v), FormatMicros(v), "FormatMicros(%d)", v)
 	}
 }
 

@@ -145,13 +145,15 @@ func (s *Store) Reserve(ctx context.Context, b ReserveBatch) (ReserveResult, err
 		w_budget => @w_budget, w_start => @w_start, w_end => @w_end, w_roll_from => @w_roll_from,
 		h_req => @h_req, h_window => @h_window, h_amount => @h_amount, h_hard => @h_hard, h_tokens => @h_tokens,
 		p_check_idem => @p_check_idem)`,
+			// int64s, int32s, texts, byteas: the same arrays, encoded without an allocation
+			// per element (arrays.go).
 			pgx.StrictNamedArgs{
-				"r_id": ids, "r_idem": idem, "r_ttl_ms": ttl, "r_key_id": keyIDs,
-				"r_subjects": subjects, "r_provider": providers, "r_flavor": flavors, "r_model": models,
-				"r_route": routes, "r_request_id": reqIDs, "r_hold_cost": holdCost,
-				"r_hold_tokens": holdTokens, "r_first": first, "r_count": count,
-				"w_budget": wBudget, "w_start": wStart, "w_end": wEnd, "w_roll_from": wRoll,
-				"h_req": hReq, "h_window": hWin, "h_amount": hAmt, "h_hard": hHard, "h_tokens": hTok,
+				"r_id": ids, "r_idem": byteas(idem), "r_ttl_ms": int64s(ttl), "r_key_id": keyIDs,
+				"r_subjects": texts(subjects), "r_provider": texts(providers), "r_flavor": texts(flavors), "r_model": texts(models),
+				"r_route": texts(routes), "r_request_id": reqIDs, "r_hold_cost": int64s(holdCost),
+				"r_hold_tokens": int64s(holdTokens), "r_first": int32s(first), "r_count": int32s(count),
+				"w_budget": int64s(wBudget), "w_start": wStart, "w_end": wEnd, "w_roll_from": wRoll,
+				"h_req": int32s(hReq), "h_window": int32s(hWin), "h_amount": int64s(hAmt), "h_hard": hHard, "h_tokens": hTok,
 				"p_check_idem": checkIdem,
 			},
 		).Scan(&status, &resid, &deny, &res.LineLimit, &res.LineUsed)
@@ -245,8 +247,8 @@ func (s *Store) Settle(ctx context.Context, rows []SettleRow) ([]SettleOutcome, 
 		s_cause => @s_cause)`,
 		pgx.StrictNamedArgs{
 			"s_id": ids, "s_void": voids, "s_tentative": tentative, "s_hold": holds,
-			"s_cost": costs, "s_tokens": tokens, "s_usage": usages, "s_catalog": cats,
-			"s_cause": causes,
+			"s_cost": int64s(costs), "s_tokens": int64s(tokens), "s_usage": usages, "s_catalog": texts(cats),
+			"s_cause": texts(causes), // int64s, texts: no allocation per element (arrays.go)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("settle batch of %d: %w", n, interpret(err))
