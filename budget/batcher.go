@@ -128,8 +128,8 @@ type call struct {
 	// set is looked up (resolve) before the request is batched; if it stays unknown the
 	// request is batched only with other such requests (class unknownClass).
 	known     bool
-	resolved  bool // a lookup ran for it (it is not looked up again)
-	resolving bool // a lookup for it is in flight: not batched meanwhile
+	resolved  bool      // a lookup ran for it (it is not looked up again)
+	resolving bool      // a lookup for it is in flight: not batched meanwhile
 	class     string    // the budgets as a key: suspect requests batch only within their class
 	deadline  time.Time // zero: none
 	state     atomic.Int32
