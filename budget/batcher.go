@@ -246,7 +246,7 @@ func (b *Batcher) enqueue(c *call) error {
 	now := time.Now()
 	idle := b.onTimeLocked(now) == 0
 	ahead := len(b.pending)
-	if c.known && !b.isSuspectLocked(c) {
+	if !b.isSuspectLocked(c) {
 		ahead -= min(b.held, ahead)
 	}
 	if !c.deadline.IsZero() && !idle && ahead >= b.limit {
@@ -316,6 +316,13 @@ func (b *Batcher) signal() {
 // Stats reports how many batches ran and how many reservations they carried.
 func (b *Batcher) Stats() (batches, reservations int64) {
 	return b.batches.Load(), b.reserved.Load()
+}
+
+// Queued reports how many requests wait for a batch.
+func (b *Batcher) Queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.pending)
 }
 
 // Shed reports how many requests were refused with ErrOverloaded.
