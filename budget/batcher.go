@@ -142,6 +142,10 @@ const unknownClass = "unknown"
 // flight is a batch in flight.
 type flight struct {
 	start time.Time
+	// suspect: a batch of suspect budgets (or of unknown conflict sets) may well be stuck on
+	// a lock again, so it never holds back batches on other budgets: it counts as late from
+	// its start.
+	suspect bool
 }
 
 type callResult struct {
@@ -280,7 +284,7 @@ func (b *Batcher) onTimeLocked(now time.Time) int {
 	late := b.lateAfterLocked()
 	n := 0
 	for _, f := range b.flights {
-		if now.Sub(f.start) < late {
+		if !f.suspect && now.Sub(f.start) < late {
 			n++
 		}
 	}
@@ -403,7 +407,7 @@ func (b *Batcher) next() work {
 		late := b.lateAfterLocked()
 		var at time.Time
 		for _, f := range b.flights {
-			if t := f.start.Add(late); t.After(now) && (at.IsZero() || t.Before(at)) {
+			if t := f.start.Add(late); !f.suspect && t.After(now) && (at.IsZero() || t.Before(at)) {
 				at = t
 			}
 		}
@@ -495,7 +499,7 @@ func (b *Batcher) next() work {
 		}
 	}
 	b.inflight++
-	f := &flight{start: now}
+	f := &flight{start: now, suspect: isolated}
 	b.flights = append(b.flights, f)
 	timeout := b.cfg.BatchTimeout
 	if !earliest.IsZero() {
