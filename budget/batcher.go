@@ -245,10 +245,14 @@ func (b *Batcher) enqueue(c *call) error {
 	// Nor does one with less than a batch waiting: the request joins the next batch, and an
 	// estimate from a slow batch or two must not refuse a handful of requests (refuseLate
 	// still answers one whose deadline comes too close before its batch starts).
-	// Requests held by a locked (suspect) budget or a late batch wait for their budget, not
+	// A batch of suspect budgets in flight (maybe stuck on a lock) does not make it busy, and
+	// requests held by a suspect budget (or waiting for a lookup) wait for their budget, not
 	// for the batches this request will join: they do not count as ahead of it.
 	now := time.Now()
-	idle := b.onTimeLocked(now) == 0
+	idle := true
+	for _, f := range b.flights {
+		idle = idle && f.suspect
+	}
 	ahead := len(b.pending)
 	if !b.isSuspectLocked(c) {
 		ahead -= min(b.held, ahead)
