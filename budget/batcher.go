@@ -101,9 +101,10 @@ type Batcher struct {
 	// so the expected wait of a request apart from them leaves them out.
 	held     int
 	stopping bool
-	// limit is the current batch size cap (at most MaxBatch): halved when a batch of clean
-	// budgets times out, grown again by a quarter with every batch that succeeds, so a batch
-	// too large to finish within its callers' deadlines does not fail again and again.
+	// limit is the current batch size cap (at most MaxBatch): halved when a batch of one
+	// class of clean budgets times out, grown again by a quarter with every batch that
+	// succeeds, so a batch too large to finish within its callers' deadlines does not fail
+	// again and again.
 	limit int
 	// Measured service (successful batches only): exponentially weighted batch duration and
 	// size, for the expected wait of a new request.
@@ -575,7 +576,12 @@ func (b *Batcher) finished(batch []*call, f *flight, n int, took time.Duration, 
 		b.flights = slices.Delete(b.flights, i, i+1)
 	}
 	timedOut := err != nil && (errors.Is(err, store.ErrTimeout) || errors.Is(err, context.DeadlineExceeded))
-	if timedOut && n > 1 && !b.isSuspectLocked(batch[0]) {
+	// A batch of one class (one set of budgets) that timed out was too large for its time;
+	// one that mixed several may as well have met a locked row: its budgets become suspect,
+	// which splits the next batches by class. Halving the cap for it would shrink every
+	// tenant's batches (at 1, a backlog is served one doomed request at a time).
+	oneClass := !slices.ContainsFunc(batch, func(c *call) bool { return c.class != batch[0].class })
+	if timedOut && n > 1 && oneClass && !b.isSuspectLocked(batch[0]) {
 		b.limit = max(1, n/2)
 	} else if err == nil {
 		b.limit = min(b.cfg.MaxBatch, b.limit+max(1, b.limit/4))
