@@ -20,7 +20,9 @@ type BatcherConfig struct {
 	// Lanes is how many batches may be in flight at once per process (default 4). Batches in
 	// flight never share a budget, so a hot budget's batches still run one at a time (its row
 	// lock stays uncontended inside the replica), while a budget stuck on a lock holds one
-	// lane, not the process: requests that do not touch it go on in the other lanes.
+	// lane, not the process: requests that do not touch it go on in the other lanes. Only one
+	// batch runs on time at once (the next one accumulates meanwhile, so batches stay large);
+	// the other lanes open for a batch that runs late (see lateAfterLocked).
 	Lanes int
 	// QueueSize bounds the requests waiting for a batch (default 8192); past it a request is
 	// refused at once with ErrOverloaded.
@@ -87,15 +89,22 @@ type Batcher struct {
 	done chan struct{} // closed when Run has returned
 	once sync.Once
 
-	mu       sync.Mutex
-	pending  []*call
-	busy     map[int64]bool     // budgets of batches in flight
-	suspect  map[int64]struct{} // budgets whose last batch timed out
-	inflight int
+	mu        sync.Mutex
+	pending   []*call
+	busy      map[int64]bool     // budgets of batches in flight
+	suspect   map[int64]struct{} // budgets whose last batch timed out
+	inflight  int
+	flights   []*flight // batches in flight, oldest first
+	resolving bool      // a lookup of unknown conflict sets is in flight
+	// held is how many waiting requests the last scan found held by a suspect budget or an
+	// unknown conflict set: they wait for their budget, not for the batches the others form,
+	// so the expected wait of a request apart from them leaves them out.
+	held     int
 	stopping bool
-	// limit is the current batch size cap (at most MaxBatch): halved when a batch of clean
-	// budgets times out, grown again by a quarter with every batch that succeeds, so a batch
-	// too large to finish within its callers' deadlines does not fail again and again.
+	// limit is the current batch size cap (at most MaxBatch): halved when a batch of one
+	// class of clean budgets times out, grown again by a quarter with every batch that
+	// succeeds, so a batch too large to finish within its callers' deadlines does not fail
+	// again and again.
 	limit int
 	// Measured service (successful batches only): exponentially weighted batch duration and
 	// size, for the expected wait of a new request.
@@ -114,12 +123,30 @@ const (
 )
 
 type call struct {
-	req      ReserveRequest
-	budgets  []int64   // ids of the budgets of the request's subjects: its conflict set
-	class    string    // the budgets as a key: suspect requests batch only within their class
-	deadline time.Time // zero: none
-	state    atomic.Int32
-	out      chan callResult // buffered 1
+	req     ReserveRequest
+	budgets []int64 // ids of the budgets of the request's subjects: its conflict set
+	// known: budgets is the conflict set (every subject's definitions were cached). An unknown
+	// set is looked up (resolve) before the request is batched; if it stays unknown the
+	// request is batched only with other such requests (class unknownClass).
+	known     bool
+	resolved  bool      // a lookup ran for it (it is not looked up again)
+	resolving bool      // a lookup for it is in flight: not batched meanwhile
+	class     string    // the budgets as a key: suspect requests batch only within their class
+	deadline  time.Time // zero: none
+	state     atomic.Int32
+	out       chan callResult // buffered 1
+}
+
+// unknownClass is the class of requests whose conflict set stayed unknown after a lookup.
+const unknownClass = "unknown"
+
+// flight is a batch in flight.
+type flight struct {
+	start time.Time
+	// suspect: a batch of suspect budgets (or of unknown conflict sets) may well be stuck on
+	// a lock again, so it never holds back batches on other budgets: it counts as late from
+	// its start.
+	suspect bool
 }
 
 type callResult struct {
@@ -148,8 +175,8 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 	if req.ID == "" {
 		req.ID = uuidV7()
 	}
-	ids := b.budgetIDs(req.Subjects)
-	c := &call{req: req, budgets: ids, class: fmt.Sprint(ids), out: make(chan callResult, 1)}
+	c := &call{req: req, out: make(chan callResult, 1)}
+	b.classify(c)
 	c.deadline, _ = ctx.Deadline()
 	if err := b.enqueue(c); err != nil {
 		if errors.Is(err, ErrOverloaded) {
@@ -177,22 +204,30 @@ func (b *Batcher) Reserve(ctx context.Context, req ReserveRequest) (Decision, er
 }
 
 // budgetIDs lists the budgets of the subjects, sorted: a request's conflict set. It reads
-// the definition cache only (a miss would cost every caller a query; the batch loads them
-// once): with a subject not cached the set is empty and the request conflicts with nothing,
-// which only costs isolation, never correctness (the database's row locks order batches).
-func (b *Batcher) budgetIDs(subjects []Subject) []int64 {
-	var ids []int64
+// the definition cache only (a miss would cost every caller a query): ok is false when a
+// subject is not cached, and the batcher then looks the definitions up once for all the
+// requests that miss (resolve) before it batches them.
+func (b *Batcher) budgetIDs(subjects []Subject) (ids []int64, ok bool) {
 	for _, sub := range subjects {
 		bs, ok := b.svc.budgets.Peek(sub)
 		if !ok {
-			return nil
+			return nil, false
 		}
 		for _, bu := range bs {
 			ids = append(ids, bu.ID)
 		}
 	}
 	slices.Sort(ids)
-	return slices.Compact(ids)
+	return slices.Compact(ids), true
+}
+
+// classify sets c's conflict set and class from the definition cache.
+func (b *Batcher) classify(c *call) {
+	c.budgets, c.known = b.budgetIDs(c.req.Subjects)
+	c.class = unknownClass
+	if c.known {
+		c.class = fmt.Sprint(c.budgets)
+	}
 }
 
 // enqueue admits c to the queue, or refuses it when it cannot be decided in time.
@@ -211,10 +246,21 @@ func (b *Batcher) enqueue(c *call) error {
 	// Nor does one with less than a batch waiting: the request joins the next batch, and an
 	// estimate from a slow batch or two must not refuse a handful of requests (refuseLate
 	// still answers one whose deadline comes too close before its batch starts).
-	idle := b.inflight == 0
-	if !c.deadline.IsZero() && !idle && len(b.pending) >= b.limit {
-		wait := b.expectedWaitLocked(len(b.pending))
-		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
+	// A batch of suspect budgets in flight (maybe stuck on a lock) does not make it busy, and
+	// requests held by a suspect budget (or waiting for a lookup) wait for their budget, not
+	// for the batches this request will join: they do not count as ahead of it.
+	now := time.Now()
+	idle := true
+	for _, f := range b.flights {
+		idle = idle && f.suspect
+	}
+	ahead := len(b.pending)
+	if !b.isSuspectLocked(c) {
+		ahead -= min(b.held, ahead)
+	}
+	if !c.deadline.IsZero() && !idle && ahead >= b.limit {
+		wait := b.expectedWaitLocked(ahead)
+		if left := c.deadline.Sub(now); left < wait+b.cfg.Margin {
 			b.mu.Unlock()
 			return fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
 		}
@@ -238,6 +284,30 @@ func (b *Batcher) expectedWaitLocked(ahead int) time.Duration {
 	return time.Duration(b.ewmaDur/2 + float64(batches)*b.ewmaDur)
 }
 
+// onTimeLocked counts the batches in flight that are not late.
+func (b *Batcher) onTimeLocked(now time.Time) int {
+	late := b.lateAfterLocked()
+	n := 0
+	for _, f := range b.flights {
+		if !f.suspect && now.Sub(f.start) < late {
+			n++
+		}
+	}
+	return n
+}
+
+// lateAfterLocked is how long a batch runs before it counts as late: twice the measured batch
+// duration, and never less than minLate. Only one batch runs on time at once (the next one
+// accumulates meanwhile: few large batches cost the database far less than many small ones);
+// a late batch may be stuck on a lock, so it no longer holds back batches on other budgets,
+// which start in the other lanes.
+func (b *Batcher) lateAfterLocked() time.Duration {
+	return max(minLate, time.Duration(2*b.ewmaDur))
+}
+
+// minLate is the least time a batch runs before the next one may start beside it.
+const minLate = 10 * time.Millisecond
+
 // minLeftLocked is the least time a request must have left to join a batch: one batch
 // duration and a half (the batch ends at its earliest caller's deadline, so a request that
 // joins with less would doom its batch mates too), and never less than two margins.
@@ -257,6 +327,13 @@ func (b *Batcher) Stats() (batches, reservations int64) {
 	return b.batches.Load(), b.reserved.Load()
 }
 
+// Queued reports how many requests wait for a batch.
+func (b *Batcher) Queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.pending)
+}
+
 // Shed reports how many requests were refused with ErrOverloaded.
 func (b *Batcher) Shed() int64 { return b.shed.Load() }
 
@@ -264,6 +341,9 @@ func (b *Batcher) Shed() int64 { return b.shed.Load() }
 // ErrStopped. Run once.
 func (b *Batcher) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -281,30 +361,63 @@ func (b *Batcher) Run(ctx context.Context) {
 			}
 			return
 		case <-b.wake:
+		case <-timer.C:
 		}
 		for {
-			batch, timeout := b.next()
-			if len(batch) == 0 {
+			w := b.next()
+			if len(w.resolve) > 0 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					b.resolve(ctx, w.resolve)
+				}()
+			}
+			if len(w.batch) == 0 {
+				if !w.wakeAt.IsZero() { // a batch in flight turns late then
+					timer.Reset(time.Until(w.wakeAt))
+				}
 				break
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				b.runBatch(ctx, batch, timeout)
+				b.runBatch(ctx, w.batch, w.timeout, w.flight)
 			}()
 		}
 	}
 }
 
+// work is what next hands Run.
+type work struct {
+	batch   []*call
+	timeout time.Duration
+	flight  *flight
+	resolve []*call   // requests whose conflict sets to look up
+	wakeAt  time.Time // nothing to start now: look again then
+}
+
 // next takes the next batch when a lane is free: the oldest waiting requests that touch no
-// budget in flight, in arrival order per budget. It marks the batch's budgets busy.
-func (b *Batcher) next() ([]*call, time.Duration) {
+// budget in flight, in arrival order per budget. It marks the batch's budgets busy. A lane
+// is free when fewer than Lanes batches are in flight and none of them runs on time (see
+// lateAfterLocked). Requests whose conflict sets are unknown are handed over to be looked up
+// first (one lookup at a time, for all of them).
+func (b *Batcher) next() work {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.inflight >= b.cfg.Lanes || len(b.pending) == 0 {
-		return nil, 0
+		return work{}
 	}
 	now := time.Now()
+	if b.onTimeLocked(now) > 0 {
+		late := b.lateAfterLocked()
+		var at time.Time
+		for _, f := range b.flights {
+			if t := f.start.Add(late); !f.suspect && t.After(now) && (at.IsZero() || t.Before(at)) {
+				at = t
+			}
+		}
+		return work{wakeAt: at}
+	}
 	minLeft := 2 * b.cfg.Margin
 	if b.inflight > 0 { // idle: the estimate may be stale; let the batch refresh it
 		minLeft = b.minLeftLocked()
@@ -312,18 +425,28 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 	var (
 		batch    []*call
 		class    string
-		suspect  bool
+		isolated bool           // the batch's class batches only with itself
 		blocked  map[int64]bool // budgets of requests left waiting: later ones wait too
 		earliest time.Time
 		tooLate  []*call
+		resolve  []*call
+		held     int
 	)
 	keep := b.pending[:0]
 	for _, c := range b.pending {
-		if c.state.Load() == callAbandoned {
+		if c.state.Load() != callWaiting {
 			continue // its caller is gone and nothing was reserved yet: drop it
 		}
 		if !c.deadline.IsZero() && c.deadline.Sub(now) < minLeft {
 			tooLate = append(tooLate, c) // cannot be decided in the time left
+			continue
+		}
+		if !c.known && !c.resolved {
+			if !c.resolving && !b.resolving {
+				resolve = append(resolve, c)
+			}
+			held++
+			keep = append(keep, c)
 			continue
 		}
 		take := len(batch) < b.limit
@@ -333,13 +456,13 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 				break
 			}
 		}
+		iso := !c.known || b.isSuspectLocked(c)
 		if take {
-			sus := b.isSuspectLocked(c)
 			switch {
 			case len(batch) == 0:
-				class, suspect = c.class, sus
-			case suspect || sus:
-				take = suspect && sus && c.class == class
+				class, isolated = c.class, iso
+			case isolated || iso:
+				take = isolated && iso && c.class == class
 			}
 		}
 		if !take {
@@ -348,6 +471,9 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 			}
 			for _, id := range c.budgets {
 				blocked[id] = true
+			}
+			if iso {
+				held++ // it waits for its (suspect) budget, not for the batches others form
 			}
 			keep = append(keep, c)
 			continue
@@ -359,11 +485,18 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 	}
 	clear(b.pending[len(keep):])
 	b.pending = keep
+	b.held = held
 	for _, c := range tooLate {
 		b.refuseLate(c)
 	}
+	if len(resolve) > 0 {
+		b.resolving = true
+		for _, c := range resolve {
+			c.resolving = true
+		}
+	}
 	if len(batch) == 0 {
-		return nil, 0
+		return work{resolve: resolve}
 	}
 	for _, c := range batch {
 		for _, id := range c.budgets {
@@ -371,11 +504,49 @@ func (b *Batcher) next() ([]*call, time.Duration) {
 		}
 	}
 	b.inflight++
+	f := &flight{start: now, suspect: isolated}
+	b.flights = append(b.flights, f)
 	timeout := b.cfg.BatchTimeout
 	if !earliest.IsZero() {
 		timeout = min(timeout, earliest.Sub(now)-b.cfg.Margin)
 	}
-	return batch, timeout
+	return work{batch: batch, timeout: timeout, flight: f, resolve: resolve}
+}
+
+// resolve looks up, in one query, the budget definitions of requests whose conflict sets the
+// cache did not know, so that they are batched apart from the budgets they do not touch (a
+// request touching a locked budget must not stall a batch of healthy ones). A request whose
+// set stays unknown (a failed lookup, a subject a template refuses) batches only with others
+// of its kind; its batch reports the error.
+func (b *Batcher) resolve(ctx context.Context, calls []*call) {
+	var (
+		subjects []Subject
+		earliest time.Time
+	)
+	for _, c := range calls {
+		subjects = append(subjects, c.req.Subjects...)
+		if !c.deadline.IsZero() && (earliest.IsZero() || c.deadline.Before(earliest)) {
+			earliest = c.deadline
+		}
+	}
+	timeout := b.cfg.BatchTimeout
+	if !earliest.IsZero() {
+		timeout = max(min(timeout, time.Until(earliest)-b.cfg.Margin), time.Millisecond)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	if _, _, err := b.svc.budgetsFor(rctx, subjects); err != nil {
+		b.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "could not look up the budgets of waiting requests",
+			slog.Int("requests", len(calls)), slog.String("error", err.Error()))
+	}
+	cancel()
+	b.mu.Lock()
+	for _, c := range calls {
+		b.classify(c)
+		c.resolved, c.resolving = true, false
+	}
+	b.resolving = false
+	b.mu.Unlock()
+	b.signal()
 }
 
 func (b *Batcher) isSuspectLocked(c *call) bool {
@@ -399,10 +570,18 @@ func (b *Batcher) refuseLate(c *call) {
 }
 
 // finished releases a batch's budgets and records how it went.
-func (b *Batcher) finished(batch []*call, n int, took time.Duration, err error) {
+func (b *Batcher) finished(batch []*call, f *flight, n int, took time.Duration, err error) {
 	b.mu.Lock()
+	if i := slices.Index(b.flights, f); i >= 0 {
+		b.flights = slices.Delete(b.flights, i, i+1)
+	}
 	timedOut := err != nil && (errors.Is(err, store.ErrTimeout) || errors.Is(err, context.DeadlineExceeded))
-	if timedOut && n > 1 && !b.isSuspectLocked(batch[0]) {
+	// A batch of one class (one set of budgets) that timed out was too large for its time;
+	// one that mixed several may as well have met a locked row: its budgets become suspect,
+	// which splits the next batches by class. Halving the cap for it would shrink every
+	// tenant's batches (at 1, a backlog is served one doomed request at a time).
+	oneClass := !slices.ContainsFunc(batch, func(c *call) bool { return c.class != batch[0].class })
+	if timedOut && n > 1 && oneClass && !b.isSuspectLocked(batch[0]) {
 		b.limit = max(1, n/2)
 	} else if err == nil {
 		b.limit = min(b.cfg.MaxBatch, b.limit+max(1, b.limit/4))
@@ -415,7 +594,7 @@ func (b *Batcher) finished(batch []*call, n int, took time.Duration, err error) 
 				if len(b.suspect) < maxSuspects {
 					b.suspect[id] = struct{}{}
 				}
-			case err == nil:
+			case err == nil && n > 0: // a batch that ran in the database (not an empty one)
 				delete(b.suspect, id)
 			}
 		}
@@ -441,7 +620,7 @@ const maxSuspects = 10_000
 // batch's (which may have expired with the callers).
 const voidTimeout = 2 * time.Second
 
-func (b *Batcher) runBatch(ctx context.Context, batch []*call, timeout time.Duration) {
+func (b *Batcher) runBatch(ctx context.Context, batch []*call, timeout time.Duration, f *flight) {
 	start := time.Now()
 	live := make([]*call, 0, len(batch))
 	reqs := make([]ReserveRequest, 0, len(batch))
@@ -457,14 +636,14 @@ func (b *Batcher) runBatch(ctx context.Context, batch []*call, timeout time.Dura
 		reqs = append(reqs, c.req)
 	}
 	if len(reqs) == 0 {
-		b.finished(batch, 0, 0, nil)
+		b.finished(batch, f, 0, 0, nil)
 		return
 	}
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	ds, err := b.svc.Reserve(bctx, reqs)
 	cancel()
 	took := time.Since(start)
-	b.finished(batch, len(reqs), took, err)
+	b.finished(batch, f, len(reqs), took, err)
 	b.svc.cfg.Metrics.batch(ctx, len(reqs))
 	b.batches.Add(1)
 	b.reserved.Add(int64(len(reqs)))

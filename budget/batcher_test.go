@@ -338,3 +338,85 @@ func (e *env) lockWindows(t *testing.T, budgetID int64) pgx.Tx {
 	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 	return tx
 }
+
+// tupleLockWaiters counts the backends waiting for a row of this test's budget_windows (each
+// waiter holds or waits for the row's tuple lock; other tests' schemas are other relations).
+func tupleLockWaiters(t *testing.T, e *env) int {
+	t.Helper()
+	var n int
+	require.NoError(t, e.schema.Pool.QueryRow(context.Background(),
+		`SELECT count(*) FROM pg_locks WHERE locktype = 'tuple' AND relation = 'budget_windows'::regclass`).Scan(&n))
+	return n
+}
+
+// A budget stuck on a lock holds one lane and nothing else (issue 15): its queued requests
+// neither run in several lanes nor share a batch with another tenant's, not even when the
+// definition cache has just forgotten both tenants (their conflict sets are looked up before
+// they are batched), and they do not count in the other tenant's expected wait. Every request
+// of the unrelated tenant is admitted within its deadline.
+func TestBatcher_LockedBudgetHoldsOneLane(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	locked := e.budget(t, budget.Definition{Name: "a", Subject: "team:a", Limit: 1_000_000, Window: "month", Hard: true})
+	e.budget(t, budget.Definition{Name: "b", Subject: "team:b", Limit: 1_000_000, Window: "month", Hard: true})
+	// A small batch cap: were the locked tenant's queue counted in the other's expected wait,
+	// it would be many batches long.
+	b := startBatcher(t, e.svc, budget.BatcherConfig{MaxBatch: 8})
+	for _, s := range []budget.Subject{"team:a", "team:b"} {
+		_, err := b.Reserve(ctx, req(s)) // window rows exist
+		require.NoError(t, err)
+	}
+	tx := e.lockWindows(t, locked.ID)
+	e.svc.Invalidate() // as when the definition cache's entries expire
+
+	const noisy = 100
+	long, cancel := context.WithTimeout(ctx, time.Minute) // they wait for the lock to end
+	defer cancel()
+	noisyErrs := make(chan error, noisy)
+	for range noisy {
+		go func() {
+			d, err := b.Reserve(long, req("team:a"))
+			if err == nil && d.Outcome != budget.Admitted {
+				err = errors.New("denied")
+			}
+			noisyErrs <- err
+		}()
+	}
+	waitLockWaiters(t, e, 1) // a batch of team:a waits behind the lock
+	require.Eventually(t, func() bool { return b.Queued() >= noisy-8 }, 10*time.Second, time.Millisecond,
+		"the locked tenant's other requests queue behind its batch in flight (at most MaxBatch of them in it)")
+
+	const callers, each = 64, 10
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				c, cancel := context.WithTimeout(ctx, 2*time.Second)
+				d, err := b.Reserve(c, req("team:b"))
+				cancel()
+				if err == nil && d.Outcome != budget.Admitted {
+					err = errors.New("denied")
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Zero(t, failed.Load(), "every one of the unrelated tenant's %d requests is admitted while team:a is locked (first error: %v)",
+		callers*each, firstErr.Load())
+	require.Equal(t, 1, tupleLockWaiters(t, e), "the locked budget's requests wait in one batch, in one lane")
+
+	require.NoError(t, tx.Rollback(ctx))
+	for range noisy {
+		require.NoError(t, <-noisyErrs, "the locked tenant's requests are admitted once the lock ends")
+	}
+	e.requireClean(t)
+}
