@@ -57,13 +57,17 @@ func (s *Store) RotateSigningKeys(ctx context.Context, r Rotation) (bool, error)
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.signing_keys'))`); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM signing_keys WHERE expires_at <= now()`); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM signing_keys WHERE expires_at <= statement_timestamp()`); err != nil {
 			return err
 		}
 		var now time.Time
 		var newest, activeUntil *time.Time
-		err := tx.QueryRow(ctx, `SELECT now(), (SELECT max(activates_at) FROM signing_keys),
-			(SELECT max(retires_at) FROM signing_keys WHERE activates_at <= now() AND retires_at > now())`).Scan(&now, &newest, &activeUntil)
+		// The clock after the lock, not now() (the transaction's start): a replica that began
+		// before another's key was committed, and waited for the lock meanwhile, must see that
+		// key as signing already, not make a second one.
+		err := tx.QueryRow(ctx, `SELECT t.now, (SELECT max(activates_at) FROM signing_keys),
+			(SELECT max(retires_at) FROM signing_keys WHERE activates_at <= t.now AND retires_at > t.now)
+			FROM (SELECT statement_timestamp() AS now) t`).Scan(&now, &newest, &activeUntil)
 		if err != nil {
 			return err
 		}
