@@ -202,8 +202,20 @@ func (b *Batcher) enqueue(c *call) error {
 		b.mu.Unlock()
 		return ErrStopped
 	}
-	if len(b.pending) >= b.cfg.QueueSize {
+	if err := b.refuseLocked(c.deadline); err != nil {
 		b.mu.Unlock()
+		return err
+	}
+	b.pending = append(b.pending, c)
+	b.mu.Unlock()
+	b.signal()
+	return nil
+}
+
+// refuseLocked says why a request with this deadline (zero: none), arriving now, cannot be
+// decided in time, or nil.
+func (b *Batcher) refuseLocked(deadline time.Time) error {
+	if len(b.pending) >= b.cfg.QueueSize {
 		return fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, b.cfg.QueueSize)
 	}
 	// An idle batcher (no batch in flight) never refuses: the request runs at once, and its
@@ -212,17 +224,31 @@ func (b *Batcher) enqueue(c *call) error {
 	// estimate from a slow batch or two must not refuse a handful of requests (refuseLate
 	// still answers one whose deadline comes too close before its batch starts).
 	idle := b.inflight == 0
-	if !c.deadline.IsZero() && !idle && len(b.pending) >= b.limit {
+	if !deadline.IsZero() && !idle && len(b.pending) >= b.limit {
 		wait := b.expectedWaitLocked(len(b.pending))
-		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
-			b.mu.Unlock()
+		if left := time.Until(deadline); left < wait+b.cfg.Margin {
 			return fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
 		}
 	}
-	b.pending = append(b.pending, c)
-	b.mu.Unlock()
-	b.signal()
 	return nil
+}
+
+// Admit answers, before the caller does any work for it, whether a request with ctx's
+// deadline would be refused now (the queue bound and the expected wait of Reserve): a
+// Check that would be refused anyway is then answered before its body is parsed, its key
+// looked up and its cost bounded, so shedding costs little CPU. It queues nothing; a refusal
+// is counted as a shed (reason "early") and wraps ErrOverloaded. The verdict is a prediction:
+// a request Admit lets through may still be refused by Reserve.
+func (b *Batcher) Admit(ctx context.Context) error {
+	deadline, _ := ctx.Deadline()
+	b.mu.Lock()
+	err := b.refuseLocked(deadline)
+	b.mu.Unlock()
+	if err != nil {
+		b.shed.Add(1)
+		b.svc.cfg.Metrics.shedN(ctx, "early", 1)
+	}
+	return err
 }
 
 // expectedWaitLocked is how long a request arriving behind ahead others should wait for its

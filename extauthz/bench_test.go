@@ -50,6 +50,24 @@ func BenchmarkCheck(b *testing.B) {
 		}
 		benchCheck(b, srv, suffix)
 	}
+	// A Check shed at admission (an overloaded ledger): its ratio to openai_chat is what
+	// shedding costs against serving.
+	srv, err := extauthz.New(shedAll{admitAll{&bud}}, staticKeys{key}, func() *pricing.Catalog { return cat }, extauthz.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("shed", func(b *testing.B) {
+		req := withKey(fixture(b, "openai_chat"), budget.SecretPrefix+"benchbenchbenchbench", 1)
+		ctx := context.Background()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			resp, err := srv.Check(ctx, req)
+			if err != nil || resp.GetDeniedResponse().GetStatus().GetCode() != 503 {
+				b.Fatalf("want a shed: %v %v", err, resp)
+			}
+		}
+	})
 	_ = authv3.CheckRequest{}
 }
 
