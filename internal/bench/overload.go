@@ -25,6 +25,8 @@ type Detail struct {
 	Failed                  int
 	OKLat, ShedLat, GenLag  []time.Duration // sorted
 	FirstErr                error
+	// GenCPU is the CPU the generator's process used over the run (OpenLoopWire).
+	GenCPU time.Duration
 }
 
 // Goodput is successful Checks per second over the run.
