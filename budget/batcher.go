@@ -202,20 +202,8 @@ func (b *Batcher) enqueue(c *call) error {
 		b.mu.Unlock()
 		return ErrStopped
 	}
-	if err := b.refuseLocked(c.deadline); err != nil {
-		b.mu.Unlock()
-		return err
-	}
-	b.pending = append(b.pending, c)
-	b.mu.Unlock()
-	b.signal()
-	return nil
-}
-
-// refuseLocked says why a request with this deadline (zero: none), arriving now, cannot be
-// decided in time, or nil.
-func (b *Batcher) refuseLocked(deadline time.Time) error {
 	if len(b.pending) >= b.cfg.QueueSize {
+		b.mu.Unlock()
 		return fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, b.cfg.QueueSize)
 	}
 	// An idle batcher (no batch in flight) never refuses: the request runs at once, and its
@@ -224,26 +212,49 @@ func (b *Batcher) refuseLocked(deadline time.Time) error {
 	// estimate from a slow batch or two must not refuse a handful of requests (refuseLate
 	// still answers one whose deadline comes too close before its batch starts).
 	idle := b.inflight == 0
-	if !deadline.IsZero() && !idle && len(b.pending) >= b.limit {
+	if !c.deadline.IsZero() && !idle && len(b.pending) >= b.limit {
 		wait := b.expectedWaitLocked(len(b.pending))
-		if left := time.Until(deadline); left < wait+b.cfg.Margin {
+		if left := time.Until(c.deadline); left < wait+b.cfg.Margin {
+			b.mu.Unlock()
 			return fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
 		}
 	}
+	b.pending = append(b.pending, c)
+	b.mu.Unlock()
+	b.signal()
 	return nil
 }
 
-// Admit answers, before the caller does any work for it, whether a request with ctx's
-// deadline would be refused now (the queue bound and the expected wait of Reserve): a
-// Check that would be refused anyway is then answered before its body is parsed, its key
-// looked up and its cost bounded, so shedding costs little CPU. It queues nothing; a refusal
-// is counted as a shed (reason "early") and wraps ErrOverloaded. The verdict is a prediction:
-// a request Admit lets through may still be refused by Reserve.
+// Admit answers, before the caller does any work for a request, whether Reserve would refuse
+// a request with ctx's deadline arriving now: the queue is full, or (as in enqueue: with a
+// batch in flight and at least a batch waiting) the expected wait exceeds the time left, or
+// (as in next: with a batch in flight) less time is left than a batch needs, so it would be
+// refused as too late when its batch starts. A Check is then answered before its body is
+// parsed, its key looked up and its cost bounded, and shedding costs little CPU. It queues
+// nothing; a refusal wraps ErrOverloaded and is counted as a shed (reason "early"). It is a
+// prediction: a request Admit lets through may still be refused by Reserve.
 func (b *Batcher) Admit(ctx context.Context) error {
-	deadline, _ := ctx.Deadline()
+	deadline, hasDeadline := ctx.Deadline()
 	b.mu.Lock()
-	err := b.refuseLocked(deadline)
+	waiting, busy := len(b.pending), b.inflight > 0
+	var wait, minLeft time.Duration
+	if hasDeadline && busy {
+		minLeft = b.minLeftLocked()
+		if waiting >= b.limit {
+			wait = b.expectedWaitLocked(waiting)
+		}
+	}
 	b.mu.Unlock()
+	var err error
+	switch left := time.Until(deadline); {
+	case waiting >= b.cfg.QueueSize:
+		err = fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, waiting)
+	case !hasDeadline || !busy:
+	case left < wait+b.cfg.Margin:
+		err = fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
+	case left < minLeft:
+		err = fmt.Errorf("%w: %v left, a batch needs %v", ErrOverloaded, left.Round(time.Millisecond), minLeft.Round(time.Millisecond))
+	}
 	if err != nil {
 		b.shed.Add(1)
 		b.svc.cfg.Metrics.shedN(ctx, "early", 1)

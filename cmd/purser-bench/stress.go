@@ -33,6 +33,7 @@ type overloadRow struct {
 	capCPU, genCPU         float64 // cores used by the generator's process
 	d                      bench.Detail
 	shed                   float64 // purser_reservations_shed_total over the run
+	decided                float64 // purser_check_decisions_total over the run: Checks purser's handler answered
 	rssBefore, rssAfter    int64
 	gBefore, gPeak, gAfter float64 // purser's goroutines
 }
@@ -98,7 +99,7 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 			return err
 		}
 		row.gBefore = b.goroutines(ctx)
-		shed0 := b.shedCount(ctx)
+		shed0, decided0 := b.shedCount(ctx), b.decided(ctx)
 		b.logf("overload: %.0f× capacity, %.0f Checks/s open loop for %s", f, f*capacity, overloadRun)
 		peak := make(chan float64, 1)
 		runCtx, stopSampling := context.WithCancel(ctx)
@@ -112,6 +113,8 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 		row.rssAfter = bench.RSS(b.purser.Pid())
 		row.gAfter = b.goroutines(ctx)
 		row.shed = b.shedCount(ctx) - shed0
+		row.decided = b.decided(ctx) - decided0
+		b.logf("  %d sent, %.0f answered by purser's handler, failures by gRPC code: %v", row.d.Calls, row.decided, row.d.Errors)
 		b.logf("  goodput %.0f/s (%.0f%% of capacity), p99 of successes %s, %d shed (p99 %s), %d failed, generator lag p99 %s, %.2f cores; RSS %d → %d MiB, goroutines %.0f → %.0f (peak %.0f)",
 			row.d.Goodput(), 100*row.d.Goodput()/capacity, ms(bench.Percentile(row.d.OKLat, 99)), row.d.Shed,
 			ms(bench.Percentile(row.d.ShedLat, 99)), row.d.Failed, ms(bench.Percentile(row.d.GenLag, 99)), row.genCPU,
@@ -143,6 +146,14 @@ func (b *benchRun) measureCapacity(ctx context.Context, w *bench.Workload, balla
 		return 0, 0, fmt.Errorf("no Check succeeded while measuring capacity: %v", res.FirstErr)
 	}
 	return capacity, cores, nil
+}
+
+func (b *benchRun) decided(ctx context.Context) float64 {
+	m, err := b.purser.Metrics(ctx)
+	if err != nil {
+		return 0
+	}
+	return m.Sum("purser_check_decisions_total")
 }
 
 func (b *benchRun) goroutines(ctx context.Context) float64 {

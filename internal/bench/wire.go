@@ -9,8 +9,10 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 
 	"github.com/purser-dev/purser/grpccodec"
 )
@@ -75,7 +77,7 @@ func OpenLoopWire(ctx context.Context, t *Target, reqs []*wireCheck, rate float6
 	interval := float64(time.Second) / rate
 	type out struct {
 		lat, lag time.Duration
-		code     int32 // -1: gRPC error
+		code     int32 // < 0: gRPC error, -1 - its code
 		sent     bool
 	}
 	outs := make([]out, n)
@@ -101,7 +103,7 @@ func OpenLoopWire(ctx context.Context, t *Target, reqs []*wireCheck, rate float6
 				cancel()
 				o := out{lat: time.Since(due), lag: fired.Sub(due), sent: true, code: resp.GetStatus().GetCode()}
 				if err != nil {
-					o.code = -1
+					o.code = -1 - int32(status.Code(err))
 					errMu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -127,13 +129,17 @@ func OpenLoopWire(ctx context.Context, t *Target, reqs []*wireCheck, rate float6
 		}
 		d.Calls++
 		d.GenLag = append(d.GenLag, o.lag)
-		switch o.code {
-		case -1:
+		switch {
+		case o.code < 0:
 			d.Failed++
-		case int32(code.Code_OK):
+			if d.Errors == nil {
+				d.Errors = map[codes.Code]int{}
+			}
+			d.Errors[codes.Code(-1-o.code)]++
+		case o.code == int32(code.Code_OK):
 			d.OK++
 			d.OKLat = append(d.OKLat, o.lat)
-		case int32(code.Code_UNAVAILABLE):
+		case o.code == int32(code.Code_UNAVAILABLE):
 			d.Shed++
 			d.ShedLat = append(d.ShedLat, o.lat)
 		default:
