@@ -28,8 +28,10 @@ type overloadRow struct {
 	factor float64
 	// capacity is the closed loop's rate with the generator's process otherwise idle;
 	// fairCapacity the same while that process burns what the generator spent during this
-	// row's open-loop run (capCPU: the process's CPU per second during that measurement).
+	// row's open-loop run, measured just before and after it (capCPU: the process's CPU per
+	// second during the measurement after).
 	capacity, fairCapacity float64
+	capBefore, capAfter    float64 // fairCapacity is their mean
 	capCPU, genCPU         float64 // cores used by the generator's process
 	d                      bench.Detail
 	shed                   float64 // purser_reservations_shed_total over the run
@@ -92,8 +94,16 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 		return err
 	}
 	b.logf("  capacity %.0f Checks/s, generator %.2f cores", capacity, capCPU)
+	perCheck := capCPU / capacity // generator cores per Check/s; from the last open-loop run once there is one
 	for _, f := range overloadFactors {
-		row := overloadRow{factor: f, capacity: capacity, rssBefore: bench.RSS(b.purser.Pid())}
+		row := overloadRow{factor: f, capacity: capacity}
+		// The machine is shared: capacity drifts from minute to minute. It is measured just
+		// before and just after the run, both times with the generator's process as busy as
+		// during the run (before: as predicted from the last run), and the mean is the divisor.
+		if row.capBefore, _, err = b.measureCapacity(ctx, w, max(0, perCheck*f*capacity-capCPU)); err != nil {
+			return err
+		}
+		row.rssBefore = bench.RSS(b.purser.Pid())
 		reqs, err := bench.Encode(b.stressWorkload(secrets(b.hotKeys)), int(f*capacity*overloadRun.Seconds()))
 		if err != nil {
 			return err
@@ -119,13 +129,14 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 			row.d.Goodput(), 100*row.d.Goodput()/capacity, ms(bench.Percentile(row.d.OKLat, 99)), row.d.Shed,
 			ms(bench.Percentile(row.d.ShedLat, 99)), row.d.Failed, ms(bench.Percentile(row.d.GenLag, 99)), row.genCPU,
 			row.rssBefore>>20, row.rssAfter>>20, row.gBefore, row.gAfter, row.gPeak)
+		perCheck = row.genCPU / (f * capacity)
 		ballast := max(0, row.genCPU-capCPU)
-		row.fairCapacity, row.capCPU, err = b.measureCapacity(ctx, w, ballast)
-		if err != nil {
+		if row.capAfter, row.capCPU, err = b.measureCapacity(ctx, w, ballast); err != nil {
 			return err
 		}
-		b.logf("  capacity with %.2f cores of ballast: %.0f Checks/s (generator process %.2f cores); goodput ÷ it: %.0f%%",
-			ballast, row.fairCapacity, row.capCPU, 100*row.d.Goodput()/row.fairCapacity)
+		row.fairCapacity = (row.capBefore + row.capAfter) / 2
+		b.logf("  capacity at the run's generator CPU: %.0f Checks/s before, %.0f after (generator process %.2f cores); goodput ÷ their mean: %.0f%%",
+			row.capBefore, row.capAfter, row.capCPU, 100*row.d.Goodput()/row.fairCapacity)
 		b.overload = append(b.overload, row)
 	}
 	return nil
@@ -204,14 +215,14 @@ func (b *benchRun) renderStress(p func(string, ...any)) {
 		p("| offered | × capacity | goodput | **goodput ÷ capacity at the same generator CPU** | goodput ÷ capacity (idle generator) | p99 of successes | shed (503) | shed p99 | shed counted by purser | failed | generator lag p99 | generator CPU: run / capacity | purser RSS before → 2 s after | purser goroutines before → peak → 2 s after |\n")
 		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range b.overload {
-			p("| %s/s | %.0f× | %s/s | **%.0f%%** (of %s/s) | %.0f%% | %s | %s | %s | %.0f | %s | %s | %.2f / %.2f cores | %d → %d MiB | %.0f → %.0f → %.0f |\n", thousands(r.factor*r.capacity), r.factor,
-				thousands(r.d.Goodput()), 100*r.d.Goodput()/r.fairCapacity, thousands(r.fairCapacity), 100*r.d.Goodput()/r.capacity, msf(bench.Percentile(r.d.OKLat, 99)), thousands(float64(r.d.Shed)),
+			p("| %s/s | %.0f× | %s/s | **%.0f%%** (of %s/s: %s before, %s after) | %.0f%% | %s | %s | %s | %.0f | %s | %s | %.2f / %.2f cores | %d → %d MiB | %.0f → %.0f → %.0f |\n", thousands(r.factor*r.capacity), r.factor,
+				thousands(r.d.Goodput()), 100*r.d.Goodput()/r.fairCapacity, thousands(r.fairCapacity), thousands(r.capBefore), thousands(r.capAfter), 100*r.d.Goodput()/r.capacity, msf(bench.Percentile(r.d.OKLat, 99)), thousands(float64(r.d.Shed)),
 				msf(bench.Percentile(r.d.ShedLat, 99)), r.shed, thousands(float64(r.d.Failed)), msf(bench.Percentile(r.d.GenLag, 99)), r.genCPU, r.capCPU,
 				r.rssBefore>>20, r.rssAfter>>20, r.gBefore, r.gPeak, r.gAfter)
 		}
 		p("\nCapacity: successful Checks/s of a closed loop of 256 callers on the hot budget with a %s deadline (%s/s with the generator's process otherwise idle: it sets the offered rates). "+
-			"The generator shares the two cores with purser and Postgres and spends more CPU at 2× and 5× than while measuring capacity, so after each run the capacity is measured again while "+
-			"the generator's process burns the difference (ballast): the bold ratio is purser's goodput over purser's capacity with the generator taking the same CPU both times. "+
+			"The generator shares the two cores with purser and Postgres and spends more CPU at 2× and 5× than while measuring capacity, so the capacity is measured again just before and just after each run while "+
+			"the generator's process burns the difference (ballast; before the run, as predicted from the last run): the bold ratio is purser's goodput over the mean of these two capacities, with the generator taking the same CPU in all three. "+
 			"Checks are encoded before each run and sent by one timer loop; generator lag is how late a Check left against its schedule, counted in its latency. Each run lasts %s; target: goodput ≥ 80%% of capacity at 2×.\n\n",
 			stressTimeout, thousands(b.overload[0].capacity), overloadRun)
 	}
