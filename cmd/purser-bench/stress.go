@@ -36,6 +36,7 @@ type overloadRow struct {
 	d                      bench.Detail
 	shed                   float64 // purser_reservations_shed_total over the run
 	decided                float64 // purser_check_decisions_total over the run: Checks purser's handler answered
+	purserCPU              time.Duration
 	rssBefore, rssAfter    int64
 	gBefore, gPeak, gAfter float64 // purser's goroutines
 }
@@ -94,6 +95,11 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 		return err
 	}
 	b.logf("  capacity %.0f Checks/s, generator %.2f cores", capacity, capCPU)
+	if b.cfg.overloadRate > 0 {
+		capCPU *= b.cfg.overloadRate / capacity
+		capacity = b.cfg.overloadRate
+		b.logf("  offering multiples of %.0f Checks/s (-overload-capacity)", capacity)
+	}
 	perCheck := capCPU / capacity // generator cores per Check/s; from the last open-loop run once there is one
 	for _, f := range overloadFactors {
 		row := overloadRow{factor: f, capacity: capacity}
@@ -110,11 +116,14 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 		}
 		row.gBefore = b.goroutines(ctx)
 		shed0, decided0 := b.shedCount(ctx), b.decided(ctx)
+		pcpu0, _ := bench.ProcCPU(b.purser.Pid())
 		b.logf("overload: %.0f× capacity, %.0f Checks/s open loop for %s", f, f*capacity, overloadRun)
 		peak := make(chan float64, 1)
 		runCtx, stopSampling := context.WithCancel(ctx)
 		go func() { peak <- b.peakGoroutines(runCtx) }()
 		row.d = bench.OpenLoopWire(ctx, b.targets[purser], reqs, f*capacity, stressTimeout)
+		pcpu1, _ := bench.ProcCPU(b.purser.Pid())
+		row.purserCPU = pcpu1 - pcpu0
 		stopSampling()
 		row.gPeak = <-peak
 		reqs = nil
@@ -124,7 +133,8 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 		row.gAfter = b.goroutines(ctx)
 		row.shed = b.shedCount(ctx) - shed0
 		row.decided = b.decided(ctx) - decided0
-		b.logf("  %d sent, %.0f answered by purser's handler, failures by gRPC code: %v", row.d.Calls, row.decided, row.d.Errors)
+		b.logf("  %d sent, %.0f answered by purser's handler, failures by gRPC code: %v; purser CPU %.2f cores, %.0f µs per Check answered",
+			row.d.Calls, row.decided, row.d.Errors, row.purserCPU.Seconds()/row.d.Elapsed.Seconds(), float64(row.purserCPU.Microseconds())/max(row.decided, 1))
 		b.logf("  goodput %.0f/s (%.0f%% of capacity), p99 of successes %s, %d shed (p99 %s), %d failed, generator lag p99 %s, %.2f cores; RSS %d → %d MiB, goroutines %.0f → %.0f (peak %.0f)",
 			row.d.Goodput(), 100*row.d.Goodput()/capacity, ms(bench.Percentile(row.d.OKLat, 99)), row.d.Shed,
 			ms(bench.Percentile(row.d.ShedLat, 99)), row.d.Failed, ms(bench.Percentile(row.d.GenLag, 99)), row.genCPU,
@@ -212,12 +222,12 @@ func (b *benchRun) renderStress(p func(string, ...any)) {
 	}
 	if len(b.overload) > 0 {
 		p("## Overload (one hot budget, open loop above the measured capacity)\n\n")
-		p("| offered | × capacity | goodput | **goodput ÷ capacity at the same generator CPU** | goodput ÷ capacity (idle generator) | p99 of successes | shed (503) | shed p99 | shed counted by purser | failed | generator lag p99 | generator CPU: run / capacity | purser RSS before → 2 s after | purser goroutines before → peak → 2 s after |\n")
-		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("| offered | × capacity | goodput | **goodput ÷ capacity at the same generator CPU** | goodput ÷ capacity (idle generator) | p99 of successes | shed (503) | shed p99 | shed counted by purser | failed | generator lag p99 | generator CPU: run / capacity | purser CPU, per Check its handler answered | purser RSS before → 2 s after | purser goroutines before → peak → 2 s after |\n")
+		p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range b.overload {
-			p("| %s/s | %.0f× | %s/s | **%.0f%%** (of %s/s: %s before, %s after) | %.0f%% | %s | %s | %s | %.0f | %s | %s | %.2f / %.2f cores | %d → %d MiB | %.0f → %.0f → %.0f |\n", thousands(r.factor*r.capacity), r.factor,
+			p("| %s/s | %.0f× | %s/s | **%.0f%%** (of %s/s: %s before, %s after) | %.0f%% | %s | %s | %s | %.0f | %s | %s | %.2f / %.2f cores | %.2f cores, %.0f µs | %d → %d MiB | %.0f → %.0f → %.0f |\n", thousands(r.factor*r.capacity), r.factor,
 				thousands(r.d.Goodput()), 100*r.d.Goodput()/r.fairCapacity, thousands(r.fairCapacity), thousands(r.capBefore), thousands(r.capAfter), 100*r.d.Goodput()/r.capacity, msf(bench.Percentile(r.d.OKLat, 99)), thousands(float64(r.d.Shed)),
-				msf(bench.Percentile(r.d.ShedLat, 99)), r.shed, thousands(float64(r.d.Failed)), msf(bench.Percentile(r.d.GenLag, 99)), r.genCPU, r.capCPU,
+				msf(bench.Percentile(r.d.ShedLat, 99)), r.shed, thousands(float64(r.d.Failed)), msf(bench.Percentile(r.d.GenLag, 99)), r.genCPU, r.capCPU, r.purserCPU.Seconds()/r.d.Elapsed.Seconds(), float64(r.purserCPU.Microseconds())/max(r.decided, 1),
 				r.rssBefore>>20, r.rssAfter>>20, r.gBefore, r.gPeak, r.gAfter)
 		}
 		p("\nCapacity: successful Checks/s of a closed loop of 256 callers on the hot budget with a %s deadline (%s/s with the generator's process otherwise idle: it sets the offered rates). "+
