@@ -2,9 +2,12 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -183,4 +186,24 @@ func Burn(cores float64) (stop func()) {
 		}()
 	}
 	return func() { close(done); wg.Wait() }
+}
+
+// Renice sets the scheduling priority (nice value) of every thread of this process (Linux
+// priorities are per thread; threads started later inherit their creator's). A negative value
+// needs CAP_SYS_NICE; the error says when it was not allowed.
+func Renice(nice int) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); err != nil {
+			return fmt.Errorf("setpriority %d: %w", nice, err)
+		}
+	}
+	return nil
 }
