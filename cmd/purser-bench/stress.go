@@ -20,8 +20,6 @@ const (
 
 var overloadFactors = []float64{2, 5}
 
-// overloadNice is the generator's nice value during the overload scenario.
-const overloadNice = -10
 
 type noisyResult struct {
 	base, during, locked bench.Detail
@@ -93,14 +91,16 @@ func (b *benchRun) runNoisy(ctx context.Context) error {
 // generator taking the same share of the two cores, so their ratio is purser's.
 func (b *benchRun) runOverload(ctx context.Context) error {
 	w := b.stressWorkload(secrets(b.hotKeys))
-	// The generator must keep its schedule on cores other processes keep busy too: it runs
-	// at a higher priority than purser and Postgres when allowed (its CPU, ballast included,
-	// is the same in the capacity and overload measurements, see renderStress).
-	if err := bench.Renice(overloadNice); err != nil {
-		b.logf("overload: generator at normal priority (%v)", err)
-	} else {
-		b.generatorNice = overloadNice
-		defer func() { _ = bench.Renice(0) }()
+	// -generator-nice: on cores other processes keep busy, the generator can be run above
+	// purser and Postgres to keep its schedule (its CPU, ballast included, stays the same in
+	// the capacity and overload measurements).
+	if n := b.cfg.generatorNice; n != 0 {
+		if err := bench.Renice(n); err != nil {
+			b.logf("overload: generator at normal priority (%v)", err)
+		} else {
+			b.generatorNice = n
+			defer func() { _ = bench.Renice(0) }()
+		}
 	}
 	capacity, capCPU, err := b.measureCapacity(ctx, w, 0)
 	if err != nil {
@@ -254,5 +254,5 @@ func niceNote(nice int) string {
 	if nice == 0 {
 		return " at normal priority"
 	}
-	return fmt.Sprintf(" at nice %d (above purser and Postgres, so that other load on the machine does not make it miss its schedule)", nice)
+	return fmt.Sprintf(" at nice %d (-generator-nice)", nice)
 }
