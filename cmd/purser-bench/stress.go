@@ -20,7 +20,6 @@ const (
 
 var overloadFactors = []float64{2, 5}
 
-
 type noisyResult struct {
 	base, during, locked bench.Detail
 }
