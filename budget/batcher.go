@@ -241,25 +241,10 @@ func (b *Batcher) enqueue(c *call) error {
 		b.mu.Unlock()
 		return fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, b.cfg.QueueSize)
 	}
-	// An idle batcher (no batch in flight) never refuses: the request runs at once, and its
-	// batch refreshes the estimate, which would otherwise stay as the last batch left it.
-	// Nor does one with less than a batch waiting: the request joins the next batch, and an
-	// estimate from a slow batch or two must not refuse a handful of requests (refuseLate
-	// still answers one whose deadline comes too close before its batch starts).
-	// A batch of suspect budgets in flight (maybe stuck on a lock) does not make it busy, and
-	// requests held by a suspect budget (or waiting for a lookup) wait for their budget, not
-	// for the batches this request will join: they do not count as ahead of it.
+	// Refused only when its expected wait exceeds what it has left (queueWaitLocked says when
+	// that rule applies).
 	now := time.Now()
-	idle := true
-	for _, f := range b.flights {
-		idle = idle && f.suspect
-	}
-	ahead := len(b.pending)
-	if !b.isSuspectLocked(c) {
-		ahead -= min(b.held, ahead)
-	}
-	if !c.deadline.IsZero() && !idle && ahead >= b.limit {
-		wait := b.expectedWaitLocked(ahead)
+	if wait, ok := b.queueWaitLocked(b.isSuspectLocked(c)); ok && !c.deadline.IsZero() {
 		if left := c.deadline.Sub(now); left < wait+b.cfg.Margin {
 			b.mu.Unlock()
 			return fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
@@ -269,6 +254,66 @@ func (b *Batcher) enqueue(c *call) error {
 	b.mu.Unlock()
 	b.signal()
 	return nil
+}
+
+// Admit answers, before the caller does any work for a request, whether Reserve would refuse
+// a request with ctx's deadline arriving now: the queue is full, or (as in enqueue: with a
+// batch in flight and at least a batch waiting, see queueWaitLocked) the expected wait exceeds the time left, or
+// (as in next: with a batch in flight) less time is left than a batch needs, so it would be
+// refused as too late when its batch starts. A Check is then answered before its body is
+// parsed, its key looked up and its cost bounded, and shedding costs little CPU. It queues
+// nothing; a refusal wraps ErrOverloaded and is counted as a shed (reason "early"). It is a
+// prediction: a request Admit lets through may still be refused by Reserve.
+func (b *Batcher) Admit(ctx context.Context) error {
+	deadline, hasDeadline := ctx.Deadline()
+	b.mu.Lock()
+	waiting, busy := len(b.pending), b.inflight > 0
+	// The request's budgets are not known yet (its body is not parsed): it is judged as one of
+	// a healthy budget, so a suspect budget's held queue never sheds other tenants here.
+	wait, queued := b.queueWaitLocked(false)
+	var minLeft time.Duration
+	if busy {
+		minLeft = b.minLeftLocked()
+	}
+	b.mu.Unlock()
+	var err error
+	switch left := time.Until(deadline); {
+	case waiting >= b.cfg.QueueSize:
+		err = fmt.Errorf("%w: %d requests are waiting", ErrOverloaded, waiting)
+	case !hasDeadline || !busy:
+	case queued && left < wait+b.cfg.Margin:
+		err = fmt.Errorf("%w: expected wait %v, %v left", ErrOverloaded, wait.Round(time.Millisecond), left.Round(time.Millisecond))
+	case left < minLeft:
+		err = fmt.Errorf("%w: %v left, a batch needs %v", ErrOverloaded, left.Round(time.Millisecond), minLeft.Round(time.Millisecond))
+	}
+	if err != nil {
+		b.shed.Add(1)
+		b.svc.cfg.Metrics.shedN(ctx, "early", 1)
+	}
+	return err
+}
+
+// queueWaitLocked is the expected wait of a request arriving now, and whether the wait rule
+// applies at all. It does not when the batcher is idle (no batch in flight but of suspect
+// budgets, maybe stuck on a lock: the request runs at once, and its batch refreshes an
+// estimate a slow batch left behind), nor with less than a batch ahead (the request joins the
+// next batch; refuseLate still answers one whose deadline comes too close before its batch
+// starts). Requests held by a suspect budget (or waiting for a lookup) wait for their budget,
+// not for the batches a request of other budgets joins: they count as ahead only of a request
+// that is suspect itself.
+func (b *Batcher) queueWaitLocked(suspect bool) (time.Duration, bool) {
+	idle := true
+	for _, f := range b.flights {
+		idle = idle && f.suspect
+	}
+	ahead := len(b.pending)
+	if !suspect {
+		ahead -= min(b.held, ahead)
+	}
+	if idle || ahead < b.limit {
+		return 0, false
+	}
+	return b.expectedWaitLocked(ahead), true
 }
 
 // expectedWaitLocked is how long a request arriving behind ahead others should wait for its

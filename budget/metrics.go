@@ -64,7 +64,7 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		return nil, fmt.Errorf("metric purser.reservations.storm_denied: %w", err)
 	}
 	if m.shed, err = meter.Int64Counter("purser.reservations.shed",
-		metric.WithDescription("Reservations refused at once as over capacity (answered 503 with Retry-After), by reason (queue: the expected wait exceeded the caller's deadline or the queue was full; deadline: the deadline came too close while waiting)")); err != nil {
+		metric.WithDescription("Reservations refused at once as over capacity (answered 503 with Retry-After), by reason (early: predicted before the Check was parsed, see Batcher.Admit; queue: the expected wait exceeded the caller's deadline or the queue was full; deadline: the deadline came too close while waiting)")); err != nil {
 		return nil, fmt.Errorf("metric purser.reservations.shed: %w", err)
 	}
 	return &m, nil

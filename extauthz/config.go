@@ -51,6 +51,10 @@ type Config struct {
 	CheckTimeout time.Duration
 	// DeadlineMargin is kept free before Envoy's deadline to send the answer (default 5ms).
 	DeadlineMargin time.Duration
+	// MaxInFlight bounds the billable Checks being decided at once (default 10,240: the
+	// batcher's default queue and four full batches); past it a Check is shed at once (503,
+	// overloaded) before its body is read, so a burst cannot grow memory without bound.
+	MaxInFlight int
 	// StripCredentials removes the header that carried the purser key before the request
 	// goes upstream (default true: purser keys are not provider keys).
 	StripCredentials *bool
@@ -115,6 +119,7 @@ type Config struct {
 const (
 	DefaultCheckTimeout   = 150 * time.Millisecond
 	DefaultDeadlineMargin = 5 * time.Millisecond
+	DefaultMaxInFlight    = 10_240
 	DefaultOutputCap      = 4096
 	// DefaultExternalInputTokens is the largest context window of the embedded catalog (2M
 	// tokens): no model whose window is unknown is assumed to read more than that.
@@ -132,6 +137,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DeadlineMargin <= 0 {
 		c.DeadlineMargin = DefaultDeadlineMargin
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 	// The server keeps copies: a caller changing its values later changes nothing.
 	c.StripCredentials = valueOr(c.StripCredentials, true)

@@ -25,6 +25,13 @@ type Reserver interface {
 	Reserve(ctx context.Context, req budget.ReserveRequest) (budget.Decision, error)
 }
 
+// Admitter predicts, before any work is done for a Check, whether the ledger would refuse it
+// as over capacity (the ledger's Batcher: Admit wraps budget.ErrOverloaded then). Optional:
+// a Reserver that is not one is asked only through Reserve.
+type Admitter interface {
+	Admit(ctx context.Context) error
+}
+
 // Authenticator resolves a purser API key secret (the ledger's Service).
 type Authenticator interface {
 	Authenticate(ctx context.Context, secret string) (*budget.Key, error)
@@ -35,12 +42,15 @@ type Server struct {
 	authv3.UnimplementedAuthorizationServer
 	cfg     Config
 	res     Reserver
+	admit   Admitter // res, when it predicts its refusals; else nil
 	auth    Authenticator
 	catalog func() *pricing.Catalog
 	m       *metrics
 
 	denialLog      *rate.Limiter
-	denialsDropped atomic.Int64 // denials not logged since the last line that was
+	denialsDropped atomic.Int64                             // denials not logged since the last line that was
+	inflight       atomic.Int64                             // billable Checks being decided (admission control)
+	shed           map[pricing.Flavor]*authv3.CheckResponse // early sheds' answers, read-only
 
 	reset atomic.Pointer[lastReset] // resetFormat's last answer
 }
@@ -55,8 +65,11 @@ func New(res Reserver, auth Authenticator, catalog func() *pricing.Catalog, cfg 
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, res: res, auth: auth, catalog: catalog, m: m,
-		denialLog: rate.NewLimiter(rate.Limit(cfg.DenialLogRate), int(2*cfg.DenialLogRate)+1)}, nil
+	s := &Server{cfg: cfg, res: res, auth: auth, catalog: catalog, m: m,
+		denialLog: rate.NewLimiter(rate.Limit(cfg.DenialLogRate), int(2*cfg.DenialLogRate)+1)}
+	s.admit, _ = res.(Admitter)
+	s.shed = s.shedResponses()
+	return s, nil
 }
 
 // Check decides one request. Budget decisions (allow, deny) are CheckResponses with a nil
@@ -66,11 +79,102 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	start := time.Now()
 	ctx, cancel := s.deadline(ctx, start)
 	defer cancel()
+	if billable(req) {
+		// Admission before any work: a Check the ledger would refuse anyway is answered
+		// before its body is parsed, its key looked up and its cost bounded.
+		n := s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		if err := s.admission(ctx, n); err != nil {
+			return s.shedEarly(ctx, req, start), nil
+		}
+	}
 	r := request.Parse(req, &s.cfg.Request)
 	v := s.decide(ctx, &r, requestStart(req))
 	resp, err := s.respond(&r, v)
 	s.observe(ctx, &r, v, time.Since(start))
 	return resp, err
+}
+
+// billable reports whether a Check may need a reservation: only POSTs are billable (see
+// request.Parse), so other methods never wait for the ledger and are never shed.
+func billable(req *authv3.CheckRequest) bool {
+	h := req.GetAttributes().GetRequest().GetHttp()
+	m := h.GetMethod()
+	if m == "" {
+		m = h.GetHeaders()[":method"]
+	}
+	return strings.EqualFold(m, "POST")
+}
+
+// admission refuses a Check, before any work is done for it, when n Checks (its own
+// included) are already being decided past MaxInFlight, or when the ledger predicts it
+// would refuse it (its queue is full or its expected wait exceeds the time left).
+func (s *Server) admission(ctx context.Context, n int64) error {
+	if n > int64(s.cfg.MaxInFlight) {
+		return fmt.Errorf("%w: %d Checks in flight", budget.ErrOverloaded, n-1)
+	}
+	if s.admit != nil {
+		return s.admit.Admit(ctx)
+	}
+	return nil
+}
+
+// shedEarly answers a Check refused by admission: the same 503 denial (retry-after: 1,
+// x-purser-reason: overloaded) as a refusal by the ledger, with the error body in the API
+// format the route or path names. Nothing was reserved.
+func (s *Server) shedEarly(ctx context.Context, req *authv3.CheckRequest, start time.Time) *authv3.CheckResponse {
+	f := shedFlavor(req)
+	resp := s.shed[f]
+	if s.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
+		r := request.Request{RequestID: req.GetAttributes().GetRequest().GetHttp().GetHeaders()["x-request-id"], Flavor: f}
+		s.observe(ctx, &r, shedVerdict(), time.Since(start))
+	} else {
+		s.observe(ctx, &request.Request{}, shedVerdict(), time.Since(start))
+	}
+	return resp
+}
+
+func shedVerdict() verdict { return deny(verdict{}, 503, ReasonOverloaded, overloadedMessage) }
+
+// shedResponses builds the early shed's answers once, one per error envelope: they are only
+// read afterwards (by gRPC, to send them), so every shed Check shares its flavour's.
+func (s *Server) shedResponses() map[pricing.Flavor]*authv3.CheckResponse {
+	m := map[pricing.Flavor]*authv3.CheckResponse{}
+	for _, f := range []pricing.Flavor{pricing.FlavorChat, pricing.FlavorAnthropic, pricing.FlavorGemini, pricing.FlavorGeminiEmbeddings} {
+		m[f] = s.denied(&request.Request{Flavor: f}, shedVerdict())
+	}
+	return m
+}
+
+const overloadedMessage = "purser is over capacity: retry in a moment"
+
+// shedFlavor picks the error envelope of an early shed without parsing the request: the
+// route's api_flavor, else Anthropic's and Gemini's paths, else OpenAI's (the SDKs retry a
+// 503 with Retry-After whatever its body).
+func shedFlavor(req *authv3.CheckRequest) pricing.Flavor {
+	a := req.GetAttributes()
+	switch f := pricing.Flavor(strings.TrimSpace(a.GetContextExtensions()["api_flavor"])); f {
+	case pricing.FlavorAnthropic, pricing.FlavorGemini, pricing.FlavorGeminiEmbeddings:
+		return f
+	case "":
+	default:
+		return pricing.FlavorChat
+	}
+	h := a.GetRequest().GetHttp()
+	p := h.GetPath()
+	if p == "" {
+		p = h.GetHeaders()[":path"]
+	}
+	p, _, _ = strings.Cut(p, "?")
+	switch {
+	case strings.HasSuffix(p, "/messages"):
+		return pricing.FlavorAnthropic
+	case strings.Contains(p, ":generateContent"), strings.Contains(p, ":streamGenerateContent"):
+		return pricing.FlavorGemini
+	case strings.Contains(p, ":embedContent"), strings.Contains(p, ":batchEmbedContents"):
+		return pricing.FlavorGeminiEmbeddings
+	}
+	return pricing.FlavorChat
 }
 
 // deadline is the earlier of the server's own deadline and Envoy's minus a margin to answer.
@@ -164,7 +268,7 @@ func (s *Server) decide(ctx context.Context, r *request.Request, start time.Time
 	if errors.Is(err, budget.ErrOverloaded) {
 		// Shed at once, on every route (even one that fails open: the ledger works, it is
 		// busy): a denied answer, so Envoy's failure mode and version do not matter.
-		return deny(v, 503, ReasonOverloaded, "purser is over capacity: retry in a moment")
+		return deny(v, 503, ReasonOverloaded, overloadedMessage)
 	}
 	if err != nil {
 		return s.cannotDecide(r, v, err)

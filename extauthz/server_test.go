@@ -59,6 +59,12 @@ func catalog(t *testing.T) *pricing.Catalog {
 // res when it is not nil.
 func serve(t *testing.T, cfg extauthz.Config, res extauthz.Reserver) *harness {
 	t.Helper()
+	return serveBatcher(t, cfg, res, budget.BatcherConfig{})
+}
+
+// serveBatcher is serve with the batcher's configuration (used when res is nil).
+func serveBatcher(t *testing.T, cfg extauthz.Config, res extauthz.Reserver, bcfg budget.BatcherConfig) *harness {
+	t.Helper()
 	h := &harness{schema: pgtest.New(t), cat: catalog(t), reader: sdkmetric.NewManualReader()}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(h.reader))
 	lm, err := budget.NewMetrics(mp.Meter("test"))
@@ -66,7 +72,7 @@ func serve(t *testing.T, cfg extauthz.Config, res extauthz.Reserver) *harness {
 	st := store.New(h.schema.Pool)
 	h.svc = budget.New(st, st, budget.Config{Metrics: lm})
 	if res == nil {
-		b := budget.NewBatcher(h.svc, budget.BatcherConfig{})
+		b := budget.NewBatcher(h.svc, bcfg)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { b.Run(ctx); close(done) }()

@@ -55,6 +55,8 @@ type config struct {
 	settleLagFor               time.Duration
 	burstK                     int
 	stormK                     int
+	overloadRate               float64
+	generatorNice              int
 	hotPoolSize                int
 	originalPool               int
 	adminURL                   string
@@ -87,6 +89,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.settleLagRate, "settle-lag-rate", 5000, "entries/s of the paced settlement-lag run")
 	fs.DurationVar(&c.settleLagFor, "settle-lag-for", 3*time.Second, "length of the paced settlement-lag run")
 	fs.IntVar(&c.burstK, "burst-k", 1000, "overspend check: the hard budget has room for exactly K requests; 10×K are fired at once")
+	fs.Float64Var(&c.overloadRate, "overload-capacity", 0, "overload scenario: offer multiples of this many Checks/s instead of the capacity measured first (to compare branches at the same offered load)")
+	fs.IntVar(&c.generatorNice, "generator-nice", 0, "overload scenario: the load generator's nice value (negative: above purser and Postgres; needs CAP_SYS_NICE)")
 	fs.IntVar(&c.stormK, "storm-k", 1000, "exhausted-budget storm: room for exactly K requests; 10×K Checks at once, then a closed-loop storm on the exhausted budget")
 	fs.IntVar(&c.hotPoolSize, "hot-pool-size", 4, "purser -hot-pool-size")
 	fs.IntVar(&c.originalPool, "original-pool", 16, "connections of the original strategy's pool")

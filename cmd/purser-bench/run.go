@@ -63,10 +63,11 @@ type benchRun struct {
 	replicas  []replicaRow
 	partition *partitionResult
 	// stress.go
-	noisy    *noisyResult
-	overload []overloadRow
-	notes    []string
-	batchOK  bool // pg_stat_user_functions counts purser_reserve
+	noisy         *noisyResult
+	overload      []overloadRow
+	generatorNice int // the overload generator's nice value (0: normal priority)
+	notes         []string
+	batchOK       bool // pg_stat_user_functions counts purser_reserve
 
 	notifies         *bench.Notifications // purser_changes on purser's database
 	serverAutovacuum string               // the server's autovacuum setting

@@ -13,6 +13,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc/codes"
 )
 
 // Detail is what an open-loop run got back, split the way overload is judged: successes
@@ -25,6 +26,10 @@ type Detail struct {
 	Failed                  int
 	OKLat, ShedLat, GenLag  []time.Duration // sorted
 	FirstErr                error
+	// GenCPU is the CPU the generator's process used over the run (OpenLoopWire).
+	GenCPU time.Duration
+	// Errors counts the failures by gRPC code (OpenLoopWire).
+	Errors map[codes.Code]int
 }
 
 // Goodput is successful Checks per second over the run.

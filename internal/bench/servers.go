@@ -48,7 +48,7 @@ func clientCodec() (grpc.DialOption, error) {
 	if err != nil {
 		return nil, err
 	}
-	return grpc.WithDefaultCallOptions(grpc.ForceCodecV2(c)), nil
+	return grpc.WithDefaultCallOptions(grpc.ForceCodecV2(wireCodec{c})), nil
 }
 
 // Serve registers auth on a new server listening on 127.0.0.1:0 and serves it until stop
