@@ -14,6 +14,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Detail is what an open-loop run got back, split the way overload is judged: successes
@@ -28,7 +29,7 @@ type Detail struct {
 	FirstErr                error
 	// GenCPU is the CPU the generator's process used over the run (OpenLoopWire).
 	GenCPU time.Duration
-	// Errors counts the failures by gRPC code (OpenLoopWire).
+	// Errors counts the failures by gRPC code.
 	Errors map[codes.Code]int
 }
 
@@ -79,28 +80,47 @@ func OpenLoopDetail(ctx context.Context, t *Target, w *Workload, rate float64, d
 		if o.resp == nil && o.err == nil {
 			continue // never sent (ctx ended)
 		}
-		d.Calls++
-		d.GenLag = append(d.GenLag, o.lag)
-		switch {
-		case o.err != nil:
-			d.Failed++
+		c := o.resp.GetStatus().GetCode()
+		if o.err != nil {
+			c = -1 - int32(status.Code(o.err))
 			if d.FirstErr == nil {
 				d.FirstErr = o.err
 			}
-		case o.resp.GetStatus().GetCode() == int32(code.Code_OK):
-			d.OK++
-			d.OKLat = append(d.OKLat, o.lat)
-		case o.resp.GetStatus().GetCode() == int32(code.Code_UNAVAILABLE):
-			d.Shed++
-			d.ShedLat = append(d.ShedLat, o.lat)
-		default:
-			d.Denied++
 		}
+		d.add(o.lat, o.lag, c)
 	}
+	d.sort()
+	return d
+}
+
+// add counts one sent Check: its latency, its generator lag and its outcome, the answer's
+// status code, or -1 - the gRPC code of a call that failed.
+func (d *Detail) add(lat, lag time.Duration, c int32) {
+	d.Calls++
+	d.GenLag = append(d.GenLag, lag)
+	switch {
+	case c < 0:
+		d.Failed++
+		if d.Errors == nil {
+			d.Errors = map[codes.Code]int{}
+		}
+		d.Errors[codes.Code(-1-c)]++
+	case c == int32(code.Code_OK):
+		d.OK++
+		d.OKLat = append(d.OKLat, lat)
+	case c == int32(code.Code_UNAVAILABLE):
+		d.Shed++
+		d.ShedLat = append(d.ShedLat, lat)
+	default:
+		d.Denied++
+	}
+}
+
+// sort orders the latencies for percentiles.
+func (d *Detail) sort() {
 	slices.Sort(d.OKLat)
 	slices.Sort(d.ShedLat)
 	slices.Sort(d.GenLag)
-	return d
 }
 
 func rngFor(i int) *mrand.Rand {

@@ -4,15 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/genproto/googleapis/rpc/code"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
@@ -130,28 +127,9 @@ func OpenLoopWire(ctx context.Context, t *Target, reqs []*wireCheck, rate float6
 		if !o.sent {
 			continue
 		}
-		d.Calls++
-		d.GenLag = append(d.GenLag, o.lag)
-		switch {
-		case o.code < 0:
-			d.Failed++
-			if d.Errors == nil {
-				d.Errors = map[codes.Code]int{}
-			}
-			d.Errors[codes.Code(-1-o.code)]++
-		case o.code == int32(code.Code_OK):
-			d.OK++
-			d.OKLat = append(d.OKLat, o.lat)
-		case o.code == int32(code.Code_UNAVAILABLE):
-			d.Shed++
-			d.ShedLat = append(d.ShedLat, o.lat)
-		default:
-			d.Denied++
-		}
+		d.add(o.lat, o.lag, o.code)
 	}
-	slices.Sort(d.OKLat)
-	slices.Sort(d.ShedLat)
-	slices.Sort(d.GenLag)
+	d.sort()
 	return d
 }
 
