@@ -40,38 +40,54 @@ func (s *Store) LiveTemplates(ctx context.Context) ([]TemplateRef, error) {
 
 // LoadBudgets returns the live budgets of the given subjects and, among the given templates,
 // which already made a budget for one of them (live, or deleted by an operator: either way the
-// template must not make another; a pruned one does not count). One round trip.
+// template must not make another; a pruned one does not count). Without templates it is one
+// statement; with them both reads share one snapshot (a read-only REPEATABLE READ
+// transaction): read in two snapshots, a budget another replica committed between them was
+// "made" but not loaded, and the subject's request went through without its default budget.
 func (s *Store) LoadBudgets(ctx context.Context, subjects []string, templateIDs []int64) ([]BudgetRow, []TemplateSubject, error) {
-	batch := &pgx.Batch{}
-	batch.Queue(`SELECT `+budgetCols+` FROM budgets WHERE subject = ANY ($1) AND deleted_at IS NULL ORDER BY id`, subjects)
-	if len(templateIDs) > 0 {
-		batch.Queue(`SELECT template_id, subject FROM budgets
-			WHERE template_id = ANY ($1) AND subject = ANY ($2) AND pruned_at IS NULL`, templateIDs, subjects)
-	}
-	br := s.pool.SendBatch(ctx, batch)
-	defer br.Close()
-	rows, err := br.Query()
-	if err != nil {
-		return nil, nil, fmt.Errorf("load budgets: %w", interpret(err))
-	}
-	live, err := collectBudgets(rows)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load budgets: %w", interpret(err))
-	}
+	const liveSQL = `SELECT ` + budgetCols + ` FROM budgets WHERE subject = ANY ($1) AND deleted_at IS NULL ORDER BY id`
 	if len(templateIDs) == 0 {
+		rows, err := s.pool.Query(ctx, liveSQL, subjects)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load budgets: %w", interpret(err))
+		}
+		live, err := collectBudgets(rows)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load budgets: %w", interpret(err))
+		}
 		return live, nil, nil
 	}
-	rows, err = br.Query()
-	if err != nil {
-		return nil, nil, fmt.Errorf("load materialised budgets: %w", interpret(err))
-	}
-	made, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TemplateSubject, error) {
-		var t TemplateSubject
-		err := r.Scan(&t.TemplateID, &t.Subject)
-		return t, err
+	var live []BudgetRow
+	var made []TemplateSubject
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		batch := &pgx.Batch{}
+		batch.Queue(liveSQL, subjects)
+		batch.Queue(`SELECT template_id, subject FROM budgets
+			WHERE template_id = ANY ($1) AND subject = ANY ($2) AND pruned_at IS NULL`, templateIDs, subjects)
+		br := tx.SendBatch(ctx, batch)
+		defer br.Close()
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		if live, err = collectBudgets(rows); err != nil {
+			return err
+		}
+		if rows, err = br.Query(); err != nil {
+			return err
+		}
+		made, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (TemplateSubject, error) {
+			var t TemplateSubject
+			err := r.Scan(&t.TemplateID, &t.Subject)
+			return t, err
+		})
+		if err != nil {
+			return err
+		}
+		return br.Close()
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("load materialised budgets: %w", interpret(err))
+		return nil, nil, fmt.Errorf("load budgets: %w", interpret(err))
 	}
 	return live, made, nil
 }
