@@ -164,6 +164,16 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Key, error)
 	}
 	known, loaded := s.keyIdx.lookup(h)
 	ch := s.keyLoads.DoChan(string(h[:]), func() (any, error) {
+		// Checked again inside the flight: a caller that missed both caches just before another
+		// flight for this secret ended (and filled one) would otherwise query once more; under
+		// a flood of one forged key on a starved CPU that was one query per such gap.
+		if k, ok := s.keys.Get(h); ok {
+			return k, nil
+		}
+		if _, ok := s.unknown.Get(h); ok {
+			s.cfg.Metrics.keyLookup(ctx, "negative_cache")
+			return nil, ErrKeyUnknown
+		}
 		if !known && !s.keyLookups.Allow() {
 			if !loaded {
 				// Nothing says whether this key exists: cannot decide, never allow.
