@@ -156,7 +156,7 @@ type headerSlab struct {
 const maxOKHeaders = 6
 
 func (h *headerSlab) header(k, v string) *corev3.HeaderValueOption {
-	if h == nil || h.n == len(h.opt) {
+	if h.n == len(h.opt) {
 		return header(k, v)
 	}
 	i := h.n
@@ -285,15 +285,12 @@ func header(k, v string) *corev3.HeaderValueOption {
 }
 
 // budgetHeaders reports the tightest hard budget and any warnings, with its options from h
-// (nil: the heap) and the reset time formatted by reset.
+// and the reset time formatted by reset.
 func (h *headerSlab) budgetHeaders(d *budget.Decision, reset func(time.Time) string) []*corev3.HeaderValueOption {
 	if d == nil {
 		return nil
 	}
-	var hs []*corev3.HeaderValueOption
-	if h != nil {
-		hs = h.ptrs[:0]
-	}
+	hs := h.ptrs[:0]
 	if t := d.Tightest(); t != nil {
 		hs = append(hs,
 			h.header(HeaderLimit, amount(t.Budget.Unit, t.Limit)),
