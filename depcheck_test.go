@@ -42,7 +42,7 @@ var allowedImports = map[string][]string{
 	"migrations":         {},
 	"proof":              {}, // proofs are pure: keys come from the caller
 
-	"internal/bench":    {"accesslog", "budget", "budget/pricing", "budget/store", "extauthz", "extauthz/request", "grpccodec", "migrations", "proof"},
+	"internal/bench":    {"accesslog", "budget", "budget/pricing", "budget/store", "extauthz", "extauthz/request", "grpccodec", "internal/pbwire", "migrations", "proof"},
 	"deploy":            {},
 	"e2e":               {},
 	"internal/envoysim": {"envoy"},

@@ -48,6 +48,7 @@ type config struct {
 	callers                    []int
 	rates                      []float64
 	conns                      int
+	generator                  string
 	hotKeys                    int
 	zipfBudgets                int
 	zipfS                      float64
@@ -82,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each load run")
 	fs.DurationVar(&c.cooldown, "cooldown", 1100*time.Millisecond, "pause after each run (lets Postgres publish function statistics)")
 	fs.IntVar(&c.conns, "conns", 4, "HTTP/2 connections per server")
+	fs.StringVar(&c.generator, "generator", generatorH2, "load generator of the open-loop and overload scenarios: h2 (HTTP/2 frames written directly, as cheap as the generator can be on shared cores) or grpc (grpc-go's client)")
 	fs.IntVar(&c.hotKeys, "hot-keys", 16, "API keys sharing the hot team budget")
 	fs.IntVar(&c.zipfBudgets, "zipf-budgets", 1000, "budgets (one team and one key each) in the Zipf scenario")
 	fs.Float64Var(&c.zipfS, "zipf-s", 1.1, "Zipf exponent")
@@ -159,6 +161,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	case "auto", "on", "off":
 	default:
 		return c, fmt.Errorf("-autovacuum: want auto, on or off")
+	}
+	if c.generator != generatorH2 && c.generator != generatorGRPC {
+		return c, fmt.Errorf("-generator %q: want %s or %s", c.generator, generatorH2, generatorGRPC)
 	}
 	if c.burstK < 1 || c.stormK < 1 || c.settleN < 1 || c.zipfBudgets < 2 || c.hotKeys < 1 || c.conns < 1 {
 		return c, fmt.Errorf("-burst-k, -settle-n, -hot-keys, -conns must be positive and -zipf-budgets at least 2")

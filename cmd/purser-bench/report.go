@@ -76,7 +76,7 @@ func (b *benchRun) render() string {
 				msf(r.st.res.Pct(50)), msf(r.st.res.Pct(99)), msf(r.st.res.Pct(99.9)), msf(r.st.res.Pct(100)),
 				msf(bench.Percentile(r.st.res.GenLag, 99)), notOK(r.st.res), batchCell(r.server, r.st.batch), fnCell(r.st), r.st.cpu.Other())
 		}
-		p("\n*Generator lag* is how late the generator itself fired requests (it shares the cores); it is included in the latencies, for both servers alike.\n\n")
+		p("\n*Generator lag* is how late the generator itself fired requests (it shares the cores); it is included in the latencies, for both servers alike. %s\n\n", generatorNote(b.cfg.generator))
 	}
 
 	if s := b.settle; s != nil {
@@ -362,4 +362,12 @@ func commandLine() string {
 		return "go run ./cmd/purser-bench"
 	}
 	return "go run ./cmd/purser-bench " + args
+}
+
+// generatorNote says which load generator drove the open-loop and overload scenarios.
+func generatorNote(g string) string {
+	if g == generatorGRPC {
+		return "Generator: grpc-go's client, a goroutine per Check (`-generator grpc`)."
+	}
+	return "Generator: `bench.OpenLoopH2` (`-generator h2`, the default), which writes gRPC's HTTP/2 frames itself as Envoy's C++ client does: every Check is encoded before the run, its header block once per target, and a timer loop writes all Checks due at each millisecond's tick and flushes once; one reader per connection parses the answers. It honours the server's stream limit (Checks beyond it queue in the generator), flow-control windows and frame size, and costs about half of grpc-go's client per Check, CPU taken from the servers it measures on these shared cores."
 }

@@ -65,13 +65,16 @@ type benchRun struct {
 	// stress.go
 	noisy         *noisyResult
 	overload      []overloadRow
-	generatorNice int // the overload generator's nice value (0: normal priority)
+	generatorNice int     // the overload generator's nice value (0: normal priority)
+	lastCapacity  float64 // the overload scenario's last measured capacity (Checks/s)
 	notes         []string
 	batchOK       bool // pg_stat_user_functions counts purser_reserve
 
-	notifies         *bench.Notifications // purser_changes on purser's database
-	serverAutovacuum string               // the server's autovacuum setting
-	av               []*bench.Autovacuum  // emulation per database (nil: not emulated)
+	addrs            map[string]string         // each server's gRPC address
+	h2               map[h2Key]*bench.H2Target // the h2 generator's connections (h2Target)
+	notifies         *bench.Notifications      // purser_changes on purser's database
+	serverAutovacuum string                    // the server's autovacuum setting
+	av               []*bench.Autovacuum       // emulation per database (nil: not emulated)
 }
 
 func (b *benchRun) logf(format string, args ...any) {
@@ -332,7 +335,8 @@ func (b *benchRun) startServers(ctx context.Context) error {
 	}
 	b.defer_(b.notifies.Stop)
 
-	for name, addr := range map[string]string{allowAll: addrA, original: addrB, purser: b.purser.GRPCAddr} {
+	b.addrs = map[string]string{allowAll: addrA, original: addrB, purser: b.purser.GRPCAddr}
+	for name, addr := range b.addrs {
 		t, err := bench.Dial(ctx, addr, b.cfg.conns)
 		if err != nil {
 			return err
@@ -590,11 +594,26 @@ func (b *benchRun) scenarios(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				b.logf("open loop: %s at %.0f Checks/s on the hot budget", srv, rate)
+				b.logf("open loop: %s at %.0f Checks/s on the hot budget (%s generator)", srv, rate, b.cfg.generator)
 				w := b.hotWorkload()
-				st := b.measure(ctx, srv, func() bench.Result {
+				load := func() bench.Result {
 					return bench.OpenLoop(ctx, b.targets[srv], w, rate, b.cfg.warmup, b.cfg.duration)
-				})
+				}
+				if b.cfg.generator == generatorH2 {
+					const timeout = 10 * time.Second // the grpc-go generator's (Workload.CallTimeout)
+					t, err := b.h2Target(ctx, srv, timeout)
+					if err != nil {
+						return err
+					}
+					reqs, err := bench.Encode(w, int(rate*(b.cfg.warmup+b.cfg.duration).Seconds()))
+					if err != nil {
+						return err
+					}
+					load = func() bench.Result {
+						return bench.OpenLoopH2Result(ctx, t, reqs, rate, b.cfg.warmup, b.cfg.duration, timeout)
+					}
+				}
+				st := b.measure(ctx, srv, load)
 				b.logf("  p50 %s, p99 %s, p99.9 %s, failed %d%s", ms(st.res.Pct(50)), ms(st.res.Pct(99)), ms(st.res.Pct(99.9)), st.res.Failed, batchNote(st))
 				b.open = append(b.open, openRow{rate, srv, st})
 			}
@@ -753,4 +772,34 @@ type profileResult struct {
 	shares              []bench.ProfileShare
 	top                 []bench.ProfileFunc
 	serverSec, wholeSec float64
+}
+
+// The load generators of the open-loop and overload scenarios (-generator).
+const (
+	generatorH2   = "h2"   // bench.OpenLoopH2: HTTP/2 frames written directly, Checks encoded before the run
+	generatorGRPC = "grpc" // grpc-go's client, a goroutine per Check
+)
+
+type h2Key struct {
+	server  string
+	timeout time.Duration
+}
+
+// h2Target returns the h2 generator's connections to a server, whose Checks carry timeout
+// as grpc-timeout; they are opened once and closed at the end of the run.
+func (b *benchRun) h2Target(ctx context.Context, server string, timeout time.Duration) (*bench.H2Target, error) {
+	k := h2Key{server, timeout}
+	if t := b.h2[k]; t != nil {
+		return t, nil
+	}
+	t, err := bench.DialH2(ctx, b.addrs[server], b.cfg.conns, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("h2 generator: %w", err)
+	}
+	if b.h2 == nil {
+		b.h2 = map[h2Key]*bench.H2Target{}
+	}
+	b.h2[k] = t
+	b.defer_(t.Close)
+	return t, nil
 }

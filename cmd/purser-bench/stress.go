@@ -101,6 +101,13 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 			defer func() { _ = bench.Renice(0) }()
 		}
 	}
+	var h2 *bench.H2Target
+	if b.cfg.generator == generatorH2 {
+		var err error
+		if h2, err = b.h2Target(ctx, purser, stressTimeout); err != nil {
+			return err
+		}
+	}
 	capacity, capCPU, err := b.measureCapacity(ctx, w, 0)
 	if err != nil {
 		return err
@@ -132,7 +139,11 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 		peak := make(chan float64, 1)
 		runCtx, stopSampling := context.WithCancel(ctx)
 		go func() { peak <- b.peakGoroutines(runCtx) }()
-		row.d = bench.OpenLoopWire(ctx, b.targets[purser], reqs, f*capacity, stressTimeout)
+		if h2 != nil {
+			row.d = bench.OpenLoopH2(ctx, h2, reqs, f*capacity, stressTimeout)
+		} else {
+			row.d = bench.OpenLoopWire(ctx, b.targets[purser], reqs, f*capacity, stressTimeout)
+		}
 		pcpu1, _ := bench.ProcCPU(b.purser.Pid())
 		row.purserCPU = pcpu1 - pcpu0
 		stopSampling()
@@ -167,13 +178,36 @@ func (b *benchRun) runOverload(ctx context.Context) error {
 // measured) while this process burns ballast cores besides; it returns the successful
 // Checks per second and the cores this process used over the loop.
 func (b *benchRun) measureCapacity(ctx context.Context, w *bench.Workload, ballast float64) (float64, float64, error) {
-	b.logf("overload: measuring capacity (closed loop, 256 callers, %s deadline, %.2f cores of ballast)", stressTimeout, ballast)
+	b.logf("overload: measuring capacity (closed loop, 256 callers, %s deadline, %.2f cores of ballast, %s generator)", stressTimeout, ballast, b.cfg.generator)
+	load := func() bench.Result {
+		return bench.ClosedLoop(ctx, b.targets[purser], w, 256, time.Second, 3*time.Second)
+	}
+	if b.cfg.generator == generatorH2 {
+		t, err := b.h2Target(ctx, purser, stressTimeout)
+		if err != nil {
+			return 0, 0, err
+		}
+		// Enough distinct Checks for 4 s at half again the last capacity (the first time, at
+		// 30,000/s); should they run out, the measured span ends there.
+		n := int(4 * 1.5 * b.lastCapacity)
+		if n == 0 {
+			n = 4 * 30_000
+		}
+		reqs, err := bench.Encode(w, n)
+		if err != nil {
+			return 0, 0, err
+		}
+		load = func() bench.Result {
+			return bench.ClosedLoopH2(ctx, t, reqs, 256, time.Second, 3*time.Second, stressTimeout)
+		}
+	}
 	stop := bench.Burn(ballast)
 	cpu0, t0 := bench.SelfCPU(), time.Now()
-	res := bench.ClosedLoop(ctx, b.targets[purser], w, 256, time.Second, 3*time.Second)
+	res := load()
 	cores := (bench.SelfCPU() - cpu0).Seconds() / time.Since(t0).Seconds()
 	stop()
-	capacity := float64(res.OK) / (3 * time.Second).Seconds()
+	capacity := float64(res.OK) / res.Elapsed.Seconds()
+	b.lastCapacity = capacity
 	if capacity <= 0 {
 		return 0, 0, fmt.Errorf("no Check succeeded while measuring capacity: %v", res.FirstErr)
 	}
@@ -244,8 +278,8 @@ func (b *benchRun) renderStress(p func(string, ...any)) {
 		p("\nCapacity: successful Checks/s of a closed loop of 256 callers on the hot budget with a %s deadline (%s/s with the generator's process otherwise idle: it sets the offered rates). "+
 			"The generator shares the two cores with purser and Postgres and spends more CPU at 2× and 5× than while measuring capacity, so the capacity is measured again just before and just after each run while "+
 			"the generator's process burns the difference (ballast; before the run, as predicted from the last run): the bold ratio is purser's goodput over the mean of these two capacities, with the generator taking the same CPU in all three. "+
-			"Checks are encoded before each run and sent by one timer loop%s; generator lag is how late a Check left against its schedule, counted in its latency. Each run lasts %s; target: goodput ≥ 80%% of capacity at 2×.\n\n",
-			stressTimeout, thousands(b.overload[0].capacity), niceNote(b.generatorNice), overloadRun)
+			"Checks are encoded before each run and sent by one timer loop%s; generator lag is how late a Check left against its schedule, counted in its latency. Each run lasts %s; target: goodput ≥ 80%% of capacity at 2×. %s\n\n",
+			stressTimeout, thousands(b.overload[0].capacity), niceNote(b.generatorNice), overloadRun, generatorNote(b.cfg.generator))
 	}
 }
 
