@@ -3,6 +3,7 @@ package budget_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -96,15 +97,25 @@ func TestBatcher_HotBudgetExact(t *testing.T) {
 	e.requireClean(t)
 }
 
-// waitLockWaiters waits until n backends of the test's database wait on a lock.
-func waitLockWaiters(t *testing.T, e *env, n int) {
+// waitBlocked waits until the number of backends waiting on a lock the transaction tx holds
+// satisfies ok (other tests share the database: only tx's waiters count).
+func waitBlocked(t *testing.T, e *env, tx pgx.Tx, ok func(int) bool, what string) {
 	t.Helper()
+	ctx := context.Background()
+	var pid int
+	require.NoError(t, tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
 	require.Eventually(t, func() bool {
 		var got int
-		err := e.schema.Pool.QueryRow(context.Background(),
-			`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&got)
-		return err == nil && got >= n
-	}, 10*time.Second, 5*time.Millisecond, "want %d backends waiting on a lock", n)
+		err := e.schema.Pool.QueryRow(ctx,
+			`SELECT count(*) FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))`, pid).Scan(&got)
+		return err == nil && ok(got)
+	}, 10*time.Second, 5*time.Millisecond, what)
+}
+
+// waitLockWaiters waits until at least n backends wait on a lock tx holds.
+func waitLockWaiters(t *testing.T, e *env, tx pgx.Tx, n int) {
+	t.Helper()
+	waitBlocked(t, e, tx, func(got int) bool { return got >= n }, fmt.Sprintf("want %d backends waiting on the locked rows", n))
 }
 
 // A caller that gives up while its batch is in flight must not leave a hold behind.
@@ -126,7 +137,7 @@ func TestBatcher_AbandonedReservationIsVoided(t *testing.T) {
 	r.ID = "018f0000-0000-7000-8000-00000000abcd"
 	errc := make(chan error, 1)
 	go func() { _, err := b.Reserve(gone, r); errc <- err }()
-	waitLockWaiters(t, e, 1)
+	waitLockWaiters(t, e, tx, 1)
 	cancel()
 	require.ErrorIs(t, <-errc, context.Canceled)
 	require.NoError(t, tx.Rollback(ctx)) // the blocked batch now commits, then voids
@@ -162,7 +173,7 @@ func TestBatcher_RetryAfterAbandonReservesAfresh(t *testing.T) {
 	gone, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { _, err := b.Reserve(gone, r); errc <- err }()
-	waitLockWaiters(t, e, 1)
+	waitLockWaiters(t, e, tx, 1)
 	cancel()
 	require.ErrorIs(t, <-errc, context.Canceled)
 	require.NoError(t, tx.Rollback(ctx))
@@ -196,12 +207,20 @@ func TestBatcher_DeadlineRollsBack(t *testing.T) {
 	start := first.Budgets[0].Window.Start
 
 	tx := e.lockWindows(t, tb.ID)
-	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	r := req("team:ml")
 	r.ID = "018f0000-0000-7000-8000-00000000abcf"
-	_, err = b.Reserve(short, r)
-	require.Error(t, err, "the locked budget cannot be decided in time")
+	errc := make(chan error, 1)
+	go func() { _, err := b.Reserve(short, r); errc <- err }()
+	waitLockWaiters(t, e, tx, 1)
+	require.Error(t, <-errc, "the locked budget cannot be decided in time")
+	// The row is still locked: only the batch's own lock_timeout can end its wait. (Releasing
+	// the row as soon as the caller gave up would race a backend that started its statement
+	// late, as a starved machine can make it: its lock_timeout runs from the statement's
+	// start, so it may still be waiting, and would then commit; the caller-gone void is the
+	// backstop for that, TestBatcher_AbandonedReservationIsVoided.)
+	waitBlocked(t, e, tx, func(n int) bool { return n == 0 }, "the batch stops waiting in the database by itself (lock_timeout)")
 	require.NoError(t, tx.Rollback(ctx))
 
 	_, err = e.svc.Reservation(ctx, r.ID)
@@ -248,7 +267,7 @@ func TestBatcher_LockedBudgetDelaysOnlyItsRequests(t *testing.T) {
 			}
 		}()
 	}
-	waitLockWaiters(t, e, 1) // a batch of team:a waits behind the lock
+	waitLockWaiters(t, e, tx, 1) // a batch of team:a waits behind the lock
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	const callers, each = 8, 25
@@ -303,7 +322,7 @@ func TestBatcher_FullQueueSheds(t *testing.T) {
 	waiting, cancel := context.WithCancel(ctx)
 	errs := make(chan error, 2)
 	go func() { _, err := b.Reserve(waiting, req("team:ml")); errs <- err }() // in flight, blocked
-	waitLockWaiters(t, e, 1)
+	waitLockWaiters(t, e, tx, 1)
 	go func() { _, err := b.Reserve(waiting, req("team:ml")); errs <- err }() // queued behind it
 	require.Eventually(t, func() bool {
 		// A probe that finds room waits its second out (abandoned, it still fills the queue).
@@ -383,7 +402,7 @@ func TestBatcher_LockedBudgetHoldsOneLane(t *testing.T) {
 			noisyErrs <- err
 		}()
 	}
-	waitLockWaiters(t, e, 1) // a batch of team:a waits behind the lock
+	waitLockWaiters(t, e, tx, 1) // a batch of team:a waits behind the lock
 	require.Eventually(t, func() bool { return b.Queued() >= noisy-8 }, 10*time.Second, time.Millisecond,
 		"the locked tenant's other requests queue behind its batch in flight (at most MaxBatch of them in it)")
 
