@@ -10,6 +10,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/purser-dev/purser/budget"
 	"github.com/purser-dev/purser/budget/pricing"
@@ -134,4 +135,83 @@ func TestCheck_ShedIsCheap(t *testing.T) {
 	servedAllocs := testing.AllocsPerRun(50, func() { _, _ = served.Check(ctx, req) })
 	shedAllocs := testing.AllocsPerRun(50, func() { _, _ = shedding.Check(ctx, req) })
 	require.Less(t, shedAllocs*3, servedAllocs, "shed Check: %.0f allocations, served: %.0f", shedAllocs, servedAllocs)
+}
+
+// slowLedger admits everything, two requests at a time, each taking at least work: a ledger
+// (or a purser short of CPU) that serves about 100 requests a second whatever is offered.
+type slowLedger struct {
+	admitAll
+	slots chan struct{}
+	work  time.Duration
+	done  chan struct{}
+}
+
+func (l slowLedger) Reserve(ctx context.Context, r budget.ReserveRequest) (budget.Decision, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-ctx.Done():
+		return budget.Decision{}, ctx.Err()
+	}
+	time.Sleep(l.work) // the work itself: a lower bound on each request's time, not a wait for an event
+	<-l.slots
+	l.done <- struct{}{}
+	return l.admitAll.Reserve(ctx, r)
+}
+
+// Checks queued inside purser (more in flight than it answers within half its deadline) are
+// a standing queue the ledger's batch-counting rule cannot see: the in-flight cap then
+// refuses new Checks at once, as 503 denials, instead of letting them join a queue they
+// would wait out. Once the queue has drained, Checks are served again.
+func TestCheck_StandingQueueIsCapped(t *testing.T) {
+	t.Parallel()
+	cat := catalog(t)
+	bud, err := budget.Definition{Name: "team", Subject: "team:ml", Limit: 1 << 40, Window: "month", Hard: true}.Build()
+	require.NoError(t, err)
+	key := &budget.Key{ID: "key_q", Prefix: "pk_q", Subjects: []budget.Subject{"team:ml"}}
+	const wave = 300
+	ledger := slowLedger{admitAll: admitAll{&bud}, slots: make(chan struct{}, 2), work: 20 * time.Millisecond, done: make(chan struct{}, wave+2)}
+	// CheckTimeout 2 s: a standing queue is one whose fastest Check took over 500 ms; the cap
+	// then allows a second of queue at the rate served (at most 100/s here).
+	s, err := extauthz.New(ledger, staticKeys{key}, func() *pricing.Catalog { return cat }, extauthz.Config{CheckTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	ctx := context.Background()
+	check := func(i int) (*authv3.CheckResponse, error) {
+		return s.Check(ctx, withKey(fixture(t, "openai_chat"), budget.SecretPrefix+"queuequeuequeuequeue", i))
+	}
+	type answer struct {
+		resp *authv3.CheckResponse
+		err  error
+	}
+	answers := make(chan answer, wave)
+	for i := range wave {
+		go func() {
+			resp, err := check(i + 1)
+			answers <- answer{resp, err}
+		}()
+	}
+	// 80 answered: at most 100/s, so over 800 ms have passed and windows whose fastest Check
+	// waited over 500 ms have closed; about 220 are still in flight, over any cap of 100/s × 1 s.
+	for range 80 {
+		<-ledger.done
+	}
+	probe, err := check(wave + 1)
+	require.NoError(t, err)
+	require.EqualValues(t, 503, probe.GetDeniedResponse().GetStatus().GetCode(), "with a standing queue, want a new Check shed, got %v", probe)
+	require.Equal(t, int32(codes.Unavailable), probe.GetStatus().GetCode())
+	served := 0
+	for range wave {
+		a := <-answers
+		switch {
+		case a.err != nil:
+			require.Equal(t, codes.DeadlineExceeded, status.Code(a.err), "a Check of the wave that waited out its deadline: %v", a.err)
+		case a.resp.GetOkResponse() != nil:
+			served++
+		default:
+			t.Fatalf("the wave was admitted before any cap: want served or timed out, got %v", a.resp)
+		}
+	}
+	require.GreaterOrEqual(t, served, 80)
+	last, err := check(wave + 2)
+	require.NoError(t, err)
+	require.NotNil(t, last.GetOkResponse(), "the queue has drained: want the next Check served, got %v", last)
 }

@@ -50,6 +50,7 @@ type Server struct {
 	denialLog      *rate.Limiter
 	denialsDropped atomic.Int64                             // denials not logged since the last line that was
 	inflight       atomic.Int64                             // billable Checks being decided (admission control)
+	limit          *limiter                                 // caps them when they queue inside purser
 	shed           map[pricing.Flavor]*authv3.CheckResponse // early sheds' answers, read-only
 
 	reset atomic.Pointer[lastReset] // resetFormat's last answer
@@ -68,6 +69,7 @@ func New(res Reserver, auth Authenticator, catalog func() *pricing.Catalog, cfg 
 	s := &Server{cfg: cfg, res: res, auth: auth, catalog: catalog, m: m,
 		denialLog: rate.NewLimiter(rate.Limit(cfg.DenialLogRate), int(2*cfg.DenialLogRate)+1)}
 	s.admit, _ = res.(Admitter)
+	s.limit = newLimiter(cfg.CheckTimeout, cfg.MaxInFlight)
 	s.shed = s.shedResponses()
 	return s, nil
 }
@@ -79,7 +81,8 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	start := time.Now()
 	ctx, cancel := s.deadline(ctx, start)
 	defer cancel()
-	if billable(req) {
+	bill := billable(req)
+	if bill {
 		// Admission before any work: a Check the ledger would refuse anyway is answered
 		// before its body is parsed, its key looked up and its cost bounded.
 		n := s.inflight.Add(1)
@@ -91,7 +94,11 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	r := request.Parse(req, &s.cfg.Request)
 	v := s.decide(ctx, &r, requestStart(req))
 	resp, err := s.respond(&r, v)
-	s.observe(ctx, &r, v, time.Since(start))
+	took := time.Since(start)
+	if bill {
+		s.limit.record(start.Add(took), took)
+	}
+	s.observe(ctx, &r, v, took)
 	return resp, err
 }
 
@@ -112,6 +119,9 @@ func billable(req *authv3.CheckRequest) bool {
 func (s *Server) admission(ctx context.Context, n int64) error {
 	if n > int64(s.cfg.MaxInFlight) {
 		return fmt.Errorf("%w: %d Checks in flight", budget.ErrOverloaded, n-1)
+	}
+	if !s.limit.admits(n) {
+		return fmt.Errorf("%w: %d Checks in flight, queued in purser", budget.ErrOverloaded, n-1)
 	}
 	if s.admit != nil {
 		return s.admit.Admit(ctx)

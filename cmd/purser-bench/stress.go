@@ -209,7 +209,7 @@ func (b *benchRun) measureCapacity(ctx context.Context, w *bench.Workload, balla
 	capacity := float64(res.OK) / res.Elapsed.Seconds()
 	b.lastCapacity = capacity
 	if capacity <= 0 {
-		return 0, 0, fmt.Errorf("no Check succeeded while measuring capacity: %v", res.FirstErr)
+		return 0, 0, fmt.Errorf("no Check succeeded while measuring capacity: %d answered (%d denied, %d failed; first failure: %v)", res.Calls, res.Denied, res.Failed, res.FirstErr)
 	}
 	return capacity, cores, nil
 }
@@ -250,7 +250,9 @@ func (b *benchRun) shedCount(ctx context.Context) float64 {
 	if err != nil {
 		return 0
 	}
-	return m.Sum("purser_reservations_shed_total")
+	// Every shed, whoever refused it (the ledger's admission or extauthz's in-flight cap), is a
+	// denial with reason overloaded.
+	return m.Sum("purser_check_decisions_total", `decision="denied"`, `reason="overloaded"`)
 }
 
 func (b *benchRun) renderStress(p func(string, ...any)) {
