@@ -22,7 +22,14 @@ import (
 // Check takes longer than the quarter but the Checks in flight stay below that cap (a
 // uniformly slow database, say), the cap does not bind: nothing is shed that would have
 // been answered in time. A window without a standing queue raises the cap by a quarter, and
-// a cap beyond MaxInFlight is lifted. So while purser keeps up nothing changes, and when it
+// a cap beyond MaxInFlight is lifted, as is any cap when a Check finds none in flight after
+// limiterStale without arrivals (a burst after a quiet spell is not shed for a queue that
+// stood before it; while Checks keep arriving the cap stands, even when those in flight
+// momentarily drop to none: under a CPU shortage they wait below the handler, unseen, and
+// while some are in flight a queue may still stand, however long since the last arrival);
+// a window after
+// limiterStale without a completed Check starts afresh (its rate is not diluted by the gap).
+// So while purser keeps up nothing changes, and when it
 // cannot the excess is refused at once, before its body is parsed, for about a microsecond
 // of CPU, instead of being served late.
 type limiter struct {
@@ -30,9 +37,11 @@ type limiter struct {
 	delay   time.Duration // the queue delay the cap allows
 	ceiling int64         // MaxInFlight: a cap above it is lifted
 	cap     atomic.Int64  // 0: no cap
+	arrived atomic.Int64  // when the last billable Check arrived (unix nanoseconds)
 
 	mu      sync.Mutex
 	start   time.Time     // of the current window
+	last    time.Time     // the last Check recorded
 	fastest time.Duration // the window's fastest sojourn (0: none yet)
 	done    int           // Checks the window completed
 }
@@ -41,15 +50,24 @@ const (
 	limiterWindow = 50 * time.Millisecond
 	// limiterFloor is the least cap set: the queue keeps moving and the rate stays measured.
 	limiterFloor = 32
+	// limiterStale: after this long without an arrival the cap is lifted, and after this long
+	// without a completed Check a window starts afresh.
+	limiterStale = 4 * limiterWindow
 )
 
 func newLimiter(checkTimeout time.Duration, ceiling int) *limiter {
 	return &limiter{target: checkTimeout / 4, delay: checkTimeout / 2, ceiling: int64(ceiling)}
 }
 
-// admits reports whether a Check that makes n in flight may proceed.
-func (l *limiter) admits(n int64) bool {
+// admits reports whether a Check arriving at now that makes n in flight may proceed.
+func (l *limiter) admits(n int64, now time.Time) bool {
+	at := now.UnixNano()
+	prev := l.arrived.Swap(at)
 	c := l.cap.Load()
+	if n == 1 && c != 0 && at-prev > int64(limiterStale) {
+		l.cap.Store(0) // the first Check after a quiet spell, alone: the queue it was set for is gone
+		return true
+	}
 	return c == 0 || n <= c
 }
 
@@ -57,9 +75,10 @@ func (l *limiter) admits(n int64) bool {
 func (l *limiter) record(now time.Time, sojourn time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.start.IsZero() {
-		l.start = now
+	if l.start.IsZero() || now.Sub(l.last) > limiterStale {
+		l.start, l.done, l.fastest = now, 0, 0 // first Check, or after a gap: a fresh window
 	}
+	l.last = now
 	if l.done == 0 || sojourn < l.fastest {
 		l.fastest = sojourn
 	}

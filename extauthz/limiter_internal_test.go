@@ -31,7 +31,7 @@ func TestLimiter_CapsAStandingQueueByLittlesLaw(t *testing.T) {
 	if c < 190 || c > 210 {
 		t.Fatalf("want a cap of about 2,000/s × 100 ms = 200, got %d", c)
 	}
-	if !l.admits(c) || l.admits(c+1) {
+	if !l.admits(c, now) || l.admits(c+1, now) {
 		t.Errorf("want the %dth Check in flight admitted and the next refused", c)
 	}
 	// While the queue stands, the cap never rises, even if the window's rate does.
@@ -63,7 +63,7 @@ func TestLimiter_SlowButUncrowdedIsNotShed(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	const rate = 1000                                                 // Checks/s
 	feed(l, &now, rate/10, 100*time.Millisecond, 80*time.Millisecond) // in flight: 1,000/s × 80 ms = 80
-	if !l.admits(80) {
+	if !l.admits(80, now) {
 		t.Fatalf("want 80 Checks in flight admitted (cap %d)", l.cap.Load())
 	}
 }
@@ -92,7 +92,39 @@ func TestLimiter_RecoversAndHasAFloor(t *testing.T) {
 		}
 		prev = l.cap.Load()
 	}
-	if !l.admits(1 << 40) {
+	if !l.admits(1<<40, now) {
 		t.Error("want no cap once lifted")
+	}
+}
+
+// While Checks keep arriving, or some are in flight, the cap stands; a Check that finds none
+// in flight after limiterStale without arrivals lifts it: a burst after a quiet spell is not
+// shed for a queue that stood before it. A window after a gap without completed Checks
+// starts afresh (its rate is not diluted by the gap).
+func TestLimiter_QuietSpellLiftsTheCap(t *testing.T) {
+	l := newLimiter(200*time.Millisecond, 10_240)
+	now := time.Unix(1_700_000_000, 0)
+	feed(l, &now, 200, 100*time.Millisecond, 60*time.Millisecond)
+	c := l.cap.Load()
+	l.arrived.Store(now.UnixNano()) // the queue's last arrival
+	for i := range 10 {             // arrivals every 30 ms find it standing: refused, and the cap stands
+		if now = now.Add(30 * time.Millisecond); l.admits(c+1, now) {
+			t.Fatalf("arrival %d: want the cap of %d standing while Checks keep arriving", i, c)
+		}
+	}
+	now = now.Add(limiterStale + time.Millisecond)
+	if l.admits(c+1, now) {
+		t.Fatalf("after a quiet spell with %d still in flight, want the cap of %d standing", c, c)
+	}
+	now = now.Add(limiterStale + time.Millisecond)
+	if !l.admits(1, now) || !l.admits(c+100, now) {
+		t.Fatalf("want the cap of %d lifted by a Check that finds none in flight after a quiet %s", c, limiterStale)
+	}
+	// After a quiet second, 100 slow Checks in 50 ms: the new cap is that window's rate
+	// (2,000/s × 100 ms), not one diluted by the quiet spell.
+	now = now.Add(time.Second)
+	feed(l, &now, 102, 51*time.Millisecond, 60*time.Millisecond)
+	if got := l.cap.Load(); got < 190 || got > 210 {
+		t.Fatalf("want the first window after the gap measured on its own (cap about 200), got %d", got)
 	}
 }

@@ -87,7 +87,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		// before its body is parsed, its key looked up and its cost bounded.
 		n := s.inflight.Add(1)
 		defer s.inflight.Add(-1)
-		if err := s.admission(ctx, n); err != nil {
+		if err := s.admission(ctx, n, start); err != nil {
 			return s.shedEarly(ctx, req, start), nil
 		}
 	}
@@ -116,11 +116,11 @@ func billable(req *authv3.CheckRequest) bool {
 // admission refuses a Check, before any work is done for it, when n Checks (its own
 // included) are already being decided past MaxInFlight, or when the ledger predicts it
 // would refuse it (its queue is full or its expected wait exceeds the time left).
-func (s *Server) admission(ctx context.Context, n int64) error {
+func (s *Server) admission(ctx context.Context, n int64, now time.Time) error {
 	if n > int64(s.cfg.MaxInFlight) {
 		return fmt.Errorf("%w: %d Checks in flight", budget.ErrOverloaded, n-1)
 	}
-	if !s.limit.admits(n) {
+	if !s.limit.admits(n, now) {
 		return fmt.Errorf("%w: %d Checks in flight, queued in purser", budget.ErrOverloaded, n-1)
 	}
 	if s.admit != nil {
