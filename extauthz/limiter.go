@@ -11,7 +11,7 @@ import (
 // them: when purser's CPU is the bottleneck, Checks wait for a core in parsing, key lookup
 // and answering, not for a batch, and the batcher keeps admitting requests that then miss
 // their deadline together (measured: at twice the capacity, 95% failed while purser answered
-// every Check at full cost, and most shed nothing).
+// every Check at full cost and shed almost none).
 //
 // It watches the sojourn of billable Checks (from admission to answer) in windows of
 // limiterWindow. A window whose fastest Check took longer than a quarter of CheckTimeout has
@@ -21,17 +21,19 @@ import (
 // allowed, half of CheckTimeout: the Checks that can be answered within it. While every
 // Check takes longer than the quarter but the Checks in flight stay below that cap (a
 // uniformly slow database, say), the cap does not bind: nothing is shed that would have
-// been answered in time. A window without a standing queue raises the cap by a quarter, and
-// a cap beyond MaxInFlight is lifted, as is any cap when a Check finds none in flight after
-// limiterStale without arrivals (a burst after a quiet spell is not shed for a queue that
-// stood before it; while Checks keep arriving the cap stands, even when those in flight
-// momentarily drop to none: under a CPU shortage they wait below the handler, unseen, and
-// while some are in flight a queue may still stand, however long since the last arrival);
-// a window after
-// limiterStale without a completed Check starts afresh (its rate is not diluted by the gap).
-// So while purser keeps up nothing changes, and when it
-// cannot the excess is refused at once, before its body is parsed, for about a microsecond
-// of CPU, instead of being served late.
+// been answered in time. While the queue stands the cap never rises.
+//
+// A window without a standing queue raises the cap by a quarter, and a cap beyond
+// MaxInFlight is lifted. A Check that finds none in flight after limiterStale without
+// arrivals lifts it too: a burst after a quiet spell is not shed for a queue that stood
+// before it. Nothing else does: while Checks keep arriving, those in flight may drop to none
+// for a moment (under a CPU shortage they wait below the handler, unseen), and while some are
+// in flight a queue may stand however long ago the last one arrived. A window that follows
+// limiterStale without a completed Check starts afresh, so the gap does not dilute its rate.
+//
+// So while purser keeps up nothing changes, and when it cannot the excess is refused at
+// once, before its body is parsed, for about a microsecond of CPU, instead of being served
+// late.
 type limiter struct {
 	target  time.Duration // a window's fastest Check above this: a standing queue
 	delay   time.Duration // the queue delay the cap allows
@@ -90,9 +92,9 @@ func (l *limiter) record(now time.Time, sojourn time.Duration) {
 	c := l.cap.Load()
 	if l.fastest > l.target {
 		rate := float64(l.done) / elapsed.Seconds()
-		c = max(limiterFloor, int64(rate*l.delay.Seconds()))
-		if old := l.cap.Load(); old != 0 {
-			c = min(c, old) // a queue stands at this cap: it never rises
+		next := max(limiterFloor, int64(rate*l.delay.Seconds()))
+		if c == 0 || next < c {
+			c = next // a queue stands at the cap in force: it never rises
 		}
 	} else if c != 0 {
 		if c += max(1, c/4); c > l.ceiling {

@@ -113,9 +113,10 @@ func billable(req *authv3.CheckRequest) bool {
 	return strings.EqualFold(m, "POST")
 }
 
-// admission refuses a Check, before any work is done for it, when n Checks (its own
-// included) are already being decided past MaxInFlight, or when the ledger predicts it
-// would refuse it (its queue is full or its expected wait exceeds the time left).
+// admission refuses a Check arriving at now, before any work is done for it, when n Checks
+// (its own included) are already being decided past MaxInFlight or past the cap a queue
+// inside purser set (limiter), or when the ledger predicts it would refuse it (its queue is
+// full or its expected wait exceeds the time left).
 func (s *Server) admission(ctx context.Context, n int64, now time.Time) error {
 	if n > int64(s.cfg.MaxInFlight) {
 		return fmt.Errorf("%w: %d Checks in flight", budget.ErrOverloaded, n-1)
