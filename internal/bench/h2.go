@@ -157,6 +157,7 @@ func dialH2(ctx context.Context, addr string, hdr []byte) (*h2Conn, error) {
 	case <-c.settled:
 		return c, nil
 	case <-c.readerDone:
+		_ = nc.Close()
 		return nil, fmt.Errorf("h2 handshake with %s: %w", addr, c.failure())
 	case <-ctx.Done():
 		_ = nc.Close()
