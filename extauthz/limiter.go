@@ -14,9 +14,12 @@ import (
 // every Check at full cost and shed almost none).
 //
 // It watches the sojourn of billable Checks (from admission to answer) in windows of
-// limiterWindow. A window whose fastest Check took longer than a quarter of CheckTimeout has
-// a standing queue (CoDel's test: the minimum is immune to a few slow Checks, such as those
-// of a tenant whose budget row is locked, which must not get other tenants shed). The cap is
+// limiterWindow. A window whose fastest Check took longer than a quarter of CheckTimeout,
+// with more than limiterFloor Checks in flight at some completion, has a standing queue
+// (CoDel's test: the minimum is immune to a few slow Checks, such as those of a tenant whose
+// budget row is locked, which must not get other tenants shed; and a ledger that is merely
+// far away, every Check slow but few in flight, has no queue to cap: a cap computed from its
+// low rate would shed the next burst, which its batches would have served in time). The cap is
 // then set, by Little's law, to the Checks the window completed per second times the delay
 // allowed, half of CheckTimeout: the Checks that can be answered within it. While every
 // Check takes longer than the quarter but the Checks in flight stay below that cap (a
@@ -45,6 +48,7 @@ type limiter struct {
 	start   time.Time     // of the current window
 	last    time.Time     // the last Check recorded
 	fastest time.Duration // the window's fastest sojourn (0: none yet)
+	crowd   int64         // the most billable Checks in flight at one of the window's completions
 	done    int           // Checks the window completed
 }
 
@@ -73,13 +77,15 @@ func (l *limiter) admits(n int64, now time.Time) bool {
 	return c == 0 || n <= c
 }
 
-// record records a billable Check that was admitted and answered after sojourn.
-func (l *limiter) record(now time.Time, sojourn time.Duration) {
+// record records a billable Check that was admitted and answered after sojourn, with
+// inFlight billable Checks (its own included) in flight when it was answered.
+func (l *limiter) record(now time.Time, sojourn time.Duration, inFlight int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.start.IsZero() || now.Sub(l.last) > limiterStale {
-		l.start, l.done, l.fastest = now, 0, 0 // first Check, or after a gap: a fresh window
+		l.start, l.done, l.fastest, l.crowd = now, 0, 0, 0 // first Check, or after a gap: a fresh window
 	}
+	l.crowd = max(l.crowd, inFlight)
 	l.last = now
 	if l.done == 0 || sojourn < l.fastest {
 		l.fastest = sojourn
@@ -90,7 +96,7 @@ func (l *limiter) record(now time.Time, sojourn time.Duration) {
 		return
 	}
 	c := l.cap.Load()
-	if l.fastest > l.target {
+	if l.fastest > l.target && l.crowd > limiterFloor {
 		rate := float64(l.done) / elapsed.Seconds()
 		next := max(limiterFloor, int64(rate*l.delay.Seconds()))
 		if c == 0 || next < c {
@@ -102,5 +108,5 @@ func (l *limiter) record(now time.Time, sojourn time.Duration) {
 		}
 	}
 	l.cap.Store(c)
-	l.start, l.done, l.fastest = now, 0, 0
+	l.start, l.done, l.fastest, l.crowd = now, 0, 0, 0
 }

@@ -5,12 +5,14 @@ import (
 	"time"
 )
 
-// feed records n Checks of the given sojourn, evenly spread over span from *now.
+// feed records n Checks of the given sojourn, evenly spread over span from *now, with as
+// many in flight at each completion as Little's law gives (rate × sojourn).
 func feed(l *limiter, now *time.Time, n int, span, sojourn time.Duration) {
 	step := span / time.Duration(n)
+	inFlight := max(1, int64(sojourn/step))
 	for range n {
 		*now = now.Add(step)
-		l.record(*now, sojourn)
+		l.record(*now, sojourn, inFlight)
 	}
 }
 
@@ -55,9 +57,9 @@ func TestLimiter_SlowFewDoNotCapTheRest(t *testing.T) {
 	}
 }
 
-// A uniformly slow ledger (every Check 80 ms, well within the deadline) does set a cap, but
-// one above the Checks in flight (80 ms × rate < 100 ms × rate): nothing is refused that would
-// have been answered in time.
+// A uniformly slow ledger (every Check 80 ms, well within the deadline) with many Checks in
+// flight sets a cap, but one above them (80 ms × rate < 100 ms × rate): nothing is refused
+// that would have been answered in time.
 func TestLimiter_SlowButUncrowdedIsNotShed(t *testing.T) {
 	l := newLimiter(200*time.Millisecond, 10_240)
 	now := time.Unix(1_700_000_000, 0)
@@ -68,14 +70,32 @@ func TestLimiter_SlowButUncrowdedIsNotShed(t *testing.T) {
 	}
 }
 
+// A far-away ledger (every Check 80 ms) at a low rate keeps few Checks in flight: no queue
+// stands, and no cap is set from its low rate, so the next burst goes to the ledger (whose
+// batches serve it in time) instead of being shed.
+func TestLimiter_FarLedgerAtLowRateSetsNoCap(t *testing.T) {
+	l := newLimiter(200*time.Millisecond, 10_240)
+	now := time.Unix(1_700_000_000, 0)
+	feed(l, &now, 20, 200*time.Millisecond, 80*time.Millisecond) // 100/s: 8 in flight
+	if c := l.cap.Load(); c != 0 {
+		t.Fatalf("want no cap with 8 Checks in flight, got %d", c)
+	}
+	if !l.admits(500, now) {
+		t.Fatal("want a burst of 500 admitted")
+	}
+}
+
 // Once the queue is gone the cap grows by a quarter per window and is lifted past
 // MaxInFlight; a trickle never caps below the floor.
 func TestLimiter_RecoversAndHasAFloor(t *testing.T) {
 	l := newLimiter(200*time.Millisecond, 1000)
 	now := time.Unix(1_700_000_000, 0)
-	feed(l, &now, 5, 75*time.Millisecond, 120*time.Millisecond) // a trickle (about 80/s), all slow
+	for range 5 { // a trickle (about 80/s), all slow, behind a crowd of 100 stuck Checks
+		now = now.Add(15 * time.Millisecond)
+		l.record(now, 120*time.Millisecond, 100)
+	}
 	if c := l.cap.Load(); c != limiterFloor {
-		t.Fatalf("want the floor (%d) for a slow trickle, got %d", limiterFloor, c)
+		t.Fatalf("want the floor (%d) for a slow trickle through a crowd, got %d", limiterFloor, c)
 	}
 	feed(l, &now, 11, 55*time.Millisecond, time.Millisecond) // one window without a queue
 	if c := l.cap.Load(); c != limiterFloor+limiterFloor/4 {

@@ -96,7 +96,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	resp, err := s.respond(&r, v)
 	took := time.Since(start)
 	if bill {
-		s.limit.record(start.Add(took), took)
+		s.limit.record(start.Add(took), took, s.inflight.Load())
 	}
 	s.observe(ctx, &r, v, took)
 	return resp, err
