@@ -276,7 +276,10 @@ func TestBatcher_LockedBudgetDelaysOnlyItsRequests(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range each {
-				c, cancel := context.WithTimeout(ctx, 2*time.Second)
+				// 5 s: a batch behind the locked one (no isolation) waits until the lock
+				// ends, after these callers; a stalled machine (a batch taking hundreds of
+				// milliseconds, so 8 batches ahead predict over 2 s) is not isolation.
+				c, cancel := context.WithTimeout(ctx, 5*time.Second)
 				d, err := b.Reserve(c, req("team:b"))
 				cancel()
 				if err != nil || d.Outcome != budget.Admitted {
@@ -415,7 +418,10 @@ func TestBatcher_LockedBudgetHoldsOneLane(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range each {
-				c, cancel := context.WithTimeout(ctx, 2*time.Second)
+				// 5 s: a batch behind the locked one (no isolation) waits until the lock
+				// ends, after these callers; a stalled machine (a batch taking hundreds of
+				// milliseconds, so 8 batches ahead predict over 2 s) is not isolation.
+				c, cancel := context.WithTimeout(ctx, 5*time.Second)
 				d, err := b.Reserve(c, req("team:b"))
 				cancel()
 				if err == nil && d.Outcome != budget.Admitted {
